@@ -1,0 +1,1 @@
+"""Pure numpy algorithms: arrays in, arrays out; no files, no printing."""

@@ -1,0 +1,1 @@
+"""The click layer: one small module per command, each calling one core function."""

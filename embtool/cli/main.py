@@ -1,0 +1,89 @@
+"""The `embtool` command group, and the one place that turns core errors into exit codes."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import click
+
+from embtool import __version__
+from embtool.core.errors import EmbtoolError
+
+
+def _versions() -> str:
+    import numpy
+    import onnx
+    import onnxruntime
+    import tokenizers
+
+    return (f"embtool {__version__} (python {sys.version.split()[0]}, numpy {numpy.__version__}, "
+            f"onnxruntime {onnxruntime.__version__}, tokenizers {tokenizers.__version__}, onnx {onnx.__version__})")
+
+
+def _print_version(ctx, _param, value) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(_versions())
+        ctx.exit()
+
+
+class EmbtoolGroup(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EmbtoolError as e:
+            if os.environ.get("EMBTOOL_DEBUG"):
+                traceback.print_exc()
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted; nothing was written.", err=True)
+            ctx.exit(130)
+        except MemoryError:
+            if os.environ.get("EMBTOOL_DEBUG"):
+                traceback.print_exc()
+            raise click.ClickException("out of memory") from None
+        except OSError as e:
+            if os.environ.get("EMBTOOL_DEBUG"):
+                traceback.print_exc()
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            raise click.ClickException(f"{where}{e.strerror or e}") from None
+
+    def list_commands(self, ctx):
+        return sorted(self.commands)
+
+
+@click.group(cls=EmbtoolGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show embtool's version and the versions of onnxruntime, tokenizers and numpy it runs with.")
+def cli() -> None:
+    """Shrink transformer text-embedding models and run them, without PyTorch.
+
+    Every command reads a model folder (Hugging Face / sentence-transformers layout, safetensors or
+    ONNX) and writes a new, complete folder atomically; summaries go to stderr, or to stdout as one
+    JSON object with --json.
+
+    \b
+    Example:
+      embtool inspect all-MiniLM-L6-v2/
+      embtool embed all-MiniLM-L6-v2/ -i texts.txt -o texts.safetensors
+      embtool search texts.safetensors "a query" -k 5
+    """
+
+
+def _register() -> None:
+    from embtool.cli import embed_cmd, export_cmd, inspect_cmd, search_cmd
+
+    for mod in (inspect_cmd, embed_cmd, export_cmd, search_cmd):
+        cli.add_command(mod.command)
+
+
+_register()
+
+
+def main() -> None:
+    try:
+        cli(prog_name="embtool")
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)

@@ -1,0 +1,104 @@
+"""Options shared by several commands, written once (sqlite-utils' `output_options` style)."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Any, Callable
+
+import click
+
+
+class ModelPath(click.ParamType):
+    """A model folder or a .safetensors/.onnx file; checked for existence while parsing."""
+
+    name = "MODEL"
+
+    def convert(self, value: Any, param, ctx) -> str:
+        from pathlib import Path
+
+        if not Path(value).exists():
+            self.fail(f"{value!r}: no such file or folder", param, ctx)
+        return str(value)
+
+
+def model_argument(f: Callable) -> Callable:
+    return click.argument("model", type=ModelPath())(f)
+
+
+def output_option(required: bool = True, help: str = "Output model folder (built beside it, then renamed into place).") -> Callable:
+    return click.option("-o", "--output", type=click.Path(dir_okay=True, file_okay=True), required=required, help=help)
+
+
+def common_options(f: Callable) -> Callable:
+    """--json, --quiet and --threads."""
+    f = click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+                     help="CPU threads for onnxruntime and numpy (0: all cores).")(f)
+    f = click.option("--quiet", is_flag=True, help="No progress bars or summaries on stderr.")(f)
+    f = click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")(f)
+    return f
+
+
+def force_option(f: Callable) -> Callable:
+    return click.option("--force", is_flag=True, help="Replace the output if it exists.")(f)
+
+
+def emit_summary(summary: dict, as_json: bool, quiet: bool, render: Callable[[dict], str]) -> None:
+    """JSON on stdout with --json; else a human summary on stderr (unless --quiet)."""
+    if as_json:
+        sys.stdout.write(json.dumps(summary, ensure_ascii=False, default=_jsonable) + "\n")
+    elif not quiet:
+        click.echo(render(summary), err=True)
+
+
+def _jsonable(o: Any) -> Any:
+    import numpy as np
+    from pathlib import Path
+
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o).__name__)
+
+
+def table(rows: list[list[Any]], header: list[str] | None = None) -> str:
+    cells = ([header] if header else []) + [[str(c) for c in r] for r in rows]
+    if not cells:
+        return ""
+    widths = [max(len(r[i]) for r in cells if i < len(r)) for i in range(max(len(r) for r in cells))]
+    lines = []
+    for j, r in enumerate(cells):
+        lines.append("  ".join(c.ljust(widths[i]) if i < len(r) - 1 else c for i, c in enumerate(r)).rstrip())
+        if header and j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n} B"
+
+
+def parse_size(text: str) -> int:
+    """'15MB', '1.5GB', '2000000' -> bytes (decimal units; KiB/MiB/GiB binary)."""
+    t = text.strip().upper().replace(" ", "")
+    units = {"KIB": 1024, "MIB": 1024**2, "GIB": 1024**3, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "B": 1}
+    for u, m in units.items():
+        if t.endswith(u):
+            return int(float(t[: -len(u)]) * m)
+    return int(float(t))
+
+
+def wraps_command(f: Callable) -> Callable:
+    @functools.wraps(f)
+    def inner(*a, **k):
+        return f(*a, **k)
+
+    return inner

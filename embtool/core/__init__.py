@@ -1,0 +1,1 @@
+"""The shared I/O core: the only place that opens model files."""

@@ -1,0 +1,33 @@
+"""Named exceptions of the core. The CLI turns each into `Error: ...` and exit 1."""
+
+
+class EmbtoolError(Exception):
+    """Base class: a clear, user-facing failure (exit 1)."""
+
+
+class ModelNotFound(EmbtoolError):
+    pass
+
+
+class UnsafeModel(EmbtoolError):
+    """Pickle weights, external data escaping the folder, ..."""
+
+
+class CorruptFile(EmbtoolError):
+    """A file that is not what it claims to be (truncated, lying header, bad JSON)."""
+
+
+class Unsupported(EmbtoolError):
+    """An architecture, tokenizer type or option the tool does not handle."""
+
+
+class InputError(EmbtoolError):
+    """Bad user input: texts, corpora, flag values discovered at run time."""
+
+
+class OutputExists(EmbtoolError):
+    pass
+
+
+class FidelityError(EmbtoolError):
+    """A --min-cosine gate failed."""

@@ -1,0 +1,504 @@
+"""Opening a model folder: layouts, weights, tokenizer, configs, and the vocabulary axis.
+
+Every command opens its MODEL through `open_model`; nothing else reads model files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embtool.core.errors import CorruptFile, ModelNotFound, Unsupported, UnsafeModel
+from embtool.core.safetensors_io import SafetensorsFile, TensorInfo
+from embtool.core.tokenizer_io import TokenizerJson
+
+PICKLE_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle", "tf_model.h5")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One way a folder can hold weights (model2vec-style: layouts as data)."""
+
+    name: str
+    weights: str  # path relative to the model folder
+    format: str  # "safetensors" | "onnx"
+
+
+LAYOUTS: tuple[Layout, ...] = (
+    Layout("Hugging Face safetensors", "model.safetensors", "safetensors"),
+    Layout("sharded safetensors", "model.safetensors.index.json", "safetensors"),
+    Layout("ONNX", "model.onnx", "onnx"),
+    Layout("optimum ONNX", "onnx/model.onnx", "onnx"),
+)
+
+
+class WeightStore:
+    """Tensors of one or several (sharded) safetensors files, memory-mapped, by name."""
+
+    def __init__(self, files: list[Path]):
+        self.files = [SafetensorsFile(p) for p in files]
+        self.index: dict[str, SafetensorsFile] = {}
+        for f in self.files:
+            for k in f.tensors:
+                if k in self.index:
+                    raise CorruptFile(f"tensor {k!r} appears in both {self.index[k].path.name} and {f.path.name}")
+                self.index[k] = f
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.index
+
+    def keys(self) -> list[str]:
+        return list(self.index)
+
+    def info(self, name: str) -> TensorInfo:
+        return self.index[name].tensors[name]
+
+    def get(self, name: str) -> np.ndarray:
+        return self.index[name].get(name)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        meta: dict[str, str] = {}
+        for f in self.files:
+            meta.update(f.metadata)
+        return meta
+
+
+@dataclass
+class SentenceTransformersInfo:
+    pooling: str | None = None  # "mean" | "cls" | "last" | "max"
+    normalize: bool | None = None
+    max_seq_length: int | None = None
+    prompts: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Model:
+    root: Path
+    layout: Layout
+    weight_path: Path
+    config: dict[str, Any]
+    tokenizer: TokenizerJson | None
+    st: SentenceTransformersInfo
+    weights: WeightStore | None = None  # safetensors models
+    onnx_external: list[Path] = field(default_factory=list)
+
+    @property
+    def format(self) -> str:
+        return self.layout.format
+
+    @cached_property
+    def onnx_model(self):
+        """The ONNX ModelProto with its external data loaded (ONNX models only)."""
+        import onnx
+
+        assert self.format == "onnx"
+        return _load_onnx(self.weight_path, self.root)
+
+    def weight_files(self) -> list[Path]:
+        if self.weights is not None:
+            return [f.path for f in self.weights.files]
+        return [self.weight_path, *self.onnx_external]
+
+    def weight_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.weight_files())
+
+    def fingerprint(self) -> str:
+        """A cheap identity of the weights: sha256 over sizes and the first/last MiB of each file."""
+        h = hashlib.sha256()
+        for p in self.weight_files():
+            size = p.stat().st_size
+            h.update(f"{p.name}:{size}".encode())
+            with open(p, "rb") as f:
+                h.update(f.read(1 << 20))
+                if size > 1 << 20:
+                    f.seek(max(size - (1 << 20), 1 << 20))
+                    h.update(f.read(1 << 20))
+        return h.hexdigest()[:16]
+
+    def embtool_meta(self) -> dict[str, Any]:
+        """What an earlier embtool command recorded (embtool.json), if any."""
+        p = self.root / "embtool.json"
+        if not p.is_file():
+            return {}
+        return read_json(p)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise CorruptFile(f"{path}: not valid UTF-8") from e
+    except json.JSONDecodeError as e:
+        raise CorruptFile(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
+    except OSError as e:
+        raise CorruptFile(f"{path}: cannot read: {e.strerror}") from e
+
+
+def _refuse_pickles(folder: Path) -> None:
+    found = sorted({p.name for pat in PICKLE_PATTERNS for p in folder.glob(pat)})
+    if found:
+        raise UnsafeModel(
+            f"{folder} has only pickle-based weights ({', '.join(found)}); embtool never loads them because "
+            "unpickling can run arbitrary code. Convert them to model.safetensors first "
+            "(e.g. with the safetensors `convert` tool) in an environment you trust"
+        )
+
+
+def _locate(path: Path) -> tuple[Path, Layout, Path]:
+    """Resolve MODEL (a folder, or a .safetensors/.onnx file) to (root, layout, weight path)."""
+    if not path.exists():
+        raise ModelNotFound(f"{path}: no such file or folder")
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix == ".safetensors":
+            return path.parent, Layout("single safetensors file", path.name, "safetensors"), path
+        if suffix == ".onnx":
+            return path.parent, Layout("single ONNX file", path.name, "onnx"), path
+        if suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"):
+            raise UnsafeModel(
+                f"{path}: pickle-based weights are never loaded (unpickling can run arbitrary code); "
+                "convert them to .safetensors in an environment you trust"
+            )
+        raise ModelNotFound(f"{path}: not a model (expected a folder, a .safetensors or an .onnx file)")
+    for layout in LAYOUTS:
+        p = path / layout.weights
+        if p.is_file():
+            return path, layout, p
+    _refuse_pickles(path)
+    tried = ", ".join(layout.weights for layout in LAYOUTS)
+    raise ModelNotFound(f"{path}: no model weights found (looked for {tried})")
+
+
+def _shards(index_path: Path) -> list[Path]:
+    idx = read_json(index_path)
+    wm = idx.get("weight_map") if isinstance(idx, dict) else None
+    if not isinstance(wm, dict) or not wm:
+        raise CorruptFile(f"{index_path}: no weight_map")
+    files = []
+    for name in sorted(set(wm.values())):
+        if not isinstance(name, str):
+            raise CorruptFile(f"{index_path}: weight_map values must be file names")
+        p = _inside(index_path.parent, name, index_path)
+        if not p.is_file():
+            raise CorruptFile(f"{index_path}: shard {name} is missing")
+        files.append(p)
+    return files
+
+
+def _inside(root: Path, rel: str, referrer: Path) -> Path:
+    """`root/rel`, refusing anything that escapes root (absolute paths, '..', symlinks out)."""
+    if os.path.isabs(rel) or ".." in Path(rel).parts:
+        raise UnsafeModel(f"{referrer}: refers to {rel!r}, outside the model folder; refusing to read it")
+    p = root / rel
+    real_root = root.resolve()
+    try:
+        p.resolve().relative_to(real_root)
+    except ValueError:
+        raise UnsafeModel(
+            f"{referrer}: {rel!r} is a link that points outside the model folder; refusing to read it"
+        ) from None
+    return p
+
+
+def onnx_external_files(onnx_path: Path, root: Path) -> list[Path]:
+    """Check the external-data references of an ONNX file without loading the data."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        m = onnx.load(str(onnx_path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError) as e:
+        raise CorruptFile(f"{onnx_path}: not a valid ONNX model ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+    files: dict[str, Path] = {}
+    for t in _all_tensors(m.graph):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        p = _inside(onnx_path.parent, loc, onnx_path)
+        if not p.is_file():
+            raise CorruptFile(f"{onnx_path}: external data file {loc!r} of tensor {t.name!r} is missing")
+        size = p.stat().st_size
+        off = int(info.get("offset", 0) or 0)
+        length = info.get("length")
+        if off < 0 or off > size or (length is not None and off + int(length) > size):
+            raise CorruptFile(f"{onnx_path}: tensor {t.name!r} reads past the end of {loc!r}")
+        files[loc] = p
+    return [files[k] for k in sorted(files)]
+
+
+def _all_tensors(graph):
+    yield from graph.initializer
+    for n in graph.node:
+        for a in n.attribute:
+            if a.t is not None and a.HasField("t"):
+                yield a.t
+            for g in list(a.graphs) + ([a.g] if a.HasField("g") else []):
+                yield from _all_tensors(g)
+
+
+def _load_onnx(path: Path, root: Path):
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
+    onnx_external_files(path, root)  # safety check first
+    m = onnx.load(str(path), load_external_data=False)
+    load_external_data_for_model(m, str(path.parent))
+    return m
+
+
+def _st_info(root: Path) -> SentenceTransformersInfo:
+    info = SentenceTransformersInfo()
+    modules_p = root / "modules.json"
+    pool_dir = None
+    if modules_p.is_file():
+        modules = read_json(modules_p)
+        if isinstance(modules, list):
+            for m in modules:
+                if not isinstance(m, dict):
+                    continue
+                typ = str(m.get("type", ""))
+                if typ.endswith("Pooling"):
+                    pool_dir = root / str(m.get("path", "1_Pooling"))
+                if typ.endswith("Normalize"):
+                    info.normalize = True
+            if info.normalize is None:
+                info.normalize = False
+    if pool_dir is None and (root / "1_Pooling").is_dir():
+        pool_dir = root / "1_Pooling"
+    if pool_dir is not None and (pool_dir / "config.json").is_file():
+        pc = read_json(pool_dir / "config.json")
+        if isinstance(pc, dict):
+            if pc.get("pooling_mode_cls_token"):
+                info.pooling = "cls"
+            elif pc.get("pooling_mode_mean_tokens"):
+                info.pooling = "mean"
+            elif pc.get("pooling_mode_lasttoken"):
+                info.pooling = "last"
+            elif pc.get("pooling_mode_max_tokens"):
+                info.pooling = "max"
+    sb = root / "sentence_bert_config.json"
+    if sb.is_file():
+        d = read_json(sb)
+        if isinstance(d, dict) and isinstance(d.get("max_seq_length"), int):
+            info.max_seq_length = d["max_seq_length"]
+    cst = root / "config_sentence_transformers.json"
+    if cst.is_file():
+        d = read_json(cst)
+        if isinstance(d, dict) and isinstance(d.get("prompts"), dict):
+            info.prompts = {str(k): str(v) for k, v in d["prompts"].items()}
+    return info
+
+
+def _check_config(cfg: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(cfg, dict):
+        raise CorruptFile(f"{path}: config must be a JSON object")
+    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                "intermediate_size", "max_position_embeddings", "type_vocab_size", "dim", "n_layers",
+                "n_heads", "hidden_dim"):
+        v = cfg.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v > 1 << 31:
+            raise CorruptFile(f"{path}: {key} = {v!r} is not a sensible size")
+    return cfg
+
+
+def open_model(path: str | os.PathLike, need_tokenizer: bool = False) -> Model:
+    """Open MODEL; raises a named core error with one clear sentence on anything wrong."""
+    root, layout, wpath = _locate(Path(path))
+    config: dict[str, Any] = {}
+    if (root / "config.json").is_file():
+        config = _check_config(read_json(root / "config.json"), root / "config.json")
+    tok = None
+    if (root / "tokenizer.json").is_file():
+        tok = TokenizerJson.load(root / "tokenizer.json")
+    elif need_tokenizer:
+        raise ModelNotFound(f"{root}: no tokenizer.json beside the model (embtool needs the fast-tokenizer file)")
+    model = Model(root=root, layout=layout, weight_path=wpath, config=config, tokenizer=tok, st=_st_info(root))
+    if layout.format == "safetensors":
+        files = _shards(wpath) if wpath.name.endswith(".index.json") else [wpath]
+        model.weights = WeightStore(files)
+    else:
+        model.onnx_external = onnx_external_files(wpath, root)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------
+# The vocabulary axis
+# ----------------------------------------------------------------------------------------------
+
+EMBEDDING_SUFFIXES = (
+    "embeddings.word_embeddings.weight",
+    "embed_tokens.weight",
+    "wte.weight",
+    "shared.weight",
+    "word_embeddings.weight",
+)
+# embtool's factorized and quantized forms of the table
+FACTOR_F = "embeddings.word_embeddings.factor_F"
+FACTOR_P = "embeddings.word_embeddings.factor_P"
+
+
+@dataclass
+class VocabTensor:
+    name: str
+    role: str  # "input embedding", "LM head", "output bias", "factor F", "quantized codes", ...
+    shape: tuple[int, ...]
+    axis: int
+    dtype: str
+    nbytes: int
+
+
+def find_vocab_tensors(model: Model) -> list[VocabTensor]:
+    """Every tensor that has a vocabulary axis, with its role. The first is the input embedding."""
+    if model.format == "onnx":
+        return _onnx_vocab_tensors(model)
+    ws = model.weights
+    assert ws is not None
+    emb = next((k for suf in EMBEDDING_SUFFIXES for k in ws.keys() if k.endswith(suf) and len(ws.info(k).shape) == 2), None)
+    fac = next((k for k in ws.keys() if k.endswith(FACTOR_F)), None)
+    qcodes = next((k for k in ws.keys() if k.endswith("embeddings.word_embeddings.qweight")), None)
+    out: list[VocabTensor] = []
+    if emb is not None:
+        V = ws.info(emb).shape[0]
+        out.append(_vt(ws, emb, "input embedding", 0))
+    elif fac is not None:
+        V = ws.info(fac).shape[0]
+        out.append(_vt(ws, fac, "input embedding (factor F)", 0))
+    elif qcodes is not None:
+        V = ws.info(qcodes).shape[0]
+        out.append(_vt(ws, qcodes, "input embedding (quantized codes)", 0))
+    else:
+        return []
+    for k in ws.keys():
+        if any(v.name == k for v in out):
+            continue
+        info = ws.info(k)
+        if not info.shape:
+            continue
+        if k.startswith(out[0].name.rsplit(".", 1)[0] + ".") and info.shape[0] == V:
+            out.append(_vt(ws, k, "input embedding (" + k.rsplit(".", 1)[1] + ")", 0))
+        elif len(info.shape) == 2 and info.shape[0] == V and ("decoder" in k or "lm_head" in k or "head" in k):
+            out.append(_vt(ws, k, "LM head", 0))
+        elif info.shape[-1] == V and len(info.shape) <= 2 and ("bias" in k or "logits" in k):
+            out.append(_vt(ws, k, "output bias", len(info.shape) - 1))
+    return out
+
+
+def _vt(ws: WeightStore, k: str, role: str, axis: int) -> VocabTensor:
+    i = ws.info(k)
+    return VocabTensor(k, role, i.shape, axis, i.dtype, i.nbytes)
+
+
+def onnx_embedding_gather(graph):
+    """(gather node, source initializers) for the Gather that reads `input_ids`, following
+    Cast/Mul/DequantizeLinear/MatMul back to the initializers that hold the table."""
+    inits = {t.name: t for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    # input_ids may go through Cast/Unsqueeze first
+    frontier = ["input_ids"]
+    seen = set()
+    gather = None
+    while frontier and gather is None:
+        x = frontier.pop(0)
+        for n in consumers.get(x, []):
+            if n.op_type in ("Gather", "GatherBlockQuantized") and len(n.input) >= 2 and n.input[1] == x:
+                gather = n
+                break
+            if n.op_type in ("Cast", "Identity", "Reshape", "Unsqueeze", "Squeeze") and n.output[0] not in seen:
+                seen.add(n.output[0])
+                frontier.append(n.output[0])
+    if gather is None:
+        return None, []
+    sources = []
+    stack = [gather.input[0]] + (list(gather.input[2:]) if gather.op_type == "GatherBlockQuantized" else [])
+    visited = set()
+    while stack:
+        x = stack.pop()
+        if x in visited or not x:
+            continue
+        visited.add(x)
+        if x in inits:
+            sources.append(inits[x])
+        elif x in producers and producers[x].op_type in (
+            "Cast", "Mul", "DequantizeLinear", "MatMul", "Identity", "Add", "Sub", "Reshape", "Transpose"
+        ):
+            stack.extend(producers[x].input)
+    return gather, sources
+
+
+def _onnx_vocab_tensors(model: Model) -> list[VocabTensor]:
+    import onnx
+    from onnx import helper
+
+    g = model.onnx_model.graph
+    gather, sources = onnx_embedding_gather(g)
+    if gather is None:
+        return []
+    out = []
+    main = max(sources, key=lambda t: int(np.prod(t.dims)) if t.dims else 0)
+    V = main.dims[0]
+    done = set()
+    for t in sorted(sources, key=lambda t: (t is not main, t.name)):
+        role = "input embedding" if t is main else "input embedding (" + ("scale" if "scale" in t.name else "part") + ")"
+        out.append(VocabTensor(t.name, role, tuple(t.dims), 0, helper.tensor_dtype_to_np_dtype(t.data_type).name,
+                               _tensor_nbytes(t)))
+        done.add(t.name)
+    for t in g.initializer:
+        if t.name in done or not t.dims:
+            continue
+        dims = tuple(t.dims)
+        if len(dims) == 2 and V in dims and (dims[0] == V or dims[1] == V) and max(dims) == V and min(dims) > 2:
+            out.append(VocabTensor(t.name, "LM head", dims, dims.index(V),
+                                   helper.tensor_dtype_to_np_dtype(t.data_type).name, _tensor_nbytes(t)))
+        elif len(dims) == 1 and dims[0] == V:
+            out.append(VocabTensor(t.name, "output bias", dims, 0,
+                                   helper.tensor_dtype_to_np_dtype(t.data_type).name, _tensor_nbytes(t)))
+    del onnx
+    return out
+
+
+def _tensor_nbytes(t) -> int:
+    from onnx import helper
+
+    n = int(np.prod(t.dims)) if t.dims else 1
+    return n * helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+
+
+def onnx_initializer_stats(model: Model) -> tuple[int, int]:
+    """(parameter count, bytes) over all initializers of an ONNX model."""
+    params = nbytes = 0
+    for t in model.onnx_model.graph.initializer:
+        n = int(np.prod(t.dims)) if t.dims else 1
+        params += n
+        nbytes += _tensor_nbytes(t)
+    return params, nbytes
+
+
+def architecture(model: Model) -> str:
+    arch = model.config.get("architectures")
+    if isinstance(arch, list) and arch:
+        return str(arch[0])
+    return str(model.config.get("model_type", "unknown"))
+
+
+_LAYER_RE = re.compile(r"\.(?:layer|layers|h)\.(\d+)\.")
+
+
+def num_layers(keys: list[str]) -> int:
+    ns = {int(m.group(1)) for k in keys for m in [_LAYER_RE.search("." + k)] if m}
+    return max(ns) + 1 if ns else 0

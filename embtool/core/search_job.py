@@ -1,0 +1,138 @@
+"""The search job: load indexes and queries, embed text queries, run the exact blocked top-k."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from embtool.algorithms import search as S
+from embtool.core.embeddings_io import Index
+from embtool.core.errors import InputError
+from embtool.core.texts import iter_texts
+
+
+@dataclass
+class SearchRequest:
+    indexes: list[str]
+    queries: list[str] = field(default_factory=list)
+    query_files: list[str] = field(default_factory=list)
+    query_embeddings: str | None = None
+    k: int = 10
+    metric: str = "cosine"
+    model: str | None = None
+    query_prefix: str | None = None
+    strict: bool = False
+    rescore: int = 100
+    block_rows: int = 65536
+    threads: int = 0
+
+
+@dataclass
+class SearchResult:
+    hits: list[list[tuple[float, int, str]]]
+    query_texts: list[str] | None
+
+
+def _query_vectors(req: SearchRequest, first: Index, warn: Callable[[str], None]) -> tuple[np.ndarray, list[str] | None]:
+    if req.query_embeddings:
+        if req.queries or req.query_files:
+            raise InputError("give queries either as text or with --query-embeddings, not both")
+        qi = Index(req.query_embeddings)
+        return qi.block(0, len(qi)), None
+    texts = list(iter_texts(req.queries, req.query_files, skip_empty=True))
+    if not texts:
+        raise InputError("no queries (the query input is empty)")
+    from embtool.core.model import open_model
+    from embtool.runtime.encoder import EmbedSettings, Encoder
+
+    meta = first.meta
+    model_path = req.model or meta.get("model")
+    if not model_path:
+        raise InputError(f"{first.path} does not record its model; give --model to embed text queries")
+    if not Path(model_path).exists():
+        raise InputError(f"the index's model {model_path} is not there; give --model")
+    m = open_model(model_path, need_tokenizer=True)
+    if req.model and meta.get("model_fingerprint") and m.fingerprint() != meta["model_fingerprint"]:
+        msg = f"--model {req.model} is not the model the index was made with ({meta.get('model')})"
+        if req.strict:
+            raise InputError(msg)
+        warn(msg + "; scores may be meaningless")
+    dim = int(meta["dim"]) if meta.get("dim") else None
+    settings = EmbedSettings(pooling=meta.get("pooling", "auto"),
+                             normalize={"true": True, "false": False}.get(meta.get("normalize", ""), None),
+                             prefix=req.query_prefix if req.query_prefix is not None else meta.get("prefix", ""),
+                             max_length=int(meta["max_length"]) if meta.get("max_length") else None, threads=req.threads)
+    enc = Encoder(m, settings)
+    v = enc.embed(texts)
+    if dim is not None and dim < v.shape[1]:
+        v = v[:, :dim]
+        if enc.normalize:
+            v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+    return v, texts
+
+
+def run_search(req: SearchRequest, warn: Callable[[str], None] = lambda m: None) -> SearchResult:
+    idxs = [Index(p) for p in req.indexes]
+    for ix in idxs:
+        if len(ix) == 0:
+            raise InputError(f"{ix.path}: the index is empty")
+    dims = {ix.dim for ix in idxs}
+    if len(dims) > 1:
+        raise InputError(f"the index files have different dimensions: {sorted(dims)}")
+    total = sum(len(ix) for ix in idxs)
+    if req.k > total:
+        warn(f"-k {req.k} is larger than the index ({total} rows); returning {total} per query")
+    q, texts = _query_vectors(req, idxs[0], warn)
+    if q.shape[1] != idxs[0].dim:
+        raise InputError(f"query vectors have {q.shape[1]} dimensions but the index has {idxs[0].dim}")
+    results = []
+    offset = 0
+    for ix in idxs:
+        kk = min(total, req.k if ix.float is None or req.rescore == 0 else max(req.k, req.rescore))
+
+        def block(r0: int, r1: int, ix=ix) -> np.ndarray:
+            b = ix.block(r0, r1)
+            ix.release()
+            return b
+
+        s, i = S.topk(q, len(ix), block, kk, req.metric, req.block_rows)
+        if ix.float is not None and req.rescore > 0 and ix.precision in ("int8", "binary"):
+            s, i = _rescore(q, ix, i, req.metric, min(req.k, len(ix)))
+        gid = ix.ids[i] if ix.ids is not None else i + offset
+        results.append((s, np.asarray(gid, dtype=np.int64), ix, i))
+        offset += len(ix)
+    # merge shards
+    k = min(req.k, total)
+    merged_s, merged_g = S.merge([(r[0], r[1]) for r in results], k, req.metric)
+    # map global id -> (index, local row) for the text
+    lookup = {}
+    for s, g, ix, loc in results:
+        for row_g, row_l in zip(g.reshape(-1), loc.reshape(-1)):
+            lookup[int(row_g)] = (ix, int(row_l))
+    hits = []
+    for qi in range(q.shape[0]):
+        row = []
+        for sc, g in zip(merged_s[qi], merged_g[qi]):
+            ix, loc = lookup[int(g)]
+            row.append((float(sc), int(g), ix.text(loc)))
+        hits.append(row)
+    return SearchResult(hits, texts)
+
+
+def _rescore(q: np.ndarray, ix: Index, cand: np.ndarray, metric: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+    qp = S._prepare_queries(q, metric)
+    out_s, out_i = [], []
+    for r in range(q.shape[0]):
+        ids = np.sort(cand[r])
+        vecs = np.asarray(ix.float[ids], dtype=np.float32)
+        s = S.block_scores(qp[r : r + 1], vecs, metric)[0]
+        o = np.lexsort((ids, -s))[:k]
+        out_s.append(s[o])
+        out_i.append(ids[o])
+    s, i = np.stack(out_s), np.stack(out_i)
+    if metric == "l2":
+        s = np.maximum(-s, 0)
+    return s, i

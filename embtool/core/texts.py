@@ -1,0 +1,91 @@
+"""Shared text input: arguments, files, stdin; one text per line or JSONL; streamed.
+
+Every command that reads texts (embed, search queries, trim-vocab corpora, --eval/--calib files)
+goes through `iter_texts`, so errors read the same everywhere: file, line, what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import BinaryIO, Iterable, Iterator
+
+from embtool.core.errors import InputError
+
+
+def _lines(stream: BinaryIO, name: str) -> Iterator[tuple[int, str]]:
+    for no, raw in enumerate(stream, 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"{name}:{no}: invalid UTF-8 ({e.reason} at byte {e.start} of the line)") from None
+        if line.endswith("\n"):
+            line = line[:-1]
+            if line.endswith("\r"):
+                line = line[:-1]
+        if no == 1 and line.startswith("\ufeff"):
+            line = line[1:]
+        yield no, line
+
+
+def iter_file(path: str, field: str | None = None, skip_empty: bool = False) -> Iterator[str]:
+    """Texts of one file ('-' = stdin). JSONL when `field` is given or the name ends in .jsonl."""
+    jsonl = field is not None or path.endswith(".jsonl")
+    key = field or "text"
+    if path == "-":
+        stream: BinaryIO = sys.stdin.buffer
+        name = "<stdin>"
+        close = False
+    else:
+        p = Path(path)
+        if p.is_dir():
+            raise InputError(f"{path}: is a folder, expected a text file")
+        try:
+            stream = open(p, "rb")
+        except FileNotFoundError:
+            raise InputError(f"{path}: no such file") from None
+        except OSError as e:
+            raise InputError(f"{path}: cannot read: {e.strerror}") from None
+        name = path
+        close = True
+    try:
+        for no, line in _lines(stream, name):
+            if jsonl:
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise InputError(f"{name}:{no}: not valid JSON ({e.msg})") from None
+                if not isinstance(obj, dict) or key not in obj:
+                    raise InputError(f"{name}:{no}: no field {key!r} in this JSON line")
+                val = obj[key]
+                if not isinstance(val, str):
+                    raise InputError(f"{name}:{no}: field {key!r} is not a string")
+                yield val
+            else:
+                if skip_empty and not line.strip():
+                    continue
+                yield line
+    finally:
+        if close:
+            stream.close()
+
+
+def iter_texts(
+    args: Iterable[str] = (), files: Iterable[str] = (), field: str | None = None, skip_empty: bool = False
+) -> Iterator[str]:
+    """Texts given as arguments first, then from each file in order."""
+    yield from args
+    for f in files:
+        yield from iter_file(f, field, skip_empty)
+
+
+def read_lines(path: str, limit: int | None = None, skip_empty: bool = True) -> list[str]:
+    out = []
+    for t in iter_file(path, skip_empty=skip_empty):
+        out.append(t)
+        if limit is not None and len(out) >= limit:
+            break
+    return out

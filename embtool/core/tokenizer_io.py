@@ -1,0 +1,160 @@
+"""tokenizer.json (Hugging Face `tokenizers` format): reading, validation, and a runnable tokenizer.
+
+The file's own truncation and padding settings are always overridden: embtool pads per batch
+itself and truncates to the limit the user asks for.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer
+
+from embtool.core.errors import CorruptFile, Unsupported
+
+MODEL_TYPES = ("WordPiece", "BPE", "Unigram")
+
+
+class TokenizerJson:
+    """A tokenizer.json. The runnable tokenizer comes straight from the file (Rust parser); the JSON
+    document (`data`, edited in place by tokenizer surgery) is parsed only when asked for."""
+
+    def __init__(self, data: dict[str, Any] | None = None, path: Path | None = None):
+        self._data = data
+        self.path = Path(path) if path else None
+        self._runtime: Tokenizer | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> "TokenizerJson":
+        tj = cls(None, Path(path))
+        tj.runtime()  # the tokenizers library validates the whole file
+        if tj.model_type not in MODEL_TYPES:
+            raise Unsupported(f"{path}: tokenizer model type {tj.model_type!r} is not supported "
+                              f"(supported: {', '.join(MODEL_TYPES)})")
+        return tj
+
+    @property
+    def data(self) -> dict[str, Any]:
+        if self._data is None:
+            assert self.path is not None
+            try:
+                text = self.path.read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise CorruptFile(f"{self.path}: not valid UTF-8 ({e.reason} at byte {e.start})") from e
+            except OSError as e:
+                raise CorruptFile(f"{self.path}: cannot read: {e.strerror}") from e
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise CorruptFile(f"{self.path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
+            self._data = self._validate(data, self.path)
+        return self._data
+
+    @classmethod
+    def from_data(cls, data: Any, path: Path | None = None) -> "TokenizerJson":
+        tj = cls(cls._validate(data, path), path)
+        tj.runtime()
+        return tj
+
+    @staticmethod
+    def _validate(data: Any, path: Path | None) -> dict[str, Any]:
+        where = str(path) if path else "tokenizer.json"
+        if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+            raise CorruptFile(f"{where}: no 'model' object; not a tokenizers tokenizer.json")
+        mtype = data["model"].get("type")
+        if mtype is None:  # older files omit it; infer from fields
+            m = data["model"]
+            mtype = "BPE" if "merges" in m else "WordPiece" if "continuing_subword_prefix" in m else (
+                "Unigram" if isinstance(m.get("vocab"), list) else None
+            )
+            data["model"]["type"] = mtype
+        if mtype not in MODEL_TYPES:
+            raise Unsupported(f"{where}: tokenizer model type {mtype!r} is not supported "
+                              f"(supported: {', '.join(MODEL_TYPES)})")
+        vocab = data["model"].get("vocab")
+        if mtype == "Unigram":
+            if not isinstance(vocab, list) or not all(
+                isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in vocab
+            ):
+                raise CorruptFile(f"{where}: Unigram vocab must be a list of [piece, score] pairs")
+        else:
+            if not isinstance(vocab, dict) or not all(
+                isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in vocab.items()
+            ):
+                raise CorruptFile(f"{where}: {mtype} vocab must map tokens to integer ids")
+            ids = sorted(vocab.values())
+            if ids and (ids[0] < 0 or len(set(ids)) != len(ids)):
+                raise CorruptFile(f"{where}: vocab ids must be distinct and non-negative")
+        added = data.get("added_tokens") or []
+        if not isinstance(added, list) or not all(
+            isinstance(a, dict) and isinstance(a.get("id"), int) and isinstance(a.get("content"), str) for a in added
+        ):
+            raise CorruptFile(f"{where}: added_tokens must be a list of {{id, content}} objects")
+        return data
+
+    @property
+    def model_type(self) -> str:
+        if self._data is not None:
+            return self._data["model"]["type"]
+        return type(self.runtime().model).__name__
+
+    @property
+    def is_byte_level(self) -> bool:
+        return "ByteLevel" in json.dumps(self.data.get("pre_tokenizer")) or "ByteLevel" in json.dumps(
+            self.data.get("decoder")
+        )
+
+    def vocab_size(self) -> int:
+        """Size of the id space: the largest id + 1 over the model vocab and added tokens."""
+        if self._data is None:
+            tok = self.runtime()
+            n = tok.get_vocab_size(with_added_tokens=True)
+            return max([n - 1, *tok.get_added_tokens_decoder().keys()]) + 1
+        return len(self.id_to_token())
+
+    def id_to_token(self) -> list[str | None]:
+        m = self.data["model"]
+        if self.model_type == "Unigram":
+            toks: list[str | None] = [p[0] for p in m["vocab"]]
+        else:
+            n = max(m["vocab"].values(), default=-1) + 1
+            toks = [None] * n
+            for t, i in m["vocab"].items():
+                toks[i] = t
+        for a in self.data.get("added_tokens") or []:
+            if a["id"] >= len(toks):
+                toks.extend([None] * (a["id"] + 1 - len(toks)))
+            if toks[a["id"]] is None:
+                toks[a["id"]] = a["content"]
+        return toks
+
+    def special_tokens(self) -> dict[str, int]:
+        if self._data is None:
+            return {t.content: i for i, t in sorted(self.runtime().get_added_tokens_decoder().items()) if t.special}
+        return {a["content"]: a["id"] for a in self.data.get("added_tokens") or [] if a.get("special")}
+
+    def runtime(self) -> Tokenizer:
+        """A `tokenizers.Tokenizer` with the file's padding and truncation switched off."""
+        if self._runtime is None:
+            try:
+                if self._data is None:
+                    assert self.path is not None
+                    tok = Tokenizer.from_file(str(self.path))
+                else:
+                    data = dict(self._data)
+                    data["truncation"] = None
+                    data["padding"] = None
+                    tok = Tokenizer.from_str(json.dumps(data))
+                tok.no_truncation()
+                tok.no_padding()
+            except Exception as e:  # the Rust side raises a bare Exception on any malformed field
+                where = str(self.path) if self.path else "tokenizer.json"
+                msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise CorruptFile(f"{where}: the tokenizers library rejects it: {msg}") from e
+            self._runtime = tok
+        return self._runtime
+
+    def dumps(self) -> str:
+        return json.dumps(self.data, ensure_ascii=False, indent=2)

@@ -1,0 +1,210 @@
+"""Atomic outputs: a folder (or file) is built beside its target and renamed into place.
+
+A failed or interrupted command leaves the target untouched: either absent or the previous
+complete output (which is only replaced with --force). Temporary names start with
+`.embtool-tmp-` so that stale ones from a SIGKILL are recognisable and cleaned on the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterable
+
+from embtool import __version__
+from embtool.core.errors import InputError, OutputExists
+
+TMP_PREFIX = ".embtool-tmp-"
+
+
+def check_output(target: Path, force: bool, inputs: Iterable[Path] = ()) -> None:
+    """Refuse an existing target without --force, and a target that is (inside) an input."""
+    target = Path(target)
+    for src in inputs:
+        s = Path(src).resolve()
+        t = target.resolve()
+        if t == s or s in t.parents or (s.is_file() and t == s.parent) or t in s.parents:
+            raise InputError(f"output {target} would overwrite or sit inside the input {src}; choose another path")
+    if target.exists() and not force:
+        raise OutputExists(f"{target} already exists (use --force to replace it)")
+    if not target.parent.exists():
+        raise InputError(f"{target.parent}: the output's parent folder does not exist")
+
+
+def _clean_stale(parent: Path, name: str) -> None:
+    for p in parent.glob(f"{TMP_PREFIX}{name}.*"):
+        try:
+            pid = int(p.name.rsplit(".", 2)[-2])
+        except (ValueError, IndexError):
+            continue
+        if not _alive(pid):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _tmp_name(target: Path) -> Path:
+    return target.parent / f"{TMP_PREFIX}{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+
+
+def _publish(tmp: Path, target: Path, force: bool) -> None:
+    """Rename tmp onto target. Without force, never replaces an existing target (even in a race)."""
+    if target.exists() or target.is_symlink():
+        if not force:
+            raise OutputExists(f"{target} appeared while this command ran (another process?); not replacing it")
+        old = target.parent / f"{TMP_PREFIX}{target.name}.{os.getpid()}.old{uuid.uuid4().hex[:6]}"
+        os.rename(target, old)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            os.rename(old, target)
+            raise
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+        return
+    if tmp.is_dir():
+        try:
+            os.rename(tmp, target)  # fails on a non-empty existing dir: the other writer won
+        except OSError as e:
+            raise OutputExists(f"{target}: another process wrote it first ({e.strerror}); not replacing it") from e
+    else:
+        try:
+            os.link(tmp, target)  # atomic and never overwrites
+        except FileExistsError:
+            raise OutputExists(f"{target} appeared while this command ran (another process?); not replacing it") from None
+        except OSError:
+            if target.exists():
+                raise OutputExists(f"{target} already exists") from None
+            os.rename(tmp, target)
+            return
+        os.unlink(tmp)
+    _fsync_dir(target.parent)
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def provenance(command: str, args: dict[str, Any], inputs: dict[str, str], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    doc = {
+        "tool": "embtool",
+        "version": __version__,
+        "command": command,
+        "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(args.items())},
+        "inputs": inputs,
+    }
+    if extra:
+        doc.update(extra)
+    return doc
+
+
+class OutputFolder:
+    """`with OutputFolder(target, force) as out:` build files in `out.path`; renamed on success."""
+
+    def __init__(self, target: str | os.PathLike, force: bool = False, inputs: Iterable[Path] = ()):
+        self.target = Path(target)
+        self.force = force
+        check_output(self.target, force, inputs)
+        _clean_stale(self.target.parent, self.target.name)
+        self.path = _tmp_name(self.target)
+
+    def __enter__(self) -> "OutputFolder":
+        self.path.mkdir()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        try:
+            for p in self.path.rglob("*"):
+                if p.is_file():
+                    with open(p, "rb") as f:
+                        os.fsync(f.fileno())
+            _publish(self.path, self.target, self.force)
+        except BaseException:
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise
+
+    def copy_from(self, src_root: Path, exclude: Iterable[str] = ()) -> None:
+        """Copy every file of the input folder except `exclude` (relative paths) and pickles."""
+        excl = {str(Path(e)) for e in exclude}
+        for p in sorted(src_root.rglob("*")):
+            rel = p.relative_to(src_root)
+            if str(rel) in excl or any(part.startswith(TMP_PREFIX) or part.startswith(".") for part in rel.parts):
+                continue
+            if any(str(rel).startswith(e.rstrip("/") + "/") for e in excl):
+                continue
+            dest = self.path / rel
+            if p.is_dir():
+                dest.mkdir(parents=True, exist_ok=True)
+            elif p.is_file():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(p, dest)
+
+    def write_text(self, rel: str, text: str) -> Path:
+        p = self.path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with open(p, "w", encoding="utf-8") as f:
+            f.write(text)
+        return p
+
+    def write_json(self, rel: str, doc: Any) -> Path:
+        return self.write_text(rel, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+
+
+class OutputFile:
+    """`with OutputFile(target, force) as tmp:` write to `tmp`; linked into place on success."""
+
+    def __init__(self, target: str | os.PathLike, force: bool = False, inputs: Iterable[Path] = ()):
+        self.target = Path(target)
+        self.force = force
+        check_output(self.target, force, inputs)
+        if self.target.is_dir():
+            raise InputError(f"{self.target} is a folder; give a file name")
+        _clean_stale(self.target.parent, self.target.name)
+        self.path = _tmp_name(self.target)
+
+    def __enter__(self) -> Path:
+        return self.path
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.path.unlink(missing_ok=True)
+            return
+        try:
+            if self.path.exists():
+                with open(self.path, "rb") as f:
+                    os.fsync(f.fileno())
+            _publish(self.path, self.target, self.force)
+        finally:
+            self.path.unlink(missing_ok=True)
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def eprint(*a: Any) -> None:
+    print(*a, file=sys.stderr)

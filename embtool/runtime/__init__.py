@@ -1,0 +1,1 @@
+"""Running models with onnxruntime: the graph builder and the encoder."""

@@ -1,0 +1,301 @@
+"""Build the ONNX graph of a BERT-family encoder from config.json and safetensors weights.
+
+No PyTorch: the graph is written with `onnx.helper` and run by onnxruntime. Supported:
+BERT (all-MiniLM, bge, e5), RoBERTa / XLM-R / CamemBERT (positions offset by padding_idx + 1),
+DistilBERT.
+
+Large vocabulary-bound tensors are not copied into the graph: they are declared as graph inputs
+and fed at run time as OrtValues that wrap the memory-mapped safetensors data (zero copy), see
+`BuiltGraph.feeds`. `BuiltGraph.to_model()` turns them into ordinary initializers for export.
+
+The weight source is abstract (`WeightSource`): a tensor may be stored as plain float, as
+embtool's packed n-bit groups (emitted as MatMulNBits / GatherBlockQuantized) or as OFA
+factors F·P (emitted as Gather(F) + MatMul(P)).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from embtool.core.errors import CorruptFile, Unsupported
+from embtool.core.model import Model
+
+OPSET = 21
+MS_OPSET = 1
+SUPPORTED = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert")
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """Where an architecture keeps its weights (relative to the model prefix)."""
+
+    layers: str
+    q: str
+    k: str
+    v: str
+    o: str
+    ln1: str
+    ffn_in: str
+    ffn_out: str
+    ln2: str
+    has_token_types: bool = True
+    roberta_positions: bool = False
+
+
+BERT = Scheme("encoder.layer.{i}.", "attention.self.query", "attention.self.key", "attention.self.value",
+              "attention.output.dense", "attention.output.LayerNorm", "intermediate.dense", "output.dense",
+              "output.LayerNorm")
+ROBERTA = Scheme(**{**BERT.__dict__, "roberta_positions": True})
+DISTILBERT = Scheme("transformer.layer.{i}.", "attention.q_lin", "attention.k_lin", "attention.v_lin",
+                    "attention.out_lin", "sa_layer_norm", "ffn.lin1", "ffn.lin2", "output_layer_norm",
+                    has_token_types=False)
+
+
+@dataclass
+class Arch:
+    model_type: str
+    scheme: Scheme
+    prefix: str
+    hidden: int
+    layers: int
+    heads: int
+    eps: float
+    act: str
+    pad_id: int
+
+
+def detect_arch(model: Model) -> Arch:
+    cfg = model.config
+    mt = str(cfg.get("model_type", "")).lower()
+    if not mt:
+        raise Unsupported(f"{model.root}: config.json has no model_type; supported: {', '.join(SUPPORTED)}")
+    if mt not in SUPPORTED:
+        raise Unsupported(f"architecture {mt!r} is not supported for safetensors models "
+                          f"(supported: {', '.join(SUPPORTED)}); export it to ONNX and give embtool the .onnx")
+    ws = model.weights
+    assert ws is not None
+    anchor = next((k for k in ws.keys() for s in ("embeddings.word_embeddings.weight",
+                                                   "embeddings.word_embeddings.factor_F",
+                                                   "embeddings.word_embeddings.qweight") if k.endswith(s)), None)
+    if anchor is None:
+        raise CorruptFile(f"{model.root}: no embeddings.word_embeddings tensor in the weights")
+    prefix = anchor[: anchor.index("embeddings.word_embeddings")]
+    if mt == "distilbert":
+        scheme, hidden, layers, heads = DISTILBERT, cfg.get("dim", 768), cfg.get("n_layers", 6), cfg.get("n_heads", 12)
+        eps, act = 1e-12, str(cfg.get("activation", "gelu"))
+    else:
+        scheme = ROBERTA if mt in ("roberta", "xlm-roberta", "camembert") else BERT
+        hidden, layers = cfg.get("hidden_size"), cfg.get("num_hidden_layers")
+        heads, eps, act = cfg.get("num_attention_heads"), float(cfg.get("layer_norm_eps", 1e-12)), str(cfg.get("hidden_act", "gelu"))
+    if not all(isinstance(x, int) and x > 0 for x in (hidden, layers, heads)) or hidden % heads:
+        raise CorruptFile(f"{model.root}: config.json sizes are inconsistent (hidden {hidden}, heads {heads}, layers {layers})")
+    return Arch(mt, scheme, prefix, hidden, layers, heads, eps, act, int(cfg.get("pad_token_id", 1) or 0))
+
+
+class WeightSource:
+    """Resolves weight names to arrays; also knows embtool's quantized/factorized encodings."""
+
+    def __init__(self, model: Model):
+        self.ws = model.weights
+        assert self.ws is not None
+
+    def has(self, name: str) -> bool:
+        return name in self.ws
+
+    def get(self, name: str) -> np.ndarray:
+        if name not in self.ws:
+            raise CorruptFile(f"weight {name!r} is missing from the model")
+        return self.ws.get(name)
+
+    def get_f32(self, name: str) -> np.ndarray:
+        a = self.get(name)
+        return a if a.dtype == np.float32 else a.astype(np.float32)
+
+    def ln(self, base: str) -> tuple[np.ndarray, np.ndarray]:
+        if self.has(base + ".weight"):
+            return self.get_f32(base + ".weight"), self.get_f32(base + ".bias")
+        return self.get_f32(base + ".gamma"), self.get_f32(base + ".beta")
+
+
+@dataclass
+class BuiltGraph:
+    graph: onnx.GraphProto
+    feeds: dict[str, np.ndarray] = field(default_factory=dict)  # graph inputs that carry weights
+    opsets: tuple = ()
+
+    def to_model(self, embed_feeds: bool = True) -> onnx.ModelProto:
+        g = onnx.GraphProto()
+        g.CopyFrom(self.graph)
+        if embed_feeds:
+            keep = [i for i in g.input if i.name not in self.feeds]
+            del g.input[:]
+            g.input.extend(keep)
+            for name, arr in self.feeds.items():
+                g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        m = helper.make_model(g, opset_imports=list(self.opsets), producer_name="embtool")
+        m.ir_version = 10
+        return m
+
+
+class GraphBuilder:
+    """Emits nodes; one instance builds one graph."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.feeds: dict[str, np.ndarray] = {}
+        self.feed_infos: list[onnx.ValueInfoProto] = []
+        self._n = 0
+        self.uses_ms = False
+
+    def tmp(self, hint: str) -> str:
+        self._n += 1
+        return f"{hint}_{self._n}"
+
+    def node(self, op: str, inputs: list[str], hint: str | None = None, domain: str = "", n_out: int = 1, **attrs) -> str:
+        outs = [self.tmp(hint or op) for _ in range(n_out)]
+        if domain == "com.microsoft":
+            self.uses_ms = True
+        self.nodes.append(helper.make_node(op, inputs, outs, domain=domain or None, **attrs))
+        return outs[0]
+
+    def const(self, name: str, arr: np.ndarray) -> str:
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        return name
+
+    def feed(self, name: str, arr: np.ndarray) -> str:
+        """A weight passed at run time (zero copy) instead of embedded in the graph."""
+        self.feeds[name] = arr
+        elem = helper.np_dtype_to_tensor_dtype(arr.dtype)
+        self.feed_infos.append(helper.make_tensor_value_info(name, elem, list(arr.shape)))
+        return name
+
+
+Emitter = Callable[[GraphBuilder, WeightSource, str, str], str]
+
+
+def _linear(b: GraphBuilder, w: WeightSource, x: str, base: str) -> str:
+    """x @ W^T + bias for a HF Linear `base` (weight [out, in]); quantized weights use MatMulNBits."""
+    if w.has(base + ".qweight"):
+        from embtool.runtime import qops
+
+        y = qops.emit_matmul_nbits(b, w, x, base)
+    elif w.has(base + ".weight"):
+        wt = w.get_f32(base + ".weight")
+        y = b.node("MatMul", [x, b.const(base + ".weight_T", np.ascontiguousarray(wt.T))], "mm")
+    else:
+        raise CorruptFile(f"weight {base}.weight is missing from the model")
+    if w.has(base + ".bias"):
+        y = b.node("Add", [y, b.const(base + ".bias", w.get_f32(base + ".bias"))], "add")
+    return y
+
+
+def _embedding(b: GraphBuilder, w: WeightSource, ids: str, base: str) -> str:
+    """Token embedding lookup: plain Gather, quantized GatherBlockQuantized, or OFA Gather(F)·P."""
+    if w.has(base + ".qweight"):
+        from embtool.runtime import qops
+
+        return qops.emit_gather_block_quantized(b, w, ids, base)
+    if w.has(base + ".factor_F"):
+        F = base + ".factor_F"
+        if w.has(F + ".qweight"):
+            from embtool.runtime import qops
+
+            rows = qops.emit_gather_block_quantized(b, w, ids, F)
+        else:
+            rows = b.node("Gather", [b.feed(F, w.get(F)), ids], "gather_F")
+            if w.get(F).dtype != np.float32:
+                rows = b.node("Cast", [rows], "castF", to=TensorProto.FLOAT)
+        P = w.get_f32(base + ".factor_P")
+        return b.node("MatMul", [rows, b.const(base + ".factor_P", P)], "mm_P")
+    E = w.get(base + ".weight")
+    y = b.node("Gather", [b.feed(base + ".weight", E), ids], "gather_E")
+    if E.dtype != np.float32:
+        y = b.node("Cast", [y], "castE", to=TensorProto.FLOAT)
+    return y
+
+
+def build_encoder(model: Model) -> BuiltGraph:
+    """The encoder graph: inputs input_ids, attention_mask [batch, seq] int64;
+    output last_hidden_state [batch, seq, hidden] float32."""
+    a = detect_arch(model)
+    w = WeightSource(model)
+    b = GraphBuilder()
+    p, s = a.prefix, a.scheme
+    H, nh = a.hidden, a.heads
+    hd = H // nh
+
+    # embeddings
+    x = _embedding(b, w, "input_ids", p + "embeddings.word_embeddings")
+    pos_table = w.get_f32(p + "embeddings.position_embeddings.weight")
+    if s.roberta_positions:
+        pad = b.const("pad_id", np.array(a.pad_id, dtype=np.int64))
+        notpad = b.node("Cast", [b.node("Not", [b.node("Equal", ["input_ids", pad])])], "notpad", to=TensorProto.INT64)
+        cum = b.node("CumSum", [notpad, b.const("axis1", np.array(1, dtype=np.int64))], "cumsum")
+        pos_ids = b.node("Add", [b.node("Mul", [cum, notpad]), pad], "pos_ids")
+        pos = b.node("Gather", [b.const("position_embeddings", pos_table), pos_ids], "pos")
+    else:
+        seq = b.node("Shape", ["input_ids"], "seqlen", start=1, end=2)
+        pos = b.node("Slice", [b.const("position_embeddings", pos_table), b.const("zero1", np.array([0], np.int64)), seq,
+                               b.const("axes0", np.array([0], np.int64))], "pos")
+    x = b.node("Add", [x, pos], "emb")
+    if s.has_token_types and w.has(p + "embeddings.token_type_embeddings.weight"):
+        tt = w.get_f32(p + "embeddings.token_type_embeddings.weight")[0]
+        x = b.node("Add", [x, b.const("token_type_0", tt)], "emb_tt")
+    g, bb = w.ln(p + "embeddings.LayerNorm")
+    x = b.node("LayerNormalization", [x, b.const("emb_ln.w", g), b.const("emb_ln.b", bb)], "emb_ln", axis=-1, epsilon=a.eps)
+
+    # additive attention mask [batch, 1, 1, seq]
+    maskf = b.node("Cast", ["attention_mask"], "maskf", to=TensorProto.FLOAT)
+    neg = b.node("Mul", [b.node("Sub", [b.const("one", np.array(1.0, np.float32)), maskf]),
+                         b.const("neg", np.array(np.finfo(np.float32).min, np.float32))], "negmask")
+    addmask = b.node("Unsqueeze", [neg, b.const("axes12", np.array([1, 2], np.int64))], "addmask")
+
+    shp_heads = b.const("shape_heads", np.array([0, 0, nh, hd], np.int64))
+    shp_hidden = b.const("shape_hidden", np.array([0, 0, H], np.int64))
+    scale = b.const("scale", np.array(1.0 / math.sqrt(hd), np.float32))
+    for i in range(a.layers):
+        L = p + s.layers.format(i=i)
+        q = b.node("Transpose", [b.node("Reshape", [_linear(b, w, x, L + s.q), shp_heads])], "q", perm=[0, 2, 1, 3])
+        k = b.node("Transpose", [b.node("Reshape", [_linear(b, w, x, L + s.k), shp_heads])], "k", perm=[0, 2, 3, 1])
+        v = b.node("Transpose", [b.node("Reshape", [_linear(b, w, x, L + s.v), shp_heads])], "v", perm=[0, 2, 1, 3])
+        sc = b.node("Add", [b.node("Mul", [b.node("MatMul", [q, k]), scale]), addmask], "scores")
+        pr = b.node("Softmax", [sc], "probs", axis=-1)
+        ctx = b.node("Reshape", [b.node("Transpose", [b.node("MatMul", [pr, v])], perm=[0, 2, 1, 3]), shp_hidden], "ctx")
+        att = _linear(b, w, ctx, L + s.o)
+        g, bb = w.ln(L + s.ln1)
+        x = b.node("LayerNormalization", [b.node("Add", [x, att]), b.const(L + "ln1.w", g), b.const(L + "ln1.b", bb)],
+                   "ln1", axis=-1, epsilon=a.eps)
+        h = _linear(b, w, x, L + s.ffn_in)
+        h = _activation(b, h, a.act)
+        f = _linear(b, w, h, L + s.ffn_out)
+        g, bb = w.ln(L + s.ln2)
+        x = b.node("LayerNormalization", [b.node("Add", [x, f]), b.const(L + "ln2.w", g), b.const(L + "ln2.b", bb)],
+                   "ln2", axis=-1, epsilon=a.eps)
+    b.nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"]))
+
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])]
+    outputs = [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", H])]
+    graph = helper.make_graph(b.nodes, "embtool_encoder", inputs + b.feed_infos, outputs, b.inits)
+    opsets = [helper.make_opsetid("", OPSET)]
+    if b.uses_ms:
+        opsets.append(helper.make_opsetid("com.microsoft", MS_OPSET))
+    return BuiltGraph(graph, b.feeds, tuple(opsets))
+
+
+def _activation(b: GraphBuilder, h: str, act: str) -> str:
+    act = act.lower()
+    if act == "gelu":
+        return b.node("Gelu", [h], "gelu")
+    if act in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        return b.node("Gelu", [h], "gelu", approximate="tanh")
+    if act == "relu":
+        return b.node("Relu", [h], "relu")
+    raise Unsupported(f"activation {act!r} is not supported (gelu, gelu_new, relu)")

@@ -1,0 +1,257 @@
+"""Sentence embeddings through onnxruntime, for ONNX models and built safetensors graphs.
+
+Texts are tokenized in chunks with the fast (multi-threaded) batch tokenizer, sorted by length so
+batches carry little padding, run, pooled, and put back in input order.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from embtool.algorithms import pooling as P
+from embtool.core.errors import InputError, Unsupported
+from embtool.core.model import Model
+
+CHUNK = 4096  # texts tokenized at once; bounds memory for streams of any length
+
+
+@dataclass
+class EmbedSettings:
+    pooling: str = "auto"
+    normalize: bool | None = None  # None: from the sentence-transformers config
+    dim: int | None = None
+    prefix: str = ""
+    max_length: int | None = None
+    batch_size: int = 32
+    threads: int = 0
+    output_name: str | None = None
+    sort: bool = True
+
+
+@dataclass
+class EmbedStats:
+    texts: int = 0
+    tokens: int = 0
+    truncated: int = 0
+    padded_tokens: int = 0
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = max(0, int(threads))
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return so
+
+
+def make_session(model: Model, threads: int = 0, build=None):
+    """(session, feeds as OrtValues). ONNX models load from their path (external data included);
+    safetensors models are built in memory with their vocabulary tensors fed zero-copy."""
+    so = session_options(threads)
+    if model.format == "onnx":
+        _ = model.onnx_model  # validates external-data locations before onnxruntime sees the file
+        try:
+            sess = ort.InferenceSession(str(model.weight_path), so, providers=["CPUExecutionProvider"])
+        except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+                ort.capi.onnxruntime_pybind11_state.InvalidArgument, ort.capi.onnxruntime_pybind11_state.NotImplemented) as e:
+            raise Unsupported(f"{model.weight_path}: onnxruntime cannot load it: {str(e).splitlines()[0]}") from e
+        return sess, {}
+    from embtool.runtime.bert_graph import build_encoder
+
+    built = (build or build_encoder)(model)
+    m = built.to_model(embed_feeds=False)
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    feeds = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for k, v in built.feeds.items()}
+    return sess, feeds
+
+
+def default_max_length(model: Model) -> int:
+    cfg = model.config
+    limits = []
+    mpe = cfg.get("max_position_embeddings")
+    if isinstance(mpe, int) and mpe > 0:
+        mt = str(cfg.get("model_type", ""))
+        off = int(cfg.get("pad_token_id", 1) or 0) + 1 if mt in ("roberta", "xlm-roberta", "camembert") else 0
+        limits.append(mpe - off)
+    if model.st.max_seq_length:
+        limits.append(model.st.max_seq_length)
+    return min(limits) if limits else 512
+
+
+class Encoder:
+    def __init__(self, model: Model, settings: EmbedSettings | None = None, session=None):
+        if model.tokenizer is None:
+            raise InputError(f"{model.root}: no tokenizer.json beside the model; embtool needs it to embed text")
+        self.model = model
+        self.s = settings or EmbedSettings()
+        self.max_length = self.s.max_length or default_max_length(model)
+        if self.max_length < 2:
+            raise InputError(f"--max-length {self.max_length} is too small")
+        self.tok: Tokenizer = model.tokenizer.runtime()  # shared: truncation is set before each use
+        self.sess, self.feeds = session if session is not None else make_session(model, self.s.threads)
+        self.input_names = [i.name for i in self.sess.get_inputs() if i.name not in self.feeds]
+        for need in ("input_ids",):
+            if need not in self.input_names:
+                raise Unsupported(f"{model.weight_path}: the ONNX graph has no {need!r} input "
+                                  f"(inputs: {', '.join(self.input_names)})")
+        unknown = set(self.input_names) - {"input_ids", "attention_mask", "token_type_ids", "position_ids"}
+        if unknown:
+            raise Unsupported(f"{model.weight_path}: the ONNX graph needs inputs embtool cannot feed: {', '.join(sorted(unknown))}")
+        self.output_name, self.pooled_output = self._pick_output()
+        pool = self.s.pooling
+        if pool == "auto":
+            pool = model.st.pooling or "mean"
+        if pool not in P.POOLINGS:
+            raise InputError(f"pooling {pool!r} is not supported ({', '.join(P.POOLINGS)})")
+        self.pooling = pool
+        self.normalize = self.s.normalize if self.s.normalize is not None else bool(model.st.normalize)
+        self.stats = EmbedStats()
+        self.hidden: int | None = None
+
+    def _pick_output(self) -> tuple[str, bool]:
+        outs = self.sess.get_outputs()
+        if self.s.output_name:
+            match = [o for o in outs if o.name == self.s.output_name]
+            if not match:
+                raise InputError(f"no output named {self.s.output_name!r} (outputs: {', '.join(o.name for o in outs)})")
+            return match[0].name, len(match[0].shape) == 2
+        for preferred in ("last_hidden_state", "token_embeddings"):
+            for o in outs:
+                if o.name == preferred:
+                    return o.name, False
+        rank3 = [o for o in outs if len(o.shape) == 3]
+        if len(rank3) == 1:
+            return rank3[0].name, False
+        for preferred in ("sentence_embedding", "pooler_output", "embeddings"):
+            for o in outs:
+                if o.name == preferred:
+                    return o.name, True
+        if len(outs) == 1 and len(outs[0].shape) == 2:
+            return outs[0].name, True
+        raise InputError("cannot tell which output holds the embeddings; choose one with --output-name "
+                         f"({', '.join(f'{o.name}{list(o.shape)}' for o in outs)})")
+
+    # ------------------------------------------------------------------------------------------
+    def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        feeds = dict(self.feeds)
+        arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        if "position_ids" in self.input_names:
+            arrays["position_ids"] = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()
+        for name in self.input_names:
+            feeds[name] = ort.OrtValue.ortvalue_from_numpy(arrays[name])
+        out = self.sess.run_with_ort_values([self.output_name], feeds)[0].numpy()
+        if self.pooled_output:
+            if out.ndim != 2:
+                raise Unsupported(f"output {self.output_name!r} has shape {out.shape}, expected [batch, hidden]")
+            return out.astype(np.float32, copy=False)
+        if out.ndim != 3:
+            raise Unsupported(f"output {self.output_name!r} has shape {out.shape}, expected [batch, seq, hidden]")
+        return P.pool(out, mask, self.pooling)
+
+    def _finish(self, x: np.ndarray) -> np.ndarray:
+        if self.hidden is None:
+            self.hidden = x.shape[1]
+            if self.s.dim is not None and self.s.dim > self.hidden:
+                raise InputError(f"--dim {self.s.dim} is larger than the model's embedding size {self.hidden}")
+        x = P.truncate_dim(x, self.s.dim)
+        return P.normalize(x) if self.normalize else x.astype(np.float32, copy=False)
+
+    def encode_ids(self, seqs: list[list[int]]) -> np.ndarray:
+        """Embed already-tokenized sequences (special tokens included); input order kept."""
+        n = len(seqs)
+        order = sorted(range(n), key=lambda i: -len(seqs[i])) if self.s.sort else list(range(n))
+        out: np.ndarray | None = None
+        bs = max(1, self.s.batch_size)
+        for b0 in range(0, n, bs):
+            idx = order[b0 : b0 + bs]
+            L = max(1, max(len(seqs[i]) for i in idx))
+            ids = np.zeros((len(idx), L), dtype=np.int64)
+            pad_id = self._pad_id()
+            ids.fill(pad_id)
+            mask = np.zeros((len(idx), L), dtype=np.int64)
+            for r, i in enumerate(idx):
+                s = seqs[i]
+                ids[r, : len(s)] = s
+                mask[r, : len(s)] = 1
+            self.stats.padded_tokens += int(mask.size - mask.sum())
+            vec = self._finish(self._run(ids, mask))
+            if out is None:
+                out = np.empty((n, vec.shape[1]), dtype=np.float32)
+            out[idx] = vec
+        if out is None:
+            out = np.empty((0, self.s.dim or 0), dtype=np.float32)
+        return out
+
+    def _pad_id(self) -> int:
+        if not hasattr(self, "_pad"):
+            pad = None
+            for name in ("<pad>", "[PAD]", "<|endoftext|>"):
+                pad = self.tok.token_to_id(name)
+                if pad is not None:
+                    break
+            cfg_pad = self.model.config.get("pad_token_id")
+            self._pad = int(cfg_pad) if isinstance(cfg_pad, int) else (pad if pad is not None else 0)
+        return self._pad
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        if self.s.prefix:
+            texts = [self.s.prefix + t for t in texts]
+        self.tok.no_padding()
+        self.tok.enable_truncation(self.max_length)
+        encs = self.tok.encode_batch(texts)
+        seqs = []
+        for e in encs:
+            if e.overflowing:
+                self.stats.truncated += 1
+            seqs.append(e.ids)
+            self.stats.tokens += len(e.ids)
+        self.stats.texts += len(texts)
+        return seqs
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self.encode_ids(self.tokenize(list(texts)))
+
+    def embed_stream(self, texts: Iterable[str], chunk: int = CHUNK, progress=None) -> Iterator[tuple[list[str], np.ndarray]]:
+        """Yields (texts, vectors) per chunk, in input order, with bounded memory."""
+        buf: list[str] = []
+        for t in texts:
+            buf.append(t)
+            if len(buf) >= chunk:
+                yield buf, self.embed(buf)
+                if progress is not None:
+                    progress.update(len(buf))
+                buf = []
+        if buf:
+            yield buf, self.embed(buf)
+            if progress is not None:
+                progress.update(len(buf))
+
+
+def progress_bar(quiet: bool, total: int | None = None, unit: str = "text", desc: str | None = None):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, disable=quiet or not sys.stderr.isatty(),
+                dynamic_ncols=True, leave=False)
+
+
+def run_embed(encoder: Encoder, texts: Iterable[str], sink, progress=None, shard: tuple[int, int] | None = None) -> list[int]:
+    """Embed a stream of texts into `sink` (an EmbeddingSink). Returns the global ids written
+    (with --shard i/n, text number j goes to shard j % n)."""
+    ids: list[int] = []
+
+    def selected() -> Iterator[str]:
+        for j, t in enumerate(texts):
+            if shard is None or j % shard[1] == shard[0]:
+                ids.append(j)
+                yield t
+
+    for chunk, vecs in encoder.embed_stream(selected(), progress=progress):
+        sink.add(chunk, vecs)
+    return ids
