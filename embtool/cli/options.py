@@ -11,15 +11,12 @@ import click
 
 
 class ModelPath(click.ParamType):
-    """A model folder or a .safetensors/.onnx file; checked for existence while parsing."""
+    """A model folder or a .safetensors/.onnx file. Existence is checked by the core, so that a
+    missing model is a one-line error (exit 1) like every other unusable model."""
 
     name = "MODEL"
 
     def convert(self, value: Any, param, ctx) -> str:
-        from pathlib import Path
-
-        if not Path(value).exists():
-            self.fail(f"{value!r}: no such file or folder", param, ctx)
         return str(value)
 
 

