@@ -55,15 +55,20 @@ def test_pooling_dim_prefix(tiny_bert):
     np.testing.assert_allclose(pre, plain, atol=1e-6)
 
 
-def test_export_onnx_equals_in_memory(tmp_path, tiny_model):
+@pytest.mark.parametrize("portable", [False, True])
+def test_export_onnx_equals_in_memory(tmp_path, tiny_model, portable):
+    import onnx
+
     out = tmp_path / "onnx"
-    r = run_cli(["export-onnx", tiny_model, "-o", out, "--json"])
+    r = run_cli(["export-onnx", tiny_model, "-o", out, "--json"] + (["--portable"] if portable else []))
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["file"] == "model.onnx"
     a = Encoder(open_model(tiny_model)).embed(SENTENCES)
     b = Encoder(open_model(out)).embed(SENTENCES)
     np.testing.assert_allclose(a, b, atol=1e-5)
     assert json.loads((out / "embtool.json").read_text())["command"] == "export-onnx"
+    domains = {n.domain for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert domains == ({""} if portable else {"", "com.microsoft"})
 
 
 def test_truncation_counted(tiny_bert):

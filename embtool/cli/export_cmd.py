@@ -16,9 +16,10 @@ from embtool.core.writer import OutputFolder, provenance
 @click.command(name="export-onnx")
 @model_argument
 @output_option()
+@click.option("--portable", is_flag=True, help="Standard ONNX operators only (no com.microsoft fused attention), for runtimes other than onnxruntime.")
 @force_option
 @common_options
-def command(model: str, output: str, force: bool, as_json: bool, quiet: bool, threads: int) -> None:
+def command(model: str, output: str, portable: bool, force: bool, as_json: bool, quiet: bool, threads: int) -> None:
     """Export a safetensors model (BERT, RoBERTa/XLM-R, DistilBERT; plain, quantized or factorized)
     to an ONNX model folder that onnxruntime runs as is (inputs input_ids, attention_mask; output
     last_hidden_state). Tokenizer and sentence-transformers files are copied alongside.
@@ -26,6 +27,7 @@ def command(model: str, output: str, force: bool, as_json: bool, quiet: bool, th
     \b
     Example:
       embtool export-onnx all-MiniLM-L6-v2/ -o all-MiniLM-L6-v2-onnx/
+      embtool export-onnx all-MiniLM-L6-v2/ --portable -o minilm-standard-ops/
     """
     from embtool.runtime.bert_graph import build_encoder
 
@@ -33,11 +35,11 @@ def command(model: str, output: str, force: bool, as_json: bool, quiet: bool, th
     m = open_model(model)
     if m.format != "safetensors":
         raise InputError(f"{model} is already an ONNX model")
-    built = build_encoder(m)
+    built = build_encoder(m, fused=not portable)
     onnx_model = built.to_model(embed_feeds=True)
     with OutputFolder(output, force, inputs=[m.root]) as out:
         copy_companions(m, out)
-        prov = provenance("export-onnx", {"model": model}, {"model": m.fingerprint()})
+        prov = provenance("export-onnx", {"model": model, "portable": portable}, {"model": m.fingerprint()})
         path = save_onnx(onnx_model, out, prov)
         out.write_json("embtool.json", {**m.embtool_meta(), **prov})
         size = sum(p.stat().st_size for p in out.path.glob("model.onnx*"))

@@ -221,9 +221,12 @@ def _embedding(b: GraphBuilder, w: WeightSource, ids: str, base: str) -> str:
     return y
 
 
-def build_encoder(model: Model) -> BuiltGraph:
+def build_encoder(model: Model, fused: bool = True) -> BuiltGraph:
     """The encoder graph: inputs input_ids, attention_mask [batch, seq] int64;
-    output last_hidden_state [batch, seq, hidden] float32."""
+    output last_hidden_state [batch, seq, hidden] float32.
+
+    fused=True uses onnxruntime's com.microsoft.MultiHeadAttention kernel (measured faster, see
+    docs/benchmarks.md); fused=False writes standard ONNX ops only (`export-onnx --portable`)."""
     a = detect_arch(model)
     w = WeightSource(model)
     b = GraphBuilder()
@@ -251,23 +254,30 @@ def build_encoder(model: Model) -> BuiltGraph:
     g, bb = w.ln(p + "embeddings.LayerNorm")
     x = b.node("LayerNormalization", [x, b.const("emb_ln.w", g), b.const("emb_ln.b", bb)], "emb_ln", axis=-1, epsilon=a.eps)
 
-    # additive attention mask [batch, 1, 1, seq]
-    maskf = b.node("Cast", ["attention_mask"], "maskf", to=TensorProto.FLOAT)
-    neg = b.node("Mul", [b.node("Sub", [b.const("one", np.array(1.0, np.float32)), maskf]),
-                         b.const("neg", np.array(np.finfo(np.float32).min, np.float32))], "negmask")
-    addmask = b.node("Unsqueeze", [neg, b.const("axes12", np.array([1, 2], np.int64))], "addmask")
-
-    shp_heads = b.const("shape_heads", np.array([0, 0, nh, hd], np.int64))
-    shp_hidden = b.const("shape_hidden", np.array([0, 0, H], np.int64))
-    scale = b.const("scale", np.array(1.0 / math.sqrt(hd), np.float32))
+    if fused:
+        # onnxruntime's fused attention kernel; the key padding mask is the raw 0/1 mask as int32
+        mask32 = b.node("Cast", ["attention_mask"], "mask32", to=TensorProto.INT32)
+    else:
+        # additive attention mask [batch, 1, 1, seq]
+        maskf = b.node("Cast", ["attention_mask"], "maskf", to=TensorProto.FLOAT)
+        neg = b.node("Mul", [b.node("Sub", [b.const("one", np.array(1.0, np.float32)), maskf]),
+                             b.const("neg", np.array(np.finfo(np.float32).min, np.float32))], "negmask")
+        addmask = b.node("Unsqueeze", [neg, b.const("axes12", np.array([1, 2], np.int64))], "addmask")
+        shp_heads = b.const("shape_heads", np.array([0, 0, nh, hd], np.int64))
+        shp_hidden = b.const("shape_hidden", np.array([0, 0, H], np.int64))
+        scale = b.const("scale", np.array(1.0 / math.sqrt(hd), np.float32))
     for i in range(a.layers):
         L = p + s.layers.format(i=i)
-        q = b.node("Transpose", [b.node("Reshape", [_linear(b, w, x, L + s.q), shp_heads])], "q", perm=[0, 2, 1, 3])
-        k = b.node("Transpose", [b.node("Reshape", [_linear(b, w, x, L + s.k), shp_heads])], "k", perm=[0, 2, 3, 1])
-        v = b.node("Transpose", [b.node("Reshape", [_linear(b, w, x, L + s.v), shp_heads])], "v", perm=[0, 2, 1, 3])
-        sc = b.node("Add", [b.node("Mul", [b.node("MatMul", [q, k]), scale]), addmask], "scores")
-        pr = b.node("Softmax", [sc], "probs", axis=-1)
-        ctx = b.node("Reshape", [b.node("Transpose", [b.node("MatMul", [pr, v])], perm=[0, 2, 1, 3]), shp_hidden], "ctx")
+        if fused:
+            q, k, v = (_linear(b, w, x, L + name) for name in (s.q, s.k, s.v))
+            ctx = b.node("MultiHeadAttention", [q, k, v, "", mask32], "mha", domain="com.microsoft", num_heads=nh)
+        else:
+            q = b.node("Transpose", [b.node("Reshape", [_linear(b, w, x, L + s.q), shp_heads])], "q", perm=[0, 2, 1, 3])
+            k = b.node("Transpose", [b.node("Reshape", [_linear(b, w, x, L + s.k), shp_heads])], "k", perm=[0, 2, 3, 1])
+            v = b.node("Transpose", [b.node("Reshape", [_linear(b, w, x, L + s.v), shp_heads])], "v", perm=[0, 2, 1, 3])
+            sc = b.node("Add", [b.node("Mul", [b.node("MatMul", [q, k]), scale]), addmask], "scores")
+            pr = b.node("Softmax", [sc], "probs", axis=-1)
+            ctx = b.node("Reshape", [b.node("Transpose", [b.node("MatMul", [pr, v])], perm=[0, 2, 1, 3]), shp_hidden], "ctx")
         att = _linear(b, w, ctx, L + s.o)
         g, bb = w.ln(L + s.ln1)
         x = b.node("LayerNormalization", [b.node("Add", [x, att]), b.const(L + "ln1.w", g), b.const(L + "ln1.b", bb)],
