@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("EMBTOOL_SHARED", ROOT.parent / "shared"))
 CORPORA = SHARED / "corpora"
 
 SENTENCES = [

@@ -95,3 +95,52 @@ def test_search_finds_paragraphs_by_their_first_half(e5_small, tmp_path):
     hits = [json.loads(line) for line in r.stdout.splitlines()]
     found = sum(1 for qi, i in enumerate(sample) if any(h["id"] == i for h in hits if h["query_no"] == qi))
     assert found / len(sample) >= 0.95, found
+
+
+def _split(lang):
+    from conftest import CORPORA
+
+    lines = (CORPORA / f"{lang}.txt").read_text(encoding="utf-8").splitlines()
+    cut = int(len(lines) * 0.8)
+    return lines[:cut], lines[cut:]
+
+
+def test_trim_e5_to_french_and_onnx_equivalence(e5_small, tmp_path):
+    train, held = _split("fr")
+    (tmp_path / "train.txt").write_text("\n".join(train) + "\n")
+    (tmp_path / "held.txt").write_text("\n".join(held) + "\n")
+    r = run_cli(["trim-vocab", e5_small, "-c", tmp_path / "train.txt", "--eval", tmp_path / "held.txt", "--eval-limit", "300",
+                 "-o", tmp_path / "fr", "--json"])
+    assert r.exit_code == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["vocab_after"] < 20000 and s["bytes_after"] <= 0.25 * s["bytes_before"]
+    assert s["eval"]["cosine_mean"] >= 0.999
+    v = Encoder(open_model(tmp_path / "fr")).embed(held[:5])
+    assert v.shape == (5, 384)
+    # the same trim of the ONNX export gives the same tokenizer and the same embedding rows
+    assert run_cli(["export-onnx", e5_small, "-o", tmp_path / "onnx", "--quiet"]).exit_code == 0
+    r = run_cli(["trim-vocab", tmp_path / "onnx", "-c", tmp_path / "train.txt", "-o", tmp_path / "fr-onnx", "--quiet"])
+    assert r.exit_code == 0, r.stderr
+    assert (tmp_path / "fr" / "tokenizer.json").read_text() == (tmp_path / "fr-onnx" / "tokenizer.json").read_text()
+    import onnx
+    from onnx import numpy_helper
+
+    g = onnx.load(str(tmp_path / "fr-onnx" / "model.onnx")).graph
+    E_onnx = next(numpy_helper.to_array(t) for t in g.initializer if t.name == "embeddings.word_embeddings.weight")
+    E_st = SafetensorsFile(tmp_path / "fr" / "model.safetensors").get("embeddings.word_embeddings.weight")
+    np.testing.assert_array_equal(E_onnx, E_st)
+    a = Encoder(open_model(tmp_path / "fr")).embed(held[:20])
+    b = Encoder(open_model(tmp_path / "fr-onnx")).embed(held[:20])
+    assert _cos(a, b).min() >= 0.99999
+
+
+def test_trim_minilm_wordpiece(minilm, tmp_path):
+    train, held = _split("en")
+    (tmp_path / "train.txt").write_text("\n".join(train[:5000]) + "\n")
+    r = run_cli(["trim-vocab", minilm, "-c", tmp_path / "train.txt", "-o", tmp_path / "en", "--json"])
+    assert r.exit_code == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["vocab_after"] < s["vocab_before"]
+    orig, new = open_model(minilm), open_model(tmp_path / "en")
+    texts = train[:300]
+    assert _cos(Encoder(orig).embed(texts), Encoder(new).embed(texts)).min() >= 0.99999

@@ -9,6 +9,7 @@ left out of the table, not faked.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from tools import realmodels  # noqa: E402
 
-SHARED = ROOT.parent / "shared" / "corpora"
+SHARED = Path(os.environ.get("EMBTOOL_SHARED", ROOT.parent / "shared")) / "corpora"
 WORK = ROOT / ".demo"
 EMBTOOL = [sys.executable, "-m", "embtool"]
 

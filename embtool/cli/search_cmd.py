@@ -12,7 +12,7 @@ import numpy as np
 from embtool.algorithms.search import METRICS
 from embtool.cli.options import common_options
 from embtool.core.errors import InputError
-from embtool.core.search_job import SearchRequest, run_search
+from embtool.jobs.search import SearchRequest, run_search
 
 
 @click.command(name="search")

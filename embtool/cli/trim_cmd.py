@@ -1,0 +1,82 @@
+"""`embtool trim-vocab`: Vocabulary Trimming."""
+
+from __future__ import annotations
+
+import click
+
+from embtool.algorithms.vocab import SCRIPTS
+from embtool.cli.options import common_options, emit_summary, force_option, human_bytes, model_argument
+
+
+def render(s: dict) -> str:
+    lines = [f"vocabulary   {s['vocab_before']:,} -> {s['vocab_after']:,} tokens"
+             + (f" (embedding rows {s['embedding_rows_before']:,} -> {s['vocab_after']:,})" if s["embedding_rows_before"] != s["vocab_before"] else ""),
+             f"parameters   {s['parameters_before']:,} -> {s['parameters_after']:,} ({100 * s['parameters_after'] / s['parameters_before']:.1f}%)"]
+    after = s.get("bytes_after", s.get("bytes_after_estimate"))
+    lines.append(f"bytes        {human_bytes(s['bytes_before'])} -> {human_bytes(after)}{' (estimate)' if 'bytes_after' not in s else ''}"
+                 f" ({100 * after / s['bytes_before']:.1f}%)")
+    if s.get("corpus_coverage") is not None:
+        lines.append(f"corpus       {s['corpus_lines']:,} lines, {s['corpus_bytes'] / 1e6:.1f} MB, {s['corpus_tokens']:,} tokens "
+                     f"[{s['counting']}]; kept tokens cover {100 * s['corpus_coverage']:.3f}% of them")
+    if "eval" in s:
+        e = s["eval"]
+        lines.append(f"held-out     {e['texts']} texts: {100 * e['identical_tokenization']:.1f}% tokenized identically, "
+                     f"{100 * e['new_unknown_token_share']:.3f}% tokens newly unknown; embedding cosine mean {e['cosine_mean']:.5f}, min {e['cosine_min']:.5f}")
+    for n in s["notes"]:
+        lines.append(f"note         {n}")
+    lines.append(("dry run: nothing written" if s["dry_run"] else f"wrote        {s['output']}") + f" ({s['seconds']} s)")
+    return "\n".join(lines)
+
+
+@click.command(name="trim-vocab")
+@model_argument
+@click.option("-c", "--corpus", multiple=True, help="Text file(s) of the target language(s), one text per line ('-' = stdin). Repeatable.")
+@click.option("--field", default=None, help="Read the corpus as JSONL and take this field.")
+@click.option("--top", type=click.IntRange(min=1), default=None, help="Keep the N most frequent corpus tokens.")
+@click.option("--min-freq", type=click.IntRange(min=1), default=None, help="Keep tokens seen at least F times.")
+@click.option("--coverage", type=click.FloatRange(0, 1, min_open=True), default=None,
+              help="Keep the smallest set of tokens covering this share of corpus token occurrences (default 1.0: every token seen).")
+@click.option("--keep", "keep_file", type=click.Path(exists=True, dir_okay=False), default=None, help="File of tokens (one per line) always kept.")
+@click.option("--script", "scripts", default=None, help=f"Also keep tokens whose letters are in these Unicode scripts (comma-separated: {', '.join(SCRIPTS[:6])}, ...). Works without a corpus.")
+@click.option("--eval", "eval_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Held-out texts: report identical-tokenization share and embedding cosine original vs trimmed.")
+@click.option("--eval-limit", type=click.IntRange(min=1), default=1000, show_default=True, help="Use at most this many --eval texts.")
+@click.option("--min-cosine", type=click.FloatRange(-1, 1), default=None, help="With --eval: fail (exit 1, nothing written) when the mean cosine is below this.")
+@click.option("--dry-run", is_flag=True, help="Print what would be kept and the resulting size; write nothing.")
+@click.option("-o", "--output", default=None, help="Output model folder.")
+@force_option
+@common_options
+def command(model, corpus, field, top, min_freq, coverage, keep_file, scripts, eval_file, eval_limit, min_cosine, dry_run,
+            output, force, as_json, quiet, threads) -> None:
+    """Vocabulary Trimming (Ushio et al. 2023): keep only the tokens a language needs and slice the
+    embedding matrix (and every tensor on the vocabulary axis) to them; ids become contiguous in
+    their original order. WordPiece, BPE (byte-level or not) and Unigram tokenizers are rewritten so
+    that every corpus text tokenizes exactly as before; special tokens are always kept.
+
+    The corpus is streamed and counted with the model's own tokenizer. Without a selection flag
+    every token the corpus uses is kept (--coverage 1.0).
+
+    \b
+    Example:
+      embtool trim-vocab e5-small/ -c fr.txt -o e5-small-fr/ --eval fr-heldout.txt
+      embtool trim-vocab e5-small/ --script Latin -o e5-small-latin/
+      embtool trim-vocab e5-small/ -c fr.txt --coverage 0.9995 --dry-run
+    """
+    from embtool.jobs.trim import TrimRequest, run_trim
+    from embtool.runtime.encoder import progress_bar
+
+    if not dry_run and not output:
+        raise click.UsageError("give -o OUTPUT (or --dry-run)")
+    if min_cosine is not None and not eval_file:
+        raise click.UsageError("--min-cosine needs --eval FILE")
+    req = TrimRequest(model=model, output=output, corpus=list(corpus), text_field=field, top=top, min_freq=min_freq,
+                      coverage=coverage, keep_file=keep_file,
+                      scripts=[s.strip() for s in scripts.split(",") if s.strip()] if scripts else [],
+                      eval_file=eval_file, eval_limit=eval_limit, min_cosine=min_cosine, dry_run=dry_run, force=force,
+                      threads=threads)
+    bar = progress_bar(quiet, unit="B", desc="count")
+    try:
+        summary = run_trim(req, bar)
+    finally:
+        bar.close()
+    emit_summary(summary, as_json, quiet, render)

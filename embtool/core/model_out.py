@@ -1,0 +1,80 @@
+"""Writing an output model folder: weights (safetensors or ONNX), configs kept consistent, provenance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from embtool.core.model import Model, read_json
+from embtool.core.safetensors_io import write_safetensors
+from embtool.core.writer import OutputFolder
+
+ID_KEYS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id", "unk_token_id",
+           "mask_token_id", "decoder_start_token_id")
+
+
+def weight_file_names(model: Model) -> list[str]:
+    out = [str(p.relative_to(model.root)) for p in model.weight_files() if p.is_relative_to(model.root)]
+    if model.layout.weights.endswith(".index.json"):
+        out.append(model.layout.weights)
+    return out
+
+
+def copy_unchanged(model: Model, out: OutputFolder, changed: Iterable[str] = ()) -> None:
+    """Copy every file of the input except its weights, embtool.json and the files in `changed`."""
+    out.copy_from(model.root, exclude=[*weight_file_names(model), "embtool.json", *changed])
+
+
+def write_weights(model: Model, out: OutputFolder, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> Path:
+    """All tensors into one model.safetensors (streamed; untouched tensors stay memory-mapped views)."""
+    meta = {"format": "pt", **metadata}
+    path = out.path / "model.safetensors"
+    write_safetensors(path, tensors, meta)
+    return path
+
+
+def updated_config(model: Model, vocab_size: int | None = None, remap: dict[int, int] | None = None,
+                   extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    cfg = dict(model.config)
+    if vocab_size is not None and cfg:
+        cfg["vocab_size"] = int(vocab_size)
+    if remap is not None:
+        for k in ID_KEYS:
+            v = cfg.get(k)
+            if isinstance(v, int) and not isinstance(v, bool):
+                cfg[k] = remap.get(v, v if v < 0 else None)
+                if cfg[k] is None:
+                    del cfg[k]
+    if extra:
+        cfg.update(extra)
+    return cfg
+
+
+def write_configs(model: Model, out: OutputFolder, cfg: dict[str, Any] | None, remap: dict[int, int] | None = None) -> None:
+    if cfg is not None and (cfg or (model.root / "config.json").is_file()):
+        out.write_json("config.json", cfg)
+    tc = model.root / "tokenizer_config.json"
+    if remap is not None and tc.is_file():
+        d = read_json(tc)
+        if isinstance(d, dict) and isinstance(d.get("added_tokens_decoder"), dict):
+            d["added_tokens_decoder"] = {str(remap[int(k)]): v for k, v in d["added_tokens_decoder"].items()
+                                         if k.lstrip("-").isdigit() and int(k) in remap}
+        out.write_json("tokenizer_config.json", d)
+
+
+def slice_onnx_initializers(onnx_model, names_axes: dict[str, int], keep: np.ndarray) -> None:
+    """Slice initializers in place along their vocabulary axis (order of `keep` preserved)."""
+    from onnx import numpy_helper
+
+    for i, t in enumerate(onnx_model.graph.initializer):
+        if t.name in names_axes:
+            arr = numpy_helper.to_array(t)
+            new = np.take(arr, keep, axis=names_axes[t.name])
+            onnx_model.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(new), t.name))
+
+
+def metadata_json(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, sort_keys=True, ensure_ascii=False)

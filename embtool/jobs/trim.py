@@ -1,0 +1,221 @@
+"""trim-vocab: keep the tokens a corpus (or a set of scripts) needs; slice every vocabulary tensor."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+import json
+from typing import Any
+
+import numpy as np
+
+from embtool.algorithms import vocab as VA
+from embtool.core.counting import count_corpus
+from embtool.core.errors import CorruptFile, FidelityError, InputError, Unsupported
+from embtool.core.model import Model, find_vocab_tensors, open_model
+from embtool.core.model_out import (copy_unchanged, metadata_json, slice_onnx_initializers, updated_config,
+                                    write_configs, write_weights)
+from embtool.core.texts import iter_texts, read_lines
+from embtool.core.tokenizer_io import TokenizerJson
+from embtool.core.writer import OutputFolder, provenance
+
+
+@dataclass
+class TrimRequest:
+    model: str
+    output: str | None
+    corpus: list[str] = field(default_factory=list)
+    text_field: str | None = None
+    top: int | None = None
+    min_freq: int | None = None
+    coverage: float | None = None
+    keep_file: str | None = None
+    scripts: list[str] = field(default_factory=list)
+    eval_file: str | None = None
+    eval_limit: int = 1000
+    min_cosine: float | None = None
+    dry_run: bool = False
+    force: bool = False
+    threads: int = 0
+
+
+def _keep_tokens(path: str, ids: dict[str, int]) -> tuple[set[int], list[str]]:
+    kept, unknown = set(), []
+    for tok in read_lines(path):
+        t = tok.strip()
+        if t in ids:
+            kept.add(ids[t])
+        else:
+            unknown.append(t)
+    return kept, unknown
+
+
+def plan_trim(m: Model, req: TrimRequest, progress=None) -> dict[str, Any]:
+    """Decide the kept ids. Returns the plan (kept old ids, counts, coverage, notes)."""
+    assert m.tokenizer is not None
+    doc = m.tokenizer.data
+    tok = m.tokenizer.runtime()
+    ids = VA.tokenizer_ids(doc)
+    V_tok = max(ids.values()) + 1
+    vt = find_vocab_tensors(m)
+    if not vt:
+        raise Unsupported(f"{m.root}: no token-embedding matrix found; nothing to trim")
+    rows = vt[0].shape[vt[0].axis]
+    if V_tok > rows:
+        raise CorruptFile(f"{m.root}: the tokenizer has ids up to {V_tok - 1} but the embedding matrix only {rows} rows")
+    if req.top is not None and req.top > V_tok:
+        raise InputError(f"--top {req.top} is larger than the vocabulary ({V_tok} tokens)")
+    keep = np.zeros(V_tok, dtype=bool)
+    notes: list[str] = []
+    counts = None
+    info: dict[str, Any] = {}
+    if req.corpus:
+        c = count_corpus(tok, lambda: iter_texts((), req.corpus, req.text_field), V_tok, progress)
+        if c.counts.sum() == 0:
+            raise InputError("the corpus is empty (no tokens): " + ", ".join(req.corpus))
+        counts = c.counts
+        unk = _unk_id(doc, ids)
+        if unk is not None and counts[unk] > 0.5 * counts.sum():
+            raise InputError(f"{100 * counts[unk] / counts.sum():.0f}% of the corpus tokens are unknown to this tokenizer "
+                             "(a script the model does not cover?); trimming to it would keep almost nothing useful")
+        keep |= VA.select_by_counts(counts, req.top, req.min_freq, req.coverage)
+        info.update(corpus_lines=c.lines, corpus_bytes=c.bytes, counting=c.mode, corpus_tokens=int(counts.sum()))
+    if req.scripts:
+        unknown = [s for s in req.scripts if s not in VA.SCRIPTS]
+        if unknown:
+            raise InputError(f"unknown script(s) {', '.join(unknown)}; known: {', '.join(VA.SCRIPTS)}")
+        sset = set(req.scripts)
+        inv = {i: t for t, i in ids.items()}
+        for i in range(V_tok):
+            t = inv.get(i)
+            if t is not None and VA.in_scripts(t, sset):
+                keep[i] = True
+    if req.keep_file:
+        extra, unknown = _keep_tokens(req.keep_file, ids)
+        keep[list(extra)] = True
+        if unknown:
+            notes.append(f"{len(unknown)} token(s) of --keep are not in the vocabulary (e.g. {unknown[0]!r})")
+    # always: special / added tokens, and what the tokenizer type needs
+    for a in doc.get("added_tokens") or []:
+        keep[a["id"]] = True
+    inv = {i: t for t, i in ids.items()}
+    chars = set()
+    for i in np.flatnonzero(keep):
+        t = inv.get(int(i))
+        if t is not None:
+            chars.update(VA.strip_markers(t))
+    keep[list(VA.required_ids(doc, chars))] = True
+    kept = np.flatnonzero(keep)
+    if doc["model"]["type"] == "BPE":
+        kept = np.array(sorted(VA.bpe_closure(doc["model"]["vocab"], doc["model"].get("merges", []), set(kept.tolist()))))
+    covered = None
+    if counts is not None:
+        covered = float(counts[kept].sum() / counts.sum())
+    return {"kept": kept, "V_tok": V_tok, "rows": rows, "coverage": covered, "notes": notes, **info}
+
+
+def _unk_id(doc: dict, ids: dict[str, int]) -> int | None:
+    m = doc["model"]
+    if m["type"] == "Unigram":
+        return m.get("unk_id")
+    return ids.get(m.get("unk_token")) if m.get("unk_token") else None
+
+
+def evaluate(orig: Model, new: Model, remap: dict[int, int], texts: list[str], threads: int) -> dict[str, Any]:
+    """Held-out fidelity: identical tokenization share, new unknown tokens, embedding cosine."""
+    from embtool.runtime.encoder import EmbedSettings, Encoder
+
+    a_tok, b_tok = orig.tokenizer.runtime(), new.tokenizer.runtime()
+    a_tok.no_truncation()
+    b_tok.no_truncation()
+    ea = a_tok.encode_batch(texts)
+    eb = b_tok.encode_batch(texts)
+    unk_b = _unk_id(new.tokenizer.data, VA.tokenizer_ids(new.tokenizer.data))
+    unk_a = _unk_id(orig.tokenizer.data, VA.tokenizer_ids(orig.tokenizer.data))
+    same = 0
+    n_tok = new_unk = 0
+    for x, y in zip(ea, eb):
+        mapped = [remap.get(i, -1) for i in x.ids]
+        same += mapped == y.ids
+        n_tok += len(x.ids)
+        new_unk += sum(1 for i in y.ids if i == unk_b) - sum(1 for i in x.ids if i == unk_a)
+    s = EmbedSettings(threads=threads)
+    va = Encoder(orig, s).embed(texts)
+    vb = Encoder(new, s).embed(texts)
+    cos = np.sum(va * vb, 1) / np.maximum(np.linalg.norm(va, axis=1) * np.linalg.norm(vb, axis=1), 1e-12)
+    return {"texts": len(texts), "identical_tokenization": same / len(texts), "new_unknown_token_share": new_unk / max(n_tok, 1),
+            "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
+
+
+def run_trim(req: TrimRequest, progress=None) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    if not req.corpus and not req.scripts and not req.keep_file:
+        raise InputError("nothing to select by: give a corpus (-c), --script or --keep")
+    m = open_model(req.model, need_tokenizer=True)
+    plan = plan_trim(m, req, progress)
+    kept = plan["kept"]
+    vt = find_vocab_tensors(m)
+    params_before, bytes_before = _size(m)
+    vocab_params_before = sum(int(np.prod(v.shape)) for v in vt)
+    per_row = sum(int(np.prod(v.shape)) // v.shape[v.axis] for v in vt)
+    params_after = params_before - vocab_params_before + per_row * len(kept)
+    summary: dict[str, Any] = {
+        "model": req.model, "output": req.output,
+        "vocab_before": plan["V_tok"], "embedding_rows_before": plan["rows"], "vocab_after": int(len(kept)),
+        "parameters_before": params_before, "parameters_after": params_after,
+        "bytes_before": bytes_before, "corpus_coverage": plan["coverage"],
+        **{k: plan[k] for k in ("corpus_lines", "corpus_bytes", "counting", "corpus_tokens") if k in plan},
+        "notes": plan["notes"], "dry_run": req.dry_run,
+    }
+    if req.dry_run:
+        byte_ratio = sum(v.nbytes for v in vt) / max(1, sum(int(np.prod(v.shape)) for v in vt))
+        summary["bytes_after_estimate"] = int(bytes_before - sum(v.nbytes for v in vt) + per_row * len(kept) * byte_ratio)
+        summary["seconds"] = round(time.perf_counter() - t0, 2)
+        return summary
+    new_doc, remap = VA.rewrite_tokenizer(m.tokenizer.data, kept)
+    TokenizerJson.from_data(new_doc)  # the rewritten file must load
+    keep_idx = np.asarray(kept, dtype=np.int64)
+    prov = provenance("trim-vocab", {k: v for k, v in req.__dict__.items() if k not in ("output", "force")},
+                      {"model": m.fingerprint()}, {"trim": {"vocab_before": plan["V_tok"], "vocab_after": int(len(kept))}})
+    with OutputFolder(req.output, req.force, inputs=[m.root]) as out:
+        copy_unchanged(m, out, changed=["tokenizer.json", "config.json", "tokenizer_config.json"])
+        out.write_text("tokenizer.json", json.dumps(new_doc, ensure_ascii=False, indent=2))
+        vocab_axes = {v.name: v.axis for v in vt}
+        if m.format == "safetensors":
+            ws = m.weights
+            tensors = {}
+            for k in ws.keys():
+                arr = ws.get(k)
+                tensors[k] = np.take(arr, keep_idx, axis=vocab_axes[k]) if k in vocab_axes else arr
+            write_weights(m, out, tensors, {"embtool": metadata_json(prov)})
+        else:
+            om = m.onnx_model
+            slice_onnx_initializers(om, vocab_axes, keep_idx)
+            from embtool.core.onnx_out import save_onnx
+
+            save_onnx(om, out, prov, rel=str(m.weight_path.relative_to(m.root)))
+        cfg = updated_config(m, vocab_size=len(kept), remap=remap) if m.config else None
+        write_configs(m, out, cfg, remap)
+        out.write_json("embtool.json", {**m.embtool_meta(), **prov})
+        new_model = open_model(out.path, need_tokenizer=True)
+        summary["bytes_after"] = new_model.weight_bytes()
+        if req.eval_file:
+            texts = read_lines(req.eval_file, req.eval_limit)
+            if not texts:
+                raise InputError(f"{req.eval_file}: no texts to evaluate on")
+            summary["eval"] = evaluate(m, new_model, remap, texts, req.threads)
+            if req.min_cosine is not None and summary["eval"]["cosine_mean"] < req.min_cosine:
+                raise FidelityError(f"held-out mean cosine {summary['eval']['cosine_mean']:.5f} is below --min-cosine "
+                                    f"{req.min_cosine}; nothing written")
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    return summary
+
+
+def _size(m: Model) -> tuple[int, int]:
+    if m.format == "safetensors":
+        ws = m.weights
+        return sum(ws.info(k).numel for k in ws.keys()), m.weight_bytes()
+    from embtool.core.model import onnx_initializer_stats
+
+    return onnx_initializer_stats(m)[0], m.weight_bytes()
+

@@ -1,0 +1,173 @@
+"""trim-vocab: identical tokenization and embeddings on the corpus, consistent tokenizers, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import SENTENCES, corpus_lines, run_cli
+from embtool.core.counting import _count_lines, count_corpus
+from embtool.core.model import open_model
+from embtool.core.safetensors_io import SafetensorsFile
+from embtool.runtime.encoder import Encoder
+
+POOL = SENTENCES + corpus_lines("fr", 60, 100) + corpus_lines("en", 60, 100) + corpus_lines("pl", 30, 100)
+
+
+def _trim(model, corpus_path, out, *extra):
+    r = run_cli(["trim-vocab", model, "-c", corpus_path, "-o", out, "--json", *extra])
+    assert r.exit_code == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from(POOL), min_size=1, max_size=25, unique=True))
+def test_trimmed_tokenizer_and_model_are_identical_on_corpus(tmp_path_factory, tiny_models, texts):
+    for arch, model in tiny_models.items():
+        d = tmp_path_factory.mktemp("trim")
+        (d / "c.txt").write_text("\n".join(texts) + "\n")
+        s = _trim(model, d / "c.txt", d / "out")
+        orig, new = open_model(model), open_model(d / "out")
+        a_tok, b_tok = orig.tokenizer.runtime(), new.tokenizer.runtime()
+        kept_vocab = new.tokenizer.vocab_size()
+        assert s["vocab_after"] == kept_vocab <= s["vocab_before"]
+        # old id -> new id through the token strings
+        old_ids = {i: t for t, i in a_tok.get_vocab(with_added_tokens=True).items()}
+        new_vocab = b_tok.get_vocab(with_added_tokens=True)
+        for t in texts:
+            ea, eb = a_tok.encode(t), b_tok.encode(t)
+            assert ea.tokens == eb.tokens, (arch, t)
+            assert [new_vocab[old_ids[i]] for i in ea.ids] == eb.ids
+        va = Encoder(orig).embed(texts)
+        vb = Encoder(new).embed(texts)
+        assert np.min(np.sum(va * vb, 1)) >= 0.99999, arch
+
+
+@pytest.mark.parametrize("arch", ["bert", "xlm-roberta", "distilbert"])
+def test_fast_counting_equals_line_counting(tiny_models, arch):
+    m = open_model(tiny_models[arch])
+    tok = m.tokenizer.runtime()
+    V = m.tokenizer.vocab_size()
+    lines = corpus_lines("fr", 800) + corpus_lines("en", 800)
+    c = count_corpus(tok, lambda: iter(lines), V)
+    assert np.array_equal(c.counts, _count_lines(tok, lines, V))
+    assert c.lines == len(lines) and "verified" in c.mode or c.mode == "lines"
+
+
+def test_counting_falls_back_when_words_are_not_independent(tiny_bert):
+    """A tokenizer whose tokens depend on context across spaces (no pre-tokenizer split) cannot use
+    the word path: the check must catch it and count line by line."""
+    from tokenizers import Tokenizer, models, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.train_from_iterator(SENTENCES * 5, trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>"]))
+    lines = SENTENCES * 3
+    V = tok.get_vocab_size()
+    c = count_corpus(tok, lambda: iter(lines), V)
+    assert np.array_equal(c.counts, _count_lines(tok, lines, V))
+
+
+def test_reference_tool_failure_modes_are_absent(tmp_path, tiny_models):
+    texts = corpus_lines("fr", 50)
+    (tmp_path / "c.txt").write_text("\n".join(texts) + "\n")
+    # BPE: every merge's parts and result exist; byte-level alphabet kept
+    _trim(tiny_models["distilbert"], tmp_path / "c.txt", tmp_path / "bpe")
+    doc = json.loads((tmp_path / "bpe" / "tokenizer.json").read_text())
+    vocab = doc["model"]["vocab"]
+    for m in doc["model"]["merges"]:
+        a, b = m.split(" ") if isinstance(m, str) else m
+        assert a in vocab and b in vocab and a + b in vocab
+    from embtool.algorithms.vocab import bytes_to_unicode
+
+    assert all(ch in vocab for ch in bytes_to_unicode().values())
+    assert sorted(vocab.values()) == list(range(len(vocab)))
+    # an unseen word still tokenizes (byte fallback), no unknown tokens
+    enc = open_model(tmp_path / "bpe").tokenizer.runtime().encode("Żółć xyzzy 漢字")
+    assert enc.ids and "<unk>" not in enc.tokens
+    # WordPiece: contiguous ids, [UNK] kept, config vocab_size updated, special ids consistent
+    _trim(tiny_models["bert"], tmp_path / "c.txt", tmp_path / "wp")
+    doc = json.loads((tmp_path / "wp" / "tokenizer.json").read_text())
+    ids = sorted(doc["model"]["vocab"].values())
+    assert ids == list(range(len(ids))) and "[UNK]" in doc["model"]["vocab"]
+    cfg = json.loads((tmp_path / "wp" / "config.json").read_text())
+    rows = SafetensorsFile(tmp_path / "wp" / "model.safetensors").tensors["embeddings.word_embeddings.weight"].shape[0]
+    assert cfg["vocab_size"] == rows == len(ids)
+    pp = doc["post_processor"]["special_tokens"]
+    assert pp["[CLS]"]["ids"] == [doc["model"]["vocab"]["[CLS]"]]
+    assert cfg["pad_token_id"] == doc["model"]["vocab"]["[PAD]"]
+    # Unigram: unk_id remapped
+    _trim(tiny_models["xlm-roberta"], tmp_path / "c.txt", tmp_path / "uni")
+    doc = json.loads((tmp_path / "uni" / "tokenizer.json").read_text())
+    assert doc["model"]["vocab"][doc["model"]["unk_id"]][0] == "<unk>"
+
+
+def test_selection_flags_and_dry_run(tmp_path, tiny_bert):
+    (tmp_path / "c.txt").write_text("\n".join(corpus_lines("en", 200)) + "\n")
+    full = _trim(tiny_bert, tmp_path / "c.txt", tmp_path / "full")
+    top = _trim(tiny_bert, tmp_path / "c.txt", tmp_path / "top", "--top", "20")
+    cov = _trim(tiny_bert, tmp_path / "c.txt", tmp_path / "cov", "--coverage", "0.5")
+    assert top["vocab_after"] < full["vocab_after"] and cov["vocab_after"] < full["vocab_after"]
+    assert full["corpus_coverage"] == 1.0 and 0.5 <= cov["corpus_coverage"] < 1.0
+    r = run_cli(["trim-vocab", tiny_bert, "-c", tmp_path / "c.txt", "--dry-run", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["vocab_after"] == full["vocab_after"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "cov", "full", "top"]
+    # --script Latin without a corpus
+    r = run_cli(["trim-vocab", tiny_bert, "--script", "Latin", "-o", tmp_path / "latin", "--json"])
+    assert r.exit_code == 0, r.stderr
+    # --keep: a token is kept even if the corpus never uses it
+    vocab = json.loads((tiny_bert / "tokenizer.json").read_text())["model"]["vocab"]
+    (tmp_path / "one.txt").write_text("the\n")
+    rare = next(t for t in vocab if t.isalpha() and len(t) > 4 and t not in json.loads((tmp_path / "full" / "tokenizer.json").read_text())["model"]["vocab"])
+    (tmp_path / "keep.txt").write_text(rare + "\n")
+    _trim(tiny_bert, tmp_path / "one.txt", tmp_path / "kept", "--keep", tmp_path / "keep.txt")
+    assert rare in json.loads((tmp_path / "kept" / "tokenizer.json").read_text())["model"]["vocab"]
+
+
+def test_min_cosine_gate(tmp_path, tiny_bert):
+    (tmp_path / "c.txt").write_text("\n".join(corpus_lines("en", 100)) + "\n")
+    (tmp_path / "h.txt").write_text("\n".join(corpus_lines("fr", 50, 500)) + "\n")
+    r = run_cli(["trim-vocab", tiny_bert, "-c", tmp_path / "c.txt", "--top", "10", "--eval", tmp_path / "h.txt",
+                 "--min-cosine", "0.99999", "-o", tmp_path / "out"])
+    assert r.exit_code == 1 and "below --min-cosine" in r.stderr and not (tmp_path / "out").exists()
+    r = run_cli(["trim-vocab", tiny_bert, "-c", tmp_path / "c.txt", "--eval", tmp_path / "h.txt", "--min-cosine", "0.5",
+                 "-o", tmp_path / "out", "--json"])
+    assert r.exit_code == 0
+    e = json.loads(r.stdout)["eval"]
+    assert e["texts"] == 50 and 0 <= e["identical_tokenization"] <= 1 and e["cosine_mean"] >= 0.5
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty", "corpus is empty"),
+    ("script", "unknown to this tokenizer"),
+    ("top", "larger than the vocabulary"),
+    ("wordlevel", "not supported"),
+    ("nothing", "nothing to select by"),
+])
+def test_trim_bad_input(tmp_path, tiny_bert, case, message):
+    model = tiny_bert
+    args = ["-c", tmp_path / "c.txt"]
+    (tmp_path / "c.txt").write_text("hello world\n")
+    if case == "empty":
+        (tmp_path / "c.txt").write_text("")
+    elif case == "script":
+        (tmp_path / "c.txt").write_text("日本語の文章です。\n" * 20 + "ქართული ენა\n" * 20)
+    elif case == "top":
+        args += ["--top", "999999"]
+    elif case == "wordlevel":
+        model = tmp_path / "wl"
+        shutil.copytree(tiny_bert, model)
+        from tokenizers import Tokenizer, models, pre_tokenizers
+
+        t = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1}, unk_token="[UNK]"))
+        t.pre_tokenizer = pre_tokenizers.Whitespace()
+        t.save(str(model / "tokenizer.json"))
+    elif case == "nothing":
+        args = []
+    r = run_cli(["trim-vocab", model, *args, "-o", tmp_path / "out"])
+    assert r.exit_code in (1, 2) and message in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
