@@ -72,9 +72,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from embtool.cli import embed_cmd, export_cmd, inspect_cmd, search_cmd, trim_cmd
+    from embtool.cli import embed_cmd, export_cmd, inspect_cmd, quantize_cmd, search_cmd, trim_cmd
 
-    for mod in (inspect_cmd, embed_cmd, export_cmd, search_cmd, trim_cmd):
+    for mod in (inspect_cmd, embed_cmd, export_cmd, search_cmd, trim_cmd, quantize_cmd):
         cli.add_command(mod.command)
 
 

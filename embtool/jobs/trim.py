@@ -11,13 +11,14 @@ import numpy as np
 
 from embtool.algorithms import vocab as VA
 from embtool.core.counting import count_corpus
-from embtool.core.errors import CorruptFile, FidelityError, InputError, Unsupported
+from embtool.core.errors import CorruptFile, InputError, Unsupported
 from embtool.core.model import Model, find_vocab_tensors, open_model
 from embtool.core.model_out import (copy_unchanged, metadata_json, slice_onnx_initializers, updated_config,
                                     write_configs, write_weights)
 from embtool.core.texts import iter_texts, read_lines
 from embtool.core.tokenizer_io import TokenizerJson
 from embtool.core.writer import OutputFolder, provenance
+from embtool.jobs.fidelity import gate
 
 
 @dataclass
@@ -123,7 +124,7 @@ def _unk_id(doc: dict, ids: dict[str, int]) -> int | None:
 
 def evaluate(orig: Model, new: Model, remap: dict[int, int], texts: list[str], threads: int) -> dict[str, Any]:
     """Held-out fidelity: identical tokenization share, new unknown tokens, embedding cosine."""
-    from embtool.runtime.encoder import EmbedSettings, Encoder
+    from embtool.jobs.fidelity import compare, embed_both
 
     a_tok, b_tok = orig.tokenizer.runtime(), new.tokenizer.runtime()
     a_tok.no_truncation()
@@ -139,12 +140,8 @@ def evaluate(orig: Model, new: Model, remap: dict[int, int], texts: list[str], t
         same += mapped == y.ids
         n_tok += len(x.ids)
         new_unk += sum(1 for i in y.ids if i == unk_b) - sum(1 for i in x.ids if i == unk_a)
-    s = EmbedSettings(threads=threads)
-    va = Encoder(orig, s).embed(texts)
-    vb = Encoder(new, s).embed(texts)
-    cos = np.sum(va * vb, 1) / np.maximum(np.linalg.norm(va, axis=1) * np.linalg.norm(vb, axis=1), 1e-12)
-    return {"texts": len(texts), "identical_tokenization": same / len(texts), "new_unknown_token_share": new_unk / max(n_tok, 1),
-            "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
+    fid = compare(*embed_both(orig, new, texts, threads))
+    return {"identical_tokenization": same / len(texts), "new_unknown_token_share": new_unk / max(n_tok, 1), **fid}
 
 
 def run_trim(req: TrimRequest, progress=None) -> dict[str, Any]:
@@ -204,9 +201,7 @@ def run_trim(req: TrimRequest, progress=None) -> dict[str, Any]:
             if not texts:
                 raise InputError(f"{req.eval_file}: no texts to evaluate on")
             summary["eval"] = evaluate(m, new_model, remap, texts, req.threads)
-            if req.min_cosine is not None and summary["eval"]["cosine_mean"] < req.min_cosine:
-                raise FidelityError(f"held-out mean cosine {summary['eval']['cosine_mean']:.5f} is below --min-cosine "
-                                    f"{req.min_cosine}; nothing written")
+            gate(summary["eval"], req.min_cosine)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
 

@@ -102,8 +102,14 @@ class WeightSource:
     """Resolves weight names to arrays; also knows embtool's quantized/factorized encodings."""
 
     def __init__(self, model: Model):
+        import json
+
         self.ws = model.weights
         assert self.ws is not None
+        try:
+            self.qmeta: dict = json.loads(self.ws.metadata.get("embtool_quantization", "{}"))
+        except json.JSONDecodeError as e:
+            raise CorruptFile(f"{model.root}: the embtool_quantization metadata is not valid JSON") from e
 
     def has(self, name: str) -> bool:
         return name in self.ws
@@ -146,7 +152,8 @@ class BuiltGraph:
 class GraphBuilder:
     """Emits nodes; one instance builds one graph."""
 
-    def __init__(self) -> None:
+    def __init__(self, feed_weights: frozenset[str] = frozenset()) -> None:
+        self.feed_weights = feed_weights  # weight names to pass as graph inputs (sensitivity probes)
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.feeds: dict[str, np.ndarray] = {}
@@ -187,8 +194,9 @@ def _linear(b: GraphBuilder, w: WeightSource, x: str, base: str) -> str:
 
         y = qops.emit_matmul_nbits(b, w, x, base)
     elif w.has(base + ".weight"):
-        wt = w.get_f32(base + ".weight")
-        y = b.node("MatMul", [x, b.const(base + ".weight_T", np.ascontiguousarray(wt.T))], "mm")
+        wt = np.ascontiguousarray(w.get_f32(base + ".weight").T)
+        put = b.feed if base + ".weight" in b.feed_weights else b.const
+        y = b.node("MatMul", [x, put(base + ".weight_T", wt)], "mm")
     else:
         raise CorruptFile(f"weight {base}.weight is missing from the model")
     if w.has(base + ".bias"):
@@ -221,15 +229,17 @@ def _embedding(b: GraphBuilder, w: WeightSource, ids: str, base: str) -> str:
     return y
 
 
-def build_encoder(model: Model, fused: bool = True) -> BuiltGraph:
+def build_encoder(model: Model, fused: bool = True, feed_weights: frozenset[str] = frozenset()) -> BuiltGraph:
     """The encoder graph: inputs input_ids, attention_mask [batch, seq] int64;
     output last_hidden_state [batch, seq, hidden] float32.
 
     fused=True uses onnxruntime's com.microsoft.MultiHeadAttention kernel (measured faster, see
-    docs/benchmarks.md); fused=False writes standard ONNX ops only (`export-onnx --portable`)."""
+    docs/benchmarks.md); fused=False writes standard ONNX ops only (`export-onnx --portable`).
+    feed_weights: Linear weights (names `X.weight`) to declare as graph inputs `X.weight_T`
+    (transposed), so that one session can run with perturbed copies of them."""
     a = detect_arch(model)
     w = WeightSource(model)
-    b = GraphBuilder()
+    b = GraphBuilder(frozenset(feed_weights))
     p, s = a.prefix, a.scheme
     H, nh = a.hidden, a.heads
     hd = H // nh

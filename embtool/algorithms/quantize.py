@@ -1,0 +1,174 @@
+"""Group-wise low-bit quantization (Q-BERT style) and n-bit packing. Pure numpy.
+
+A matrix W [rows, K] is cut into groups of `group_size` consecutive values along K (the input axis of
+a Hugging Face Linear weight [out, in]; the hidden axis of each embedding row). Each group has its own
+fp16 scale and, when asymmetric, a zero point; codes are unsigned b-bit integers and
+
+    W ≈ (code - zero) * scale        (symmetric: zero = 2^(b-1))
+
+which is exactly onnxruntime's MatMulNBits / GatherBlockQuantized convention. Each group's range is
+chosen by a clipping search (a grid of shrink factors) that minimises the group's squared error,
+computed with the fp16-rounded scale that is actually stored.
+
+Packing: b-bit codes (b in 2, 4, 8) are packed along the last axis, 8/b per byte, the first value in
+the lowest bits; 3-bit codes are packed as a bit stream (8 codes in 3 bytes), little-endian.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+BITS = (2, 3, 4, 8)
+RUNNABLE_BITS = (2, 4, 8)  # onnxruntime MatMulNBits / GatherBlockQuantized; 3-bit runs as 4-bit codes
+CLIP_GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
+ROW_CHUNK = 8192
+
+
+@dataclass
+class QTensor:
+    codes: np.ndarray  # uint8 [rows, K], values < 2**bits
+    scales: np.ndarray  # float16 [rows, K // group]
+    zeros: np.ndarray | None  # uint8 [rows, K // group] (None: symmetric, zero = 2**(bits-1))
+    bits: int
+    group_size: int
+
+    def dequantize(self) -> np.ndarray:
+        return dequantize(self.codes, self.scales, self.zeros, self.bits, self.group_size)
+
+    @property
+    def nbytes(self) -> int:
+        """Stored bytes: packed codes + fp16 scales + packed zero points."""
+        rows, K = self.codes.shape
+        n = rows * ((K * self.bits + 7) // 8) + self.scales.size * 2
+        if self.zeros is not None:
+            n += rows * ((self.zeros.shape[1] * self.bits + 7) // 8)
+        return n
+
+
+def stored_bytes(rows: int, K: int, bits: int, group_size: int, symmetric: bool) -> int:
+    n = rows * ((K * bits + 7) // 8) + rows * (K // group_size) * 2
+    if not symmetric:
+        n += rows * (((K // group_size) * bits + 7) // 8)
+    return n
+
+
+def check_shape(shape: tuple[int, ...], group_size: int, name: str = "tensor") -> None:
+    if len(shape) != 2:
+        raise ValueError(f"{name}: only 2-D matrices are quantized (shape {shape})")
+    if shape[1] % group_size:
+        raise ValueError(f"{name}: its input dimension {shape[1]} is not a multiple of --group-size {group_size}")
+
+
+def quantize(W: np.ndarray, bits: int, group_size: int, symmetric: bool = False,
+             clip_grid: tuple[float, ...] = CLIP_GRID) -> QTensor:
+    """Round-to-nearest group-wise quantization with a per-group clipping search."""
+    if bits not in BITS:
+        raise ValueError(f"bits must be one of {BITS}")
+    check_shape(W.shape, group_size)
+    rows, K = W.shape
+    G = K // group_size
+    codes = np.empty((rows, K), np.uint8)
+    scales = np.empty((rows, G), np.float16)
+    zeros = None if symmetric else np.empty((rows, G), np.uint8)
+    grid = np.asarray(clip_grid, np.float32)
+    for r0 in range(0, rows, ROW_CHUNK):
+        x = np.asarray(W[r0 : r0 + ROW_CHUNK], dtype=np.float32).reshape(-1, group_size)  # [groups, g]
+        if symmetric:
+            m = x[np.arange(x.shape[0]), np.abs(x).argmax(1)]  # the signed extreme value of each group
+            lo = hi = None
+        else:
+            m = None
+            lo = np.minimum(x.min(1), 0)
+            hi = np.maximum(x.max(1), 0)
+        best_err = np.full(x.shape[0], np.inf, np.float32)
+        best_a = np.zeros(x.shape[0], np.float32)
+        for a in grid:
+            q, s32, z = _rtn(x, np.full(x.shape[0], a, np.float32), bits, m, lo, hi)
+            err = np.einsum("ij,ij->i", d := (q - z[:, None]) * s32[:, None] - x, d)
+            better = err < best_err
+            best_err = np.where(better, err, best_err)
+            best_a = np.where(better, a, best_a)
+        q, s32, z = _rtn(x, best_a, bits, m, lo, hi)
+        n = x.shape[0] // G
+        codes[r0 : r0 + n] = q.astype(np.uint8).reshape(n, K)
+        scales[r0 : r0 + n] = s32.astype(np.float16).reshape(n, G)
+        if zeros is not None:
+            zeros[r0 : r0 + n] = z.astype(np.uint8).reshape(n, G)
+    return QTensor(codes, scales, zeros, bits, group_size)
+
+
+def _rtn(x, a, bits, m, lo, hi):
+    """Round-to-nearest of groups x [G, g] with clip factors a [G]: (codes, fp16-exact scales, zeros)."""
+    qmax = 2**bits - 1
+    if m is not None:
+        s32 = (a * m / -(2 ** (bits - 1))).astype(np.float16).astype(np.float32)
+        z = np.full(x.shape[0], 2 ** (bits - 1), np.float32)
+    else:
+        s32 = (a * (hi - lo) / qmax).astype(np.float16).astype(np.float32)
+        z = np.clip(np.rint(-a * lo / np.where(s32 == 0, 1, s32)), 0, qmax)
+    safe = np.where(s32 == 0, 1, s32)
+    q = np.clip(np.rint(x / safe[:, None]) + z[:, None], 0, qmax)
+    return q, s32, z
+
+
+def dequantize(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None, bits: int, group_size: int) -> np.ndarray:
+    rows, K = codes.shape
+    z = np.float32(2 ** (bits - 1)) if zeros is None else np.repeat(zeros.astype(np.float32), group_size, 1)
+    return ((codes.astype(np.float32) - z) * np.repeat(scales.astype(np.float32), group_size, 1)).astype(np.float32)
+
+
+def pack(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Pack unsigned codes along the last axis (see module docstring)."""
+    codes = np.asarray(codes, dtype=np.uint8)
+    if bits == 8:
+        return codes.copy()
+    if bits == 3:
+        n = codes.shape[-1]
+        pad = (-n) % 8
+        c = np.concatenate([codes, np.zeros(codes.shape[:-1] + (pad,), np.uint8)], -1) if pad else codes
+        c = c.reshape(c.shape[:-1] + (-1, 8)).astype(np.uint32)
+        word = np.zeros(c.shape[:-1], np.uint32)
+        for j in range(8):
+            word |= c[..., j] << (3 * j)
+        out = np.stack([(word >> (8 * i)) & 0xFF for i in range(3)], -1).astype(np.uint8)
+        return out.reshape(out.shape[:-2] + (-1,))[..., : (n * 3 + 7) // 8]
+    per = 8 // bits
+    n = codes.shape[-1]
+    pad = (-n) % per
+    c = np.concatenate([codes, np.zeros(codes.shape[:-1] + (pad,), np.uint8)], -1) if pad else codes
+    c = c.reshape(c.shape[:-1] + (-1, per))
+    out = np.zeros(c.shape[:-1], np.uint8)
+    for j in range(per):
+        out |= (c[..., j] << (j * bits)).astype(np.uint8)
+    return out
+
+
+def unpack(packed: np.ndarray, bits: int, n: int) -> np.ndarray:
+    """Inverse of `pack`: the first n codes along the last axis."""
+    packed = np.asarray(packed, dtype=np.uint8)
+    if bits == 8:
+        return packed[..., :n].copy()
+    if bits == 3:
+        nbytes = packed.shape[-1]
+        pad = (-nbytes) % 3
+        p = np.concatenate([packed, np.zeros(packed.shape[:-1] + (pad,), np.uint8)], -1) if pad else packed
+        p = p.reshape(p.shape[:-1] + (-1, 3)).astype(np.uint32)
+        word = p[..., 0] | (p[..., 1] << 8) | (p[..., 2] << 16)
+        out = np.stack([(word >> (3 * j)) & 7 for j in range(8)], -1).astype(np.uint8)
+        return out.reshape(out.shape[:-2] + (-1,))[..., :n]
+    per = 8 // bits
+    mask = (1 << bits) - 1
+    out = np.stack([(packed >> (j * bits)) & mask for j in range(per)], -1).astype(np.uint8)
+    return out.reshape(out.shape[:-2] + (-1,))[..., :n]
+
+
+def quant_error(W: np.ndarray, q: QTensor) -> float:
+    """‖Q(W) − W‖² (float64 accumulation, chunked)."""
+    total = 0.0
+    for r0 in range(0, W.shape[0], ROW_CHUNK):
+        d = dequantize(q.codes[r0 : r0 + ROW_CHUNK], q.scales[r0 : r0 + ROW_CHUNK],
+                       None if q.zeros is None else q.zeros[r0 : r0 + ROW_CHUNK], q.bits, q.group_size)
+        total += float(((d - np.asarray(W[r0 : r0 + ROW_CHUNK], np.float32)).astype(np.float64) ** 2).sum())
+    return total

@@ -1,0 +1,132 @@
+"""`embtool quantize`: Q-BERT-style group-wise quantization (uniform or Hessian-aware mixed precision)."""
+
+from __future__ import annotations
+
+import click
+
+from embtool.cli.options import common_options, emit_summary, force_option, human_bytes, model_argument, parse_size, table
+
+
+class BitsList(click.ParamType):
+    name = "BITS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        try:
+            bits = sorted({int(x) for x in str(value).split(",") if x.strip()})
+        except ValueError:
+            self.fail(f"{value!r}: give bit widths like 4 or 2,4,8", param, ctx)
+        bad = [b for b in bits if b not in (2, 3, 4, 8)]
+        if bad or not bits:
+            self.fail(f"{value!r}: supported bit widths are 2, 3, 4, 8", param, ctx)
+        return bits
+
+
+class Size(click.ParamType):
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        try:
+            n = parse_size(str(value))
+        except ValueError:
+            self.fail(f"{value!r}: give a size like 15MB, 1.5GB or 2000000", param, ctx)
+        if n <= 0:
+            self.fail("size must be positive", param, ctx)
+        return n
+
+
+def render(s: dict) -> str:
+    lines = []
+    if "mixed_precision" in s:
+        mp = s["mixed_precision"]
+        rows = [[r["tensor"], f"{r['omega']:.3g}", r["bits"], f"{r['rel_error']:.2e}", human_bytes(r["bytes"])] for r in mp["table"]]
+        lines.append(table(rows, ["tensor", "Ω (tr H / n)", "bits", "rel. error", "bytes"]))
+        lines.append(f"budget {human_bytes(mp['budget_bytes'])}: chosen {human_bytes(mp['chosen_bytes'])}, "
+                     f"predicted damage {mp['predicted_damage']:.4g}; {mp['probes']} probes x {mp['calib_texts']} calibration texts "
+                     f"in {mp['seconds']} s")
+        if s.get("bytes_before") is None:
+            return "\n".join(lines + ["sensitivity only: nothing written"])
+    lines.append(f"bytes        {human_bytes(s['bytes_before'])} -> {human_bytes(s['bytes_after'])} "
+                 f"({100 * s['bytes_after'] / s['bytes_before']:.1f}%)")
+    if s.get("embedding"):
+        e = s["embedding"]
+        lines.append(f"embedding    {e['bits']} bits: {human_bytes(e['bytes_before'])} -> {human_bytes(e['bytes_after'])}")
+    li = s["linear"]
+    if li["bytes_before"]:
+        lines.append(f"linear       {human_bytes(li['bytes_before'])} -> {human_bytes(li['bytes_after'])}")
+    lines.append(f"weights      {s['tensors']} tensors, {s['quantized_weights']:,} weights at {s['bits_per_weight']:.2f} bits each "
+                 f"(scales and zero points included), group {s['group_size']}, {'symmetric' if s['symmetric'] else 'asymmetric'}")
+    if "eval" in s:
+        e = s["eval"]
+        lines.append(f"held-out     {e['texts']} texts: cosine mean {e['cosine_mean']:.5f}, min {e['cosine_min']:.5f}; "
+                     f"recall@10 agreement {e['recall@10']:.3f}")
+    lines.append(f"wrote        {s['output']} [{s['format']}] ({s['seconds']} s)")
+    return "\n".join(lines)
+
+
+@click.command(name="quantize")
+@model_argument
+@click.option("--bits", type=BitsList(), default="4", show_default=True,
+              help="Bit width (2, 3, 4, 8), or several (e.g. 2,4,8) to choose from per tensor with --target-bits/--max-size.")
+@click.option("--group-size", type=click.IntRange(min=8), default=32, show_default=True,
+              help="Consecutive values along the input axis sharing one scale; must divide every quantized dimension.")
+@click.option("--symmetric/--asymmetric", default=False, show_default=True, help="Symmetric groups store no zero point.")
+@click.option("--include", default=None, help="Quantize only tensors whose name matches this regex.")
+@click.option("--exclude", default=None, help="Do not quantize tensors whose name matches this regex.")
+@click.option("--embeddings-only", is_flag=True, help="Quantize only the token-embedding table.")
+@click.option("--format", "fmt", type=click.Choice(["safetensors", "onnx"]), default="safetensors", show_default=True,
+              help="safetensors (embtool's packed format) or ONNX with MatMulNBits/GatherBlockQuantized.")
+@click.option("--target-bits", type=click.FloatRange(1, 16), default=None, help="Mixed precision: average bits per quantized weight (scales included).")
+@click.option("--max-size", type=Size(), default=None, help="Mixed precision: total size of the quantized tensors, e.g. 15MB.")
+@click.option("--calib", type=click.Path(exists=True, dir_okay=False), default=None, help="Calibration texts for the sensitivities (default: a built-in multilingual set).")
+@click.option("--probes", type=click.IntRange(min=1), default=2, show_default=True, help="Hutchinson probes per tensor.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Rademacher probes.")
+@click.option("--sensitivity-only", is_flag=True, help="Only compute and print the per-tensor sensitivities (with --json: for CI).")
+@click.option("--eval", "eval_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Held-out texts: report cosine to the float model and recall@10 agreement.")
+@click.option("--eval-limit", type=click.IntRange(min=2), default=1000, show_default=True)
+@click.option("--eval-prefix", default="", help="Prefix for --eval texts (e.g. 'passage: ').")
+@click.option("--min-cosine", type=click.FloatRange(-1, 1), default=None, help="With --eval: fail (exit 1, nothing written) below this mean cosine.")
+@click.option("-o", "--output", default=None, help="Output model folder.")
+@force_option
+@common_options
+def command(model, bits, group_size, symmetric, include, exclude, embeddings_only, fmt, target_bits, max_size, calib, probes,
+            seed, sensitivity_only, eval_file, eval_limit, eval_prefix, min_cosine, output, force, as_json, quiet, threads) -> None:
+    """Group-wise low-bit quantization (Q-BERT): every linear weight and the token-embedding table are
+    cut into groups of --group-size values along their input axis, each with an fp16 scale (and zero
+    point), rounded to nearest with a per-group clipping search. Position/type embeddings, LayerNorm and
+    biases stay float. The output runs in onnxruntime (MatMulNBits, GatherBlockQuantized).
+
+    With several --bits and --target-bits or --max-size, bits are chosen per tensor (Hessian-aware
+    mixed precision): Ω = tr(H)/n of the embedding distortion is estimated with forward passes only
+    (Hutchinson probes) and the bits minimise the predicted damage Ω·‖Q(W) − W‖² under the budget.
+
+    \b
+    Example:
+      embtool quantize all-MiniLM-L6-v2/ --bits 4 --group-size 32 -o minilm-q4/ --eval heldout.txt
+      embtool quantize all-MiniLM-L6-v2/ --bits 2,4,8 --target-bits 3 --calib calib.txt -o minilm-mixed/
+      embtool quantize e5-small-fr/ --bits 8 --embeddings-only --format onnx -o e5-fr-q8-onnx/
+    """
+    from embtool.jobs.quantize import QuantRequest, run_quantize
+    from embtool.runtime.encoder import progress_bar
+
+    mixed = target_bits is not None or max_size is not None
+    if target_bits is not None and max_size is not None:
+        raise click.UsageError("give --target-bits or --max-size, not both")
+    if len(bits) > 1 and not mixed and not sensitivity_only:
+        raise click.UsageError("several --bits need --target-bits or --max-size")
+    if not sensitivity_only and not output:
+        raise click.UsageError("give -o OUTPUT (or --sensitivity-only)")
+    if min_cosine is not None and not eval_file:
+        raise click.UsageError("--min-cosine needs --eval FILE")
+    req = QuantRequest(model=model, output=output, bits=bits, group_size=group_size, symmetric=symmetric, include=include,
+                       exclude=exclude, embeddings_only=embeddings_only, fmt=fmt, eval_file=eval_file, eval_limit=eval_limit,
+                       eval_prefix=eval_prefix, min_cosine=min_cosine, force=force, threads=threads, target_bits=target_bits,
+                       max_size=max_size, calib=calib, probes=probes, seed=seed, sensitivity_only=sensitivity_only)
+    bar = progress_bar(quiet, unit="probe", desc="sensitivity")
+    try:
+        summary = run_quantize(req, bar, say=lambda msg: None if quiet else click.echo(f"note: {msg}", err=True))
+    finally:
+        bar.close()
+    emit_summary(summary, as_json, quiet, render)

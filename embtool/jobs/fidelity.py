@@ -1,0 +1,41 @@
+"""Fidelity of a shrunk model: embeddings of the same texts, original vs new."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from embtool.algorithms.search import topk
+from embtool.core.errors import FidelityError
+from embtool.core.model import Model
+
+
+def neighbour_agreement(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
+    """Mean overlap of the k nearest neighbours (self excluded) of each text among the texts, a vs b."""
+    n = a.shape[0]
+    k = min(k, n - 1)
+    if k < 1:
+        return 1.0
+    _, ia = topk(a, n, lambda r0, r1: a[r0:r1], k + 1)
+    _, ib = topk(b, n, lambda r0, r1: b[r0:r1], k + 1)
+    overlap = [len(set(x[x != i][:k]) & set(y[y != i][:k])) / k for i, (x, y) in enumerate(zip(ia, ib))]
+    return float(np.mean(overlap))
+
+
+def compare(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    cos = np.sum(a * b, 1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    return {"texts": int(a.shape[0]), "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+            "recall@10": neighbour_agreement(a, b, 10)}
+
+
+def embed_both(orig: Model, new: Model, texts: list[str], threads: int = 0, prefix: str = "") -> tuple[np.ndarray, np.ndarray]:
+    from embtool.runtime.encoder import EmbedSettings, Encoder
+
+    s = EmbedSettings(threads=threads, prefix=prefix)
+    return Encoder(orig, s).embed(texts), Encoder(new, s).embed(texts)
+
+
+def gate(result: dict[str, Any], min_cosine: float | None) -> None:
+    if min_cosine is not None and result["cosine_mean"] < min_cosine:
+        raise FidelityError(f"held-out mean cosine {result['cosine_mean']:.5f} is below --min-cosine {min_cosine}; nothing written")

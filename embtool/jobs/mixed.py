@@ -1,0 +1,235 @@
+"""Hessian-aware mixed precision (Q-BERT / HAWQ-V2) with forward passes only.
+
+Distortion loss on calibration texts x: L(W) = mean_x ‖f(W; x) − f(W₀; x)‖², f the pooled, normalised
+embedding. L(W₀) = 0 and ∇L(W₀) = 0, so by Taylor L(W₀ ± σz) = σ²/2 · zᵀHz ± O(σ³), hence for a
+Rademacher probe z
+
+    zᵀHz ≈ (L(W₀ + σz) + L(W₀ − σz)) / σ²,        E[zᵀHz] = tr(H)   (Hutchinson)
+
+(the ± pair cancels the odd terms). Ω = tr(H)/n per tensor; the predicted loss of quantizing a tensor to
+b bits is ½·Ω·‖Q_b(W) − W‖² (an isotropic second-order model), and bits are chosen per tensor by an exact
+multiple-choice knapsack under the size budget.
+
+The probed weights are graph inputs whose numpy buffers are wrapped by OrtValues without a copy, so one
+onnxruntime session serves every probe: a probe perturbs the buffer in place, runs, and restores it.
+For the token-embedding table only the rows the calibration texts use carry curvature: those rows are
+probed, and each row's predicted damage is weighted by how often its token occurs (smoothed).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+import onnxruntime as ort
+
+from embtool.algorithms import knapsack
+from embtool.algorithms import pooling as P
+from embtool.algorithms import quantize as QA
+from embtool.core.errors import InputError
+from embtool.core.model import Model
+from embtool.core.texts import read_lines
+
+CALIB_SENTENCES = [
+    "The committee will publish its final report on renewable energy next month.",
+    "Use the --force option to overwrite an existing file without asking.",
+    "She bought fresh bread, cheese and a bottle of wine at the market.",
+    "How many kilometres is it from the station to the old harbour?",
+    "The patient was advised to rest and drink plenty of water.",
+    "Les résultats de l'enquête seront présentés lors de la prochaine réunion.",
+    "Cette commande affiche la liste des processus en cours d'exécution.",
+    "Il pleuvait depuis trois jours et la rivière commençait à déborder.",
+    "Los estudiantes deben entregar el trabajo antes del viernes.",
+    "El archivo de configuración se encuentra en el directorio principal.",
+    "Mañana visitaremos el museo de arte moderno con mis abuelos.",
+    "Program wyświetla pomoc i kończy działanie.",
+    "W sobotę pojedziemy nad jezioro, jeśli będzie ładna pogoda.",
+    "Die neue Brücke verbindet die beiden Stadtteile seit letztem Jahr.",
+    "Bitte geben Sie Ihr Passwort erneut ein, um fortzufahren.",
+    "Il treno per Milano parte alle otto e mezza dal binario due.",
+    "O relatório anual mostra um crescimento das vendas no segundo semestre.",
+    "De gemeente heeft besloten het park opnieuw in te richten.",
+    "Machine learning models map sentences to vectors that capture meaning.",
+    "Error: the input file contains invalid UTF-8 at line 12.",
+    "A quick brown fox jumps over the lazy dog near the river bank.",
+    "Researchers measured the temperature every hour for two weeks.",
+    "Quel est le meilleur moyen de conserver les légumes frais ?",
+    "¿Cuál es la diferencia entre un virus y una bacteria?",
+    "Jak długo trwa lot z Warszawy do Lizbony?",
+    "The function returns the number of bytes written, or -1 on error.",
+    "Nach dem Konzert gingen wir noch in ein kleines Restaurant.",
+    "La biblioteca municipal abre de lunes a sábado por la mañana.",
+    "Le logiciel est distribué sous licence libre.",
+    "Prices of houses in the city centre have doubled in ten years.",
+    "Kliknij przycisk, aby zapisać zmiany w dokumencie.",
+    "This manual page documents the GNU version of the command.",
+]
+SIGMA_REL = 0.05  # probe size relative to the tensor's RMS (the scale of 4-bit quantization noise)
+
+
+class SensitivityProbe:
+    """One session over the calibration batch with the probed weights as zero-copy graph inputs."""
+
+    def __init__(self, model: Model, names: list[str], emb: str | None, texts: list[str], threads: int = 0,
+                 max_length: int = 64):
+        from embtool.runtime.bert_graph import build_encoder
+        from embtool.runtime.encoder import EmbedSettings, Encoder, session_options
+
+        self.model = model
+        self.emb = emb
+        linears = frozenset(n for n in names if n != emb)
+        built = build_encoder(model, feed_weights=linears)
+        sess = ort.InferenceSession(built.to_model(embed_feeds=False).SerializeToString(), session_options(threads),
+                                    providers=["CPUExecutionProvider"])
+        # writable copies: a probe perturbs them in place; the OrtValues wrap the same memory
+        self.arrays: dict[str, np.ndarray] = {k: np.array(v, dtype=v.dtype, copy=True) for k, v in built.feeds.items()}
+        self.ov = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in self.arrays.items()}
+        enc = Encoder(model, EmbedSettings(max_length=max_length, normalize=True), session=(sess, self.ov))
+        self.enc = enc
+        seqs = enc.tokenize(texts)
+        L = max(len(s) for s in seqs)
+        self.ids = np.full((len(seqs), L), enc._pad_id(), np.int64)
+        self.mask = np.zeros((len(seqs), L), np.int64)
+        for i, s in enumerate(seqs):
+            self.ids[i, : len(s)] = s
+            self.mask[i, : len(s)] = 1
+        self.token_counts = np.bincount(self.ids[self.mask > 0].ravel())
+        self.f0 = self._embed()
+        self.runs = 0
+
+    def feed_name(self, weight: str) -> str:
+        return weight if weight == self.emb else weight[: -len(".weight")] + ".weight_T"
+
+    def _embed(self) -> np.ndarray:
+        x = self.enc._run(self.ids, self.mask)
+        return P.normalize(x)
+
+    def loss(self) -> float:
+        self.runs += 1
+        d = self._embed() - self.f0
+        return float(np.mean(np.sum(d.astype(np.float64) ** 2, 1)))
+
+    def used_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.token_counts)
+
+    def hutchinson(self, weight: str, probes: int, rng: np.random.Generator, sigma_rel: float = SIGMA_REL) -> tuple[float, float, int]:
+        """(Ω = tr(H)/n, its standard error, n) for one weight, by `probes` Rademacher probes.
+        A weight the encoder graph does not use (e.g. a pooler) has Ω = 0 exactly."""
+        if self.feed_name(weight) not in self.arrays:
+            return 0.0, 0.0, 0
+        arr = self.arrays[self.feed_name(weight)]
+        if weight == self.emb:
+            rows = self.used_rows()
+            view_idx = rows
+            W0 = arr[rows].copy()
+        else:
+            view_idx = None
+            W0 = arr.copy()
+        n = W0.size
+        sigma = sigma_rel * float(np.sqrt(np.mean(W0.astype(np.float64) ** 2))) or 1e-3
+        samples = []
+        for _ in range(probes):
+            z = rng.integers(0, 2, size=W0.shape).astype(np.float32) * 2 - 1
+            vals = []
+            for sign in (1.0, -1.0):
+                if view_idx is None:
+                    arr[...] = W0 + sign * sigma * z
+                else:
+                    arr[view_idx] = W0 + sign * sigma * z
+                vals.append(self.loss())
+            samples.append((vals[0] + vals[1]) / sigma**2)
+        if view_idx is None:
+            arr[...] = W0
+        else:
+            arr[view_idx] = W0
+        s = np.asarray(samples)
+        se = float(s.std(ddof=1) / np.sqrt(len(s))) if len(s) > 1 else float("nan")
+        return float(s.mean() / n), se / n, n
+
+    def measured_damage(self, weight: str, new_value: np.ndarray) -> float:
+        """L with one weight replaced (e.g. by its quantized version): the real damage."""
+        if self.feed_name(weight) not in self.arrays:
+            return 0.0
+        arr = self.arrays[self.feed_name(weight)]
+        W0 = arr.copy()
+        arr[...] = new_value if weight == self.emb else new_value.T
+        try:
+            return self.loss()
+        finally:
+            arr[...] = W0
+
+
+def calibration_texts(path: str | None, limit: int = 32) -> list[str]:
+    if path is None:
+        return list(CALIB_SENTENCES)
+    texts = [t for t in read_lines(path, limit) if t.strip()]
+    if not texts:
+        raise InputError(f"{path}: the calibration file is empty")
+    return texts
+
+
+def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
+               say: Callable[[str], None] = lambda s: None) -> tuple[dict[str, int], dict[str, Any]]:
+    """Per-tensor bits under the budget. Returns ({tensor: bits}, report)."""
+    t0 = time.perf_counter()
+    ws = m.weights
+    bits = sorted(req.bits)
+    texts = calibration_texts(req.calib)
+    probe = SensitivityProbe(m, names, emb, texts, req.threads)
+    rng = np.random.default_rng(req.seed)
+    if progress is not None:
+        progress.reset(total=len(names))
+    omega: dict[str, float] = {}
+    stderr: dict[str, float] = {}
+    for k in names:
+        omega[k], stderr[k], _ = probe.hutchinson(k, req.probes, rng)
+        if progress is not None:
+            progress.update(1)
+    # weighted quantization error per tensor and bit width
+    counts = probe.token_counts
+    costs = np.zeros((len(names), len(bits)))
+    errs = np.zeros((len(names), len(bits)))
+    for i, k in enumerate(names):
+        W = ws.get(k)
+        rows_w = None
+        if k == emb:
+            c = np.zeros(W.shape[0])
+            c[: min(len(counts), W.shape[0])] = counts[: W.shape[0]]
+            alpha = 1.0
+            used = c > 0
+            rows_w = (c + alpha) / (c[used].mean() + alpha) if used.any() else np.ones(W.shape[0])
+        for j, b in enumerate(bits):
+            q = QA.quantize(W, b, req.group_size, req.symmetric)
+            d = q.dequantize() - np.asarray(W, np.float32)
+            per_row = np.einsum("ij,ij->i", d, d, dtype=np.float64)
+            errs[i, j] = float((per_row * rows_w).sum()) if rows_w is not None else float(per_row.sum())
+            costs[i, j] = QA.stored_bytes(W.shape[0], W.shape[1], b, req.group_size, req.symmetric)
+    damages = 0.5 * np.array([omega[k] for k in names])[:, None] * errs
+    n_weights = sum(ws.info(k).numel for k in names)
+    if req.target_bits is not None:
+        budget = req.target_bits * n_weights / 8
+        what = f"--target-bits {req.target_bits}"
+        to_unit = lambda b: f"{8 * b / n_weights:.3f} bits per weight"  # noqa: E731
+    elif req.max_size is not None:
+        rest = sum(ws.info(k).nbytes for k in ws.keys() if k not in names)
+        budget = req.max_size - rest
+        what = f"--max-size {req.max_size}"
+        to_unit = lambda b: f"{(b + rest) / 1e6:.2f} MB in all"  # noqa: E731
+    else:  # --sensitivity-only without a budget: report all at the highest bits
+        budget = costs.max(1).sum()
+        what, to_unit = "", str
+    try:
+        picks, chosen, total_damage = knapsack.solve(costs, damages, budget)
+    except ValueError:
+        raise InputError(f"{what} is infeasible: even all tensors at {bits[0]} bits need "
+                         f"{to_unit(costs.min(1).sum())}") from None
+    plan = {k: bits[int(p)] for k, p in zip(names, picks)}
+    table = [{"tensor": k, "omega": omega[k], "omega_stderr": stderr[k], "bits": plan[k],
+              "rel_error": errs[i, int(picks[i])] / max(float((np.asarray(ws.get(k), np.float64) ** 2).sum()), 1e-30),
+              "predicted_damage": float(damages[i, int(picks[i])]), "bytes": int(costs[i, int(picks[i])])}
+             for i, k in enumerate(names)]
+    report = {"bits": bits, "budget_bytes": int(budget), "chosen_bytes": int(chosen), "predicted_damage": total_damage,
+              "probes": req.probes, "calib_texts": len(texts), "forward_passes": probe.runs,
+              "seconds": round(time.perf_counter() - t0, 1), "table": table}
+    return plan, report

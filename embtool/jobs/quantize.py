@@ -1,0 +1,193 @@
+"""quantize: group-wise n-bit quantization of linear weights and the token-embedding table.
+
+Output (safetensors, embtool's packed format; see README "Quantized format"): for a tensor `X.weight`
+[rows, K] the file holds `X.qweight` (uint8 [rows, ceil(K*bits/8)], codes packed low bits first),
+`X.scales` (float16 [rows, K/group]) and, when asymmetric, `X.qzeros` (uint8 [rows, K/group]);
+`__metadata__["embtool_quantization"]` records bits, group size and shape per tensor. This is
+onnxruntime's MatMulNBits / GatherBlockQuantized layout, so embtool's runtime feeds the codes to
+those kernels without a dequantized copy.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from embtool.algorithms import quantize as QA
+from embtool.core.errors import InputError, Unsupported
+from embtool.core.model import Model, find_vocab_tensors, open_model
+from embtool.core.model_out import copy_unchanged, metadata_json, updated_config, write_configs, write_weights
+from embtool.core.texts import read_lines
+from embtool.core.writer import OutputFolder, provenance
+from embtool.jobs.fidelity import compare, embed_both, gate
+
+SKIP = re.compile(r"(LayerNorm|layer_norm|layernorm|norm\.|position_embeddings|token_type_embeddings|position_ids)")
+
+
+@dataclass
+class QuantRequest:
+    model: str
+    output: str | None
+    bits: list[int] = field(default_factory=lambda: [4])
+    group_size: int = 32
+    symmetric: bool = False
+    include: str | None = None
+    exclude: str | None = None
+    embeddings_only: bool = False
+    fmt: str = "safetensors"
+    eval_file: str | None = None
+    eval_limit: int = 1000
+    eval_prefix: str = ""
+    min_cosine: float | None = None
+    force: bool = False
+    threads: int = 0
+    # mixed precision (see jobs/mixed.py)
+    target_bits: float | None = None
+    max_size: int | None = None
+    calib: str | None = None
+    probes: int = 2
+    seed: int = 0
+    sensitivity_only: bool = False
+
+
+def qbase(name: str) -> str:
+    return name[: -len(".weight")] if name.endswith(".weight") else name
+
+
+def select_tensors(m: Model, req: QuantRequest) -> tuple[list[str], str | None]:
+    """Names of the float matrices to quantize, and which one is the token-embedding table."""
+    ws = m.weights
+    if ws is None:
+        raise Unsupported("quantizing an ONNX model is not supported yet; quantize its safetensors model "
+                          "and write ONNX with --format onnx")
+    if any(k.endswith(".qweight") for k in ws.keys()) or "embtool_quantization" in ws.metadata:
+        raise InputError(f"{m.root} is already quantized (embtool packed weights); quantize the float model instead, "
+                         "or `embtool dequantize` it first")
+    vt = find_vocab_tensors(m)
+    emb = vt[0].name if vt and vt[0].role.startswith("input embedding") else None
+    if emb is not None and ws.info(emb).dtype not in ("F32", "F16", "BF16"):
+        raise InputError(f"{emb} is stored as {ws.info(emb).dtype}, not float: the model is already quantized")
+    names = []
+    for k in ws.keys():
+        info = ws.info(k)
+        if len(info.shape) != 2 or info.dtype not in ("F32", "F16", "BF16"):
+            continue
+        if k == emb:
+            names.append(k)
+        elif not req.embeddings_only and k.endswith(".weight") and not SKIP.search(k) and "embeddings" not in k.split(".")[-2:][0]:
+            names.append(k)
+    if req.include:
+        names = [k for k in names if re.search(req.include, k)]
+    if req.exclude:
+        names = [k for k in names if not re.search(req.exclude, k)]
+    if not names:
+        raise InputError("no tensor to quantize (check --include/--exclude/--embeddings-only)")
+    for k in names:
+        K = ws.info(k).shape[1]
+        if K % req.group_size:
+            raise InputError(f"{k}: input dimension {K} is not a multiple of --group-size {req.group_size} "
+                             "(embtool does not pad groups; choose a group size that divides it)")
+    return names, emb
+
+
+def quantized_tensors(m: Model, plan: dict[str, int], group_size: int, symmetric: bool, progress=None) -> tuple[dict, dict, list]:
+    """(tensors for the output file, quantization record, per-tensor rows)."""
+    ws = m.weights
+    out: dict[str, np.ndarray] = {}
+    record: dict[str, Any] = {}
+    rows = []
+    for k in ws.keys():
+        if k not in plan:
+            out[k] = ws.get(k)
+            continue
+        W = ws.get(k)
+        bits = plan[k]
+        q = QA.quantize(W, bits, group_size, symmetric)
+        base = qbase(k)
+        out[base + ".qweight"] = QA.pack(q.codes, bits)
+        out[base + ".scales"] = q.scales
+        if q.zeros is not None:
+            out[base + ".qzeros"] = q.zeros
+        record[base] = {"bits": bits, "group_size": group_size, "shape": list(W.shape), "symmetric": symmetric}
+        err = QA.quant_error(W, q)
+        rows.append({"tensor": k, "bits": bits, "shape": list(W.shape), "bytes_before": ws.info(k).nbytes,
+                     "bytes_after": q.nbytes, "rel_error": err / max(float((np.asarray(W, np.float64) ** 2).sum()), 1e-30)})
+        if progress is not None:
+            progress.update(1)
+    return out, record, rows
+
+
+def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    for b in req.bits:
+        if b not in QA.BITS:
+            raise InputError(f"--bits {b} is not supported (supported: {', '.join(map(str, QA.BITS))})")
+    if req.fmt == "onnx" and any(b not in QA.RUNNABLE_BITS for b in req.bits):
+        say("3-bit codes run in onnxruntime as 4-bit codes; the ONNX file stores them as 4-bit")
+    m = open_model(req.model, need_tokenizer=bool(req.eval_file or req.calib or req.target_bits or req.max_size))
+    names, emb = select_tensors(m, req)
+    ws = m.weights
+    summary: dict[str, Any] = {"model": req.model, "output": req.output, "group_size": req.group_size,
+                               "symmetric": req.symmetric, "format": req.fmt}
+    if req.target_bits is not None or req.max_size is not None or req.sensitivity_only:
+        from embtool.jobs.mixed import plan_mixed
+
+        plan, mixed = plan_mixed(m, names, emb, req, progress, say)
+        summary["mixed_precision"] = mixed
+        if req.sensitivity_only:
+            summary["seconds"] = round(time.perf_counter() - t0, 2)
+            return summary
+    else:
+        if len(req.bits) != 1:
+            raise InputError("several --bits need --target-bits or --max-size (mixed precision)")
+        plan = {k: req.bits[0] for k in names}
+    tensors, record, rows = quantized_tensors(m, plan, req.group_size, req.symmetric)
+    total_before = sum(ws.info(k).nbytes for k in ws.keys())
+    q_before = sum(r["bytes_after"] for r in rows)
+    n_q = sum(int(np.prod(r["shape"])) for r in rows)
+    prov = provenance("quantize", {k: v for k, v in req.__dict__.items() if k not in ("output", "force")},
+                      {"model": m.fingerprint()}, {"quantization": {"group_size": req.group_size, "symmetric": req.symmetric,
+                                                                   "bits": sorted({r["bits"] for r in rows})}})
+    meta = {"embtool_quantization": json.dumps(record, sort_keys=True), "embtool": metadata_json(prov)}
+    cfg = updated_config(m, extra={"quantization_config": {"quant_method": "embtool-groupwise", "group_size": req.group_size,
+                                                            "symmetric": req.symmetric,
+                                                            "bits": {k: v["bits"] for k, v in record.items()}}}) if m.config else None
+    with OutputFolder(req.output, req.force, inputs=[m.root]) as out:
+        copy_unchanged(m, out, changed=["config.json"])
+        write_weights(m, out, tensors, meta)
+        write_configs(m, out, cfg)
+        out.write_json("embtool.json", {**m.embtool_meta(), **prov})
+        new = open_model(out.path, need_tokenizer=False)
+        if req.fmt == "onnx":
+            from embtool.core.onnx_out import save_onnx
+            from embtool.runtime.bert_graph import build_encoder
+
+            save_onnx(build_encoder(new).to_model(embed_feeds=True), out, prov)
+            (out.path / "model.safetensors").unlink()
+            new = open_model(out.path, need_tokenizer=False)
+        summary["bytes_before"] = m.weight_bytes()
+        summary["bytes_after"] = new.weight_bytes()
+        if req.eval_file:
+            texts = read_lines(req.eval_file, req.eval_limit)
+            if len(texts) < 2:
+                raise InputError(f"{req.eval_file}: need at least 2 texts to evaluate on")
+            new = open_model(out.path, need_tokenizer=True)
+            summary["eval"] = compare(*embed_both(m, new, texts, req.threads, req.eval_prefix))
+            gate(summary["eval"], req.min_cosine)
+    summary.update({
+        "tensors": len(rows), "quantized_weights": n_q,
+        "tensor_bytes_before": total_before,
+        "bits_per_weight": 8 * q_before / max(n_q, 1),
+        "embedding": next(({"bits": r["bits"], "bytes_before": r["bytes_before"], "bytes_after": r["bytes_after"]}
+                           for r in rows if r["tensor"] == emb), None),
+        "linear": {"bytes_before": sum(r["bytes_before"] for r in rows if r["tensor"] != emb),
+                   "bytes_after": sum(r["bytes_after"] for r in rows if r["tensor"] != emb)},
+        "per_tensor": rows,
+        "seconds": round(time.perf_counter() - t0, 2),
+    })
+    return summary

@@ -1,0 +1,49 @@
+"""Emit onnxruntime's quantized operators for embtool's packed n-bit weights.
+
+Linear layers become com.microsoft.MatMulNBits (B [N, K/g, g*b/8] uint8, fp32 scales, packed zero
+points); the token-embedding table becomes com.microsoft.GatherBlockQuantized (codes fed zero-copy from
+the memory-mapped file). 3-bit codes run as 4-bit codes (the same values, exactly).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from embtool.algorithms.quantize import pack, unpack
+from embtool.core.errors import CorruptFile
+
+
+def _parts(w, base: str):
+    info = w.qmeta.get(base)
+    if info is None:
+        raise CorruptFile(f"{base}.qweight has no quantization record in the model's metadata")
+    bits, g = int(info["bits"]), int(info["group_size"])
+    rows, K = (int(x) for x in info["shape"])
+    packed = w.get(base + ".qweight")
+    scales = w.get(base + ".scales")
+    zeros = w.get(base + ".qzeros") if w.has(base + ".qzeros") else None
+    if scales.shape != (rows, K // g) or packed.shape != (rows, (K * bits + 7) // 8):
+        raise CorruptFile(f"{base}: quantized tensors do not match the recorded shape {rows}x{K}, {bits} bits, group {g}")
+    if bits == 3:  # run as 4-bit codes: same values
+        packed = pack(unpack(packed, 3, K), 4)
+        bits = 4
+    return bits, g, rows, K, packed, scales, zeros
+
+
+def emit_matmul_nbits(b, w, x: str, base: str) -> str:
+    bits, g, N, K, packed, scales, zeros = _parts(w, base)
+    B = np.ascontiguousarray(packed).reshape(N, K // g, g * bits // 8)
+    inputs = [x, b.const(base + ".B", B), b.const(base + ".scales_f32", scales.astype(np.float32).reshape(-1))]
+    if zeros is not None:
+        inputs.append(b.const(base + ".zp", pack(zeros, bits).reshape(-1)))
+    return b.node("MatMulNBits", inputs, "mmnb", domain="com.microsoft", K=K, N=N, bits=bits, block_size=g)
+
+
+def emit_gather_block_quantized(b, w, ids: str, base: str) -> str:
+    bits, g, V, K, packed, scales, zeros = _parts(w, base)
+    inputs = [b.feed(base + ".qweight", np.ascontiguousarray(packed)), ids,
+              b.feed(base + ".scales_f32", scales.astype(np.float32))]
+    if zeros is not None:
+        inputs.append(b.feed(base + ".zp", pack(zeros, bits)))
+    return b.node("GatherBlockQuantized", inputs, "gbq", domain="com.microsoft", bits=bits, block_size=g,
+                  gather_axis=0, quantize_axis=1)
