@@ -1,18 +1,18 @@
-"""Exact multiple-choice knapsack by dynamic programming, and rank correlation. Pure numpy."""
+"""Exact multiple-choice knapsack (Pareto-frontier dynamic programming), and rank correlation. Pure numpy."""
 
 from __future__ import annotations
 
 import numpy as np
 
-MAX_CELLS = 20000
+MAX_STATES = 2_000_000
 
 
 def solve(costs: np.ndarray, damages: np.ndarray, budget: float) -> tuple[np.ndarray, float, float]:
-    """Choose one option per item (row) minimising total damage with total cost <= budget.
+    """Choose one option per item (row) minimising total damage with total cost <= budget. Exact.
 
-    costs, damages: [items, options]. Costs are rounded *up* to a grid of at most MAX_CELLS cells, so the
-    answer is always feasible for the true costs and optimal for the rounded ones (the rounding loses at
-    most one cell per item). Returns (choice per item, total cost, total damage).
+    costs, damages: [items, options]. Dynamic programming over the Pareto frontier: after each item only
+    the (cost, damage) states that no cheaper state beats are kept, so the true costs are used (no
+    rounding) and the optimum is exact. Returns (choice per item, total cost, total damage).
     Raises ValueError when even the cheapest options exceed the budget.
     """
     costs = np.asarray(costs, dtype=np.float64)
@@ -21,34 +21,34 @@ def solve(costs: np.ndarray, damages: np.ndarray, budget: float) -> tuple[np.nda
     minimum = costs.min(1).sum()
     if minimum > budget + 1e-9:
         raise ValueError(f"infeasible: the smallest possible size is {minimum:.0f}")
-    unit = max(budget / MAX_CELLS, 1e-12)
-    cap = int(np.floor(budget / unit + 1e-9))
-    c = np.ceil(costs / unit - 1e-9).astype(np.int64)
-    INF = np.inf
-    dp = np.full(cap + 1, INF)
-    dp[0] = 0.0
-    choice = np.zeros((T, cap + 1), dtype=np.int16)
+    # cheapest possible cost of the remaining items, to prune states that can no longer fit
+    rest = np.concatenate([np.cumsum(costs.min(1)[::-1])[::-1][1:], [0.0]])
+    state_c = np.zeros(1)
+    state_d = np.zeros(1)
+    back: list[tuple[np.ndarray, np.ndarray]] = []
     for t in range(T):
-        new = np.full(cap + 1, INF)
-        for o in range(O):
-            if c[t, o] > cap:
-                continue
-            cand = np.full(cap + 1, INF)
-            cand[c[t, o]:] = dp[: cap + 1 - c[t, o]] + damages[t, o]
-            better = cand < new
-            new[better] = cand[better]
-            choice[t, better] = o
-        dp = new
-    if not np.isfinite(dp).any():
-        raise ValueError(f"infeasible: the smallest possible size is {minimum:.0f}")
-    end = int(np.argmin(dp))
+        c = (state_c[:, None] + costs[t][None, :]).ravel()
+        d = (state_d[:, None] + damages[t][None, :]).ravel()
+        parent = np.repeat(np.arange(state_c.size), O)
+        option = np.tile(np.arange(O), state_c.size)
+        ok = c + rest[t] <= budget + 1e-9
+        c, d, parent, option = c[ok], d[ok], parent[ok], option[ok]
+        order = np.lexsort((d, c))  # by cost, then damage
+        c, d, parent, option = c[order], d[order], parent[order], option[order]
+        best_before = np.minimum.accumulate(np.concatenate([[np.inf], d[:-1]]))
+        keep = d < best_before  # strictly better than every cheaper (or equal-cost earlier) state
+        state_c, state_d = c[keep], d[keep]
+        back.append((parent[keep], option[keep]))
+        if state_c.size > MAX_STATES:
+            raise ValueError("the mixed-precision problem is too large to solve exactly")
+    i = int(np.argmin(state_d))
+    total_c, total_d = float(state_c[i]), float(state_d[i])
     picks = np.zeros(T, dtype=np.int64)
     for t in range(T - 1, -1, -1):
-        o = int(choice[t, end])
-        picks[t] = o
-        end -= c[t, o]
-    total_cost = float(costs[np.arange(T), picks].sum())
-    return picks, total_cost, float(damages[np.arange(T), picks].sum())
+        parent, option = back[t]
+        picks[t] = option[i]
+        i = int(parent[i])
+    return picks, total_c, total_d
 
 
 def brute_force(costs: np.ndarray, damages: np.ndarray, budget: float) -> tuple[np.ndarray, float]:

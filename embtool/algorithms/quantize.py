@@ -172,3 +172,81 @@ def quant_error(W: np.ndarray, q: QTensor) -> float:
                        None if q.zeros is None else q.zeros[r0 : r0 + ROW_CHUNK], q.bits, q.group_size)
         total += float(((d - np.asarray(W[r0 : r0 + ROW_CHUNK], np.float32)).astype(np.float64) ** 2).sum())
     return total
+
+
+def gptq(W: np.ndarray, H: np.ndarray, bits: int, group_size: int, symmetric: bool = False,
+         damp: float = 0.01, block: int = 128, clip_grid: tuple[float, ...] = CLIP_GRID) -> QTensor:
+    """GPTQ (Frantar et al. 2023): quantize the columns (input features) of W [out, in] one by one and
+    spread each column's rounding error over the not-yet-quantized columns through the inverse of
+    H = XᵀX (the Gram matrix of the layer's inputs on calibration data), so that ‖X(W − Q)ᵀ‖ rather than
+    ‖W − Q‖ is kept small. Group parameters (scale, zero point; clipping search as in `quantize`) are set
+    from the error-updated weights when a group starts. Same output format as `quantize`."""
+    check_shape(W.shape, group_size)
+    N, K = W.shape
+    W = np.array(W, dtype=np.float64)
+    H = np.array(H, dtype=np.float64)
+    dead = np.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    H[np.diag_indices(K)] += damp * np.mean(np.diag(H))
+    try:
+        Hinv = np.linalg.cholesky(np.linalg.inv(H)).T  # upper Cholesky factor of H^-1
+    except np.linalg.LinAlgError:
+        H[np.diag_indices(K)] += np.mean(np.diag(H))
+        Hinv = np.linalg.cholesky(np.linalg.inv(H)).T
+    Hinv = Hinv.astype(np.float32)  # the column loop runs in float32 (2x faster, same codes in practice)
+    W = W.astype(np.float32)
+    G = K // group_size
+    codes = np.zeros((N, K), np.uint8)
+    scales = np.zeros((N, G), np.float16)
+    zeros = None if symmetric else np.zeros((N, G), np.uint8)
+    qmax = 2**bits - 1
+    grid = np.asarray(clip_grid, np.float32)
+    block = max(group_size, block - block % group_size)
+    for i1 in range(0, K, block):
+        i2 = min(i1 + block, K)
+        W1 = W[:, i1:i2].copy()
+        Err = np.zeros_like(W1)
+        Hb = Hinv[i1:i2, i1:i2]
+        s64 = z64 = None
+        for i in range(i2 - i1):
+            col = i1 + i
+            if col % group_size == 0:
+                x = W1[:, i : i + group_size].astype(np.float32)
+                if symmetric:
+                    m = x[np.arange(N), np.abs(x).argmax(1)]
+                    lo = hi = None
+                else:
+                    m = None
+                    lo, hi = np.minimum(x.min(1), 0), np.maximum(x.max(1), 0)
+                best_err = np.full(N, np.inf, np.float32)
+                best_a = np.ones(N, np.float32)
+                for a in grid:
+                    q, s32, z = _rtn(x, np.full(N, a, np.float32), bits, m, lo, hi)
+                    d = (q - z[:, None]) * s32[:, None] - x
+                    err = np.einsum("ij,ij->i", d, d)
+                    better = err < best_err
+                    best_err, best_a = np.where(better, err, best_err), np.where(better, a, best_a)
+                _, s32, z = _rtn(x, best_a, bits, m, lo, hi)
+                g = col // group_size
+                scales[:, g] = s32.astype(np.float16)
+                if zeros is not None:
+                    zeros[:, g] = z.astype(np.uint8)
+                s64, z64 = s32, z.astype(np.float32)
+            w = W1[:, i]
+            q = np.clip(np.rint(w / np.where(s64 == 0, 1, s64)) + z64, 0, qmax)
+            codes[:, col] = q.astype(np.uint8)
+            deq = (q - z64) * s64
+            e = (w - deq) / Hb[i, i]
+            W1[:, i:] -= np.outer(e, Hb[i, i:])
+            Err[:, i] = e
+        W[:, i2:] -= Err @ Hinv[i1:i2, i2:]
+    return QTensor(codes, scales, zeros, bits, group_size)
+
+
+def weighted_error(W: np.ndarray, q: QTensor, H: np.ndarray | None) -> float:
+    """‖ΔW‖² (H None) or tr(ΔW H ΔWᵀ) / mean(diag H): the output-space error, in weight units."""
+    if H is None:
+        return quant_error(W, q)
+    d = (q.dequantize() - np.asarray(W, np.float32)).astype(np.float64)
+    return float(((d @ H) * d).sum() / max(np.mean(np.diag(H)), 1e-30))

@@ -76,6 +76,7 @@ def _register() -> None:
 
     for mod in (inspect_cmd, embed_cmd, export_cmd, search_cmd, trim_cmd, quantize_cmd):
         cli.add_command(mod.command)
+    cli.add_command(quantize_cmd.dequantize_command)
 
 
 _register()

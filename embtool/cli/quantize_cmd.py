@@ -56,7 +56,7 @@ def render(s: dict) -> str:
     if li["bytes_before"]:
         lines.append(f"linear       {human_bytes(li['bytes_before'])} -> {human_bytes(li['bytes_after'])}")
     lines.append(f"weights      {s['tensors']} tensors, {s['quantized_weights']:,} weights at {s['bits_per_weight']:.2f} bits each "
-                 f"(scales and zero points included), group {s['group_size']}, {'symmetric' if s['symmetric'] else 'asymmetric'}")
+                 f"(scales and zero points included), group {s['group_size']}, {'symmetric' if s['symmetric'] else 'asymmetric'}, {s['method']}")
     if "eval" in s:
         e = s["eval"]
         lines.append(f"held-out     {e['texts']} texts: cosine mean {e['cosine_mean']:.5f}, min {e['cosine_min']:.5f}; "
@@ -72,6 +72,8 @@ def render(s: dict) -> str:
 @click.option("--group-size", type=click.IntRange(min=8), default=32, show_default=True,
               help="Consecutive values along the input axis sharing one scale; must divide every quantized dimension.")
 @click.option("--symmetric/--asymmetric", default=False, show_default=True, help="Symmetric groups store no zero point.")
+@click.option("--method", type=click.Choice(["rtn", "gptq"]), default="rtn", show_default=True,
+              help="Linear layers: round-to-nearest, or GPTQ error compensation from calibration inputs (--calib).")
 @click.option("--include", default=None, help="Quantize only tensors whose name matches this regex.")
 @click.option("--exclude", default=None, help="Do not quantize tensors whose name matches this regex.")
 @click.option("--embeddings-only", is_flag=True, help="Quantize only the token-embedding table.")
@@ -91,7 +93,7 @@ def render(s: dict) -> str:
 @click.option("-o", "--output", default=None, help="Output model folder.")
 @force_option
 @common_options
-def command(model, bits, group_size, symmetric, include, exclude, embeddings_only, fmt, target_bits, max_size, calib, probes,
+def command(model, bits, group_size, symmetric, method, include, exclude, embeddings_only, fmt, target_bits, max_size, calib, probes,
             seed, sensitivity_only, eval_file, eval_limit, eval_prefix, min_cosine, output, force, as_json, quiet, threads) -> None:
     """Group-wise low-bit quantization (Q-BERT): every linear weight and the token-embedding table are
     cut into groups of --group-size values along their input axis, each with an fp16 scale (and zero
@@ -120,7 +122,7 @@ def command(model, bits, group_size, symmetric, include, exclude, embeddings_onl
         raise click.UsageError("give -o OUTPUT (or --sensitivity-only)")
     if min_cosine is not None and not eval_file:
         raise click.UsageError("--min-cosine needs --eval FILE")
-    req = QuantRequest(model=model, output=output, bits=bits, group_size=group_size, symmetric=symmetric, include=include,
+    req = QuantRequest(model=model, output=output, bits=bits, group_size=group_size, symmetric=symmetric, method=method, include=include,
                        exclude=exclude, embeddings_only=embeddings_only, fmt=fmt, eval_file=eval_file, eval_limit=eval_limit,
                        eval_prefix=eval_prefix, min_cosine=min_cosine, force=force, threads=threads, target_bits=target_bits,
                        max_size=max_size, calib=calib, probes=probes, seed=seed, sensitivity_only=sensitivity_only)
@@ -130,3 +132,23 @@ def command(model, bits, group_size, symmetric, include, exclude, embeddings_onl
     finally:
         bar.close()
     emit_summary(summary, as_json, quiet, render)
+
+
+@click.command(name="dequantize")
+@model_argument
+@click.option("-o", "--output", required=True, help="Output model folder (float32 safetensors).")
+@force_option
+@common_options
+def dequantize_command(model, output, force, as_json, quiet, threads) -> None:
+    """Turn an embtool-quantized safetensors model back into a plain float32 model (the dequantized
+    values, not the original ones) for tools that only read float weights.
+
+    \b
+    Example:
+      embtool dequantize minilm-q4/ -o minilm-q4-float/
+    """
+    from embtool.jobs.quantize import run_dequantize
+
+    s = run_dequantize(model, output, force)
+    emit_summary(s, as_json, quiet, lambda s: f"dequantized {s['tensors']} tensors: {human_bytes(s['bytes_before'])} -> "
+                 f"{human_bytes(s['bytes_after'])} -> {s['output']} ({s['seconds']} s)")

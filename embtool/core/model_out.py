@@ -28,9 +28,12 @@ def copy_unchanged(model: Model, out: OutputFolder, changed: Iterable[str] = ())
     out.copy_from(model.root, exclude=[*weight_file_names(model), "embtool.json", *changed])
 
 
-def write_weights(model: Model, out: OutputFolder, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> Path:
-    """All tensors into one model.safetensors (streamed; untouched tensors stay memory-mapped views)."""
-    meta = {"format": "pt", **metadata}
+def write_weights(model: Model, out: OutputFolder, tensors: dict[str, np.ndarray], metadata: dict[str, str],
+                  keep_input_metadata: bool = True) -> Path:
+    """All tensors into one model.safetensors (streamed; untouched tensors stay memory-mapped views).
+    The input's __metadata__ (e.g. the quantization record) is carried over unless replaced."""
+    inherited = dict(model.weights.metadata) if (keep_input_metadata and model.weights is not None) else {}
+    meta = {"format": "pt", **inherited, **metadata}
     path = out.path / "model.safetensors"
     write_safetensors(path, tensors, meta)
     return path

@@ -85,7 +85,10 @@ class SensitivityProbe:
         # writable copies: a probe perturbs them in place; the OrtValues wrap the same memory
         self.arrays: dict[str, np.ndarray] = {k: np.array(v, dtype=v.dtype, copy=True) for k, v in built.feeds.items()}
         self.ov = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in self.arrays.items()}
-        enc = Encoder(model, EmbedSettings(max_length=max_length, normalize=True), session=(sess, self.ov))
+        from embtool.runtime.encoder import default_max_length
+
+        enc = Encoder(model, EmbedSettings(max_length=min(max_length, default_max_length(model)), normalize=True),
+                      session=(sess, self.ov))
         self.enc = enc
         seqs = enc.tokenize(texts)
         L = max(len(s) for s in seqs)
@@ -170,8 +173,14 @@ def calibration_texts(path: str | None, limit: int = 32) -> list[str]:
 
 
 def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
-               say: Callable[[str], None] = lambda s: None) -> tuple[dict[str, int], dict[str, Any]]:
-    """Per-tensor bits under the budget. Returns ({tensor: bits}, report)."""
+               say: Callable[[str], None] = lambda s: None, grams: dict | None = None) -> tuple[dict[str, int], dict[str, Any], dict]:
+    """Per-tensor bits under the budget. Returns ({tensor: bits}, report, {tensor: chosen QTensor}).
+
+    With GPTQ (grams given) a linear layer's error is measured in output space,
+    tr(ΔW H ΔWᵀ)/mean(diag H), which equals ‖ΔW‖² when the inputs are white."""
+    from embtool.jobs.quantize import quantize_one
+
+    grams = grams or {}
     t0 = time.perf_counter()
     ws = m.weights
     bits = sorted(req.bits)
@@ -190,6 +199,7 @@ def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
     counts = probe.token_counts
     costs = np.zeros((len(names), len(bits)))
     errs = np.zeros((len(names), len(bits)))
+    cache: dict[tuple[str, int], Any] = {}
     for i, k in enumerate(names):
         W = ws.get(k)
         rows_w = None
@@ -200,10 +210,14 @@ def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
             used = c > 0
             rows_w = (c + alpha) / (c[used].mean() + alpha) if used.any() else np.ones(W.shape[0])
         for j, b in enumerate(bits):
-            q = QA.quantize(W, b, req.group_size, req.symmetric)
-            d = q.dequantize() - np.asarray(W, np.float32)
-            per_row = np.einsum("ij,ij->i", d, d, dtype=np.float64)
-            errs[i, j] = float((per_row * rows_w).sum()) if rows_w is not None else float(per_row.sum())
+            q = quantize_one(W, b, req.group_size, req.symmetric, grams.get(k))
+            cache[(k, b)] = q
+            if k in grams:
+                errs[i, j] = QA.weighted_error(W, q, grams[k])
+            else:
+                d = q.dequantize() - np.asarray(W, np.float32)
+                per_row = np.einsum("ij,ij->i", d, d, dtype=np.float64)
+                errs[i, j] = float((per_row * rows_w).sum()) if rows_w is not None else float(per_row.sum())
             costs[i, j] = QA.stored_bytes(W.shape[0], W.shape[1], b, req.group_size, req.symmetric)
     damages = 0.5 * np.array([omega[k] for k in names])[:, None] * errs
     n_weights = sum(ws.info(k).numel for k in names)
@@ -225,6 +239,8 @@ def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
         raise InputError(f"{what} is infeasible: even all tensors at {bits[0]} bits need "
                          f"{to_unit(costs.min(1).sum())}") from None
     plan = {k: bits[int(p)] for k, p in zip(names, picks)}
+    report_cache = {k: cache[(k, plan[k])] for k in names}  # the chosen quantizations, reused for the output
+    cache.clear()
     table = [{"tensor": k, "omega": omega[k], "omega_stderr": stderr[k], "bits": plan[k],
               "rel_error": errs[i, int(picks[i])] / max(float((np.asarray(ws.get(k), np.float64) ** 2).sum()), 1e-30),
               "predicted_damage": float(damages[i, int(picks[i])]), "bytes": int(costs[i, int(picks[i])])}
@@ -232,4 +248,4 @@ def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
     report = {"bits": bits, "budget_bytes": int(budget), "chosen_bytes": int(chosen), "predicted_damage": total_damage,
               "probes": req.probes, "calib_texts": len(texts), "forward_passes": probe.runs,
               "seconds": round(time.perf_counter() - t0, 1), "table": table}
-    return plan, report
+    return plan, report, report_cache

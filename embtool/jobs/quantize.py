@@ -2,7 +2,8 @@
 
 Output (safetensors, embtool's packed format; see README "Quantized format"): for a tensor `X.weight`
 [rows, K] the file holds `X.qweight` (uint8 [rows, ceil(K*bits/8)], codes packed low bits first),
-`X.scales` (float16 [rows, K/group]) and, when asymmetric, `X.qzeros` (uint8 [rows, K/group]);
+`X.scales` (float16 [rows, K/group]) and, when asymmetric, `X.qzeros` (zero points, packed the same
+way: uint8 [rows, ceil(K/group*bits/8)]);
 `__metadata__["embtool_quantization"]` records bits, group size and shape per tensor. This is
 onnxruntime's MatMulNBits / GatherBlockQuantized layout, so embtool's runtime feeds the codes to
 those kernels without a dequantized copy.
@@ -36,6 +37,7 @@ class QuantRequest:
     bits: list[int] = field(default_factory=lambda: [4])
     group_size: int = 32
     symmetric: bool = False
+    method: str = "rtn"  # "rtn" | "gptq" (linear layers; the embedding table is always round-to-nearest)
     include: str | None = None
     exclude: str | None = None
     embeddings_only: bool = False
@@ -95,8 +97,19 @@ def select_tensors(m: Model, req: QuantRequest) -> tuple[list[str], str | None]:
     return names, emb
 
 
-def quantized_tensors(m: Model, plan: dict[str, int], group_size: int, symmetric: bool, progress=None) -> tuple[dict, dict, list]:
-    """(tensors for the output file, quantization record, per-tensor rows)."""
+def quantize_one(W: np.ndarray, bits: int, group_size: int, symmetric: bool, H: np.ndarray | None) -> QA.QTensor:
+    """GPTQ when the layer's input Gram matrix is known, else round-to-nearest."""
+    if H is not None:
+        return QA.gptq(W, H, bits, group_size, symmetric)
+    return QA.quantize(W, bits, group_size, symmetric)
+
+
+def quantized_tensors(m: Model, plan: dict[str, int], group_size: int, symmetric: bool, grams: dict | None = None,
+                      done: dict | None = None) -> tuple[dict, dict, list]:
+    """(tensors for the output file, quantization record, per-tensor rows). `done`: tensors already
+    quantized (by the mixed-precision planner) at their planned bits."""
+    grams = grams or {}
+    done = done or {}
     ws = m.weights
     out: dict[str, np.ndarray] = {}
     record: dict[str, Any] = {}
@@ -107,18 +120,17 @@ def quantized_tensors(m: Model, plan: dict[str, int], group_size: int, symmetric
             continue
         W = ws.get(k)
         bits = plan[k]
-        q = QA.quantize(W, bits, group_size, symmetric)
+        q = done[k] if k in done else quantize_one(W, bits, group_size, symmetric, grams.get(k))
         base = qbase(k)
         out[base + ".qweight"] = QA.pack(q.codes, bits)
         out[base + ".scales"] = q.scales
         if q.zeros is not None:
-            out[base + ".qzeros"] = q.zeros
-        record[base] = {"bits": bits, "group_size": group_size, "shape": list(W.shape), "symmetric": symmetric}
+            out[base + ".qzeros"] = QA.pack(q.zeros, bits)
+        record[base] = {"bits": bits, "group_size": group_size, "shape": list(W.shape), "symmetric": symmetric,
+                        "method": "gptq" if k in grams else "rtn"}
         err = QA.quant_error(W, q)
         rows.append({"tensor": k, "bits": bits, "shape": list(W.shape), "bytes_before": ws.info(k).nbytes,
                      "bytes_after": q.nbytes, "rel_error": err / max(float((np.asarray(W, np.float64) ** 2).sum()), 1e-30)})
-        if progress is not None:
-            progress.update(1)
     return out, record, rows
 
 
@@ -132,12 +144,20 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
     m = open_model(req.model, need_tokenizer=bool(req.eval_file or req.calib or req.target_bits or req.max_size))
     names, emb = select_tensors(m, req)
     ws = m.weights
+    grams = None
+    if req.method == "gptq":
+        from embtool.jobs.calibrate import gram_matrices
+        from embtool.jobs.mixed import calibration_texts
+
+        texts = calibration_texts(req.calib, limit=256)
+        grams, n_tok = gram_matrices(m, [k for k in names if k != emb], texts, req.threads)
+        say(f"gptq: input statistics of {len(grams)} linear layers from {n_tok} calibration tokens")
     summary: dict[str, Any] = {"model": req.model, "output": req.output, "group_size": req.group_size,
-                               "symmetric": req.symmetric, "format": req.fmt}
+                               "symmetric": req.symmetric, "method": req.method, "format": req.fmt}
     if req.target_bits is not None or req.max_size is not None or req.sensitivity_only:
         from embtool.jobs.mixed import plan_mixed
 
-        plan, mixed = plan_mixed(m, names, emb, req, progress, say)
+        plan, mixed, done = plan_mixed(m, names, emb, req, progress, say, grams)
         summary["mixed_precision"] = mixed
         if req.sensitivity_only:
             summary["seconds"] = round(time.perf_counter() - t0, 2)
@@ -146,7 +166,8 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
         if len(req.bits) != 1:
             raise InputError("several --bits need --target-bits or --max-size (mixed precision)")
         plan = {k: req.bits[0] for k in names}
-    tensors, record, rows = quantized_tensors(m, plan, req.group_size, req.symmetric)
+        done = {}
+    tensors, record, rows = quantized_tensors(m, plan, req.group_size, req.symmetric, grams, done)
     total_before = sum(ws.info(k).nbytes for k in ws.keys())
     q_before = sum(r["bytes_after"] for r in rows)
     n_q = sum(int(np.prod(r["shape"])) for r in rows)
@@ -191,3 +212,42 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
         "seconds": round(time.perf_counter() - t0, 2),
     })
     return summary
+
+
+def run_dequantize(model: str, output: str, force: bool = False) -> dict[str, Any]:
+    """embtool's packed n-bit weights back to float32 `X.weight` tensors (for tools that read only float)."""
+    t0 = time.perf_counter()
+    m = open_model(model)
+    ws = m.weights
+    if ws is None:
+        raise Unsupported("dequantize reads embtool's quantized safetensors models; this is an ONNX model")
+    try:
+        record = json.loads(ws.metadata.get("embtool_quantization", ""))
+    except json.JSONDecodeError:
+        raise InputError(f"{model} is not an embtool-quantized model (no quantization record)") from None
+    tensors: dict[str, np.ndarray] = {}
+    skip = set()
+    for base, info in record.items():
+        bits, g = int(info["bits"]), int(info["group_size"])
+        rows, K = info["shape"]
+        codes = QA.unpack(ws.get(base + ".qweight"), bits, K)
+        zeros = QA.unpack(ws.get(base + ".qzeros"), bits, K // g) if base + ".qzeros" in ws else None
+        name = base if base.endswith("factor_F") else base + ".weight"
+        tensors[name] = QA.dequantize(codes, ws.get(base + ".scales"), zeros, bits, g)
+        skip.update({base + ".qweight", base + ".scales", base + ".qzeros"})
+    for k in ws.keys():
+        if k not in skip:
+            tensors[k] = ws.get(k)
+    prov = provenance("dequantize", {"model": model}, {"model": m.fingerprint()})
+    cfg = dict(m.config)
+    cfg.pop("quantization_config", None)
+    meta = m.embtool_meta()
+    meta.pop("quantization", None)
+    with OutputFolder(output, force, inputs=[m.root]) as out:
+        copy_unchanged(m, out, changed=["config.json"])
+        write_weights(m, out, tensors, {"embtool": metadata_json(prov)}, keep_input_metadata=False)
+        write_configs(m, out, cfg if m.config else None)
+        out.write_json("embtool.json", {**meta, **prov})
+        size = (out.path / "model.safetensors").stat().st_size
+    return {"model": model, "output": output, "tensors": len(record), "bytes_before": m.weight_bytes(), "bytes_after": size,
+            "seconds": round(time.perf_counter() - t0, 2)}

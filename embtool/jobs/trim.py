@@ -184,7 +184,14 @@ def run_trim(req: TrimRequest, progress=None) -> dict[str, Any]:
             for k in ws.keys():
                 arr = ws.get(k)
                 tensors[k] = np.take(arr, keep_idx, axis=vocab_axes[k]) if k in vocab_axes else arr
-            write_weights(m, out, tensors, {"embtool": metadata_json(prov)})
+            meta = {"embtool": metadata_json(prov)}
+            if "embtool_quantization" in ws.metadata:  # sliced quantized tables: record their new row count
+                rec = json.loads(ws.metadata["embtool_quantization"])
+                for base, info in rec.items():
+                    if base + ".qweight" in vocab_axes:
+                        info["shape"][0] = int(len(keep_idx))
+                meta["embtool_quantization"] = json.dumps(rec, sort_keys=True)
+            write_weights(m, out, tensors, meta)
         else:
             om = m.onnx_model
             slice_onnx_initializers(om, vocab_axes, keep_idx)

@@ -134,6 +134,7 @@ class BuiltGraph:
     graph: onnx.GraphProto
     feeds: dict[str, np.ndarray] = field(default_factory=dict)  # graph inputs that carry weights
     opsets: tuple = ()
+    linear_inputs: dict[str, str] = field(default_factory=dict)  # `X.weight` -> its input tensor
 
     def to_model(self, embed_feeds: bool = True) -> onnx.ModelProto:
         g = onnx.GraphProto()
@@ -154,6 +155,7 @@ class GraphBuilder:
 
     def __init__(self, feed_weights: frozenset[str] = frozenset()) -> None:
         self.feed_weights = feed_weights  # weight names to pass as graph inputs (sensitivity probes)
+        self.linear_inputs: dict[str, str] = {}  # Linear base name -> name of its input tensor
         self.nodes: list[onnx.NodeProto] = []
         self.inits: list[onnx.TensorProto] = []
         self.feeds: dict[str, np.ndarray] = {}
@@ -189,6 +191,7 @@ Emitter = Callable[[GraphBuilder, WeightSource, str, str], str]
 
 def _linear(b: GraphBuilder, w: WeightSource, x: str, base: str) -> str:
     """x @ W^T + bias for a HF Linear `base` (weight [out, in]); quantized weights use MatMulNBits."""
+    b.linear_inputs[base] = x
     if w.has(base + ".qweight"):
         from embtool.runtime import qops
 
@@ -229,14 +232,17 @@ def _embedding(b: GraphBuilder, w: WeightSource, ids: str, base: str) -> str:
     return y
 
 
-def build_encoder(model: Model, fused: bool = True, feed_weights: frozenset[str] = frozenset()) -> BuiltGraph:
+def build_encoder(model: Model, fused: bool = True, feed_weights: frozenset[str] = frozenset(),
+                  capture_linear_inputs: bool = False) -> BuiltGraph:
     """The encoder graph: inputs input_ids, attention_mask [batch, seq] int64;
     output last_hidden_state [batch, seq, hidden] float32.
 
     fused=True uses onnxruntime's com.microsoft.MultiHeadAttention kernel (measured faster, see
     docs/benchmarks.md); fused=False writes standard ONNX ops only (`export-onnx --portable`).
     feed_weights: Linear weights (names `X.weight`) to declare as graph inputs `X.weight_T`
-    (transposed), so that one session can run with perturbed copies of them."""
+    (transposed), so that one session can run with perturbed copies of them.
+    capture_linear_inputs: also output every Linear's input (for calibration statistics);
+    `BuiltGraph.linear_inputs` maps `X.weight` to the output name."""
     a = detect_arch(model)
     w = WeightSource(model)
     b = GraphBuilder(frozenset(feed_weights))
@@ -303,11 +309,14 @@ def build_encoder(model: Model, fused: bool = True, feed_weights: frozenset[str]
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
               helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])]
     outputs = [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", H])]
+    if capture_linear_inputs:
+        for x_name in sorted(set(b.linear_inputs.values())):
+            outputs.append(helper.make_tensor_value_info(x_name, TensorProto.FLOAT, None))
     graph = helper.make_graph(b.nodes, "embtool_encoder", inputs + b.feed_infos, outputs, b.inits)
     opsets = [helper.make_opsetid("", OPSET)]
     if b.uses_ms:
         opsets.append(helper.make_opsetid("com.microsoft", MS_OPSET))
-    return BuiltGraph(graph, b.feeds, tuple(opsets))
+    return BuiltGraph(graph, b.feeds, tuple(opsets), {k + ".weight": v for k, v in b.linear_inputs.items()})
 
 
 def _activation(b: GraphBuilder, h: str, act: str) -> str:

@@ -91,9 +91,12 @@ class Encoder:
             raise InputError(f"{model.root}: no tokenizer.json beside the model; embtool needs it to embed text")
         self.model = model
         self.s = settings or EmbedSettings()
-        self.max_length = self.s.max_length or default_max_length(model)
+        limit = default_max_length(model)
+        self.max_length = self.s.max_length or limit
         if self.max_length < 2:
             raise InputError(f"--max-length {self.max_length} is too small")
+        if model.format == "safetensors" and self.max_length > limit and "max_position_embeddings" in model.config:
+            raise InputError(f"--max-length {self.max_length} exceeds the model's limit of {limit} tokens")
         self.tok: Tokenizer = model.tokenizer.runtime()  # shared: truncation is set before each use
         self.sess, self.feeds = session if session is not None else make_session(model, self.s.threads)
         self.input_names = [i.name for i in self.sess.get_inputs() if i.name not in self.feeds]

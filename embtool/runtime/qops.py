@@ -21,11 +21,15 @@ def _parts(w, base: str):
     rows, K = (int(x) for x in info["shape"])
     packed = w.get(base + ".qweight")
     scales = w.get(base + ".scales")
-    zeros = w.get(base + ".qzeros") if w.has(base + ".qzeros") else None
+    zeros = w.get(base + ".qzeros") if w.has(base + ".qzeros") else None  # packed per row
     if scales.shape != (rows, K // g) or packed.shape != (rows, (K * bits + 7) // 8):
         raise CorruptFile(f"{base}: quantized tensors do not match the recorded shape {rows}x{K}, {bits} bits, group {g}")
-    if bits == 3:  # run as 4-bit codes: same values
+    if zeros is not None and zeros.shape != (rows, (K // g * bits + 7) // 8):
+        raise CorruptFile(f"{base}.qzeros does not match the recorded shape")
+    if bits == 3:  # run as 4-bit codes: same values; the implicit zero point 4 must then be explicit
         packed = pack(unpack(packed, 3, K), 4)
+        z3 = unpack(zeros, 3, K // g) if zeros is not None else np.full((rows, K // g), 4, np.uint8)
+        zeros = pack(z3, 4)
         bits = 4
     return bits, g, rows, K, packed, scales, zeros
 
@@ -35,7 +39,7 @@ def emit_matmul_nbits(b, w, x: str, base: str) -> str:
     B = np.ascontiguousarray(packed).reshape(N, K // g, g * bits // 8)
     inputs = [x, b.const(base + ".B", B), b.const(base + ".scales_f32", scales.astype(np.float32).reshape(-1))]
     if zeros is not None:
-        inputs.append(b.const(base + ".zp", pack(zeros, bits).reshape(-1)))
+        inputs.append(b.const(base + ".zp", np.ascontiguousarray(zeros).reshape(-1)))
     return b.node("MatMulNBits", inputs, "mmnb", domain="com.microsoft", K=K, N=N, bits=bits, block_size=g)
 
 
@@ -44,6 +48,6 @@ def emit_gather_block_quantized(b, w, ids: str, base: str) -> str:
     inputs = [b.feed(base + ".qweight", np.ascontiguousarray(packed)), ids,
               b.feed(base + ".scales_f32", scales.astype(np.float32))]
     if zeros is not None:
-        inputs.append(b.feed(base + ".zp", pack(zeros, bits)))
+        inputs.append(b.feed(base + ".zp", np.ascontiguousarray(zeros)))
     return b.node("GatherBlockQuantized", inputs, "gbq", domain="com.microsoft", bits=bits, block_size=g,
                   gather_axis=0, quantize_axis=1)

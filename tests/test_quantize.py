@@ -1,0 +1,199 @@
+"""quantize: packing, error behaviour, onnxruntime kernels vs numpy, mixed precision, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import SENTENCES, corpus_lines, run_cli
+from embtool.algorithms import knapsack
+from embtool.algorithms import quantize as Q
+from embtool.core.model import open_model
+from embtool.core.safetensors_io import SafetensorsFile, write_safetensors
+from embtool.runtime.encoder import Encoder
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from([2, 3, 4, 8]), st.integers(1, 5), st.integers(1, 70), st.integers(0, 2**31))
+def test_pack_unpack_roundtrip(bits, rows, n, seed):
+    codes = np.random.default_rng(seed).integers(0, 2**bits, size=(rows, n)).astype(np.uint8)
+    packed = Q.pack(codes, bits)
+    assert packed.shape == (rows, (n * bits + 7) // 8)
+    np.testing.assert_array_equal(Q.unpack(packed, bits, n), codes)
+
+
+def test_error_decreases_with_bits_and_smaller_groups():
+    W = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32) * np.linspace(0.1, 3, 256)
+    for sym in (False, True):
+        errs = [Q.quant_error(W, Q.quantize(W, b, 32, sym)) for b in (2, 3, 4, 8)]
+        assert errs == sorted(errs, reverse=True) and errs[-1] < 1e-3 * errs[0]
+        by_group = [Q.quant_error(W, Q.quantize(W, 4, g, sym)) for g in (256, 128, 64, 32, 16)]
+        assert by_group == sorted(by_group, reverse=True)
+    q = Q.quantize(W, 4, 32)
+    assert q.codes.max() <= 15 and q.scales.dtype == np.float16 and q.nbytes == Q.stored_bytes(64, 256, 4, 32, False)
+
+
+def test_clipping_search_beats_plain_minmax():
+    W = np.random.default_rng(1).standard_cauchy((32, 128)).astype(np.float32)  # heavy tails: clipping pays
+    assert Q.quant_error(W, Q.quantize(W, 3, 32)) < Q.quant_error(W, Q.quantize(W, 3, 32, clip_grid=(1.0,)))
+
+
+def test_gptq_reduces_output_error():
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((2000, 64)) @ rng.standard_normal((64, 64))  # correlated inputs
+    H = X.T @ X
+    W = rng.standard_normal((48, 64)).astype(np.float32)
+    rtn, gq = Q.quantize(W, 3, 16), Q.gptq(W, H, 3, 16)
+    assert Q.weighted_error(W, gq, H) < 0.8 * Q.weighted_error(W, rtn, H)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 5), st.integers(2, 3), st.integers(0, 2**31))
+def test_knapsack_is_exact(items, options, seed):
+    rng = np.random.default_rng(seed)
+    costs = rng.integers(1, 50, size=(items, options)).astype(float)
+    damages = rng.random((items, options))
+    budget = float(rng.integers(int(costs.min(1).sum()), int(costs.max(1).sum()) + 1))
+    picks, cost, damage = knapsack.solve(costs, damages, budget)
+    _, best = knapsack.brute_force(costs, damages, budget)
+    assert cost <= budget and damage == pytest.approx(best)
+    with pytest.raises(ValueError, match="infeasible"):
+        knapsack.solve(costs, damages, costs.min(1).sum() - 0.5)
+
+
+def _dequantized_copy(qfolder, out):
+    r = run_cli(["dequantize", qfolder, "-o", out, "--quiet"])
+    assert r.exit_code == 0, r.stderr
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_onnxruntime_kernels_equal_numpy_dequantization(tmp_path, tiny_model, bits, symmetric):
+    """MatMulNBits/GatherBlockQuantized on the packed codes == the float model with dequantized weights."""
+    args = ["quantize", tiny_model, "--bits", str(bits), "--group-size", "16", "-o", tmp_path / "q", "--json"]
+    r = run_cli(args + (["--symmetric"] if symmetric else []))
+    assert r.exit_code == 0, r.stderr
+    _dequantized_copy(tmp_path / "q", tmp_path / "deq")
+    a = Encoder(open_model(tmp_path / "q")).embed(SENTENCES)
+    b = Encoder(open_model(tmp_path / "deq")).embed(SENTENCES)
+    assert np.min(np.sum(a * b, 1)) >= 0.99999
+    # the ONNX output runs in onnxruntime and equals the safetensors run
+    r = run_cli(args[:-3] + ["-o", tmp_path / "qo", "--format", "onnx", "--quiet"] + (["--symmetric"] if symmetric else []))
+    assert r.exit_code == 0, r.stderr
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "qo" / "model.onnx")).graph.node}
+    assert {"MatMulNBits", "GatherBlockQuantized"} <= ops
+    c = Encoder(open_model(tmp_path / "qo")).embed(SENTENCES)
+    assert np.min(np.sum(a * c, 1)) >= 0.9999
+
+
+def test_quantize_output_and_inspect(tmp_path, tiny_bert):
+    r = run_cli(["quantize", tiny_bert, "--bits", "4", "--group-size", "16", "-o", tmp_path / "q", "--json",
+                 "--eval", _texts(tmp_path)])
+    assert r.exit_code == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["bytes_after"] < 0.35 * s["bytes_before"] and 4 < s["bits_per_weight"] < 6
+    assert s["eval"]["texts"] == len(SENTENCES) and 0 < s["eval"]["cosine_mean"] <= 1
+    f = SafetensorsFile(tmp_path / "q" / "model.safetensors")
+    rec = json.loads(f.metadata["embtool_quantization"])
+    assert rec["embeddings.word_embeddings"]["bits"] == 4
+    assert "embeddings.word_embeddings.weight" not in f.tensors and "embeddings.position_embeddings.weight" in f.tensors
+    assert json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]["group_size"] == 16
+    r = run_cli(["inspect", tmp_path / "q", "--json"])
+    d = json.loads(r.stdout)
+    assert d["state"]["quantized"] and d["embedding_rows"] == open_model(tiny_bert).tokenizer.vocab_size()
+    # trimming a quantized model slices its codes, scales and zero points together
+    (tmp_path / "c.txt").write_text("\n".join(SENTENCES) + "\n")
+    r = run_cli(["trim-vocab", tmp_path / "q", "-c", tmp_path / "c.txt", "-o", tmp_path / "qt", "--quiet"])
+    assert r.exit_code == 0, r.stderr
+    a = Encoder(open_model(tmp_path / "q")).embed(SENTENCES)
+    b = Encoder(open_model(tmp_path / "qt")).embed(SENTENCES)
+    assert np.min(np.sum(a * b, 1)) >= 0.99999
+
+
+def _texts(tmp_path):
+    p = tmp_path / "texts.txt"
+    p.write_text("\n".join(SENTENCES) + "\n")
+    return p
+
+
+def test_gptq_method_runs_and_helps(tmp_path, tiny_bert):
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n".join(corpus_lines("en", 200) + corpus_lines("fr", 100)) + "\n")
+    held = tmp_path / "held.txt"
+    held.write_text("\n".join(corpus_lines("en", 100, 5000)) + "\n")
+    res = {}
+    for method in ("rtn", "gptq"):
+        r = run_cli(["quantize", tiny_bert, "--bits", "2", "--group-size", "16", "--method", method, "--calib", calib,
+                     "--exclude", "word_embeddings", "-o", tmp_path / method, "--json", "--eval", held])
+        assert r.exit_code == 0, r.stderr
+        res[method] = json.loads(r.stdout)["eval"]["cosine_mean"]
+    assert res["gptq"] > res["rtn"]
+
+
+def test_hutchinson_matches_exact_trace(tiny_bert):
+    """The forward-only estimate of tr(H) agrees with the trace of a finite-difference Hessian."""
+    from embtool.jobs.mixed import CALIB_SENTENCES, SensitivityProbe
+
+    m = open_model(tiny_bert)
+    name = "encoder.layer.1.attention.self.value.weight"
+    probe = SensitivityProbe(m, [name], None, CALIB_SENTENCES[:8])
+    omega, se, n = probe.hutchinson(name, 150, np.random.default_rng(0), sigma_rel=0.02)
+    arr = probe.arrays[probe.feed_name(name)]
+    W0 = arr.copy()
+    h = 0.02 * float(np.sqrt(np.mean(W0.astype(np.float64) ** 2)))
+    trace = 0.0
+    for idx in np.ndindex(*arr.shape):
+        for sign in (1, -1):
+            arr[idx] = W0[idx] + sign * h
+            trace += probe.loss() / h**2
+        arr[idx] = W0[idx]
+    exact = trace / n
+    assert abs(omega - exact) <= 3 * se + 0.02 * exact, (omega, se, exact)
+
+
+def test_mixed_precision_respects_budget_and_prefers_sensitive_tensors(tmp_path, tiny_bert):
+    r = run_cli(["quantize", tiny_bert, "--bits", "2,4,8", "--target-bits", "5", "--group-size", "16", "-o", tmp_path / "m",
+                 "--json", "--probes", "2"])
+    assert r.exit_code == 0, r.stderr
+    s = json.loads(r.stdout)
+    mp = s["mixed_precision"]
+    assert mp["chosen_bytes"] <= mp["budget_bytes"]
+    assert {row["bits"] for row in mp["table"]} <= {2, 4, 8}
+    # a tensor the encoder never uses has zero sensitivity and gets the fewest bits... when there is one;
+    # otherwise: the most sensitive tensor never gets fewer bits than the least sensitive one
+    table = sorted(mp["table"], key=lambda row: row["omega"])
+    assert table[-1]["bits"] >= table[0]["bits"]
+    r = run_cli(["quantize", tiny_bert, "--bits", "2,4,8", "--sensitivity-only", "--json", "--group-size", "16"])
+    assert r.exit_code == 0 and all("omega" in row for row in json.loads(r.stdout)["mixed_precision"]["table"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bits", "5"], "supported bit widths"),
+    (["--group-size", "24"], "not a multiple of --group-size 24"),
+    (["--bits", "2,4", "--target-bits", "0.5"], "0.5"),
+    (["--bits", "2,4", "--max-size", "1KB"], "infeasible"),
+    (["--bits", "2,4"], "several --bits"),
+    (["--include", "nothing-matches"], "no tensor to quantize"),
+])
+def test_quantize_bad_input(tmp_path, tiny_bert, args, message):
+    r = run_cli(["quantize", tiny_bert, *args, "-o", tmp_path / "out"])
+    assert r.exit_code in (1, 2) and message in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_quantize_refuses_quantized_and_empty_calib(tmp_path, tiny_bert):
+    assert run_cli(["quantize", tiny_bert, "--group-size", "16", "-o", tmp_path / "q", "--quiet"]).exit_code == 0
+    r = run_cli(["quantize", tmp_path / "q", "--group-size", "16", "-o", tmp_path / "qq"])
+    assert r.exit_code == 1 and "already quantized" in r.stderr
+    (tmp_path / "empty.txt").write_text("\n\n")
+    r = run_cli(["quantize", tiny_bert, "--bits", "2,4", "--target-bits", "3", "--calib", tmp_path / "empty.txt",
+                 "--group-size", "16", "-o", tmp_path / "m"])
+    assert r.exit_code == 1 and "calibration file is empty" in r.stderr
+    assert not (tmp_path / "qq").exists() and not (tmp_path / "m").exists()
