@@ -367,7 +367,8 @@ def find_vocab_tensors(model: Model) -> list[VocabTensor]:
     assert ws is not None
     emb = next((k for suf in EMBEDDING_SUFFIXES for k in ws.keys() if k.endswith(suf) and len(ws.info(k).shape) == 2), None)
     fac = next((k for k in ws.keys() if k.endswith(FACTOR_F)), None)
-    qcodes = next((k for k in ws.keys() if k.endswith("embeddings.word_embeddings.qweight")), None)
+    qcodes = next((k for k in ws.keys() if k.endswith(("embeddings.word_embeddings.qweight",
+                                                       "embeddings.word_embeddings.factor_F.qweight"))), None)
     out: list[VocabTensor] = []
     if emb is not None:
         V = ws.info(emb).shape[0]

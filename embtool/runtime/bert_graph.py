@@ -82,7 +82,8 @@ def detect_arch(model: Model) -> Arch:
     assert ws is not None
     anchor = next((k for k in ws.keys() for s in ("embeddings.word_embeddings.weight",
                                                    "embeddings.word_embeddings.factor_F",
-                                                   "embeddings.word_embeddings.qweight") if k.endswith(s)), None)
+                                                   "embeddings.word_embeddings.qweight",
+                                                   "embeddings.word_embeddings.factor_F.qweight") if k.endswith(s)), None)
     if anchor is None:
         raise CorruptFile(f"{model.root}: no embeddings.word_embeddings tensor in the weights")
     prefix = anchor[: anchor.index("embeddings.word_embeddings")]
@@ -213,7 +214,7 @@ def _embedding(b: GraphBuilder, w: WeightSource, ids: str, base: str) -> str:
         from embtool.runtime import qops
 
         return qops.emit_gather_block_quantized(b, w, ids, base)
-    if w.has(base + ".factor_F"):
+    if w.has(base + ".factor_F") or w.has(base + ".factor_F.qweight"):
         F = base + ".factor_F"
         if w.has(F + ".qweight"):
             from embtool.runtime import qops

@@ -1,0 +1,76 @@
+"""`embtool factorize` / `embtool defactorize`: OFA's low-rank embedding table."""
+
+from __future__ import annotations
+
+import click
+
+from embtool.cli.options import common_options, emit_summary, force_option, human_bytes, model_argument
+
+
+def render(s: dict) -> str:
+    lines = [f"rank         {s['rank']} of {s['hidden']} (energy kept {100 * s['energy']:.3f}%, relative Frobenius error {s['rel_frobenius_error']:.4f})",
+             f"embedding    {s['params_before']:,} -> {s['params_after']:,} parameters ({100 * s['params_after'] / s['params_before']:.1f}%)",
+             f"bytes        {human_bytes(s['bytes_before'])} -> {human_bytes(s['bytes_after'])} ({100 * s['bytes_after'] / s['bytes_before']:.1f}%)"]
+    if "eval" in s:
+        e = s["eval"]
+        lines.append(f"held-out     {e['texts']} texts: cosine mean {e['cosine_mean']:.5f}, min {e['cosine_min']:.5f}; "
+                     f"recall@10 agreement {e['recall@10']:.3f}")
+    lines += [f"note         {n}" for n in s["notes"]]
+    lines.append(f"wrote        {s['output']} [{s['format']}] (factorized in {s['factorize_seconds']} s, {s['seconds']} s in all)")
+    return "\n".join(lines)
+
+
+@click.command(name="factorize")
+@model_argument
+@click.option("--rank", type=int, default=None, help="Rank k of the factorization (1 <= k < hidden size).")
+@click.option("--energy", type=click.FloatRange(0, 1, min_open=True), default=None, help="Smallest rank keeping this share of the spectrum's energy.")
+@click.option("--max-error", type=click.FloatRange(0, 1, min_open=True), default=None, help="Smallest rank with relative Frobenius error at most this.")
+@click.option("--format", "fmt", type=click.Choice(["safetensors", "onnx"]), default="safetensors", show_default=True,
+              help="Output format for safetensors input (an ONNX input stays ONNX).")
+@click.option("--eval", "eval_file", type=click.Path(exists=True, dir_okay=False), default=None, help="Held-out texts: cosine to the original and recall@10 agreement.")
+@click.option("--eval-limit", type=click.IntRange(min=2), default=1000, show_default=True)
+@click.option("--eval-prefix", default="", help="Prefix for --eval texts (e.g. 'passage: ').")
+@click.option("--min-cosine", type=click.FloatRange(-1, 1), default=None, help="With --eval: fail (exit 1, nothing written) below this mean cosine.")
+@click.option("-o", "--output", required=True, help="Output model folder.")
+@force_option
+@common_options
+def command(model, rank, energy, max_error, fmt, eval_file, eval_limit, eval_prefix, min_cosine, output, force, as_json, quiet, threads) -> None:
+    """OFA factorization of the token-embedding table: E (V×D) ≈ F (V×k) · P (k×D), the best rank-k
+    approximation (eigendecomposition of EᵀE, equal to the truncated SVD). Safetensors output stores
+    `…word_embeddings.factor_F` and `…factor_P` (and `embtool_factorization` in config.json); ONNX
+    output replaces Gather(E) by MatMul(Gather(F), P). trim-vocab then trims F, quantize quantizes F
+    (P stays float), and `embtool defactorize` restores a plain E = F·P.
+
+    \b
+    Example:
+      embtool factorize e5-small/ --rank 128 -o e5-f128/ --eval heldout.txt --eval-prefix "passage: "
+      embtool factorize minilm/ --energy 0.95 --format onnx -o minilm-f-onnx/
+    """
+    from embtool.jobs.factorize import FactorRequest, run_factorize
+
+    if sum(x is not None for x in (rank, energy, max_error)) != 1:
+        raise click.UsageError("give exactly one of --rank, --energy, --max-error")
+    if min_cosine is not None and not eval_file:
+        raise click.UsageError("--min-cosine needs --eval FILE")
+    s = run_factorize(FactorRequest(model=model, output=output, rank=rank, energy=energy, max_error=max_error, fmt=fmt,
+                                    eval_file=eval_file, eval_limit=eval_limit, eval_prefix=eval_prefix, min_cosine=min_cosine,
+                                    force=force, threads=threads))
+    emit_summary(s, as_json, quiet, render)
+
+
+@click.command(name="defactorize")
+@model_argument
+@click.option("-o", "--output", required=True, help="Output model folder.")
+@force_option
+@common_options
+def defactorize_command(model, output, force, as_json, quiet, threads) -> None:
+    """Turn a factorized model back into a plain token-embedding matrix E = F·P, for tools that need it.
+
+    \b
+    Example:
+      embtool defactorize e5-f128/ -o e5-f128-dense/
+    """
+    from embtool.jobs.factorize import run_defactorize
+
+    s = run_defactorize(model, output, force)
+    emit_summary(s, as_json, quiet, lambda s: f"E = F·P: {human_bytes(s['bytes_before'])} -> {human_bytes(s['bytes_after'])} -> {s['output']} ({s['seconds']} s)")

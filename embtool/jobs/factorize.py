@@ -1,0 +1,167 @@
+"""factorize / defactorize: OFA's low-rank token-embedding table, in safetensors and ONNX."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from embtool.algorithms import factorize as FA
+from embtool.core.errors import InputError, Unsupported
+from embtool.core.model import FACTOR_F, FACTOR_P, Model, find_vocab_tensors, onnx_embedding_gather, open_model
+from embtool.core.model_out import copy_unchanged, metadata_json, updated_config, write_configs, write_weights
+from embtool.core.texts import read_lines
+from embtool.core.writer import OutputFolder, provenance
+from embtool.jobs.fidelity import compare, embed_both, gate
+
+
+@dataclass
+class FactorRequest:
+    model: str
+    output: str | None
+    rank: int | None = None
+    energy: float | None = None
+    max_error: float | None = None
+    fmt: str = "safetensors"
+    eval_file: str | None = None
+    eval_limit: int = 1000
+    eval_prefix: str = ""
+    min_cosine: float | None = None
+    force: bool = False
+    threads: int = 0
+
+
+def _table(m: Model) -> tuple[str, np.ndarray, Any]:
+    """(name, E, onnx initializer or None) of the plain float token-embedding table."""
+    if m.format == "onnx":
+        from onnx import numpy_helper
+
+        gather, sources = onnx_embedding_gather(m.onnx_model.graph)
+        if gather is None or gather.op_type != "Gather" or len(sources) != 1 or sources[0].name != gather.input[0]:
+            raise Unsupported(f"{m.root}: the token embedding is not a plain float Gather of an initializer "
+                              "(quantized or already factorized?); factorize the float model")
+        t = sources[0]
+        E = numpy_helper.to_array(t)
+        if E.dtype not in (np.float32, np.float16) or E.ndim != 2:
+            raise Unsupported(f"{m.root}: the embedding table is {E.dtype}, not float")
+        return t.name, E, gather
+    vt = find_vocab_tensors(m)
+    if not vt:
+        raise InputError(f"{m.root}: no token-embedding matrix found")
+    if vt[0].role != "input embedding":
+        raise InputError(f"{m.root}: the embedding table is already {vt[0].role.split('(')[-1].rstrip(')')}; "
+                         "factorize the float model (or `embtool defactorize` first)")
+    if any(v.role == "LM head" for v in vt):
+        raise Unsupported(f"{m.root}: has an LM head on the vocabulary axis; embtool factorizes encoder-only models")
+    name = vt[0].name
+    return name, m.weights.get(name), None
+
+
+def run_factorize(req: FactorRequest) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    m = open_model(req.model, need_tokenizer=bool(req.eval_file))
+    name, E, gather = _table(m)
+    V, D = E.shape
+    if req.rank is not None:
+        if req.rank < 1:
+            raise InputError("--rank must be at least 1")
+        if req.rank > D:
+            raise InputError(f"--rank {req.rank} > the hidden size {D}: a factorization of rank {D} or more saves nothing "
+                             f"(F·P would have {V * req.rank + req.rank * D:,} parameters instead of {V * D:,})")
+    spec = FA.spectrum(E)
+    k = req.rank if req.rank is not None else (
+        spec.rank_for_energy(req.energy) if req.energy is not None else spec.rank_for_error(req.max_error))
+    notes = []
+    if k >= D:
+        notes.append(f"rank {k} = the hidden size: this factorization is lossless but saves nothing (it is larger)")
+    F, P = FA.factors(E, spec, k)
+    t_fact = time.perf_counter() - t0
+    info = {"rank": int(k), "hidden": int(D), "rows": int(V), "energy": spec.energy(k), "rel_frobenius_error": spec.rel_error(k),
+            "params_before": int(V * D), "params_after": int(V * k + k * D)}
+    prov = provenance("factorize", {k_: v for k_, v in req.__dict__.items() if k_ not in ("output", "force")},
+                      {"model": m.fingerprint()}, {"factorization": {"rank": int(k), "table": name}})
+    with OutputFolder(req.output, req.force, inputs=[m.root]) as out:
+        copy_unchanged(m, out, changed=["config.json"])
+        base = name[: -len(".weight")]
+        if m.format == "safetensors":
+            ws = m.weights
+            tensors = {key: ws.get(key) for key in ws.keys() if key != name}
+            tensors[base + ".factor_F"] = F
+            tensors[base + ".factor_P"] = P
+            write_weights(m, out, tensors, {"embtool": metadata_json(prov)})
+            cfg = updated_config(m, extra={"embtool_factorization": {"rank": int(k), "F": base + ".factor_F",
+                                                                      "P": base + ".factor_P"}}) if m.config else None
+            write_configs(m, out, cfg)
+            if req.fmt == "onnx":
+                from embtool.core.onnx_out import save_onnx
+                from embtool.runtime.bert_graph import build_encoder
+
+                save_onnx(build_encoder(open_model(out.path)).to_model(embed_feeds=True), out, prov)
+                (out.path / "model.safetensors").unlink()
+        else:
+            _rewrite_onnx_gather(m, gather, name, F, P)
+            from embtool.core.onnx_out import save_onnx
+
+            save_onnx(m.onnx_model, out, prov, rel=str(m.weight_path.relative_to(m.root)))
+        out.write_json("embtool.json", {**m.embtool_meta(), **prov})
+        new = open_model(out.path, need_tokenizer=bool(req.eval_file))
+        summary = {"model": req.model, "output": req.output, "format": req.fmt if m.format == "safetensors" else "onnx",
+                   **info, "bytes_before": m.weight_bytes(), "bytes_after": new.weight_bytes(),
+                   "factorize_seconds": round(t_fact, 2), "notes": notes}
+        if req.eval_file:
+            texts = read_lines(req.eval_file, req.eval_limit)
+            if len(texts) < 2:
+                raise InputError(f"{req.eval_file}: need at least 2 texts to evaluate on")
+            summary["eval"] = compare(*embed_both(m, new, texts, req.threads, req.eval_prefix))
+            gate(summary["eval"], req.min_cosine)
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    return summary
+
+
+def _rewrite_onnx_gather(m: Model, gather, name: str, F: np.ndarray, P: np.ndarray) -> None:
+    """Gather(E, ids) -> MatMul(Gather(F, ids), P) in place."""
+    from onnx import helper, numpy_helper
+
+    g = m.onnx_model.graph
+    idx = next(i for i, t in enumerate(g.initializer) if t.name == name)
+    g.initializer[idx].CopyFrom(numpy_helper.from_array(F, name + ".factor_F"))
+    g.initializer.append(numpy_helper.from_array(P, name + ".factor_P"))
+    out_name = gather.output[0]
+    rows = out_name + "_factor_rows"
+    gather.input[0] = name + ".factor_F"
+    gather.output[0] = rows
+    pos = list(g.node).index(gather)
+    g.node.insert(pos + 1, helper.make_node("MatMul", [rows, name + ".factor_P"], [out_name], name="embtool_factor_P"))
+
+
+def run_defactorize(model: str, output: str, force: bool = False) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    m = open_model(model)
+    ws = m.weights
+    if ws is None:
+        raise Unsupported("defactorize reads factorized safetensors models; this is an ONNX model")
+    Fs = [k for k in ws.keys() if k.endswith(FACTOR_F)]
+    if not Fs:
+        if any(k.endswith(FACTOR_F + ".qweight") for k in ws.keys()):
+            raise InputError(f"{model}: its factor F is quantized; `embtool dequantize` it first")
+        raise InputError(f"{model} is not factorized (no {FACTOR_F} tensor)")
+    tensors = {k: ws.get(k) for k in ws.keys() if not (k.endswith(FACTOR_F) or k.endswith(FACTOR_P))}
+    for f in Fs:
+        base = f[: -len(".factor_F")]
+        tensors[base + ".weight"] = np.asarray(ws.get(f), np.float32) @ np.asarray(ws.get(base + ".factor_P"), np.float32)
+    cfg = dict(m.config)
+    cfg.pop("embtool_factorization", None)
+    prov = provenance("defactorize", {"model": model}, {"model": m.fingerprint()})
+    meta = m.embtool_meta()
+    meta.pop("factorization", None)
+    with OutputFolder(output, force, inputs=[m.root]) as out:
+        copy_unchanged(m, out, changed=["config.json"])
+        write_weights(m, out, tensors, {"embtool": metadata_json(prov)})
+        write_configs(m, out, cfg if m.config else None)
+        out.write_json("embtool.json", {**meta, **prov})
+        size = (out.path / "model.safetensors").stat().st_size
+    return {"model": model, "output": output, "bytes_before": m.weight_bytes(), "bytes_after": size,
+            "seconds": round(time.perf_counter() - t0, 2)}
+
