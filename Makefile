@@ -25,6 +25,9 @@ bench: $(STAMP) models
 	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python tools/bench.py
 
+fuzz: $(STAMP)
+	EMBTOOL_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-5000} $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_robustness.py -k fuzz
+
 docs: $(STAMP)
 	$(BIN)/python tools/gen_docs.py
 

@@ -55,7 +55,7 @@ def to_precision(x: np.ndarray, precision: str) -> tuple[np.ndarray, np.ndarray 
 def from_precision(codes: np.ndarray, scale: np.ndarray | None, precision: str, dim: int) -> np.ndarray:
     """Approximate float32 rows back from stored codes (binary -> ±1/sqrt(dim))."""
     if precision in ("float32", "float16"):
-        return codes.astype(np.float32)
+        return np.asarray(codes, dtype=np.float32)  # no copy when already float32
     if precision == "int8":
         return codes.astype(np.float32) * scale[:, None]
     if precision == "binary":

@@ -58,8 +58,10 @@ def topk(
     metric: str = "cosine",
     block_rows: int = 65536,
     id_offset: int = 0,
+    after_block: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(scores [Q, k'], ids [Q, k']) with k' = min(k, n_rows); l2 scores are squared distances."""
+    """(scores [Q, k'], ids [Q, k']) with k' = min(k, n_rows); l2 scores are squared distances.
+    `after_block(r0, r1)` is called once rows r0..r1 are scored."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}")
     q = _prepare_queries(queries, metric)
@@ -69,10 +71,12 @@ def topk(
     best_i = np.zeros((Q, 0), dtype=np.int64)
     for r0 in range(0, n_rows, block_rows):
         r1 = min(n_rows, r0 + block_rows)
-        s = block_scores(q, np.asarray(get_block(r0, r1), dtype=np.float32), metric).astype(np.float32)
+        s = block_scores(q, np.asarray(get_block(r0, r1), dtype=np.float32), metric).astype(np.float32, copy=False)
+        if after_block is not None:  # e.g. let the memory-mapped rows go
+            after_block(r0, r1)
         ids = np.broadcast_to(np.arange(r0, r1, dtype=np.int64) + id_offset, s.shape)
-        s, ids = _select(s, ids, kk)
-        best_s, best_i = _select(np.concatenate([best_s, s], 1), np.concatenate([best_i, ids], 1), kk)
+        cand_s, cand_i = _select(s, ids, kk)
+        best_s, best_i = _select(np.concatenate([best_s, cand_s], 1), np.concatenate([best_i, cand_i], 1), kk)
     if metric == "l2":
         best_s = np.maximum(-best_s, 0)
     return best_s, best_i

@@ -36,9 +36,9 @@ class EmbtoolGroup(click.Group):
             if os.environ.get("EMBTOOL_DEBUG"):
                 traceback.print_exc()
             raise click.ClickException(str(e)) from None
-        except KeyboardInterrupt:
-            click.echo("Interrupted; nothing was written.", err=True)
-            ctx.exit(130)
+        except KeyboardInterrupt as e:
+            click.echo(("Terminated" if type(e).__name__ == "Terminated" else "Interrupted") + "; nothing was written.", err=True)
+            ctx.exit(143 if type(e).__name__ == "Terminated" else 130)
         except MemoryError:
             if os.environ.get("EMBTOOL_DEBUG"):
                 traceback.print_exc()
@@ -83,9 +83,20 @@ def _register() -> None:
 _register()
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered as an exception so that temporary outputs are removed on the way out."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         cli(prog_name="embtool")
     except KeyboardInterrupt:
-        click.echo("Interrupted.", err=True)
+        click.echo("Interrupted; nothing was written.", err=True)
         sys.exit(130)

@@ -188,13 +188,24 @@ class Index:
         if self.ids is not None and self.ids.shape[0] != self.emb.shape[0]:
             raise CorruptFile(f"{self.path}: 'ids' does not match the number of embeddings")
 
-    def release(self) -> None:
-        """Drop the pages read so far from this process (the index is re-read from the page cache)."""
-        mm = getattr(self, "file", None) and self.file._mm
-        if mm is not None and hasattr(mm, "madvise"):
-            import mmap
+    def release(self, r0: int, r1: int) -> None:
+        """Drop the pages of rows r0..r1 from this process once they are scored, so the resident set stays
+        bounded by one block whatever the index size (the data stays in the OS page cache)."""
+        f = getattr(self, "file", None)
+        mm = f._mm if f is not None else None
+        if mm is None or not hasattr(mm, "madvise"):
+            return
+        import mmap
 
-            mm.madvise(mmap.MADV_DONTNEED)
+        t = f.tensors["embeddings"]
+        row = t.nbytes // max(1, t.shape[0])
+        start = f.data_start + t.begin + r0 * row
+        end = f.data_start + t.begin + r1 * row
+        page = mmap.PAGESIZE
+        a = start - start % page
+        b = end - end % page  # keep the partial last page: the next block starts in it
+        if b > a:
+            mm.madvise(mmap.MADV_DONTNEED, a, b - a)
 
     def __len__(self) -> int:
         return int(self.emb.shape[0])

@@ -36,8 +36,9 @@ def check_output(target: Path, force: bool, inputs: Iterable[Path] = ()) -> None
         raise InputError(f"{target.parent}: the output's parent folder does not exist")
 
 
-def _clean_stale(parent: Path, name: str) -> None:
-    for p in parent.glob(f"{TMP_PREFIX}{name}.*"):
+def _clean_stale(parent: Path) -> None:
+    """Remove embtool temporary outputs in `parent` left by processes that no longer run (SIGKILL)."""
+    for p in parent.glob(f"{TMP_PREFIX}*"):
         try:
             pid = int(p.name.rsplit(".", 2)[-2])
         except (ValueError, IndexError):
@@ -126,7 +127,7 @@ class OutputFolder:
         self.target = Path(target)
         self.force = force
         check_output(self.target, force, inputs)
-        _clean_stale(self.target.parent, self.target.name)
+        _clean_stale(self.target.parent)
         self.path = _tmp_name(self.target)
 
     def __enter__(self) -> "OutputFolder":
@@ -183,7 +184,7 @@ class OutputFile:
         check_output(self.target, force, inputs)
         if self.target.is_dir():
             raise InputError(f"{self.target} is a folder; give a file name")
-        _clean_stale(self.target.parent, self.target.name)
+        _clean_stale(self.target.parent)
         self.path = _tmp_name(self.target)
 
     def __enter__(self) -> Path:

@@ -55,6 +55,7 @@ class QuantRequest:
     probes: int = 2
     seed: int = 0
     sensitivity_only: bool = False
+    plan: dict[str, int] | None = None  # explicit bits per tensor (API only: used by the benchmarks' baselines)
 
 
 def qbase(name: str) -> str:
@@ -154,7 +155,9 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
         say(f"gptq: input statistics of {len(grams)} linear layers from {n_tok} calibration tokens")
     summary: dict[str, Any] = {"model": req.model, "output": req.output, "group_size": req.group_size,
                                "symmetric": req.symmetric, "method": req.method, "format": req.fmt}
-    if req.target_bits is not None or req.max_size is not None or req.sensitivity_only:
+    if req.plan is not None:
+        plan, done = {k: int(req.plan.get(k, req.bits[0])) for k in names}, {}
+    elif req.target_bits is not None or req.max_size is not None or req.sensitivity_only:
         from embtool.jobs.mixed import plan_mixed
 
         plan, mixed, done = plan_mixed(m, names, emb, req, progress, say, grams)

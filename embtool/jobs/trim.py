@@ -71,7 +71,9 @@ def plan_trim(m: Model, req: TrimRequest, progress=None) -> dict[str, Any]:
     counts = None
     info: dict[str, Any] = {}
     if req.corpus:
+        t_count = time.perf_counter()
         c = count_corpus(tok, lambda: iter_texts((), req.corpus, req.text_field), V_tok, progress)
+        info["count_seconds"] = round(time.perf_counter() - t_count, 3)
         if c.counts.sum() == 0:
             raise InputError("the corpus is empty (no tokens): " + ", ".join(req.corpus))
         counts = c.counts
@@ -161,7 +163,7 @@ def run_trim(req: TrimRequest, progress=None) -> dict[str, Any]:
         "vocab_before": plan["V_tok"], "embedding_rows_before": plan["rows"], "vocab_after": int(len(kept)),
         "parameters_before": params_before, "parameters_after": params_after,
         "bytes_before": bytes_before, "corpus_coverage": plan["coverage"],
-        **{k: plan[k] for k in ("corpus_lines", "corpus_bytes", "counting", "corpus_tokens") if k in plan},
+        **{k: plan[k] for k in ("corpus_lines", "corpus_bytes", "counting", "corpus_tokens", "count_seconds") if k in plan},
         "notes": plan["notes"], "dry_run": req.dry_run,
     }
     if req.dry_run:

@@ -19,6 +19,7 @@ from embtool.core.errors import InputError, Unsupported
 from embtool.core.model import Model
 
 CHUNK = 4096  # texts tokenized at once; bounds memory for streams of any length
+TOKEN_BUDGET = 8192  # padded tokens per onnxruntime call
 
 
 @dataclass
@@ -66,9 +67,14 @@ def make_session(model: Model, threads: int = 0, build=None):
     from embtool.runtime.bert_graph import build_encoder
 
     built = (build or build_encoder)(model)
-    m = built.to_model(embed_feeds=False)
-    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
     feeds = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for k, v in built.feeds.items()}
+    # keep one copy of the graph's weights at a time: proto -> bytes -> session
+    m = built.to_model(embed_feeds=False)
+    del built
+    blob = m.SerializeToString()
+    del m
+    sess = ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
+    del blob
     return sess, feeds
 
 
@@ -172,8 +178,13 @@ class Encoder:
         order = sorted(range(n), key=lambda i: -len(seqs[i])) if self.s.sort else list(range(n))
         out: np.ndarray | None = None
         bs = max(1, self.s.batch_size)
-        for b0 in range(0, n, bs):
-            idx = order[b0 : b0 + bs]
+        b0 = 0
+        while b0 < n:
+            # at most --batch-size texts and TOKEN_BUDGET padded tokens per call: long texts come in smaller
+            # batches, which bounds the attention buffers (batch x heads x seq^2) without slowing short ones
+            longest = max(1, max(len(seqs[i]) for i in order[b0 : b0 + bs]))
+            idx = order[b0 : b0 + min(bs, max(1, TOKEN_BUDGET // longest))]
+            b0 += len(idx)
             L = max(1, max(len(seqs[i]) for i in idx))
             ids = np.zeros((len(idx), L), dtype=np.int64)
             pad_id = self._pad_id()

@@ -1,0 +1,74 @@
+"""Peer measurements for `make bench`, run with the peers' own venv (torch, sentence-transformers, faiss,
+onnxruntime's quantizers) — never with embtool's. Each call prints one JSON object.
+
+    python tools/bench_peers.py st-embed MODEL TEXTS THREADS BATCH
+    python tools/bench_peers.py faiss INDEX.npy QUERIES.npy K THREADS BLAS_THRESHOLD
+    python tools/bench_peers.py ort-dynamic MODEL.onnx OUT.onnx PER_CHANNEL
+    python tools/bench_peers.py ort-nbits MODEL.onnx OUT.onnx BLOCK
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+
+def st_embed(model: str, texts: str, threads: str, batch: str) -> dict:
+    import torch
+
+    torch.set_num_threads(int(threads))
+    from sentence_transformers import SentenceTransformer
+
+    t0 = time.perf_counter()
+    m = SentenceTransformer(model, device="cpu")
+    lines = open(texts, encoding="utf-8").read().splitlines()
+    t1 = time.perf_counter()
+    m.encode(lines, batch_size=int(batch))
+    t2 = time.perf_counter()
+    import sentence_transformers
+
+    return {"load_s": t1 - t0, "encode_s": t2 - t1, "texts": len(lines), "texts_per_s": len(lines) / (t2 - t1),
+            "versions": {"torch": torch.__version__, "sentence_transformers": sentence_transformers.__version__}}
+
+
+def faiss_search(index: str, queries: str, k: str, threads: str, blas: str) -> dict:
+    import faiss
+    import numpy as np
+
+    faiss.omp_set_num_threads(int(threads))
+    if int(blas) > 0:
+        faiss.cvar.distance_compute_blas_threshold = int(blas)
+    X = np.load(index)
+    q = np.load(queries)
+    ix = faiss.IndexFlatIP(X.shape[1])
+    ix.add(X)
+    t0 = time.perf_counter()
+    ix.search(q, int(k))
+    return {"search_s": time.perf_counter() - t0, "version": faiss.__version__}
+
+
+def ort_dynamic(src: str, dst: str, per_channel: str) -> dict:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    t0 = time.perf_counter()
+    quantize_dynamic(src, dst, per_channel=per_channel == "1", weight_type=QuantType.QInt8)
+    return {"seconds": time.perf_counter() - t0}
+
+
+def ort_nbits(src: str, dst: str, block: str) -> dict:
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    t0 = time.perf_counter()
+    cfg = DefaultWeightOnlyQuantConfig(block_size=int(block), is_symmetric=True, bits=4,
+                                       op_types_to_quantize=("MatMul", "Gather"), quant_axes=(("MatMul", 0), ("Gather", 1)))
+    q = MatMulNBitsQuantizer(onnx.load(src), algo_config=cfg)
+    q.process()
+    q.model.save_model_to_file(dst, False)
+    return {"seconds": time.perf_counter() - t0}
+
+
+if __name__ == "__main__":
+    fn = {"st-embed": st_embed, "faiss": faiss_search, "ort-dynamic": ort_dynamic, "ort-nbits": ort_nbits}[sys.argv[1]]
+    print(json.dumps(fn(*sys.argv[2:])))
