@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from embtool.cli.options import common_options, emit_summary, force_option, human_bytes, model_argument
+from embtool.cli.options import common_options, emit_summary, eval_options, force_option, human_bytes, model_argument
 
 
 def render(s: dict) -> str:
@@ -27,14 +27,11 @@ def render(s: dict) -> str:
 @click.option("--max-error", type=click.FloatRange(0, 1, min_open=True), default=None, help="Smallest rank with relative Frobenius error at most this.")
 @click.option("--format", "fmt", type=click.Choice(["safetensors", "onnx"]), default="safetensors", show_default=True,
               help="Output format for safetensors input (an ONNX input stays ONNX).")
-@click.option("--eval", "eval_file", type=click.Path(exists=True, dir_okay=False), default=None, help="Held-out texts: cosine to the original and recall@10 agreement.")
-@click.option("--eval-limit", type=click.IntRange(min=2), default=1000, show_default=True)
-@click.option("--eval-prefix", default="", help="Prefix for --eval texts (e.g. 'passage: ').")
-@click.option("--min-cosine", type=click.FloatRange(-1, 1), default=None, help="With --eval: fail (exit 1, nothing written) below this mean cosine.")
+@eval_options()
 @click.option("-o", "--output", required=True, help="Output model folder.")
 @force_option
 @common_options
-def command(model, rank, energy, max_error, fmt, eval_file, eval_limit, eval_prefix, min_cosine, output, force, as_json, quiet, threads) -> None:
+def command(model, rank, energy, max_error, fmt, evaluation, output, force, as_json, quiet, threads) -> None:
     """OFA factorization of the token-embedding table: E (V×D) ≈ F (V×k) · P (k×D), the best rank-k
     approximation (eigendecomposition of EᵀE, equal to the truncated SVD). Safetensors output stores
     `…word_embeddings.factor_F` and `…factor_P` (and `embtool_factorization` in config.json); ONNX
@@ -50,11 +47,8 @@ def command(model, rank, energy, max_error, fmt, eval_file, eval_limit, eval_pre
 
     if sum(x is not None for x in (rank, energy, max_error)) != 1:
         raise click.UsageError("give exactly one of --rank, --energy, --max-error")
-    if min_cosine is not None and not eval_file:
-        raise click.UsageError("--min-cosine needs --eval FILE")
     s = run_factorize(FactorRequest(model=model, output=output, rank=rank, energy=energy, max_error=max_error, fmt=fmt,
-                                    eval_file=eval_file, eval_limit=eval_limit, eval_prefix=eval_prefix, min_cosine=min_cosine,
-                                    force=force, threads=threads))
+                                    **evaluation, force=force, threads=threads))
     emit_summary(s, as_json, quiet, render)
 
 

@@ -37,6 +37,31 @@ def common_options(f: Callable) -> Callable:
     return f
 
 
+def eval_options(prefix: bool = True) -> Callable:
+    """--eval FILE, --eval-limit, (--eval-prefix), --min-cosine: the fidelity check and CI gate of the
+    shrinking commands. The command receives them as one `evaluation` dict."""
+
+    def deco(f: Callable) -> Callable:
+        @functools.wraps(f)
+        def inner(*a, eval_file=None, eval_limit=1000, eval_prefix="", min_cosine=None, **k):
+            if min_cosine is not None and not eval_file:
+                raise click.UsageError("--min-cosine needs --eval FILE")
+            return f(*a, evaluation={"eval_file": eval_file, "eval_limit": eval_limit, "eval_prefix": eval_prefix,
+                                     "min_cosine": min_cosine}, **k)
+
+        g = click.option("--min-cosine", type=click.FloatRange(-1, 1), default=None,
+                         help="With --eval: fail (exit 1, nothing written) when the held-out mean cosine is below this.")(inner)
+        if prefix:
+            g = click.option("--eval-prefix", default="", help="Prefix for --eval texts (e.g. 'passage: ').")(g)
+        g = click.option("--eval-limit", type=click.IntRange(min=2), default=1000, show_default=True,
+                         help="Use at most this many --eval texts.")(g)
+        g = click.option("--eval", "eval_file", type=click.Path(exists=True, dir_okay=False), default=None,
+                         help="Held-out texts: report the output's fidelity to the input (cosine, recall@10).")(g)
+        return g
+
+    return deco
+
+
 def force_option(f: Callable) -> Callable:
     return click.option("--force", is_flag=True, help="Replace the output if it exists.")(f)
 
@@ -92,10 +117,3 @@ def parse_size(text: str) -> int:
             return int(float(t[: -len(u)]) * m)
     return int(float(t))
 
-
-def wraps_command(f: Callable) -> Callable:
-    @functools.wraps(f)
-    def inner(*a, **k):
-        return f(*a, **k)
-
-    return inner

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from embtool.cli.options import common_options, emit_summary, force_option, human_bytes, model_argument, parse_size, table
+from embtool.cli.options import (common_options, emit_summary, eval_options, force_option, human_bytes, model_argument,
+                                 parse_size, table)
 
 
 class BitsList(click.ParamType):
@@ -85,16 +86,12 @@ def render(s: dict) -> str:
 @click.option("--probes", type=click.IntRange(min=1), default=2, show_default=True, help="Hutchinson probes per tensor.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Rademacher probes.")
 @click.option("--sensitivity-only", is_flag=True, help="Only compute and print the per-tensor sensitivities (with --json: for CI).")
-@click.option("--eval", "eval_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Held-out texts: report cosine to the float model and recall@10 agreement.")
-@click.option("--eval-limit", type=click.IntRange(min=2), default=1000, show_default=True)
-@click.option("--eval-prefix", default="", help="Prefix for --eval texts (e.g. 'passage: ').")
-@click.option("--min-cosine", type=click.FloatRange(-1, 1), default=None, help="With --eval: fail (exit 1, nothing written) below this mean cosine.")
+@eval_options()
 @click.option("-o", "--output", default=None, help="Output model folder.")
 @force_option
 @common_options
 def command(model, bits, group_size, symmetric, method, include, exclude, embeddings_only, fmt, target_bits, max_size, calib, probes,
-            seed, sensitivity_only, eval_file, eval_limit, eval_prefix, min_cosine, output, force, as_json, quiet, threads) -> None:
+            seed, sensitivity_only, evaluation, output, force, as_json, quiet, threads) -> None:
     """Group-wise low-bit quantization (Q-BERT): every linear weight and the token-embedding table are
     cut into groups of --group-size values along their input axis, each with an fp16 scale (and zero
     point), rounded to nearest with a per-group clipping search. Position/type embeddings, LayerNorm and
@@ -120,11 +117,8 @@ def command(model, bits, group_size, symmetric, method, include, exclude, embedd
         raise click.UsageError("several --bits need --target-bits or --max-size")
     if not sensitivity_only and not output:
         raise click.UsageError("give -o OUTPUT (or --sensitivity-only)")
-    if min_cosine is not None and not eval_file:
-        raise click.UsageError("--min-cosine needs --eval FILE")
     req = QuantRequest(model=model, output=output, bits=bits, group_size=group_size, symmetric=symmetric, method=method, include=include,
-                       exclude=exclude, embeddings_only=embeddings_only, fmt=fmt, eval_file=eval_file, eval_limit=eval_limit,
-                       eval_prefix=eval_prefix, min_cosine=min_cosine, force=force, threads=threads, target_bits=target_bits,
+                       exclude=exclude, embeddings_only=embeddings_only, fmt=fmt, **evaluation, force=force, threads=threads, target_bits=target_bits,
                        max_size=max_size, calib=calib, probes=probes, seed=seed, sensitivity_only=sensitivity_only)
     bar = progress_bar(quiet, unit="probe", desc="sensitivity")
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from embtool.algorithms.vocab import SCRIPTS
-from embtool.cli.options import common_options, emit_summary, force_option, human_bytes, model_argument
+from embtool.cli.options import common_options, emit_summary, eval_options, force_option, human_bytes, model_argument
 
 
 def render(s: dict) -> str:
@@ -38,15 +38,12 @@ def render(s: dict) -> str:
               help="Keep the smallest set of tokens covering this share of corpus token occurrences (default 1.0: every token seen).")
 @click.option("--keep", "keep_file", type=click.Path(exists=True, dir_okay=False), default=None, help="File of tokens (one per line) always kept.")
 @click.option("--script", "scripts", default=None, help=f"Also keep tokens whose letters are in these Unicode scripts (comma-separated: {', '.join(SCRIPTS[:6])}, ...). Works without a corpus.")
-@click.option("--eval", "eval_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Held-out texts: report identical-tokenization share and embedding cosine original vs trimmed.")
-@click.option("--eval-limit", type=click.IntRange(min=1), default=1000, show_default=True, help="Use at most this many --eval texts.")
-@click.option("--min-cosine", type=click.FloatRange(-1, 1), default=None, help="With --eval: fail (exit 1, nothing written) when the mean cosine is below this.")
+@eval_options(prefix=False)
 @click.option("--dry-run", is_flag=True, help="Print what would be kept and the resulting size; write nothing.")
 @click.option("-o", "--output", default=None, help="Output model folder.")
 @force_option
 @common_options
-def command(model, corpus, field, top, min_freq, coverage, keep_file, scripts, eval_file, eval_limit, min_cosine, dry_run,
+def command(model, corpus, field, top, min_freq, coverage, keep_file, scripts, evaluation, dry_run,
             output, force, as_json, quiet, threads) -> None:
     """Vocabulary Trimming (Ushio et al. 2023): keep only the tokens a language needs and slice the
     embedding matrix (and every tensor on the vocabulary axis) to them; ids become contiguous in
@@ -67,12 +64,11 @@ def command(model, corpus, field, top, min_freq, coverage, keep_file, scripts, e
 
     if not dry_run and not output:
         raise click.UsageError("give -o OUTPUT (or --dry-run)")
-    if min_cosine is not None and not eval_file:
-        raise click.UsageError("--min-cosine needs --eval FILE")
     req = TrimRequest(model=model, output=output, corpus=list(corpus), text_field=field, top=top, min_freq=min_freq,
                       coverage=coverage, keep_file=keep_file,
                       scripts=[s.strip() for s in scripts.split(",") if s.strip()] if scripts else [],
-                      eval_file=eval_file, eval_limit=eval_limit, min_cosine=min_cosine, dry_run=dry_run, force=force,
+                      eval_file=evaluation["eval_file"], eval_limit=evaluation["eval_limit"],
+                      min_cosine=evaluation["min_cosine"], dry_run=dry_run, force=force,
                       threads=threads)
     bar = progress_bar(quiet, unit="B", desc="count")
     try:

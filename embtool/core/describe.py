@@ -15,9 +15,11 @@ def describe(model: Model) -> dict[str, Any]:
     if model.format == "safetensors":
         ws = model.weights
         assert ws is not None
-        params = sum(ws.info(k).numel for k in ws.keys())
+        numel = {k: ws.info(k).numel for k in ws.keys()}
+        _logical_weights(ws, numel)
+        params = sum(numel.values())
         nbytes = sum(ws.info(k).nbytes for k in ws.keys())
-        vparams = sum(ws.info(k).numel for k in vocab_names)
+        vparams = sum(numel[k] for k in vocab_names)
         vbytes = sum(ws.info(k).nbytes for k in vocab_names)
         dtypes: dict[str, int] = {}
         for k in ws.keys():
@@ -96,3 +98,19 @@ def _factor_state(model: Model, meta: dict, et: dict) -> Any:
         if F:
             return {"rank": model.weights.info(F[0]).shape[1]}
     return None
+
+
+def _logical_weights(ws, numel: dict[str, int]) -> None:
+    """Quantized tensors count as the weights they encode (rows x K), not as packed bytes and scales."""
+    import json
+
+    try:
+        rec = json.loads(ws.metadata.get("embtool_quantization", "{}"))
+    except json.JSONDecodeError:
+        return
+    for base, info in rec.items():
+        if base + ".qweight" in numel and isinstance(info.get("shape"), list):
+            numel[base + ".qweight"] = int(np.prod(info["shape"]))
+            for aux in (".scales", ".qzeros"):
+                if base + aux in numel:
+                    numel[base + aux] = 0

@@ -12,9 +12,8 @@ from embtool.algorithms import factorize as FA
 from embtool.core.errors import InputError, Unsupported
 from embtool.core.model import FACTOR_F, FACTOR_P, Model, find_vocab_tensors, onnx_embedding_gather, open_model
 from embtool.core.model_out import copy_unchanged, metadata_json, updated_config, write_configs, write_weights
-from embtool.core.texts import read_lines
 from embtool.core.writer import OutputFolder, provenance
-from embtool.jobs.fidelity import compare, embed_both, gate
+from embtool.jobs.fidelity import evaluate_output
 
 
 @dataclass
@@ -111,11 +110,7 @@ def run_factorize(req: FactorRequest) -> dict[str, Any]:
                    **info, "bytes_before": m.weight_bytes(), "bytes_after": new.weight_bytes(),
                    "factorize_seconds": round(t_fact, 2), "notes": notes}
         if req.eval_file:
-            texts = read_lines(req.eval_file, req.eval_limit)
-            if len(texts) < 2:
-                raise InputError(f"{req.eval_file}: need at least 2 texts to evaluate on")
-            summary["eval"] = compare(*embed_both(m, new, texts, req.threads, req.eval_prefix))
-            gate(summary["eval"], req.min_cosine)
+            summary["eval"] = evaluate_output(m, out.path, req)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
 

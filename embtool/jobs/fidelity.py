@@ -39,3 +39,18 @@ def embed_both(orig: Model, new: Model, texts: list[str], threads: int = 0, pref
 def gate(result: dict[str, Any], min_cosine: float | None) -> None:
     if min_cosine is not None and result["cosine_mean"] < min_cosine:
         raise FidelityError(f"held-out mean cosine {result['cosine_mean']:.5f} is below --min-cosine {min_cosine}; nothing written")
+
+
+def evaluate_output(orig: Model, out_path, req) -> dict[str, Any]:
+    """The --eval check of a shrinking command: the output (still in its temporary folder) against the
+    input on held-out texts; raises (so nothing is published) when below --min-cosine."""
+    from embtool.core.errors import InputError
+    from embtool.core.model import open_model
+    from embtool.core.texts import read_lines
+
+    texts = read_lines(req.eval_file, req.eval_limit)
+    if len(texts) < 2:
+        raise InputError(f"{req.eval_file}: need at least 2 texts to evaluate on")
+    result = compare(*embed_both(orig, open_model(out_path, need_tokenizer=True), texts, req.threads, req.eval_prefix))
+    gate(result, req.min_cosine)
+    return result

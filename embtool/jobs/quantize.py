@@ -23,9 +23,8 @@ from embtool.algorithms import quantize as QA
 from embtool.core.errors import InputError, Unsupported
 from embtool.core.model import Model, find_vocab_tensors, open_model
 from embtool.core.model_out import copy_unchanged, metadata_json, updated_config, write_configs, write_weights
-from embtool.core.texts import read_lines
 from embtool.core.writer import OutputFolder, provenance
-from embtool.jobs.fidelity import compare, embed_both, gate
+from embtool.jobs.fidelity import evaluate_output
 
 SKIP = re.compile(r"(LayerNorm|layer_norm|layernorm|norm\.|position_embeddings|token_type_embeddings|position_ids)")
 
@@ -197,12 +196,7 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
         summary["bytes_before"] = m.weight_bytes()
         summary["bytes_after"] = new.weight_bytes()
         if req.eval_file:
-            texts = read_lines(req.eval_file, req.eval_limit)
-            if len(texts) < 2:
-                raise InputError(f"{req.eval_file}: need at least 2 texts to evaluate on")
-            new = open_model(out.path, need_tokenizer=True)
-            summary["eval"] = compare(*embed_both(m, new, texts, req.threads, req.eval_prefix))
-            gate(summary["eval"], req.min_cosine)
+            summary["eval"] = evaluate_output(m, out.path, req)
     summary.update({
         "tensors": len(rows), "quantized_weights": n_q,
         "tensor_bytes_before": total_before,
