@@ -13,23 +13,17 @@ from embtool.core.errors import InputError, Unsupported
 from embtool.core.model import FACTOR_F, FACTOR_P, Model, find_vocab_tensors, onnx_embedding_gather, open_model
 from embtool.core.model_out import copy_unchanged, metadata_json, updated_config, write_configs, write_weights
 from embtool.core.writer import OutputFolder, provenance
-from embtool.jobs.fidelity import evaluate_output
+from embtool.jobs.fidelity import OutputRequest, evaluate_output
 
 
 @dataclass
-class FactorRequest:
+class FactorRequest(OutputRequest):
     model: str
     output: str | None
     rank: int | None = None
     energy: float | None = None
     max_error: float | None = None
     fmt: str = "safetensors"
-    eval_file: str | None = None
-    eval_limit: int = 1000
-    eval_prefix: str = ""
-    min_cosine: float | None = None
-    force: bool = False
-    threads: int = 0
 
 
 def _table(m: Model) -> tuple[str, np.ndarray, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -9,6 +10,18 @@ import numpy as np
 from embtool.algorithms.search import topk
 from embtool.core.errors import FidelityError
 from embtool.core.model import Model
+
+
+@dataclass(kw_only=True)
+class OutputRequest:
+    """Fields every model-writing job shares: the --eval check, --force, --threads."""
+
+    eval_file: str | None = None
+    eval_limit: int = 1000
+    eval_prefix: str = ""
+    min_cosine: float | None = None
+    force: bool = False
+    threads: int = 0
 
 
 def neighbour_agreement(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:

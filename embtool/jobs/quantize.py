@@ -24,13 +24,13 @@ from embtool.core.errors import InputError, Unsupported
 from embtool.core.model import Model, find_vocab_tensors, open_model
 from embtool.core.model_out import copy_unchanged, metadata_json, updated_config, write_configs, write_weights
 from embtool.core.writer import OutputFolder, provenance
-from embtool.jobs.fidelity import evaluate_output
+from embtool.jobs.fidelity import OutputRequest, evaluate_output
 
 SKIP = re.compile(r"(LayerNorm|layer_norm|layernorm|norm\.|position_embeddings|token_type_embeddings|position_ids)")
 
 
 @dataclass
-class QuantRequest:
+class QuantRequest(OutputRequest):
     model: str
     output: str | None
     bits: list[int] = field(default_factory=lambda: [4])
@@ -41,12 +41,6 @@ class QuantRequest:
     exclude: str | None = None
     embeddings_only: bool = False
     fmt: str = "safetensors"
-    eval_file: str | None = None
-    eval_limit: int = 1000
-    eval_prefix: str = ""
-    min_cosine: float | None = None
-    force: bool = False
-    threads: int = 0
     # mixed precision (see jobs/mixed.py)
     target_bits: float | None = None
     max_size: int | None = None
