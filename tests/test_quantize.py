@@ -197,3 +197,34 @@ def test_quantize_refuses_quantized_and_empty_calib(tmp_path, tiny_bert):
                  "--group-size", "16", "-o", tmp_path / "m"])
     assert r.exit_code == 1 and "calibration file is empty" in r.stderr
     assert not (tmp_path / "qq").exists() and not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("portable", [False, True])
+def test_onnx_input_and_portable_output(tmp_path, tiny_model, portable):
+    import onnx
+
+    extra = ["--portable"] if portable else []
+    assert run_cli(["export-onnx", tiny_model, "--portable", "-o", tmp_path / "onnx", "--quiet"]).exit_code == 0
+    r = run_cli(["quantize", tmp_path / "onnx", "--bits", "4", "--group-size", "16", "-o", tmp_path / "qo", "--quiet", *extra])
+    assert r.exit_code == 0, r.stderr
+    r = run_cli(["quantize", tiny_model, "--bits", "4", "--group-size", "16", "--format", "onnx", "-o", tmp_path / "qs", "--quiet", *extra])
+    assert r.exit_code == 0, r.stderr
+    ref = Encoder(open_model(tiny_model)).embed(SENTENCES)
+    a = Encoder(open_model(tmp_path / "qo")).embed(SENTENCES)
+    b = Encoder(open_model(tmp_path / "qs")).embed(SENTENCES)
+    assert np.min(np.sum(a * b, 1)) >= 0.9999  # ONNX input and safetensors input quantize alike
+    assert np.min(np.sum(a * ref, 1)) > 0.5
+    for folder in ("qo", "qs"):
+        nodes = onnx.load(str(tmp_path / folder / "model.onnx")).graph.node
+        domains = {n.domain or "" for n in nodes}
+        ops = {n.op_type for n in nodes}
+        if portable:
+            assert domains == {""} and "DequantizeLinear" in ops
+        else:
+            assert {"MatMulNBits", "GatherBlockQuantized"} <= ops
+    # an already quantized ONNX model is refused; so is mixed precision on an ONNX input
+    r = run_cli(["quantize", tmp_path / "qo", "--bits", "4", "--group-size", "16", "-o", tmp_path / "again"])
+    assert r.exit_code == 1 and "already quantized" in r.stderr
+    r = run_cli(["quantize", tmp_path / "onnx", "--bits", "2,4", "--target-bits", "3", "--group-size", "16", "-o", tmp_path / "mx"])
+    assert r.exit_code == 1 and "safetensors model" in r.stderr
+    assert not (tmp_path / "again").exists() and not (tmp_path / "mx").exists()

@@ -80,6 +80,8 @@ def render(s: dict) -> str:
 @click.option("--embeddings-only", is_flag=True, help="Quantize only the token-embedding table.")
 @click.option("--format", "fmt", type=click.Choice(["safetensors", "onnx"]), default="safetensors", show_default=True,
               help="safetensors (embtool's packed format) or ONNX with MatMulNBits/GatherBlockQuantized.")
+@click.option("--portable", is_flag=True, help="ONNX output (--format onnx, or an ONNX input): standard operators only (opset-21 blocked DequantizeLinear "
+              "of uint4/uint8 codes), for runtimes without onnxruntime's contrib kernels.")
 @click.option("--target-bits", type=click.FloatRange(1, 16), default=None, help="Mixed precision: average bits per quantized weight (scales included).")
 @click.option("--max-size", type=Size(), default=None, help="Mixed precision: total size of the quantized tensors, e.g. 15MB.")
 @click.option("--calib", type=click.Path(exists=True, dir_okay=False), default=None, help="Calibration texts for the sensitivities (default: a built-in multilingual set).")
@@ -90,7 +92,7 @@ def render(s: dict) -> str:
 @click.option("-o", "--output", default=None, help="Output model folder.")
 @force_option
 @common_options
-def command(model, bits, group_size, symmetric, method, include, exclude, embeddings_only, fmt, target_bits, max_size, calib, probes,
+def command(model, bits, group_size, symmetric, method, include, exclude, embeddings_only, fmt, portable, target_bits, max_size, calib, probes,
             seed, sensitivity_only, evaluation, output, force, as_json, quiet, threads) -> None:
     """Group-wise low-bit quantization (Q-BERT): every linear weight and the token-embedding table are
     cut into groups of --group-size values along their input axis, each with an fp16 scale (and zero
@@ -106,6 +108,7 @@ def command(model, bits, group_size, symmetric, method, include, exclude, embedd
       embtool quantize all-MiniLM-L6-v2/ --bits 4 --group-size 32 -o minilm-q4/ --eval heldout.txt
       embtool quantize all-MiniLM-L6-v2/ --bits 2,4,8 --target-bits 3 --calib calib.txt -o minilm-mixed/
       embtool quantize e5-small-fr/ --bits 8 --embeddings-only --format onnx -o e5-fr-q8-onnx/
+      embtool quantize model-onnx/ --bits 4 --portable -o model-q4-dq/     # an ONNX input, standard ops out
     """
     from embtool.jobs.quantize import QuantRequest, run_quantize
     from embtool.runtime.encoder import progress_bar
@@ -118,7 +121,7 @@ def command(model, bits, group_size, symmetric, method, include, exclude, embedd
     if not sensitivity_only and not output:
         raise click.UsageError("give -o OUTPUT (or --sensitivity-only)")
     req = QuantRequest(model=model, output=output, bits=bits, group_size=group_size, symmetric=symmetric, method=method, include=include,
-                       exclude=exclude, embeddings_only=embeddings_only, fmt=fmt, **evaluation, force=force, threads=threads, target_bits=target_bits,
+                       exclude=exclude, embeddings_only=embeddings_only, fmt=fmt, portable=portable, **evaluation, force=force, threads=threads, target_bits=target_bits,
                        max_size=max_size, calib=calib, probes=probes, seed=seed, sensitivity_only=sensitivity_only)
     bar = progress_bar(quiet, unit="probe", desc="sensitivity")
     try:

@@ -41,6 +41,7 @@ class QuantRequest(OutputRequest):
     exclude: str | None = None
     embeddings_only: bool = False
     fmt: str = "safetensors"
+    portable: bool = False  # ONNX output with standard operators only (DequantizeLinear)
     # mixed precision (see jobs/mixed.py)
     target_bits: float | None = None
     max_size: int | None = None
@@ -58,9 +59,7 @@ def qbase(name: str) -> str:
 def select_tensors(m: Model, req: QuantRequest) -> tuple[list[str], str | None]:
     """Names of the float matrices to quantize, and which one is the token-embedding table."""
     ws = m.weights
-    if ws is None:
-        raise Unsupported("quantizing an ONNX model is not supported yet; quantize its safetensors model "
-                          "and write ONNX with --format onnx")
+    assert ws is not None
     if any(k.endswith(".qweight") for k in ws.keys()) or "embtool_quantization" in ws.metadata:
         raise InputError(f"{m.root} is already quantized (embtool packed weights); quantize the float model instead, "
                          "or `embtool dequantize` it first")
@@ -136,6 +135,10 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
     if req.fmt == "onnx" and any(b not in QA.RUNNABLE_BITS for b in req.bits):
         say("3-bit codes run in onnxruntime as 4-bit codes; the ONNX file stores them as 4-bit")
     m = open_model(req.model, need_tokenizer=bool(req.eval_file or req.calib or req.target_bits or req.max_size))
+    if req.portable and req.fmt != "onnx" and m.format != "onnx":
+        raise InputError("--portable describes an ONNX output: add --format onnx")
+    if m.format == "onnx":
+        return _run_quantize_onnx(m, req, t0)
     names, emb = select_tensors(m, req)
     ws = m.weights
     grams = None
@@ -184,7 +187,7 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
             from embtool.core.onnx_out import save_onnx
             from embtool.runtime.bert_graph import build_encoder
 
-            save_onnx(build_encoder(new).to_model(embed_feeds=True), out, prov)
+            save_onnx(build_encoder(new, fused=not req.portable).to_model(embed_feeds=True), out, prov)
             (out.path / "model.safetensors").unlink()
             new = open_model(out.path, need_tokenizer=False)
         summary["bytes_before"] = m.weight_bytes()
@@ -242,3 +245,135 @@ def run_dequantize(model: str, output: str, force: bool = False) -> dict[str, An
         size = (out.path / "model.safetensors").stat().st_size
     return {"model": model, "output": output, "tensors": len(record), "bytes_before": m.weight_bytes(), "bytes_after": size,
             "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def quantize_onnx_graph(m: Model, req: QuantRequest) -> tuple[Any, list[dict], str | None]:
+    """Rewrite an ONNX model in place: every MatMul whose B is a plain 2-D float initializer becomes
+    MatMulNBits (or blocked DequantizeLinear + MatMul with --portable), and the token-embedding Gather
+    becomes GatherBlockQuantized (or DequantizeLinear + Gather). Round-to-nearest, uniform bits."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from embtool.core.model import onnx_embedding_gather
+
+    if len(req.bits) != 1 or req.target_bits is not None or req.max_size is not None or req.method != "rtn":
+        raise Unsupported("an ONNX input is quantized with uniform bits and round-to-nearest only; for mixed precision "
+                          "or GPTQ quantize the safetensors model and write ONNX with --format onnx")
+    bits, g, sym = req.bits[0], req.group_size, req.symmetric
+    if bits == 3 and not req.portable:
+        raise InputError("3-bit codes in an ONNX output need --portable (onnxruntime's kernels take 2, 4 or 8 bits)")
+    g_ = m.onnx_model.graph
+    inits = {t.name: t for t in g_.initializer}
+    gather, sources = onnx_embedding_gather(g_)
+    if gather is not None and any(t.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16) for t in sources):
+        raise InputError(f"{m.root} is already quantized (its embedding table is stored as integers)")
+    if any(n.op_type in ("MatMulNBits", "GatherBlockQuantized", "MatMulInteger", "DynamicQuantizeLinear") for n in g_.node):
+        raise InputError(f"{m.root} is already quantized (it has quantized operators)")
+    rows: list[dict] = []
+    used = {}
+    for n in g_.node:
+        for i in n.input:
+            used[i] = used.get(i, 0) + 1
+    new_inits: list = []
+    drop: set[str] = set()
+
+    def codes_for(W: np.ndarray, name: str):
+        if W.shape[1] % g:
+            raise InputError(f"{name}: input dimension {W.shape[1]} is not a multiple of --group-size {g}")
+        q = QA.quantize(W, bits, g, sym)
+        rows.append({"tensor": name, "bits": bits, "shape": list(W.shape), "bytes_before": W.size * 4, "bytes_after": q.nbytes,
+                     "rel_error": QA.quant_error(W, q) / max(float((W.astype(np.float64) ** 2).sum()), 1e-30)})
+        return q
+
+    def dq_nodes(q, name: str) -> tuple[list, str]:
+        zeros = q.zeros if q.zeros is not None else np.full(q.scales.shape, 2 ** (bits - 1), np.uint8)
+        dt, enc = (TensorProto.UINT8, lambda a: a) if bits == 8 else (TensorProto.UINT4, lambda a: QA.pack(a, 4))
+        new_inits.append(helper.make_tensor(name + ".codes", dt, list(q.codes.shape), enc(q.codes).tobytes(), raw=True))
+        new_inits.append(helper.make_tensor(name + ".zero_points", dt, list(zeros.shape), enc(zeros).tobytes(), raw=True))
+        new_inits.append(numpy_helper.from_array(q.scales.astype(np.float32), name + ".scales_f32"))
+        return [helper.make_node("DequantizeLinear", [name + ".codes", name + ".scales_f32", name + ".zero_points"],
+                                 [name + ".dq"], axis=1, block_size=g)], name + ".dq"
+
+    out_nodes = []
+    emb_name = gather.input[0] if gather is not None and len(sources) == 1 and sources[0].name == gather.input[0] else None
+    for n in g_.node:
+        if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2 and not req.embeddings_only \
+                and inits[n.input[1]].data_type in (TensorProto.FLOAT, TensorProto.FLOAT16) and used.get(n.input[1]) == 1 \
+                and (req.include is None or re.search(req.include, n.input[1])) and not (req.exclude and re.search(req.exclude, n.input[1])):
+            B = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)  # [K, N]
+            W = np.ascontiguousarray(B.T)
+            q = codes_for(W, n.input[1])
+            drop.add(n.input[1])
+            if req.portable:
+                dq, wname = dq_nodes(q, n.input[1])
+                out_nodes += dq + [helper.make_node("Transpose", [wname], [wname + "T"], perm=[1, 0]),
+                                   helper.make_node("MatMul", [n.input[0], wname + "T"], list(n.output), name=n.name)]
+            else:
+                K, N = B.shape
+                new_inits.append(numpy_helper.from_array(QA.pack(q.codes, bits).reshape(N, K // g, g * bits // 8), n.input[1] + ".B"))
+                new_inits.append(numpy_helper.from_array(q.scales.astype(np.float32).reshape(-1), n.input[1] + ".scales_f32"))
+                ins = [n.input[0], n.input[1] + ".B", n.input[1] + ".scales_f32"]
+                if q.zeros is not None:
+                    new_inits.append(numpy_helper.from_array(QA.pack(q.zeros, bits).reshape(-1), n.input[1] + ".zp"))
+                    ins.append(n.input[1] + ".zp")
+                out_nodes.append(helper.make_node("MatMulNBits", ins, list(n.output), name=n.name, domain="com.microsoft",
+                                                  K=K, N=N, bits=bits, block_size=g))
+        elif n is gather and emb_name is not None and used.get(emb_name) == 1 and \
+                (req.include is None or re.search(req.include, emb_name)) and not (req.exclude and re.search(req.exclude, emb_name)):
+            E = numpy_helper.to_array(inits[emb_name]).astype(np.float32)
+            q = codes_for(E, emb_name)
+            drop.add(emb_name)
+            if req.portable:
+                dq, wname = dq_nodes(q, emb_name)
+                out_nodes += dq + [helper.make_node("Gather", [wname, n.input[1]], list(n.output), name=n.name)]
+            else:
+                ins = [emb_name + ".qweight", n.input[1], emb_name + ".scales_f32"]
+                new_inits.append(numpy_helper.from_array(QA.pack(q.codes, bits), emb_name + ".qweight"))
+                new_inits.append(numpy_helper.from_array(q.scales.astype(np.float32), emb_name + ".scales_f32"))
+                if q.zeros is not None:
+                    new_inits.append(numpy_helper.from_array(QA.pack(q.zeros, bits), emb_name + ".zp"))
+                    ins.append(emb_name + ".zp")
+                out_nodes.append(helper.make_node("GatherBlockQuantized", ins, list(n.output), name=n.name, domain="com.microsoft",
+                                                  bits=bits, block_size=g, gather_axis=0, quantize_axis=1))
+        else:
+            out_nodes.append(n)
+    if not rows:
+        raise InputError(f"{m.root}: no plain float weights to quantize (MatMul or embedding Gather initializers)")
+    keep = [t for t in g_.initializer if t.name not in drop]
+    del g_.initializer[:]
+    g_.initializer.extend(keep + new_inits)
+    del g_.node[:]
+    g_.node.extend(out_nodes)
+    if not req.portable and not any(o.domain == "com.microsoft" for o in m.onnx_model.opset_import):
+        m.onnx_model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    for o in m.onnx_model.opset_import:
+        if o.domain in ("", "ai.onnx") and o.version < 21 and req.portable:
+            o.version = 21
+    return m.onnx_model, rows, emb_name
+
+
+def _run_quantize_onnx(m: Model, req: QuantRequest, t0: float) -> dict[str, Any]:
+    from embtool.core.onnx_out import save_onnx
+
+    graph, rows, emb = quantize_onnx_graph(m, req)
+    prov = provenance("quantize", {k: v for k, v in req.__dict__.items() if k not in ("output", "force")},
+                      {"model": m.fingerprint()}, {"quantization": {"group_size": req.group_size, "symmetric": req.symmetric,
+                                                                   "bits": [req.bits[0]], "portable": req.portable}})
+    with OutputFolder(req.output, req.force, inputs=[m.root]) as out:
+        copy_unchanged(m, out)
+        save_onnx(graph, out, prov, rel=str(m.weight_path.relative_to(m.root)))
+        out.write_json("embtool.json", {**m.embtool_meta(), **prov})
+        new = open_model(out.path)
+        summary: dict[str, Any] = {"model": req.model, "output": req.output, "group_size": req.group_size, "symmetric": req.symmetric,
+                                   "method": "rtn", "format": "onnx", "bytes_before": m.weight_bytes(), "bytes_after": new.weight_bytes()}
+        if req.eval_file:
+            orig = open_model(req.model, need_tokenizer=True)  # the input graph object was rewritten in place
+            summary["eval"] = evaluate_output(orig, out.path, req)
+    n_q = sum(int(np.prod(r["shape"])) for r in rows)
+    summary.update({"tensors": len(rows), "quantized_weights": n_q, "tensor_bytes_before": sum(r["bytes_before"] for r in rows),
+                    "bits_per_weight": 8 * sum(r["bytes_after"] for r in rows) / max(n_q, 1),
+                    "embedding": next(({"bits": r["bits"], "bytes_before": r["bytes_before"], "bytes_after": r["bytes_after"]}
+                                       for r in rows if r["tensor"] == emb), None),
+                    "linear": {"bytes_before": sum(r["bytes_before"] for r in rows if r["tensor"] != emb),
+                               "bytes_after": sum(r["bytes_after"] for r in rows if r["tensor"] != emb)},
+                    "per_tensor": rows, "seconds": round(time.perf_counter() - t0, 2)})
+    return summary

@@ -154,7 +154,8 @@ class BuiltGraph:
 class GraphBuilder:
     """Emits nodes; one instance builds one graph."""
 
-    def __init__(self, feed_weights: frozenset[str] = frozenset()) -> None:
+    def __init__(self, feed_weights: frozenset[str] = frozenset(), portable: bool = False) -> None:
+        self.portable = portable  # standard ONNX operators only (no com.microsoft kernels)
         self.feed_weights = feed_weights  # weight names to pass as graph inputs (sensitivity probes)
         self.linear_inputs: dict[str, str] = {}  # Linear base name -> name of its input tensor
         self.nodes: list[onnx.NodeProto] = []
@@ -196,7 +197,11 @@ def _linear(b: GraphBuilder, w: WeightSource, x: str, base: str) -> str:
     if w.has(base + ".qweight"):
         from embtool.runtime import qops
 
-        y = qops.emit_matmul_nbits(b, w, x, base)
+        if b.portable:
+            wt = b.node("Transpose", [qops.emit_dequantize_linear(b, w, base)], "wT", perm=[1, 0])
+            y = b.node("MatMul", [x, wt], "mm")
+        else:
+            y = qops.emit_matmul_nbits(b, w, x, base)
     elif w.has(base + ".weight"):
         wt = np.ascontiguousarray(w.get_f32(base + ".weight").T)
         put = b.feed if base + ".weight" in b.feed_weights else b.const
@@ -213,10 +218,16 @@ def _embedding(b: GraphBuilder, w: WeightSource, ids: str, base: str) -> str:
     if w.has(base + ".qweight"):
         from embtool.runtime import qops
 
+        if b.portable:
+            return b.node("Gather", [qops.emit_dequantize_linear(b, w, base), ids], "gather_E")
         return qops.emit_gather_block_quantized(b, w, ids, base)
     if w.has(base + ".factor_F") or w.has(base + ".factor_F.qweight"):
         F = base + ".factor_F"
-        if w.has(F + ".qweight"):
+        if w.has(F + ".qweight") and b.portable:
+            from embtool.runtime import qops
+
+            rows = b.node("Gather", [qops.emit_dequantize_linear(b, w, F), ids], "gather_F")
+        elif w.has(F + ".qweight"):
             from embtool.runtime import qops
 
             rows = qops.emit_gather_block_quantized(b, w, ids, F)
@@ -238,15 +249,16 @@ def build_encoder(model: Model, fused: bool = True, feed_weights: frozenset[str]
     """The encoder graph: inputs input_ids, attention_mask [batch, seq] int64;
     output last_hidden_state [batch, seq, hidden] float32.
 
-    fused=True uses onnxruntime's com.microsoft.MultiHeadAttention kernel (measured faster, see
-    docs/benchmarks.md); fused=False writes standard ONNX ops only (`export-onnx --portable`).
+    fused=True uses onnxruntime's com.microsoft kernels (MultiHeadAttention; MatMulNBits and
+    GatherBlockQuantized for quantized weights); fused=False writes standard ONNX ops only
+    (`--portable`: quantized weights become opset-21 blocked DequantizeLinear).
     feed_weights: Linear weights (names `X.weight`) to declare as graph inputs `X.weight_T`
     (transposed), so that one session can run with perturbed copies of them.
     capture_linear_inputs: also output every Linear's input (for calibration statistics);
     `BuiltGraph.linear_inputs` maps `X.weight` to the output name."""
     a = detect_arch(model)
     w = WeightSource(model)
-    b = GraphBuilder(frozenset(feed_weights))
+    b = GraphBuilder(frozenset(feed_weights), portable=not fused)
     p, s = a.prefix, a.scheme
     H, nh = a.hidden, a.heads
     hd = H // nh

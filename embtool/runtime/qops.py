@@ -51,3 +51,21 @@ def emit_gather_block_quantized(b, w, ids: str, base: str) -> str:
         inputs.append(b.feed(base + ".zp", np.ascontiguousarray(zeros)))
     return b.node("GatherBlockQuantized", inputs, "gbq", domain="com.microsoft", bits=bits, block_size=g,
                   gather_axis=0, quantize_axis=1)
+
+
+def emit_dequantize_linear(b, w, base: str) -> str:
+    """Standard-ops form (opset 21 blocked DequantizeLinear): the float matrix [rows, K] from codes stored as
+    uint4 (2, 3 and 4 bits: the codes fit) or uint8, with explicit zero points. For `--portable` outputs."""
+    from onnx import TensorProto, helper
+
+    info = w.qmeta[base]
+    bits, g = int(info["bits"]), int(info["group_size"])
+    rows, K = (int(x) for x in info["shape"])
+    codes = unpack(w.get(base + ".qweight"), bits, K)
+    zeros = (unpack(w.get(base + ".qzeros"), bits, K // g) if w.has(base + ".qzeros")
+             else np.full((rows, K // g), 2 ** (bits - 1), np.uint8))
+    dt, enc = (TensorProto.UINT8, lambda a: a) if bits == 8 else (TensorProto.UINT4, lambda a: pack(a, 4))
+    b.inits.append(helper.make_tensor(base + ".codes", dt, [rows, K], np.ascontiguousarray(enc(codes)).tobytes(), raw=True))
+    b.inits.append(helper.make_tensor(base + ".zero_points", dt, [rows, K // g], np.ascontiguousarray(enc(zeros)).tobytes(), raw=True))
+    scales = b.const(base + ".scales_f32", w.get(base + ".scales").astype(np.float32))
+    return b.node("DequantizeLinear", [base + ".codes", scales, base + ".zero_points"], "dq", axis=1, block_size=g)
