@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from conftest import SENTENCES, corpus_lines, run_cli
 from embtool.algorithms import knapsack
 from embtool.algorithms import quantize as Q
 from embtool.core.model import open_model
-from embtool.core.safetensors_io import SafetensorsFile, write_safetensors
+from embtool.core.safetensors_io import SafetensorsFile
 from embtool.runtime.encoder import Encoder
 
 

@@ -6,7 +6,6 @@ import json
 import shutil
 
 import numpy as np
-import pytest
 
 from conftest import ROOT, corpus_lines, run_cli
 from embtool.core.model import open_model

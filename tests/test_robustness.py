@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -22,7 +21,7 @@ from hypothesis import strategies as st
 from conftest import SENTENCES, corpus_lines, run_cli
 from embtool.core.errors import EmbtoolError
 from embtool.core.model import open_model
-from embtool.core.safetensors_io import SafetensorsFile, write_safetensors
+from embtool.core.safetensors_io import SafetensorsFile
 
 FUZZ = int(os.environ.get("EMBTOOL_FUZZ_EXAMPLES", "60"))
 

@@ -7,11 +7,9 @@ import sys
 from pathlib import Path
 
 import click
-import numpy as np
 
 from embtool.algorithms.search import METRICS
 from embtool.cli.options import common_options
-from embtool.core.errors import InputError
 from embtool.jobs.search import SearchRequest, run_search
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from embtool.core.errors import CorruptFile, ModelNotFound, Unsupported, UnsafeModel
+from embtool.core.errors import CorruptFile, ModelNotFound, UnsafeModel
 from embtool.core.safetensors_io import SafetensorsFile, TensorInfo
 from embtool.core.tokenizer_io import TokenizerJson
 
@@ -98,7 +98,6 @@ class Model:
     @cached_property
     def onnx_model(self):
         """The ONNX ModelProto with its external data loaded (ONNX models only)."""
-        import onnx
 
         assert self.format == "onnx"
         return _load_onnx(self.weight_path, self.root)
@@ -443,7 +442,6 @@ def onnx_embedding_gather(graph):
 
 
 def _onnx_vocab_tensors(model: Model) -> list[VocabTensor]:
-    import onnx
     from onnx import helper
 
     g = model.onnx_model.graph
@@ -469,7 +467,6 @@ def _onnx_vocab_tensors(model: Model) -> list[VocabTensor]:
         elif len(dims) == 1 and dims[0] == V:
             out.append(VocabTensor(t.name, "output bias", dims, 0,
                                    helper.tensor_dtype_to_np_dtype(t.data_type).name, _tensor_nbytes(t)))
-    del onnx
     return out
 
 

@@ -7,7 +7,7 @@ batches carry little padding, run, pooled, and put back in input order.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import numpy as np
