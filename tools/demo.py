@@ -51,20 +51,14 @@ def split(lang: str) -> tuple[Path, Path]:
 
 def fidelity(model: Path, ref_index: Path, held: Path, name: str, prefix: str = "passage: ") -> dict:
     """Embed held-out texts with `model`; cosine to the reference index and recall@10 agreement."""
-    import numpy as np
-
-    from embtool.algorithms.search import topk
     from embtool.core.embeddings_io import Index
+    from embtool.jobs.fidelity import compare
 
     idx = WORK / f"{name}.safetensors"
     info, dt = sh(["embed", model, "-i", held, "--prefix", prefix, "-o", idx, "--force", "--json", "--quiet"], f"embed {name}")
     a, b = Index(ref_index), Index(idx)
-    A, B = a.block(0, len(a)), b.block(0, len(b))
-    cos = float(np.mean(np.sum(A * B, 1) / np.linalg.norm(A, axis=1) / np.linalg.norm(B, axis=1)))
-    _, ia = topk(A, len(A), lambda r0, r1: A[r0:r1], 11)
-    _, ib = topk(B, len(B), lambda r0, r1: B[r0:r1], 11)
-    rec = float(np.mean([len(set(x[1:]) & set(y[1:])) / 10 for x, y in zip(ia, ib)]))
-    return {"cosine": cos, "recall@10": rec, "embed_s": dt, "texts_per_s": info.get("texts_per_second")}
+    c = compare(a.block(0, len(a)), b.block(0, len(b)))
+    return {"cosine": c["cosine_mean"], "recall@10": c["recall@10"], "embed_s": dt, "texts_per_s": info.get("texts_per_second")}
 
 
 def main() -> None:

@@ -9,7 +9,8 @@ import click
 from embtool.cli.options import common_options, emit_summary, force_option, human_bytes, model_argument, output_option
 from embtool.core.errors import InputError
 from embtool.core.model import open_model
-from embtool.core.onnx_out import copy_companions, save_onnx
+from embtool.core.model_out import copy_unchanged
+from embtool.core.onnx_out import save_onnx
 from embtool.core.writer import OutputFolder, provenance
 
 
@@ -38,7 +39,7 @@ def command(model: str, output: str, portable: bool, force: bool, as_json: bool,
     built = build_encoder(m, fused=not portable)
     onnx_model = built.to_model(embed_feeds=True)
     with OutputFolder(output, force, inputs=[m.root]) as out:
-        copy_companions(m, out)
+        copy_unchanged(m, out)
         prov = provenance("export-onnx", {"model": model, "portable": portable}, {"model": m.fingerprint()})
         path = save_onnx(onnx_model, out, prov)
         out.write_json("embtool.json", {**m.embtool_meta(), **prov})

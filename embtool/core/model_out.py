@@ -39,6 +39,20 @@ def write_weights(model: Model, out: OutputFolder, tensors: dict[str, np.ndarray
     return path
 
 
+def write_derived_model(model: Model, output: str, force: bool, tensors: dict[str, np.ndarray], prov: dict[str, Any],
+                        drop: str, keep_input_metadata: bool = True) -> int:
+    """A safetensors model folder from the input's files and `tensors`, with the `drop` state (e.g.
+    "quantization", "factorization") removed from config.json and embtool.json. Returns the weights' bytes."""
+    cfg = {k: v for k, v in model.config.items() if k not in (f"{drop}_config", f"embtool_{drop}")}
+    meta = {k: v for k, v in model.embtool_meta().items() if k != drop}
+    with OutputFolder(output, force, inputs=[model.root]) as out:
+        copy_unchanged(model, out, changed=["config.json"])
+        write_weights(model, out, tensors, {"embtool": metadata_json(prov)}, keep_input_metadata)
+        write_configs(model, out, cfg if model.config else None)
+        out.write_json("embtool.json", {**meta, **prov})
+        return (out.path / "model.safetensors").stat().st_size
+
+
 def updated_config(model: Model, vocab_size: int | None = None, remap: dict[int, int] | None = None,
                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
     cfg = dict(model.config)

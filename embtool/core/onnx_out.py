@@ -8,13 +8,9 @@ from typing import Any
 
 import onnx
 
-from embtool.core.model import Model
 from embtool.core.writer import OutputFolder
 
 EXTERNAL_THRESHOLD = 1_500_000_000  # protobuf's 2 GB limit: larger graphs keep weights in model.onnx_data
-
-# files of an input folder that describe its weights; an ONNX output drops them
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "model.onnx", "model.onnx_data", "onnx")
 
 
 def save_onnx(m: onnx.ModelProto, out: OutputFolder, provenance: dict[str, Any], rel: str = "model.onnx") -> Path:
@@ -30,9 +26,3 @@ def save_onnx(m: onnx.ModelProto, out: OutputFolder, provenance: dict[str, Any],
     else:
         onnx.save_model(m, str(path))
     return path
-
-
-def copy_companions(model: Model, out: OutputFolder) -> None:
-    """Copy tokenizer, configs and sentence-transformers files; not the weights."""
-    extra = [str(p.relative_to(model.root)) for p in model.weight_files() if p.is_relative_to(model.root)]
-    out.copy_from(model.root, exclude=list(WEIGHT_FILES) + extra + ["embtool.json"])

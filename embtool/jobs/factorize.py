@@ -11,7 +11,7 @@ import numpy as np
 from embtool.algorithms import factorize as FA
 from embtool.core.errors import InputError, Unsupported
 from embtool.core.model import FACTOR_F, FACTOR_P, Model, find_vocab_tensors, onnx_embedding_gather, open_model
-from embtool.core.model_out import copy_unchanged, metadata_json, updated_config, write_configs, write_weights
+from embtool.core.model_out import copy_unchanged, metadata_json, updated_config, write_configs, write_derived_model, write_weights
 from embtool.core.writer import OutputFolder, provenance
 from embtool.jobs.fidelity import OutputRequest, evaluate_output
 
@@ -140,17 +140,8 @@ def run_defactorize(model: str, output: str, force: bool = False) -> dict[str, A
     for f in Fs:
         base = f[: -len(".factor_F")]
         tensors[base + ".weight"] = np.asarray(ws.get(f), np.float32) @ np.asarray(ws.get(base + ".factor_P"), np.float32)
-    cfg = dict(m.config)
-    cfg.pop("embtool_factorization", None)
     prov = provenance("defactorize", {"model": model}, {"model": m.fingerprint()})
-    meta = m.embtool_meta()
-    meta.pop("factorization", None)
-    with OutputFolder(output, force, inputs=[m.root]) as out:
-        copy_unchanged(m, out, changed=["config.json"])
-        write_weights(m, out, tensors, {"embtool": metadata_json(prov)})
-        write_configs(m, out, cfg if m.config else None)
-        out.write_json("embtool.json", {**meta, **prov})
-        size = (out.path / "model.safetensors").stat().st_size
+    size = write_derived_model(m, output, force, tensors, prov, drop="factorization")
     return {"model": model, "output": output, "bytes_before": m.weight_bytes(), "bytes_after": size,
             "seconds": round(time.perf_counter() - t0, 2)}
 

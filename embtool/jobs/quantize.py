@@ -22,7 +22,8 @@ import numpy as np
 from embtool.algorithms import quantize as QA
 from embtool.core.errors import InputError, Unsupported
 from embtool.core.model import Model, find_vocab_tensors, open_model
-from embtool.core.model_out import copy_unchanged, metadata_json, updated_config, write_configs, write_weights
+from embtool.core.model_out import (copy_unchanged, metadata_json, updated_config, write_configs, write_derived_model,
+                                    write_weights)
 from embtool.core.writer import OutputFolder, provenance
 from embtool.jobs.fidelity import OutputRequest, evaluate_output
 
@@ -233,16 +234,7 @@ def run_dequantize(model: str, output: str, force: bool = False) -> dict[str, An
         if k not in skip:
             tensors[k] = ws.get(k)
     prov = provenance("dequantize", {"model": model}, {"model": m.fingerprint()})
-    cfg = dict(m.config)
-    cfg.pop("quantization_config", None)
-    meta = m.embtool_meta()
-    meta.pop("quantization", None)
-    with OutputFolder(output, force, inputs=[m.root]) as out:
-        copy_unchanged(m, out, changed=["config.json"])
-        write_weights(m, out, tensors, {"embtool": metadata_json(prov)}, keep_input_metadata=False)
-        write_configs(m, out, cfg if m.config else None)
-        out.write_json("embtool.json", {**meta, **prov})
-        size = (out.path / "model.safetensors").stat().st_size
+    size = write_derived_model(m, output, force, tensors, prov, drop="quantization", keep_input_metadata=False)
     return {"model": model, "output": output, "tensors": len(record), "bytes_before": m.weight_bytes(), "bytes_after": size,
             "seconds": round(time.perf_counter() - t0, 2)}
 

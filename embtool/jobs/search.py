@@ -92,11 +92,7 @@ def run_search(req: SearchRequest, warn: Callable[[str], None] = lambda m: None)
     offset = 0
     for ix in idxs:
         kk = min(total, req.k if ix.float is None or req.rescore == 0 else max(req.k, req.rescore))
-
-        def block(r0: int, r1: int, ix=ix) -> np.ndarray:
-            return ix.block(r0, r1)
-
-        s, i = S.topk(q, len(ix), block, kk, req.metric, req.block_rows, after_block=ix.release)
+        s, i = S.topk(q, len(ix), ix.block, kk, req.metric, req.block_rows, after_block=ix.release)
         if ix.float is not None and req.rescore > 0 and ix.precision in ("int8", "binary"):
             s, i = _rescore(q, ix, i, req.metric, min(req.k, len(ix)))
         gid = ix.ids[i] if ix.ids is not None else i + offset
