@@ -86,12 +86,18 @@ def slice_onnx_initializers(onnx_model, names_axes: dict[str, int], keep: np.nda
     """Slice initializers in place along their vocabulary axis (order of `keep` preserved)."""
     from onnx import numpy_helper
 
-    for i, t in enumerate(onnx_model.graph.initializer):
-        if t.name in names_axes:
-            arr = numpy_helper.to_array(t)
-            new = np.take(arr, keep, axis=names_axes[t.name])
-            onnx_model.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(new), t.name))
+    replace_onnx_initializers(onnx_model, {t.name: np.take(numpy_helper.to_array(t), keep, axis=names_axes[t.name])
+                                           for t in onnx_model.graph.initializer if t.name in names_axes})
 
 
 def metadata_json(doc: dict[str, Any]) -> str:
     return json.dumps(doc, sort_keys=True, ensure_ascii=False)
+
+
+def replace_onnx_initializers(onnx_model, arrays: dict[str, np.ndarray]) -> None:
+    """Replace initializers by name (shape may change, e.g. a new vocabulary size)."""
+    from onnx import numpy_helper
+
+    for i, t in enumerate(onnx_model.graph.initializer):
+        if t.name in arrays:
+            onnx_model.graph.initializer[i].CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arrays[t.name]), t.name))

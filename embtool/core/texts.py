@@ -14,7 +14,8 @@ from typing import BinaryIO, Iterable, Iterator
 from embtool.core.errors import InputError
 
 
-def _lines(stream: BinaryIO, name: str) -> Iterator[tuple[int, str]]:
+def numbered_lines(stream: BinaryIO, name: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a byte stream; invalid UTF-8 is an error naming the file and line."""
     for no, raw in enumerate(stream, 1):
         try:
             line = raw.decode("utf-8")
@@ -50,7 +51,7 @@ def iter_file(path: str, field: str | None = None, skip_empty: bool = False) -> 
         name = path
         close = True
     try:
-        for no, line in _lines(stream, name):
+        for no, line in numbered_lines(stream, name):
             if jsonl:
                 if not line.strip():
                     continue

@@ -26,7 +26,7 @@ class FactorRequest(OutputRequest):
     fmt: str = "safetensors"
 
 
-def _table(m: Model) -> tuple[str, np.ndarray, Any]:
+def embedding_table(m: Model) -> tuple[str, np.ndarray, Any]:
     """(name, E, onnx initializer or None) of the plain float token-embedding table."""
     if m.format == "onnx":
         from onnx import numpy_helper
@@ -55,7 +55,7 @@ def _table(m: Model) -> tuple[str, np.ndarray, Any]:
 def run_factorize(req: FactorRequest) -> dict[str, Any]:
     t0 = time.perf_counter()
     m = open_model(req.model, need_tokenizer=bool(req.eval_file))
-    name, E, gather = _table(m)
+    name, E, gather = embedding_table(m)
     V, D = E.shape
     if req.rank is not None:
         if req.rank < 1:
@@ -94,7 +94,7 @@ def run_factorize(req: FactorRequest) -> dict[str, Any]:
                 save_onnx(build_encoder(open_model(out.path)).to_model(embed_feeds=True), out, prov)
                 (out.path / "model.safetensors").unlink()
         else:
-            _rewrite_onnx_gather(m, gather, name, F, P)
+            rewrite_onnx_gather(m, gather, name, F, P)
             from embtool.core.onnx_out import save_onnx
 
             save_onnx(m.onnx_model, out, prov, rel=str(m.weight_path.relative_to(m.root)))
@@ -109,7 +109,7 @@ def run_factorize(req: FactorRequest) -> dict[str, Any]:
     return summary
 
 
-def _rewrite_onnx_gather(m: Model, gather, name: str, F: np.ndarray, P: np.ndarray) -> None:
+def rewrite_onnx_gather(m: Model, gather, name: str, F: np.ndarray, P: np.ndarray) -> None:
     """Gather(E, ids) -> MatMul(Gather(F, ids), P) in place."""
     from onnx import helper, numpy_helper
 

@@ -1,0 +1,100 @@
+"""`embtool init-subwords`: a model for a new tokenizer (OFA / FVT / random initialisation)."""
+
+from __future__ import annotations
+
+import click
+
+from embtool.cli.options import common_options, emit_summary, eval_options, force_option, human_bytes, model_argument
+
+
+def render(s: dict) -> str:
+    r, o = s["rows"], s["overlap"]
+    n = s["vocab_after"]
+    lines = [f"vocabulary   {s['vocab_before']:,} -> {n:,} tokens ({s['conventions']['source']} -> {s['conventions']['target']} markers)",
+             f"rows         copied {r['copied']:,} ({o['exact']:,} exact, {o['case']:,} by case, {o['special']:,} special), "
+             f"neighbours {r['neighbours']:,}, fvt {r['fvt']:,}, random {r['random']:,}"
+             + (f", unused {r['unused']:,}" if r["unused"] else "") + f"  [--method {s['method']}]"]
+    if "word_vectors" in s:
+        w = s["word_vectors"]
+        lines.append(f"word vectors {w['words']:,} words, dim {w['dim']} ({w['source']}); subwords with a vector: "
+                     f"source {w['source_subwords_with_vector']:,}, target {w['target_subwords_with_vector']:,}; "
+                     f"k={w['neighbors']}, τ={w['temperature']}")
+    lines.append(f"embedding    {s['embedding_params_before']:,} -> {s['embedding_params_after']:,} parameters"
+                 + (f" (factorized, rank {s['rank']})" if s["factorized"] else ""))
+    lines.append(f"bytes        {human_bytes(s['bytes_before'])} -> {human_bytes(s['bytes_after'])} "
+                 f"({100 * s['bytes_after'] / s['bytes_before']:.1f}%)")
+    if "eval" in s:
+        e = s["eval"]
+        lines.append(f"held-out     {e['texts']} texts vs the source model: cosine mean {e['cosine_mean']:.5f}, "
+                     f"min {e['cosine_min']:.5f}; recall@10 agreement {e['recall@10']:.3f}")
+    lines += [f"note         {x}" for x in s["notes"]]
+    lines.append(f"wrote        {s['output']} ({s['seconds']} s)")
+    return "\n".join(lines)
+
+
+@click.command(name="init-subwords")
+@model_argument
+@click.option("--tokenizer", "tokenizer", required=True, type=click.Path(exists=True),
+              help="The new tokenizer.json (or a folder holding it, with its tokenizer_config.json).")
+@click.option("--method", type=click.Choice(["ofa", "fvt", "random"]), default=None,
+              help="ofa: neighbours by word vectors; fvt: mean of the source pieces; random: N(mean, std). "
+                   "Shared tokens are copied by every method. Default: ofa with --word-vectors, else fvt.")
+@click.option("--word-vectors", default=None, metavar="FILE|auto",
+              help="Word vectors for ofa: word2vec text (.txt/.vec), .npy (+ --word-vocab), an `embtool embed` "
+                   ".safetensors of words, or 'auto': embed the --corpus words with MODEL itself.")
+@click.option("--word-vocab", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Vocabulary of a .npy word-vector matrix (one word per line; default: beside it as .vocab/.txt).")
+@click.option("-c", "--corpus", multiple=True, help="With --word-vectors auto: text file(s) whose most frequent words are embedded.")
+@click.option("--max-words", type=click.IntRange(min=1), default=50000, show_default=True,
+              help="Use at most this many word vectors (the first of a file; the most frequent corpus words).")
+@click.option("--neighbors", type=click.IntRange(min=1), default=10, show_default=True, help="ofa: k most similar source subwords.")
+@click.option("--temperature", type=click.FloatRange(0, min_open=True), default=0.1, show_default=True,
+              help="ofa: softmax temperature τ of the neighbour weights.")
+@click.option("--rank", type=click.IntRange(min=1), default=None,
+              help="Build the rows in a rank-k factorization F·P of the table and keep the output factorized.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random rows.")
+@eval_options()
+@click.option("-o", "--output", required=True, help="Output model folder.")
+@force_option
+@common_options
+def command(model, tokenizer, method, word_vectors, word_vocab, corpus, max_words, neighbors, temperature, rank, seed,
+            evaluation, output, force, as_json, quiet, threads) -> None:
+    """Give MODEL a new tokenizer: tokens both vocabularies share (after normalising ▁/##/Ġ markers
+    and case; special tokens by role, <s> ~ [CLS]) copy their row; every other row is initialised
+    by OFA (Liu et al. 2024: the softmax(sim/τ)-weighted sum of the rows of the k source subwords
+    most similar in a word-vector space), FVT (the mean of the rows of the pieces the old tokenizer
+    splits the token into), or drawn from N(mean, std) of the source rows. OFA falls back to FVT for
+    tokens without a word vector, FVT to random for tokens with no source piece.
+
+    Word vectors can come from the model itself: with a multilingual model, `--word-vectors auto
+    -c corpus.txt` embeds the corpus' most frequent words, giving vectors aligned with the model's
+    own space (or run `embtool embed MODEL -i words.txt -o words.vec` once and pass words.vec).
+
+    \b
+    Example:
+      embtool init-subwords e5-small/ --tokenizer fr-32k/tokenizer.json -o e5-fr/
+      embtool init-subwords e5-small/ --tokenizer fr-32k/ --word-vectors auto -c fr.txt \\
+          --rank 100 -o e5-fr-ofa/ --eval fr-heldout.txt --eval-prefix "query: "
+    """
+    from embtool.jobs.subwords import InitRequest, run_init_subwords
+    from embtool.runtime.encoder import progress_bar
+
+    if method == "ofa" and not word_vectors:
+        raise click.UsageError("--method ofa needs --word-vectors FILE (or --word-vectors auto with --corpus)")
+    if word_vectors and method in ("fvt", "random"):
+        raise click.UsageError(f"--word-vectors is only used by --method ofa, not {method}")
+    if word_vectors == "auto" and not corpus:
+        raise click.UsageError("--word-vectors auto needs -c/--corpus")
+    if corpus and word_vectors != "auto":
+        raise click.UsageError("--corpus is only used with --word-vectors auto")
+    if word_vocab and not word_vectors:
+        raise click.UsageError("--word-vocab goes with --word-vectors FILE.npy")
+    req = InitRequest(model=model, output=output, tokenizer=tokenizer, method=method, word_vectors=word_vectors,
+                      word_vocab=word_vocab, corpus=list(corpus), max_words=max_words, neighbors=neighbors,
+                      temperature=temperature, rank=rank, seed=seed, **evaluation, force=force, threads=threads)
+    bar = progress_bar(quiet, unit="word", desc="word vectors")
+    try:
+        s = run_init_subwords(req, bar)
+    finally:
+        bar.close()
+    emit_summary(s, as_json, quiet, render)
