@@ -39,12 +39,20 @@ def _select(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np
         part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
         kth = np.take_along_axis(scores, part, 1).min(1)
         keep = scores >= kth[:, None]
-        if keep.sum(1).max() > k:
-            width = int(keep.sum(1).max())
-            order = np.argsort(~keep, axis=1, kind="stable")[:, :width]
+        cnt = keep.sum(1)
+        if cnt.max() > k:
+            # every candidate at or above the k-th score, padded to the widest row with -inf
+            width = int(cnt.max())
+            rows, cols = np.nonzero(keep)
+            slot = np.arange(rows.size) - np.r_[0, np.cumsum(cnt)[:-1]][rows]
+            order = np.zeros((Q, width), dtype=np.int64)
+            order[rows, slot] = cols
+            pad = np.arange(width)[None, :] >= cnt[:, None]
+            scores = np.take_along_axis(scores, order, 1)
+            scores[pad] = -np.inf
         else:
             order = part
-        scores = np.take_along_axis(scores, order, 1)
+            scores = np.take_along_axis(scores, order, 1)
         ids = np.take_along_axis(ids, order, 1)
     o = np.lexsort((ids, -scores), axis=1)[:, :k]
     return np.take_along_axis(scores, o, 1), np.take_along_axis(ids, o, 1)

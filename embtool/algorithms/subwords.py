@@ -192,54 +192,61 @@ def match_overlap(target: Sequence[str | None], target_special: set[int], tconv:
 # Word vectors -> subword vectors -> neighbours
 # ----------------------------------------------------------------------------------------------
 
+def center(word_vectors: np.ndarray) -> np.ndarray:
+    """Word vectors minus their mean. Sentence-embedding models give anisotropic vectors (every
+    pair has a high cosine); without centering, subwords of many words (whose mean vector is near
+    the common direction) are everyone's nearest neighbours."""
+    W = np.asarray(word_vectors, dtype=np.float32)
+    return W - W.mean(0, dtype=np.float64).astype(np.float32)
+
+
 def subword_vectors(word_vectors: np.ndarray, token_ids: Sequence[Sequence[int]], n_tokens: int,
                     skip: Iterable[int] = ()) -> tuple[np.ndarray, np.ndarray]:
     """OFA's subword vectors: the mean of the (unit-normalised) vectors of the words whose
-    tokenization contains the subword (each word counted once per subword). Returns (vectors
-    [n_tokens, d], has_vector [n_tokens] bool); ids in `skip` (e.g. the unknown token) get none."""
+    tokenization contains the subword (each word counted once per subword). Returns (ids [m] sorted,
+    vectors [m, d]) for the subwords that have one; ids in `skip` (e.g. the unknown token) get none."""
     W = np.asarray(word_vectors, dtype=np.float32)
-    norms = np.linalg.norm(W, axis=1, keepdims=True)
-    Wn = W / np.maximum(norms, 1e-12)
-    rows, cols = [], []
-    for w, ids in enumerate(token_ids):
-        u = np.unique(np.asarray(ids, dtype=np.int64))
-        rows.append(u)
-        cols.append(np.full(u.shape, w, dtype=np.int64))
+    norms = np.linalg.norm(W, axis=1)
     d = W.shape[1]
-    out = np.zeros((n_tokens, d), dtype=np.float32)
-    has = np.zeros(n_tokens, dtype=bool)
-    if not rows:
-        return out, has
-    r = np.concatenate(rows)
-    c = np.concatenate(cols)
-    ok = (r >= 0) & (r < n_tokens) & (norms[c, 0] > 0)
+    lengths = np.fromiter((len(ids) for ids in token_ids), dtype=np.int64, count=len(token_ids))
+    r = np.fromiter((i for ids in token_ids for i in ids), dtype=np.int64, count=int(lengths.sum()))
+    c = np.repeat(np.arange(len(token_ids), dtype=np.int64), lengths)
+    ok = (r >= 0) & (r < n_tokens)
+    ok[ok] &= norms[c[ok]] > 0
     skip_arr = np.fromiter(skip, dtype=np.int64)
     if skip_arr.size:
         ok &= ~np.isin(r, skip_arr)
-    r, c = r[ok], c[ok]
+    # distinct (token, word) pairs, sorted by token then word: a word counts once per subword
+    key = np.unique(r[ok] * max(1, len(token_ids)) + c[ok])
+    r, c = key // max(1, len(token_ids)), key % max(1, len(token_ids))
     if r.size == 0:
-        return out, has
-    order = np.lexsort((c, r))
-    r, c = r[order], c[order]
+        return np.zeros(0, np.int64), np.zeros((0, d), np.float32)
     starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
-    counts = np.diff(np.r_[starts, r.size])
-    for b0 in range(0, starts.size, 4096):  # bounded memory: Wn[c] of a block of tokens at a time
-        s0, s1 = starts[b0], (starts[b0 + 4096] if b0 + 4096 < starts.size else r.size)
-        sums = np.add.reduceat(Wn[c[s0:s1]], starts[b0:b0 + 4096] - s0, axis=0)
-        ids = r[starts[b0:b0 + 4096]]
-        out[ids] = sums / counts[b0:b0 + 4096, None]
-        has[ids] = True
-    return out, has
+    ends = np.r_[starts[1:], r.size]
+    ids = r[starts]
+    out = np.zeros((ids.size, d), dtype=np.float32)
+    B = 4096  # tokens per block: bounded memory for the gathered word vectors
+    for b0 in range(0, ids.size, B):
+        b1 = min(ids.size, b0 + B)
+        p0, p1 = starts[b0], ends[b1 - 1]
+        Wb = W[c[p0:p1]] / norms[c[p0:p1], None]
+        out[b0:b1] = np.add.reduceat(Wb, starts[b0:b1] - p0, axis=0) / (ends[b0:b1] - starts[b0:b1])[:, None]
+    return ids, out
 
 
 def softmax_neighbours(queries: np.ndarray, candidates: np.ndarray, k: int, temperature: float,
-                       block_rows: int = 16384) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       block_rows: int = 16384, query_block: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each query vector, its k most cosine-similar candidate rows and OFA's weights
     softmax(sim / τ) over them. Returns (candidate positions [Q, k], weights [Q, k], sims [Q, k]);
     ties go to the lower position (deterministic)."""
     C = np.asarray(candidates, dtype=np.float32)
     Cn = C / np.maximum(np.linalg.norm(C, axis=1, keepdims=True), 1e-12)
-    sims, idx = topk(np.asarray(queries, dtype=np.float32), Cn.shape[0], lambda a, b: Cn[a:b], k, "cosine", block_rows)
+    Q = np.asarray(queries, dtype=np.float32)
+    sims = np.zeros((Q.shape[0], min(k, Cn.shape[0])), dtype=np.float32)
+    idx = np.zeros(sims.shape, dtype=np.int64)
+    for q0 in range(0, Q.shape[0], query_block):  # bounded memory: a [query_block, block_rows] score block
+        sims[q0:q0 + query_block], idx[q0:q0 + query_block] = topk(Q[q0:q0 + query_block], Cn.shape[0],
+                                                                  lambda a, b: Cn[a:b], k, "cosine", block_rows)
     z = sims.astype(np.float64) / temperature
     z -= z.max(1, keepdims=True)
     e = np.exp(z)

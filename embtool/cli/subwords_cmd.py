@@ -50,6 +50,9 @@ def render(s: dict) -> str:
 @click.option("--neighbors", type=click.IntRange(min=1), default=10, show_default=True, help="ofa: k most similar source subwords.")
 @click.option("--temperature", type=click.FloatRange(0, min_open=True), default=0.1, show_default=True,
               help="ofa: softmax temperature τ of the neighbour weights.")
+@click.option("--center/--no-center", default=True, show_default=True,
+              help="ofa: subtract the mean word vector before comparing (sentence-embedding word vectors are "
+                   "anisotropic); --no-center is the paper's plain cosine.")
 @click.option("--rank", type=click.IntRange(min=1), default=None,
               help="Build the rows in a rank-k factorization F·P of the table and keep the output factorized.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random rows.")
@@ -57,7 +60,7 @@ def render(s: dict) -> str:
 @click.option("-o", "--output", required=True, help="Output model folder.")
 @force_option
 @common_options
-def command(model, tokenizer, method, word_vectors, word_vocab, corpus, max_words, neighbors, temperature, rank, seed,
+def command(model, tokenizer, method, word_vectors, word_vocab, corpus, max_words, neighbors, temperature, center, rank, seed,
             evaluation, output, force, as_json, quiet, threads) -> None:
     """Give MODEL a new tokenizer: tokens both vocabularies share (after normalising ▁/##/Ġ markers
     and case; special tokens by role, <s> ~ [CLS]) copy their row; every other row is initialised
@@ -91,7 +94,7 @@ def command(model, tokenizer, method, word_vectors, word_vocab, corpus, max_word
         raise click.UsageError("--word-vocab goes with --word-vectors FILE.npy")
     req = InitRequest(model=model, output=output, tokenizer=tokenizer, method=method, word_vectors=word_vectors,
                       word_vocab=word_vocab, corpus=list(corpus), max_words=max_words, neighbors=neighbors,
-                      temperature=temperature, rank=rank, seed=seed, **evaluation, force=force, threads=threads)
+                      temperature=temperature, center=center, rank=rank, seed=seed, **evaluation, force=force, threads=threads)
     bar = progress_bar(quiet, unit="word", desc="word vectors")
     try:
         s = run_init_subwords(req, bar)

@@ -7,6 +7,8 @@ line: a broken line, a wrong number of values, a value that is not a finite numb
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,47 +47,72 @@ def read_word_vectors(path: str, vocab: str | None = None, limit: int | None = N
 
 def _read_word2vec(p: Path, limit: int | None) -> tuple[list[str], np.ndarray, bool]:
     words: list[str] = []
-    rows: list[np.ndarray] = []
+    blocks: list[np.ndarray] = []
     dim: int | None = None
     declared: int | None = None
     truncated = False
+    pending: list[tuple[int, str, str]] = []  # (line number, word, values text)
+
+    def flush() -> None:
+        # parse a block of lines in one C call; on any mismatch find and name the first bad line
+        text = " ".join(v for _, _, v in pending)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # fromstring warns (and stops) at a non-number
+                vals = np.fromstring(text, dtype=np.float32, sep=" ")
+        except (ValueError, DeprecationWarning):
+            vals = None
+        if vals is None or vals.size != len(pending) * dim or not np.isfinite(vals).all():
+            for no, word, v in pending:
+                _check_line(p, no, word, v, dim, declared)
+            raise CorruptFile(f"{p}: unreadable vectors")  # not reached: some line fails its check
+        blocks.append(vals.reshape(len(pending), dim))
+        words.extend(w for _, w, _ in pending)
+        pending.clear()
+
     with open(p, "rb") as f:
         for no, line in numbered_lines(f, str(p)):
-            fields = line.rstrip().split(" ") if line.strip() else []
-            if no == 1 and len(fields) == 2 and fields[0].isdigit() and fields[1].isdigit():
-                declared, dim = int(fields[0]), int(fields[1])
-                if dim < 1:
-                    raise CorruptFile(f"{p}:1: the header declares dimension {dim}")
-                continue
-            if not fields or (len(fields) == 1 and not fields[0]):
+            if no == 1:
+                head = line.split()
+                if len(head) == 2 and head[0].isdigit() and head[1].isdigit():
+                    declared, dim = int(head[0]), int(head[1])
+                    if dim < 1:
+                        raise CorruptFile(f"{p}:1: the header declares dimension {dim}")
+                    continue
+            if not line.strip():
                 raise CorruptFile(f"{p}:{no}: empty line (expected a word and its vector)")
-            if limit is not None and len(words) >= limit:
+            if line[0].isspace():
+                raise CorruptFile(f"{p}:{no}: the line starts with a space (no word)")
+            if limit is not None and len(words) + len(pending) >= limit:
                 truncated = True
                 break
-            word, values = fields[0], [v for v in fields[1:] if v]
-            if not word:
-                raise CorruptFile(f"{p}:{no}: the line starts with a space (no word)")
+            word, _, values = line.partition(" ")
             if dim is None:
-                if not values:
+                dim = len(values.split())
+                if dim == 0:
                     raise CorruptFile(f"{p}:{no}: a word without a vector")
-                dim = len(values)
-            if len(values) != dim:
-                raise CorruptFile(f"{p}:{no}: {len(values)} values for {word!r}, expected {dim}"
-                                  + (" (from the header)" if declared is not None else " (as the first vector)"))
-            try:
-                vec = np.array(values, dtype=np.float32)
-            except ValueError:
-                bad = next(v for v in values if not _is_float(v))
-                raise CorruptFile(f"{p}:{no}: {bad!r} is not a number") from None
-            if not np.isfinite(vec).all():
-                raise CorruptFile(f"{p}:{no}: the vector of {word!r} has a NaN or infinite value")
-            words.append(word)
-            rows.append(vec)
+            pending.append((no, word, values))
+            if len(pending) >= 4096:
+                flush()
+    if pending:
+        flush()
     if not words:
         raise InputError(f"{p}: no word vectors in the file")
     if declared is not None and not truncated and declared != len(words):
         raise CorruptFile(f"{p}: the header declares {declared} vectors but the file has {len(words)} (truncated?)")
-    return words, np.stack(rows), truncated
+    return words, np.concatenate(blocks), truncated
+
+
+def _check_line(p: Path, no: int, word: str, values: str, dim: int | None, declared: int | None) -> None:
+    fields = values.split()
+    if len(fields) != dim:
+        raise CorruptFile(f"{p}:{no}: {len(fields)} values for {word!r}, expected {dim}"
+                          + (" (from the header)" if declared is not None else " (as the first vector)"))
+    bad = next((v for v in fields if not _is_float(v)), None)
+    if bad is not None:
+        raise CorruptFile(f"{p}:{no}: {bad!r} is not a number")
+    if not all(math.isfinite(float(v)) for v in fields):
+        raise CorruptFile(f"{p}:{no}: the vector of {word!r} has a NaN or infinite value")
 
 
 def _is_float(v: str) -> bool:

@@ -49,6 +49,7 @@ class InitRequest(OutputRequest):
     max_words: int = 50000
     neighbors: int = 10
     temperature: float = 0.1
+    center: bool = True
     rank: int | None = None
     seed: int = 0
 
@@ -243,24 +244,25 @@ def plan_rows(m: Model, tgt: TokenizerJson, table: np.ndarray, req: InitRequest,
         t0 = time.perf_counter()
         wv, winfo = _word_vectors(m, req, progress)
         s_unk, t_unk = _unk(src), _unk(tgt)
-        s_vec, s_has = SW.subword_vectors(wv.vectors, _tokenize_words(src, wv.words), table.shape[0],
+        W = SW.center(wv.vectors) if req.center else wv.vectors
+        s_ids, s_vec = SW.subword_vectors(W, _tokenize_words(src, wv.words), len(s_tokens),
                                           skip=s_special | ({s_unk} if s_unk is not None else set()))
-        t_vec, t_has = SW.subword_vectors(wv.vectors, _tokenize_words(tgt, wv.words), len(t_tokens),
+        t_ids, t_vec = SW.subword_vectors(W, _tokenize_words(tgt, wv.words), len(t_tokens),
                                           skip=t_special | ({t_unk} if t_unk is not None else set()))
-        cand = np.flatnonzero(s_has[: len(s_tokens)])
-        query = np.asarray([j for j in todo if t_has[j]], dtype=np.int64)
-        if cand.size == 0:
+        if s_ids.size == 0:
             raise InputError("no source token occurs in the tokenization of the word vectors' words: "
                              "are they words of a language the model knows?")
-        k = min(req.neighbors, cand.size)
-        if query.size:
-            pos, w, _ = SW.softmax_neighbours(t_vec[query], s_vec[cand], k, req.temperature)
-            for j, p_row, w_row in zip(query.tolist(), pos, w):
-                parts[j] = (SW.NEIGHBOURS, cand[p_row].tolist(), w_row.tolist())
+        pending = np.asarray(todo, dtype=np.int64)
+        q_rows = np.flatnonzero(np.isin(t_ids, pending))
+        k = min(req.neighbors, s_ids.size)
+        if q_rows.size:
+            pos, w, _ = SW.softmax_neighbours(t_vec[q_rows], s_vec, k, req.temperature)
+            for j, p_row, w_row in zip(t_ids[q_rows].tolist(), pos, w):
+                parts[j] = (SW.NEIGHBOURS, s_ids[p_row].tolist(), w_row.tolist())
         info["word_vectors"] = {**winfo, "words": len(wv.words), "dim": wv.dim, "duplicates_dropped": wv.duplicates,
-                                "truncated_to_max_words": wv.truncated, "source_subwords_with_vector": int(cand.size),
-                                "target_subwords_with_vector": int(t_has.sum()), "neighbors": k,
-                                "temperature": req.temperature, "seconds": round(time.perf_counter() - t0, 2)}
+                                "truncated_to_max_words": wv.truncated, "source_subwords_with_vector": int(s_ids.size),
+                                "target_subwords_with_vector": int(t_ids.size), "neighbors": k,
+                                "temperature": req.temperature, "centered": req.center, "seconds": round(time.perf_counter() - t0, 2)}
         todo = [j for j in todo if j not in parts]
     if method in ("ofa", "fvt") and todo:
         split = _splitter(src, sconv)
