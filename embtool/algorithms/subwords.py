@@ -86,7 +86,7 @@ def canonical(token: str, conv: Convention) -> tuple[bool, str] | None:
         body = token[1:] if ws else token
         body = body.replace("▁", " ")
     elif conv.style == "wordpiece":
-        ws = not token.startswith(conv.prefix)
+        ws = not (token.startswith(conv.prefix) and len(token) > len(conv.prefix))  # "##" alone is a word
         body = token if ws else token[len(conv.prefix):]
     elif conv.style == "bytelevel":
         dec = _byte_decoder()
@@ -235,7 +235,7 @@ def subword_vectors(word_vectors: np.ndarray, token_ids: Sequence[Sequence[int]]
 
 
 def softmax_neighbours(queries: np.ndarray, candidates: np.ndarray, k: int, temperature: float,
-                       block_rows: int = 16384, query_block: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                       block_rows: int = 16384, query_block: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each query vector, its k most cosine-similar candidate rows and OFA's weights
     softmax(sim / τ) over them. Returns (candidate positions [Q, k], weights [Q, k], sims [Q, k]);
     ties go to the lower position (deterministic)."""

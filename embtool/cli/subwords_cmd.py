@@ -54,13 +54,16 @@ def render(s: dict) -> str:
               help="ofa: subtract the mean word vector before comparing (sentence-embedding word vectors are "
                    "anisotropic); --no-center is the paper's plain cosine.")
 @click.option("--rank", type=click.IntRange(min=1), default=None,
-              help="Build the rows in a rank-k factorization F·P of the table and keep the output factorized.")
+              help="Write the table factorized, F (V×k) · P (k×hidden): OFA's parameter saving.")
+@click.option("--rank-basis", type=click.Choice(["output", "source"]), default="output", show_default=True,
+              help="With --rank: factorize the new table itself (least error), or build its rows as coordinates "
+                   "in the source table's rank-k factorization (OFA's recipe).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random rows.")
 @eval_options()
 @click.option("-o", "--output", required=True, help="Output model folder.")
 @force_option
 @common_options
-def command(model, tokenizer, method, word_vectors, word_vocab, corpus, max_words, neighbors, temperature, center, rank, seed,
+def command(model, tokenizer, method, word_vectors, word_vocab, corpus, max_words, neighbors, temperature, center, rank, rank_basis, seed,
             evaluation, output, force, as_json, quiet, threads) -> None:
     """Give MODEL a new tokenizer: tokens both vocabularies share (after normalising ▁/##/Ġ markers
     and case; special tokens by role, <s> ~ [CLS]) copy their row; every other row is initialised
@@ -90,11 +93,13 @@ def command(model, tokenizer, method, word_vectors, word_vocab, corpus, max_word
         raise click.UsageError("--word-vectors auto needs -c/--corpus")
     if corpus and word_vectors != "auto":
         raise click.UsageError("--corpus is only used with --word-vectors auto")
+    if rank is None and rank_basis != "output":
+        raise click.UsageError("--rank-basis goes with --rank")
     if word_vocab and not word_vectors:
         raise click.UsageError("--word-vocab goes with --word-vectors FILE.npy")
     req = InitRequest(model=model, output=output, tokenizer=tokenizer, method=method, word_vectors=word_vectors,
                       word_vocab=word_vocab, corpus=list(corpus), max_words=max_words, neighbors=neighbors,
-                      temperature=temperature, center=center, rank=rank, seed=seed, **evaluation, force=force, threads=threads)
+                      temperature=temperature, center=center, rank=rank, rank_basis=rank_basis, seed=seed, **evaluation, force=force, threads=threads)
     bar = progress_bar(quiet, unit="word", desc="word vectors")
     try:
         s = run_init_subwords(req, bar)

@@ -3,7 +3,9 @@
 Steps: match the vocabularies (copy the rows of shared tokens), then for every other target token
 OFA's neighbours (with word vectors), FVT's mean of source pieces, or N(mean, std). The recipe is
 applied to every tensor on the vocabulary axis — in the factorized space F when the source is
-factorized or `--rank` is given, so the output stays factorized (OFA's parameter saving).
+factorized, so the output stays factorized. `--rank k` factorizes the output (OFA's parameter
+saving): by default the best rank-k factorization of the new table itself; `--rank-basis source`
+is OFA's recipe, the rows built as coordinates in the source table's rank-k factorization.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class InitRequest(OutputRequest):
     temperature: float = 0.1
     center: bool = True
     rank: int | None = None
+    rank_basis: str = "output"
     seed: int = 0
 
 
@@ -312,14 +315,22 @@ def run_init_subwords(req: InitRequest, progress=None) -> dict[str, Any]:
             raise InputError(f"--rank must be between 1 and {D_table - 1} (the hidden size is {D_table})")
     table = vt.table
     P = vt.P
-    if req.rank is not None:
+    if req.rank is not None and req.rank_basis not in ("output", "source"):
+        raise InputError(f"--rank-basis must be output or source, not {req.rank_basis!r}")
+    if req.rank is not None and req.rank_basis == "source":
         E = np.asarray(table, dtype=np.float32)
         spec = FA.spectrum(E)
         table, P = FA.factors(E, spec, req.rank)
-        notes.append(f"rows built in the rank-{req.rank} factorized space (source energy kept {100 * spec.energy(req.rank):.2f}%)")
+        notes.append(f"rows built as coordinates in the source table's rank-{req.rank} factorization "
+                     f"(it keeps {100 * spec.energy(req.rank):.2f}% of the source's energy)")
     recipe, info = plan_rows(m, tgt, table, req, method, progress)
     t_plan = time.perf_counter() - t0
     new_table = SW.apply_recipe(recipe, table, np.random.default_rng([req.seed, 0]))
+    if req.rank is not None and req.rank_basis == "output":
+        spec = FA.spectrum(new_table)
+        new_table, P = FA.factors(new_table, spec, req.rank)
+        notes.append(f"output table factorized at rank {req.rank} (energy kept {100 * spec.energy(req.rank):.2f}%, "
+                     f"relative Frobenius error {spec.rel_error(req.rank):.4f})")
     new_others = {}
     for n, (name, (arr, axis)) in enumerate(sorted(vt.others.items()), start=1):
         a = np.moveaxis(np.asarray(arr), axis, 0)
