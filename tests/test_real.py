@@ -188,3 +188,44 @@ def test_predicted_damage_ranks_measured_damage(minilm):
     rho = knapsack.spearman(np.array(predicted), np.array(measured))
     print(f"spearman(predicted, measured damage) over {len(names)} tensors = {rho:.3f}")
     assert rho >= 0.8
+
+
+def test_init_subwords_e5_french_tokenizer(e5_small, tmp_path):
+    """A new 32k-target Unigram tokenizer trained on French: random < fvt < ofa (word vectors made by the
+    model itself) in fidelity to the original model on held-out text; --rank 100 shrinks and runs."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    from embtool.jobs.fidelity import compare
+
+    train, held = _split("fr")
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(train, trainers.UnigramTrainer(vocab_size=32000, unk_token="<unk>",
+                                                          special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"]))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+    (tmp_path / "tok").mkdir()
+    tok.save(str(tmp_path / "tok" / "tokenizer.json"))
+    (tmp_path / "train.txt").write_text("\n".join(train) + "\n")
+    texts = held[:200]
+    settings = EmbedSettings(prefix="query: ")
+    ref = Encoder(open_model(e5_small), settings).embed(texts)
+    results = {}
+    for method, extra in (("random", []), ("fvt", []), ("ofa", ["--word-vectors", "auto", "-c", tmp_path / "train.txt",
+                                                                 "--max-words", "5000"])):
+        r = run_cli(["init-subwords", e5_small, "--tokenizer", tmp_path / "tok", "--method", method, *extra,
+                     "-o", tmp_path / method, "--json"])
+        assert r.exit_code == 0, r.stderr
+        s = json.loads(r.stdout)
+        assert s["vocab_after"] == tok.get_vocab_size() and s["rows"]["copied"] > 5000
+        results[method] = compare(ref, Encoder(open_model(tmp_path / method), settings).embed(texts))
+    assert results["random"]["cosine_mean"] < results["fvt"]["cosine_mean"] < results["ofa"]["cosine_mean"], results
+    assert results["random"]["recall@10"] < results["fvt"]["recall@10"] <= results["ofa"]["recall@10"], results
+    r = run_cli(["init-subwords", e5_small, "--tokenizer", tmp_path / "tok", "--rank", "100", "-o", tmp_path / "r100", "--json"])
+    assert r.exit_code == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["embedding_params_after"] == tok.get_vocab_size() * 100 + 100 * 384
+    assert s["bytes_after"] < 0.25 * s["bytes_before"]
+    low = compare(ref, Encoder(open_model(tmp_path / "r100"), settings).embed(texts))  # runs in onnxruntime
+    assert low["cosine_mean"] > results["random"]["cosine_mean"], low
