@@ -441,6 +441,11 @@ def test_bad_input(tmp_path, tiny_bert, tiny_models, targets):
     fails([tiny_bert, "--tokenizer", t, "--word-vectors", tmp_path / "m.npy", "-o", tmp_path / "o"], 1, "--word-vocab")
     (tmp_path / "m.vocab").write_text("a\nb\n")
     fails([tiny_bert, "--tokenizer", t, "--word-vectors", tmp_path / "m.npy", "-o", tmp_path / "o"], 1, "has 2 words but")
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    fails([tiny_bert, "--tokenizer", t, "--word-vectors", "auto", "-c", tmp_path / "empty.txt", "-o", tmp_path / "o"], 1,
+          "the corpus has no words")
+    (tmp_path / "bad.vec").write_bytes(b"le 0.1 0.2\nl\xe9 0.3 0.4\n")
+    fails([tiny_bert, "--tokenizer", t, "--word-vectors", tmp_path / "bad.vec", "-o", tmp_path / "o"], 1, "bad.vec:2: invalid UTF-8")
     assert run_cli(["quantize", tiny_bert, "--bits", "4", "-o", tmp_path / "q", "--quiet"]).exit_code == 0
     fails([tmp_path / "q", "--tokenizer", t, "-o", tmp_path / "o"], 1, "quantized")
     (tmp_path / "o2").mkdir()
