@@ -290,6 +290,7 @@ def test_rank_output_is_factorized_and_runs(tmp_path, tiny_bert, targets):
     F, P = f.get("embeddings.word_embeddings.factor_F"), f.get("embeddings.word_embeddings.factor_P")
     assert F.shape == (V, 8) and P.shape == (8, 32) and EMB not in f.tensors
     assert s["embedding_params_after"] == V * 8 + 8 * 32 < full["embedding_params_after"] == V * 32
+    assert json.loads(run_cli(["inspect", tmp_path / "r8", "--json"]).stdout)["state"]["factorized"]["rank"] == 8
     # the best rank-8 approximation of the full-rank output table
     from embtool.algorithms import factorize as FA
 

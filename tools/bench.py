@@ -378,7 +378,7 @@ def bench_init() -> None:
 
     words, distinct = corpus_words(iter_texts((), [str(tr)]), 50000)
     wl = write_lines("init-words.txt", words)
-    _, embed_wall, embed_rss = embtool("embed", e5, "-i", wl, "-o", WORK / "init-words.vec", "--quiet", "--threads", THREADS,
+    _, embed_wall, embed_rss = embtool("embed", e5, "-i", wl, "-o", WORK / "init-words.vec", "--force", "--quiet", "--threads", THREADS,
                                        "--batch-size", "128")
     rows = []
     settings = [("random", ["--method", "random"]), ("fvt", ["--method", "fvt"]),

@@ -93,6 +93,8 @@ def _quant_state(model: Model, meta: dict, et: dict) -> Any:
 def _factor_state(model: Model, meta: dict, et: dict) -> Any:
     if et.get("factorization"):
         return et["factorization"]
+    if isinstance(model.config.get("embtool_factorization"), dict):
+        return model.config["embtool_factorization"]
     if model.format == "safetensors" and model.weights is not None:
         F = [k for k in model.weights.keys() if k.endswith("factor_F")]
         if F:

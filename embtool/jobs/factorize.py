@@ -26,7 +26,7 @@ class FactorRequest(OutputRequest):
     fmt: str = "safetensors"
 
 
-def embedding_table(m: Model) -> tuple[str, np.ndarray, Any]:
+def embedding_table(m: Model, command: str = "factorize") -> tuple[str, np.ndarray, Any]:
     """(name, E, onnx initializer or None) of the plain float token-embedding table."""
     if m.format == "onnx":
         from onnx import numpy_helper
@@ -34,7 +34,7 @@ def embedding_table(m: Model) -> tuple[str, np.ndarray, Any]:
         gather, sources = onnx_embedding_gather(m.onnx_model.graph)
         if gather is None or gather.op_type != "Gather" or len(sources) != 1 or sources[0].name != gather.input[0]:
             raise Unsupported(f"{m.root}: the token embedding is not a plain float Gather of an initializer "
-                              "(quantized or already factorized?); factorize the float model")
+                              f"(quantized or already factorized?); {command} the float model")
         t = sources[0]
         E = numpy_helper.to_array(t)
         if E.dtype not in (np.float32, np.float16) or E.ndim != 2:

@@ -111,7 +111,7 @@ def _vocab_table(m: Model) -> VocabTable:
 
         from embtool.jobs.factorize import embedding_table
 
-        name, E, _ = embedding_table(m)
+        name, E, _ = embedding_table(m, "run init-subwords on")
         inits = {t.name: t for t in m.onnx_model.graph.initializer}
         others = {}
         for v in vt[1:]:
@@ -361,7 +361,8 @@ def run_init_subwords(req: InitRequest, progress=None) -> dict[str, Any]:
     notes += cfg_notes
     args = {k: v for k, v in req.__dict__.items() if k not in ("output", "force")}
     prov = provenance("init-subwords", {**args, "method": method}, {"model": m.fingerprint(), "tokenizer": _sha(tgt_path)},
-                      {"init_subwords": {"method": method, "vocab_before": int(V_src), "vocab_after": recipe.size, **counts}})
+                      {"init_subwords": {"method": method, "vocab_before": int(V_src), "vocab_after": recipe.size, **counts},
+                       **({"factorization": {"rank": int(P.shape[0]), "table": vt.name}} if P is not None else {})})
     factorized_out = P is not None
     params_before = int(np.prod(vt.table.shape)) + (int(np.prod(vt.P.shape)) if vt.P is not None else 0)
     params_after = int(np.prod(new_table.shape)) + (int(np.prod(P.shape)) if P is not None else 0)
