@@ -40,7 +40,8 @@ def embedding_options(f):
                      help="Token pooling; auto reads the sentence-transformers config, else mean.")(f)
     f = click.option("--max-length", type=click.IntRange(min=2), default=None,
                      help="Truncate to this many tokens (default: the model's limit).")(f)
-    f = click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Texts per onnxruntime call.")(f)
+    f = click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                     help="Texts per onnxruntime call (default: about 1,024 padded tokens per call, at most 256 texts).")(f)
     return f
 
 

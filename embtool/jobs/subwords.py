@@ -148,9 +148,7 @@ def _word_vectors(m: Model, req: InitRequest, progress) -> tuple[WordVectors, di
     words, distinct = corpus_words(iter_texts((), req.corpus), req.max_words)
     if not words:
         raise InputError("the corpus has no words: " + ", ".join(req.corpus))
-    # words are a few tokens long; `embtool embed` of 5,000 French words with e5-small: 14.5 s at 32 texts
-    # per onnxruntime call, 11.0 s at 128, 15.5 s at 512
-    enc = Encoder(m, EmbedSettings(threads=req.threads, batch_size=128))
+    enc = Encoder(m, EmbedSettings(threads=req.threads))
     parts = []
     for _, vecs in enc.embed_stream(iter(words), progress=progress):
         parts.append(vecs)

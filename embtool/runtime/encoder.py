@@ -19,7 +19,9 @@ from embtool.core.errors import InputError, Unsupported
 from embtool.core.model import Model
 
 CHUNK = 4096  # texts tokenized at once; bounds memory for streams of any length
-TOKEN_BUDGET = 8192  # padded tokens per onnxruntime call
+TOKEN_BUDGET = 8192  # padded tokens per onnxruntime call, at most
+AUTO_TOKENS = 1024  # default batching: about this many padded tokens per call (see encode_ids)
+AUTO_MAX_TEXTS = 256
 
 
 @dataclass
@@ -29,7 +31,7 @@ class EmbedSettings:
     dim: int | None = None
     prefix: str = ""
     max_length: int | None = None
-    batch_size: int = 32
+    batch_size: int | None = None  # None: about AUTO_TOKENS padded tokens per call
     threads: int = 0
     output_name: str | None = None
     sort: bool = True
@@ -177,13 +179,15 @@ class Encoder:
         n = len(seqs)
         order = sorted(range(n), key=lambda i: -len(seqs[i])) if self.s.sort else list(range(n))
         out: np.ndarray | None = None
-        bs = max(1, self.s.batch_size)
+        bs = max(1, self.s.batch_size) if self.s.batch_size else AUTO_MAX_TEXTS
+        budget = TOKEN_BUDGET if self.s.batch_size else AUTO_TOKENS
         b0 = 0
         while b0 < n:
-            # at most --batch-size texts and TOKEN_BUDGET padded tokens per call: long texts come in smaller
-            # batches, which bounds the attention buffers (batch x heads x seq^2) without slowing short ones
+            # at most --batch-size texts and TOKEN_BUDGET padded tokens per call; by default about AUTO_TOKENS:
+            # a call's activations then stay cache-sized, measured faster than a fixed count of texts both for
+            # paragraphs (long texts come a few per call) and for single words (a few hundred per call)
             longest = max(1, max(len(seqs[i]) for i in order[b0 : b0 + bs]))
-            idx = order[b0 : b0 + min(bs, max(1, TOKEN_BUDGET // longest))]
+            idx = order[b0 : b0 + min(bs, max(1, budget // longest))]
             b0 += len(idx)
             L = max(1, max(len(seqs[i]) for i in idx))
             ids = np.zeros((len(idx), L), dtype=np.int64)
