@@ -100,9 +100,10 @@ def command(model, tokenizer, method, word_vectors, word_vocab, corpus, max_word
     req = InitRequest(model=model, output=output, tokenizer=tokenizer, method=method, word_vectors=word_vectors,
                       word_vocab=word_vocab, corpus=list(corpus), max_words=max_words, neighbors=neighbors,
                       temperature=temperature, center=center, rank=rank, rank_basis=rank_basis, seed=seed, **evaluation, force=force, threads=threads)
-    bar = progress_bar(quiet, unit="word", desc="word vectors")
+    bar = progress_bar(quiet, unit="word", desc="word vectors") if word_vectors == "auto" else None
     try:
         s = run_init_subwords(req, bar)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     emit_summary(s, as_json, quiet, render)
