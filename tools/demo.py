@@ -103,6 +103,34 @@ def main() -> None:
     fm = fidelity(out, ref_en, en_held, "minilm-q4", prefix="")
     mini_row = ["all-MiniLM-L6-v2 4-bit GPTQ", info["bytes_after"], info["bytes_before"], fm["cosine"], fm["recall@10"], f"{dt:.1f}"]
 
+    # init-subwords: the model given a French tokenizer trained here (FVT, and OFA with the model's own word vectors)
+    init_line = None
+    if "init-subwords" in cmds:
+        from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+        t0 = time.perf_counter()
+        tok = Tokenizer(models.Unigram())
+        tok.normalizer = normalizers.NFKC()
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        tok.train_from_iterator(train.read_text(encoding="utf-8").splitlines(), trainers.UnigramTrainer(
+            vocab_size=32000, unk_token="<unk>", special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"]))
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+        (WORK / "fr-tok").mkdir(exist_ok=True)
+        tok.save(str(WORK / "fr-tok" / "tokenizer.json"))
+        t_tok = time.perf_counter() - t0
+        res = {}
+        for method, extra in (("fvt", []), ("ofa", ["--word-vectors", "auto", "-c", train, "--max-words", "10000"])):
+            out = WORK / f"e5-frtok-{method}"
+            info, dt = sh(["init-subwords", e5, "--tokenizer", WORK / "fr-tok", "--method", method, *extra, "-o", out,
+                           "--force", "--json", "--quiet"], f"init-subwords {method}")
+            res[method] = (info, dt, fidelity(out, ref_idx, held, f"e5-frtok-{method}"))
+        i0 = res["fvt"][0]
+        init_line = (f"init-subwords: multilingual-e5-small given a {i0['vocab_after']:,}-piece French tokenizer trained here "
+                     f"({t_tok:.0f} s; {i0['rows']['copied']:,} rows shared): {i0['bytes_before'] / 1e6:.0f} MB -> "
+                     f"{i0['bytes_after'] / 1e6:.0f} MB, zero-shot cosine to the original / recall@10: "
+                     + ", ".join(f"{m} {f['cosine']:.4f} / {f['recall@10']:.3f} ({dt:.0f} s)" for m, (_, dt, f) in res.items()))
+
     # search with the final model on held-out French text: each paragraph found from its first half
     final_idx = current_idx
     lines = [x for x in held.read_text(encoding="utf-8").splitlines()][:300]
@@ -131,7 +159,9 @@ def main() -> None:
     print(f"\nall-MiniLM-L6-v2 quantized to 4 bits (GPTQ, group 32): {mini_row[2] / 1e6:.1f} MB -> {mini_row[1] / 1e6:.1f} MB "
           f"({100 * mini_row[1] / mini_row[2]:.1f}%), cosine {mini_row[3]:.4f}, recall@10 {mini_row[4]:.3f} "
           f"on 500 held-out English paragraphs ({mini_row[5]} s)")
-    missing = [c for c in ("trim-vocab", "quantize") if c not in cmds]
+    if init_line:
+        print("\n" + init_line + " (OFA here with the 10,000 most frequent words)")
+    missing = [c for c in ("trim-vocab", "quantize", "init-subwords") if c not in cmds]
     if missing:
         print(f"(not in this build yet: {', '.join(missing)})")
     print(f"total demo time {time.perf_counter() - t_start:.0f} s; outputs in {WORK}")
