@@ -463,3 +463,16 @@ def test_min_cosine_gate(tmp_path, tiny_bert, targets):
     assert r.exit_code == 1 and "below --min-cosine" in r.stderr and not (tmp_path / "o").exists()
     s = _init(tiny_bert, targets["unigram"], tmp_path / "o", "--eval", held, "--min-cosine", "-1")
     assert s["eval"]["texts"] == 40 and -1 <= s["eval"]["cosine_mean"] < 1
+
+
+def test_dry_run_reports_what_a_run_does(tmp_path, tiny_bert, targets):
+    for extra in ([], ["--rank", "8"]):
+        r = run_cli(["init-subwords", tiny_bert, "--tokenizer", targets["unigram"], "--dry-run", "--json", *extra])
+        assert r.exit_code == 0, r.stderr
+        d = json.loads(r.stdout)
+        s = _init(tiny_bert, targets["unigram"], tmp_path / f"o{len(extra)}", *extra)
+        assert d["dry_run"] and d["rows"] == s["rows"] and d["overlap"] == s["overlap"]
+        assert d["embedding_params_after"] == s["embedding_params_after"]
+    r = run_cli(["init-subwords", tiny_bert, "--tokenizer", targets["unigram"], "--dry-run"])
+    assert r.exit_code == 0 and "dry run: nothing written" in r.stderr
+    assert run_cli(["init-subwords", tiny_bert, "--tokenizer", targets["unigram"]]).exit_code == 2  # no -o

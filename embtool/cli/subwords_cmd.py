@@ -20,7 +20,11 @@ def render(s: dict) -> str:
                      f"source {w['source_subwords_with_vector']:,}, target {w['target_subwords_with_vector']:,}; "
                      f"k={w['neighbors']}, τ={w['temperature']}")
     lines.append(f"embedding    {s['embedding_params_before']:,} -> {s['embedding_params_after']:,} parameters"
-                 + (f" (factorized, rank {s['rank']})" if s["factorized"] else ""))
+                 + (f" (factorized, rank {s['rank']})" if s.get("factorized") else ""))
+    if s.get("dry_run"):
+        lines += [f"note         {x}" for x in s["notes"]]
+        lines.append(f"dry run: nothing written ({s['seconds']} s)")
+        return "\n".join(lines)
     lines.append(f"bytes        {human_bytes(s['bytes_before'])} -> {human_bytes(s['bytes_after'])} "
                  f"({100 * s['bytes_after'] / s['bytes_before']:.1f}%)")
     if "eval" in s:
@@ -60,11 +64,12 @@ def render(s: dict) -> str:
                    "in the source table's rank-k factorization (OFA's recipe).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random rows.")
 @eval_options()
-@click.option("-o", "--output", required=True, help="Output model folder.")
+@click.option("--dry-run", is_flag=True, help="Print the overlap and how each row would be made; write nothing.")
+@click.option("-o", "--output", default=None, help="Output model folder.")
 @force_option
 @common_options
 def command(model, tokenizer, method, word_vectors, word_vocab, corpus, max_words, neighbors, temperature, center, rank, rank_basis, seed,
-            evaluation, output, force, as_json, quiet, threads) -> None:
+            evaluation, dry_run, output, force, as_json, quiet, threads) -> None:
     """Give MODEL a new tokenizer: tokens both vocabularies share (after normalising ▁/##/Ġ markers
     and case; special tokens by role, <s> ~ [CLS]) copy their row; every other row is initialised
     by OFA (Liu et al. 2024: the softmax(sim/τ)-weighted sum of the rows of the k source subwords
@@ -93,13 +98,18 @@ def command(model, tokenizer, method, word_vectors, word_vocab, corpus, max_word
         raise click.UsageError("--word-vectors auto needs -c/--corpus")
     if corpus and word_vectors != "auto":
         raise click.UsageError("--corpus is only used with --word-vectors auto")
+    if not dry_run and not output:
+        raise click.UsageError("give -o OUTPUT (or --dry-run)")
+    if dry_run and evaluation["eval_file"]:
+        raise click.UsageError("--eval needs an output model; it does not go with --dry-run")
     if rank is None and rank_basis != "output":
         raise click.UsageError("--rank-basis goes with --rank")
     if word_vocab and not word_vectors:
         raise click.UsageError("--word-vocab goes with --word-vectors FILE.npy")
     req = InitRequest(model=model, output=output, tokenizer=tokenizer, method=method, word_vectors=word_vectors,
                       word_vocab=word_vocab, corpus=list(corpus), max_words=max_words, neighbors=neighbors,
-                      temperature=temperature, center=center, rank=rank, rank_basis=rank_basis, seed=seed, **evaluation, force=force, threads=threads)
+                      temperature=temperature, center=center, rank=rank, rank_basis=rank_basis, seed=seed, **evaluation, force=force, threads=threads,
+                      dry_run=dry_run)
     bar = progress_bar(quiet, unit="word", desc="word vectors") if word_vectors == "auto" else None
     try:
         s = run_init_subwords(req, bar)

@@ -55,6 +55,7 @@ class InitRequest(OutputRequest):
     rank: int | None = None
     rank_basis: str = "output"
     seed: int = 0
+    dry_run: bool = False
 
 
 def load_target(path: str) -> tuple[TokenizerJson, Path]:
@@ -325,6 +326,17 @@ def run_init_subwords(req: InitRequest, progress=None) -> dict[str, Any]:
                      f"(it keeps {100 * spec.energy(req.rank):.2f}% of the source's energy)")
     recipe, info = plan_rows(m, tgt, table, req, method, progress)
     t_plan = time.perf_counter() - t0
+    if req.dry_run:
+        counts = recipe.counts()
+        rows_after = recipe.size * (req.rank if req.rank is not None else table.shape[1])
+        return {"model": req.model, "tokenizer": req.tokenizer, "output": None, "method": method, "dry_run": True,
+                "vocab_before": len(m.tokenizer.id_to_token()), "vocab_after": recipe.size, "rows": counts,
+                "overlap": info["overlap"], "conventions": info["conventions"],
+                **({"word_vectors": info["word_vectors"]} if "word_vectors" in info else {}),
+                "embedding_params_before": int(np.prod(vt.table.shape)) + (int(np.prod(vt.P.shape)) if vt.P is not None else 0),
+                "embedding_params_after": int(rows_after) + (int(np.prod(P.shape)) if P is not None else
+                                                             (req.rank * D_table if req.rank is not None else 0)),
+                "notes": notes, "seconds": round(time.perf_counter() - t0, 2)}
     new_table = SW.apply_recipe(recipe, table, np.random.default_rng([req.seed, 0]))
     if req.rank is not None and req.rank_basis == "output":
         spec = FA.spectrum(new_table)
