@@ -190,23 +190,13 @@ def test_predicted_damage_ranks_measured_damage(minilm):
     assert rho >= 0.8
 
 
-def test_init_subwords_e5_french_tokenizer(e5_small, tmp_path):
+def test_init_subwords_e5_french_tokenizer(e5_small, real, tmp_path):
     """A new 32k-target Unigram tokenizer trained on French: random < fvt < ofa (word vectors made by the
     model itself) in fidelity to the original model on held-out text; --rank 100 shrinks and runs."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-
     from embtool.jobs.fidelity import compare
 
     train, held = _split("fr")
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    tok.train_from_iterator(train, trainers.UnigramTrainer(vocab_size=32000, unk_token="<unk>",
-                                                          special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"]))
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
-    (tmp_path / "tok").mkdir()
-    tok.save(str(tmp_path / "tok" / "tokenizer.json"))
+    tok = real.train_unigram_tokenizer(train, tmp_path / "tok")
     (tmp_path / "train.txt").write_text("\n".join(train) + "\n")
     texts = held[:200]
     settings = EmbedSettings(prefix="query: ")

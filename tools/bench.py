@@ -355,24 +355,13 @@ def bench_factorize() -> None:
 
 def bench_init() -> None:
     """Issue 9: multilingual-e5-small given a new French Unigram tokenizer, initialised by random / FVT / OFA."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-
     e5 = realmodels.e5_small()
     train, held = split("fr")
     tr = write_lines("init-fr-train.txt", train)
     he = write_lines("init-fr-held.txt", held[:1000])
     t0 = time.perf_counter()
-    tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
-    tok.decoder = decoders.Metaspace()
-    tok.train_from_iterator(train, trainers.UnigramTrainer(vocab_size=32000, unk_token="<unk>",
-                                                          special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"]))
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
-                                                       special_tokens=[("<s>", 0), ("</s>", 2)])
+    tok = realmodels.train_unigram_tokenizer(train, WORK / "init-tok")
     train_s = time.perf_counter() - t0
-    (WORK / "init-tok").mkdir(exist_ok=True)
-    tok.save(str(WORK / "init-tok" / "tokenizer.json"))
     # the documented recipe: the corpus' most frequent words, embedded by the model itself
     from embtool.core.texts import iter_texts
     from embtool.core.word_vectors import corpus_words

@@ -106,18 +106,8 @@ def main() -> None:
     # init-subwords: the model given a French tokenizer trained here (FVT, and OFA with the model's own word vectors)
     init_line = None
     if "init-subwords" in cmds:
-        from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-
         t0 = time.perf_counter()
-        tok = Tokenizer(models.Unigram())
-        tok.normalizer = normalizers.NFKC()
-        tok.pre_tokenizer = pre_tokenizers.Metaspace()
-        tok.decoder = decoders.Metaspace()
-        tok.train_from_iterator(train.read_text(encoding="utf-8").splitlines(), trainers.UnigramTrainer(
-            vocab_size=32000, unk_token="<unk>", special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"]))
-        tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
-        (WORK / "fr-tok").mkdir(exist_ok=True)
-        tok.save(str(WORK / "fr-tok" / "tokenizer.json"))
+        realmodels.train_unigram_tokenizer(train.read_text(encoding="utf-8").splitlines(), WORK / "fr-tok")
         t_tok = time.perf_counter() - t0
         res = {}
         for method, extra in (("fvt", []), ("ofa", ["--word-vectors", "auto", "-c", train, "--max-words", "10000"])):

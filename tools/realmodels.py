@@ -278,3 +278,22 @@ ALL = {"minilm": minilm, "e5-small": e5_small, "minilm-int8-onnx": minilm_int8_o
 if __name__ == "__main__":
     for name, fn in ALL.items():
         print(f"{name}\t{fn()}")
+
+
+def train_unigram_tokenizer(lines: list[str], folder: Path, vocab_size: int = 32000):
+    """A SentencePiece-style Unigram tokenizer (NFKC, ▁ markers, `<s> $A </s>`) trained with `tokenizers`
+    on `lines`, saved as folder/tokenizer.json: the new tokenizer of the init-subwords test, benchmark and
+    demo. Returns the tokenizers.Tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(lines, trainers.UnigramTrainer(vocab_size=vocab_size, unk_token="<unk>",
+                                                          special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"]))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>",
+                                                       special_tokens=[("<s>", 0), ("</s>", 2)])
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    tok.save(str(Path(folder) / "tokenizer.json"))
+    return tok

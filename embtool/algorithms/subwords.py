@@ -13,6 +13,7 @@ convention is removed — SentencePiece/Metaspace `▁x` and byte-level BPE `Ġx
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
@@ -68,14 +69,14 @@ def convention(doc: dict) -> Convention:
     return Convention("plain", prefix=model.get("continuing_subword_prefix") or "", suffix=model.get("end_of_word_suffix") or "")
 
 
-_BYTE_DECODER: dict[str, int] | None = None
+@functools.cache
+def _byte_encoder() -> dict[int, str]:
+    return bytes_to_unicode()
 
 
+@functools.cache
 def _byte_decoder() -> dict[str, int]:
-    global _BYTE_DECODER
-    if _BYTE_DECODER is None:
-        _BYTE_DECODER = {c: b for b, c in bytes_to_unicode().items()}
-    return _BYTE_DECODER
+    return {c: b for b, c in bytes_to_unicode().items()}
 
 
 def canonical(token: str, conv: Convention) -> tuple[bool, str] | None:
@@ -116,7 +117,7 @@ def surface(ws: bool, body: str, conv: Convention) -> str:
     if conv.style == "wordpiece":
         return body if ws else conv.prefix + body
     if conv.style == "bytelevel":
-        enc = bytes_to_unicode()
+        enc = _byte_encoder()
         return "".join(enc[b] for b in ((" " if ws else "") + body).encode("utf-8"))
     return body if ws or not conv.prefix else conv.prefix + body
 

@@ -258,3 +258,13 @@ def tokenizer_ids(tok: dict[str, Any]) -> dict[str, int]:
     for a in tok.get("added_tokens") or []:
         out.setdefault(a["content"], a["id"])
     return out
+
+
+def unk_id(tok: dict[str, Any], ids: dict[str, int] | None = None) -> int | None:
+    """The unknown token's id (None when the tokenizer has none); `ids` = tokenizer_ids(tok) if known."""
+    model = tok["model"]
+    if model["type"] == "Unigram":
+        return model.get("unk_id")
+    if not model.get("unk_token"):
+        return None
+    return (ids if ids is not None else tokenizer_ids(tok)).get(model["unk_token"])

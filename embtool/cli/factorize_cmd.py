@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import click
 
-from embtool.cli.options import common_options, emit_summary, eval_options, force_option, human_bytes, model_argument
+from embtool.cli.options import (bytes_line, common_options, emit_summary, eval_line, eval_options, force_option,
+                                 human_bytes, model_argument)
 
 
 def render(s: dict) -> str:
     lines = [f"rank         {s['rank']} of {s['hidden']} (energy kept {100 * s['energy']:.3f}%, relative Frobenius error {s['rel_frobenius_error']:.4f})",
              f"embedding    {s['params_before']:,} -> {s['params_after']:,} parameters ({100 * s['params_after'] / s['params_before']:.1f}%)",
-             f"bytes        {human_bytes(s['bytes_before'])} -> {human_bytes(s['bytes_after'])} ({100 * s['bytes_after'] / s['bytes_before']:.1f}%)"]
+             bytes_line(s["bytes_before"], s["bytes_after"])]
     if "eval" in s:
-        e = s["eval"]
-        lines.append(f"held-out     {e['texts']} texts: cosine mean {e['cosine_mean']:.5f}, min {e['cosine_min']:.5f}; "
-                     f"recall@10 agreement {e['recall@10']:.3f}")
+        lines.append(eval_line(s["eval"]))
     lines += [f"note         {n}" for n in s["notes"]]
     lines.append(f"wrote        {s['output']} [{s['format']}] (factorized in {s['factorize_seconds']} s, {s['seconds']} s in all)")
     return "\n".join(lines)

@@ -100,6 +100,17 @@ def table(rows: list[list[Any]], header: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
+def bytes_line(before: int, after: int) -> str:
+    """The `bytes` line of a shrinking command's summary."""
+    return f"bytes        {human_bytes(before)} -> {human_bytes(after)} ({100 * after / before:.1f}%)"
+
+
+def eval_line(e: dict, what: str = "") -> str:
+    """The `held-out` line of a summary from an --eval result (fidelity.compare)."""
+    return (f"held-out     {e['texts']} texts{what}: cosine mean {e['cosine_mean']:.5f}, min {e['cosine_min']:.5f}; "
+            f"recall@10 agreement {e['recall@10']:.3f}")
+
+
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":

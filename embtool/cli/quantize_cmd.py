@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from embtool.cli.options import (common_options, emit_summary, eval_options, force_option, human_bytes, model_argument,
-                                 parse_size, table)
+from embtool.cli.options import (bytes_line, common_options, emit_summary, eval_line, eval_options, force_option,
+                                 human_bytes, model_argument, parse_size, table)
 
 
 class BitsList(click.ParamType):
@@ -48,8 +48,7 @@ def render(s: dict) -> str:
                      f"in {mp['seconds']} s")
         if s.get("bytes_before") is None:
             return "\n".join(lines + ["sensitivity only: nothing written"])
-    lines.append(f"bytes        {human_bytes(s['bytes_before'])} -> {human_bytes(s['bytes_after'])} "
-                 f"({100 * s['bytes_after'] / s['bytes_before']:.1f}%)")
+    lines.append(bytes_line(s['bytes_before'], s['bytes_after']))
     if s.get("embedding"):
         e = s["embedding"]
         lines.append(f"embedding    {e['bits']} bits: {human_bytes(e['bytes_before'])} -> {human_bytes(e['bytes_after'])}")
@@ -59,9 +58,7 @@ def render(s: dict) -> str:
     lines.append(f"weights      {s['tensors']} tensors, {s['quantized_weights']:,} weights at {s['bits_per_weight']:.2f} bits each "
                  f"(scales and zero points included), group {s['group_size']}, {'symmetric' if s['symmetric'] else 'asymmetric'}, {s['method']}")
     if "eval" in s:
-        e = s["eval"]
-        lines.append(f"held-out     {e['texts']} texts: cosine mean {e['cosine_mean']:.5f}, min {e['cosine_min']:.5f}; "
-                     f"recall@10 agreement {e['recall@10']:.3f}")
+        lines.append(eval_line(s["eval"]))
     lines.append(f"wrote        {s['output']} [{s['format']}] ({s['seconds']} s)")
     return "\n".join(lines)
 

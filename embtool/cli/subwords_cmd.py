@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import click
 
-from embtool.cli.options import common_options, emit_summary, eval_options, force_option, human_bytes, model_argument
+from embtool.cli.options import (bytes_line, common_options, emit_summary, eval_line, eval_options, force_option,
+                                 model_argument)
 
 
 def render(s: dict) -> str:
@@ -25,12 +28,9 @@ def render(s: dict) -> str:
         lines += [f"note         {x}" for x in s["notes"]]
         lines.append(f"dry run: nothing written ({s['seconds']} s)")
         return "\n".join(lines)
-    lines.append(f"bytes        {human_bytes(s['bytes_before'])} -> {human_bytes(s['bytes_after'])} "
-                 f"({100 * s['bytes_after'] / s['bytes_before']:.1f}%)")
+    lines.append(bytes_line(s["bytes_before"], s["bytes_after"]))
     if "eval" in s:
-        e = s["eval"]
-        lines.append(f"held-out     {e['texts']} texts vs the source model: cosine mean {e['cosine_mean']:.5f}, "
-                     f"min {e['cosine_min']:.5f}; recall@10 agreement {e['recall@10']:.3f}")
+        lines.append(eval_line(s["eval"], " vs the source model"))
     lines += [f"note         {x}" for x in s["notes"]]
     lines.append(f"wrote        {s['output']} ({s['seconds']} s)")
     return "\n".join(lines)
@@ -87,33 +87,24 @@ def command(model, tokenizer, method, word_vectors, word_vocab, corpus, max_word
       embtool init-subwords e5-small/ --tokenizer fr-32k/ --word-vectors auto -c fr.txt \\
           --rank 100 -o e5-fr-ofa/ --eval fr-heldout.txt --eval-prefix "query: "
     """
-    from embtool.jobs.subwords import InitRequest, run_init_subwords
+    from embtool.core.errors import InputError
+    from embtool.jobs.subwords import InitRequest, check_request, run_init_subwords
     from embtool.runtime.encoder import progress_bar
 
-    if method == "ofa" and not word_vectors:
-        raise click.UsageError("--method ofa needs --word-vectors FILE (or --word-vectors auto with --corpus)")
-    if word_vectors and method in ("fvt", "random"):
-        raise click.UsageError(f"--word-vectors is only used by --method ofa, not {method}")
-    if word_vectors == "auto" and not corpus:
-        raise click.UsageError("--word-vectors auto needs -c/--corpus")
-    if corpus and word_vectors != "auto":
-        raise click.UsageError("--corpus is only used with --word-vectors auto")
     if not dry_run and not output:
         raise click.UsageError("give -o OUTPUT (or --dry-run)")
     if dry_run and evaluation["eval_file"]:
         raise click.UsageError("--eval needs an output model; it does not go with --dry-run")
     if rank is None and rank_basis != "output":
         raise click.UsageError("--rank-basis goes with --rank")
-    if word_vocab and not word_vectors:
-        raise click.UsageError("--word-vocab goes with --word-vectors FILE.npy")
     req = InitRequest(model=model, output=output, tokenizer=tokenizer, method=method, word_vectors=word_vectors,
                       word_vocab=word_vocab, corpus=list(corpus), max_words=max_words, neighbors=neighbors,
-                      temperature=temperature, center=center, rank=rank, rank_basis=rank_basis, seed=seed, **evaluation, force=force, threads=threads,
-                      dry_run=dry_run)
-    bar = progress_bar(quiet, unit="word", desc="word vectors") if word_vectors == "auto" else None
+                      temperature=temperature, center=center, rank=rank, rank_basis=rank_basis, seed=seed, **evaluation,
+                      force=force, threads=threads, dry_run=dry_run)
     try:
+        check_request(req)  # flag combinations: usage errors (exit 2)
+    except InputError as e:
+        raise click.UsageError(str(e)) from None
+    with progress_bar(quiet, unit="word", desc="word vectors") if word_vectors == "auto" else nullcontext() as bar:
         s = run_init_subwords(req, bar)
-    finally:
-        if bar is not None:
-            bar.close()
     emit_summary(s, as_json, quiet, render)

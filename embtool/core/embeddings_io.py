@@ -210,6 +210,10 @@ class Index:
     def __len__(self) -> int:
         return int(self.emb.shape[0])
 
+    @property
+    def has_texts(self) -> bool:
+        return self._texts is not None
+
     def block(self, r0: int, r1: int) -> np.ndarray:
         """Rows r0..r1 as float32 (dequantized for int8; ±1 for binary)."""
         codes = self.emb[r0:r1]

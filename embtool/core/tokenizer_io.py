@@ -156,5 +156,12 @@ class TokenizerJson:
             self._runtime = tok
         return self._runtime
 
+    def fingerprint(self) -> str:
+        """sha256 (16 hex digits) of the file, or of the document when it has no file."""
+        import hashlib
+
+        raw = self.path.read_bytes() if self.path is not None and self.path.is_file() else self.dumps().encode()
+        return hashlib.sha256(raw).hexdigest()[:16]
+
     def dumps(self) -> str:
         return json.dumps(self.data, ensure_ascii=False, indent=2)

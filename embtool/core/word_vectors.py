@@ -160,7 +160,7 @@ def _read_index(p: Path, limit: int | None) -> tuple[list[str], np.ndarray, bool
     from embtool.core.embeddings_io import Index
 
     idx = Index(p)
-    if idx._texts is None:
+    if not idx.has_texts:
         raise CorruptFile(f"{p}: this embeddings file stores no texts, so it has no words")
     if idx.precision == "binary":
         raise InputError(f"{p}: binary (1-bit) embeddings are too coarse for word vectors; embed with --precision float32")

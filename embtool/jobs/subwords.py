@@ -20,6 +20,7 @@ import numpy as np
 
 from embtool.algorithms import factorize as FA
 from embtool.algorithms import subwords as SW
+from embtool.algorithms import vocab as VA
 from embtool.core.errors import InputError, Unsupported
 from embtool.core.model import FACTOR_F, FACTOR_P, Model, find_vocab_tensors, open_model, read_json
 from embtool.core.model_out import copy_unchanged, metadata_json, updated_config, write_configs, write_weights
@@ -67,7 +68,8 @@ def load_target(path: str) -> tuple[TokenizerJson, Path]:
     return TokenizerJson.load(p), p
 
 
-def _resolve_method(req: InitRequest) -> str:
+def check_request(req: InitRequest) -> str:
+    """The method to use; InputError on flag combinations that make no sense."""
     method = req.method or ("ofa" if req.word_vectors else "fvt")
     if method not in METHODS:
         raise InputError(f"unknown --method {method!r} (choose {', '.join(METHODS)})")
@@ -79,6 +81,10 @@ def _resolve_method(req: InitRequest) -> str:
         raise InputError("--word-vectors auto takes its words from a corpus: give -c/--corpus")
     if req.corpus and req.word_vectors != "auto":
         raise InputError("--corpus is only used with --word-vectors auto")
+    if req.rank_basis not in ("output", "source"):
+        raise InputError(f"--rank-basis must be output or source, not {req.rank_basis!r}")
+    if req.word_vocab and not req.word_vectors:
+        raise InputError("--word-vocab goes with --word-vectors FILE.npy")
     if req.neighbors < 1:
         raise InputError("--neighbors must be at least 1")
     if not req.temperature > 0:
@@ -178,9 +184,10 @@ def roles(tj: TokenizerJson) -> dict[str, int]:
     return out
 
 
-def _template(src: TokenizerJson, tgt: TokenizerJson) -> tuple[Any, str] | None:
+def _template(src: TokenizerJson, tgt: TokenizerJson) -> tuple[dict | None, str] | None:
     """When the target adds no special tokens but the source does: the source's layout (e.g.
-    `<s> $A </s>`) with the target's tokens, as a post-processor. None when there is nothing to add."""
+    `<s> $A </s>`) with the target's tokens, as a tokenizer.json post_processor object (None, with
+    a note, when the target lacks a token for one of the roles). None when there is nothing to add."""
     from tokenizers import processors
 
     if tgt.data.get("post_processor"):
@@ -215,7 +222,7 @@ def _template(src: TokenizerJson, tgt: TokenizerJson) -> tuple[Any, str] | None:
                       "the model will see texts without them (add a post_processor to the tokenizer)")
     used = sorted({p.rsplit(":", 1)[0] for p in (single + " " + pair).split() if not p.startswith("$")})
     pp = processors.TemplateProcessing(single=single, pair=pair, special_tokens=[(t, tgt.special_tokens()[t]) for t in used])
-    return pp, f"the new tokenizer added no special tokens; gave it the source's layout: {single}"
+    return json.loads(pp.__getstate__()), f"the new tokenizer added no special tokens; gave it the source's layout: {single}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,12 +254,9 @@ def plan_rows(m: Model, tgt: TokenizerJson, table: np.ndarray, req: InitRequest,
     if method == "ofa" and todo:
         t0 = time.perf_counter()
         wv, winfo = _word_vectors(m, req, progress)
-        s_unk, t_unk = _unk(src), _unk(tgt)
         W = SW.center(wv.vectors) if req.center else wv.vectors
-        s_ids, s_vec = SW.subword_vectors(W, _tokenize_words(src, wv.words), len(s_tokens),
-                                          skip=s_special | ({s_unk} if s_unk is not None else set()))
-        t_ids, t_vec = SW.subword_vectors(W, _tokenize_words(tgt, wv.words), len(t_tokens),
-                                          skip=t_special | ({t_unk} if t_unk is not None else set()))
+        s_ids, s_vec = SW.subword_vectors(W, _tokenize_words(src, wv.words), len(s_tokens), skip=_not_pieces(src))
+        t_ids, t_vec = SW.subword_vectors(W, _tokenize_words(tgt, wv.words), len(t_tokens), skip=_not_pieces(tgt))
         if s_ids.size == 0:
             raise InputError("no source token occurs in the tokenization of the word vectors' words: "
                              "are they words of a language the model knows?")
@@ -279,12 +283,10 @@ def plan_rows(m: Model, tgt: TokenizerJson, table: np.ndarray, req: InitRequest,
     return SW.build_recipe(len(t_tokens), parts, unused=holes), info
 
 
-def _unk(tj: TokenizerJson) -> int | None:
-    m = tj.data["model"]
-    if m["type"] == "Unigram":
-        return m.get("unk_id")
-    ids = {t: i for i, t in enumerate(tj.id_to_token()) if t is not None}
-    return ids.get(m.get("unk_token")) if m.get("unk_token") else None
+def _not_pieces(tj: TokenizerJson) -> set[int]:
+    """Ids that stand for no text: the special tokens and the unknown token."""
+    unk = VA.unk_id(tj.data)
+    return set(tj.special_tokens().values()) | ({unk} if unk is not None else set())
 
 
 def _splitter(src: TokenizerJson, conv: SW.Convention):
@@ -292,17 +294,16 @@ def _splitter(src: TokenizerJson, conv: SW.Convention):
     norm = rt.normalizer
     mtype = src.data["model"]["type"]
     vocab = src.data["model"]["vocab"] if mtype == "WordPiece" else None
-    unk = _unk(src)
     pre = rt.pre_tokenizer
     pre_split = (lambda b: [w for w, _ in pre.pre_tokenize_str(b)]) if (pre is not None and mtype == "WordPiece") else None
     return SW.make_splitter(mtype, lambda s: [t.id for t in rt.model.tokenize(s)], conv,
                             normalize=norm.normalize_str if norm is not None else None, vocab=vocab,
-                            drop=set(src.special_tokens().values()) | ({unk} if unk is not None else set()), pre_split=pre_split)
+                            drop=_not_pieces(src), pre_split=pre_split)
 
 
 def run_init_subwords(req: InitRequest, progress=None) -> dict[str, Any]:
     t0 = time.perf_counter()
-    method = _resolve_method(req)
+    method = check_request(req)
     m = open_model(req.model, need_tokenizer=True)
     tgt, tgt_path = load_target(req.tokenizer)
     vt = _vocab_table(m)
@@ -316,8 +317,6 @@ def run_init_subwords(req: InitRequest, progress=None) -> dict[str, Any]:
             raise InputError(f"--rank must be between 1 and {D_table - 1} (the hidden size is {D_table})")
     table = vt.table
     P = vt.P
-    if req.rank is not None and req.rank_basis not in ("output", "source"):
-        raise InputError(f"--rank-basis must be output or source, not {req.rank_basis!r}")
     if req.rank is not None and req.rank_basis == "source":
         E = np.asarray(table, dtype=np.float32)
         spec = FA.spectrum(E)
@@ -326,17 +325,21 @@ def run_init_subwords(req: InitRequest, progress=None) -> dict[str, Any]:
                      f"(it keeps {100 * spec.energy(req.rank):.2f}% of the source's energy)")
     recipe, info = plan_rows(m, tgt, table, req, method, progress)
     t_plan = time.perf_counter() - t0
+    counts = recipe.counts()
+    factorized_out = P is not None or req.rank is not None
+    summary: dict[str, Any] = {
+        "model": req.model, "tokenizer": req.tokenizer, "output": req.output, "method": method, "dry_run": req.dry_run,
+        "vocab_before": len(m.tokenizer.id_to_token()), "vocab_after": recipe.size, "rows": counts,
+        "overlap": info["overlap"], "conventions": info["conventions"],
+        **({"word_vectors": info["word_vectors"]} if "word_vectors" in info else {}),
+        "factorized": factorized_out, "rank": int(req.rank or table.shape[1]) if factorized_out else None,
+        "embedding_params_before": int(np.prod(vt.table.shape)) + (int(np.prod(vt.P.shape)) if vt.P is not None else 0),
+        "embedding_params_after": recipe.size * int(req.rank or table.shape[1])
+                                  + (int(np.prod(P.shape)) if P is not None else int(req.rank or 0) * D_table),
+        "notes": notes}
     if req.dry_run:
-        counts = recipe.counts()
-        rows_after = recipe.size * (req.rank if req.rank is not None else table.shape[1])
-        return {"model": req.model, "tokenizer": req.tokenizer, "output": None, "method": method, "dry_run": True,
-                "vocab_before": len(m.tokenizer.id_to_token()), "vocab_after": recipe.size, "rows": counts,
-                "overlap": info["overlap"], "conventions": info["conventions"],
-                **({"word_vectors": info["word_vectors"]} if "word_vectors" in info else {}),
-                "embedding_params_before": int(np.prod(vt.table.shape)) + (int(np.prod(vt.P.shape)) if vt.P is not None else 0),
-                "embedding_params_after": int(rows_after) + (int(np.prod(P.shape)) if P is not None else
-                                                             (req.rank * D_table if req.rank is not None else 0)),
-                "notes": notes, "seconds": round(time.perf_counter() - t0, 2)}
+        summary["seconds"] = round(time.perf_counter() - t0, 2)
+        return summary
     new_table = SW.apply_recipe(recipe, table, np.random.default_rng([req.seed, 0]))
     if req.rank is not None and req.rank_basis == "output":
         spec = FA.spectrum(new_table)
@@ -347,36 +350,25 @@ def run_init_subwords(req: InitRequest, progress=None) -> dict[str, Any]:
     for n, (name, (arr, axis)) in enumerate(sorted(vt.others.items()), start=1):
         a = np.moveaxis(np.asarray(arr), axis, 0)
         new_others[name] = np.ascontiguousarray(np.moveaxis(SW.apply_recipe(recipe, a, np.random.default_rng([req.seed, n])), 0, axis))
-    counts = recipe.counts()
     if counts["random"] > 0.5 * recipe.size:
         notes.append(f"{counts['random']:,} of {recipe.size:,} rows ({100 * counts['random'] / recipe.size:.0f}%) are random: "
                      "expect continued pretraining to be needed")
     if counts["unused"]:
         notes.append(f"{counts['unused']} ids of the new tokenizer have no token (holes in its id space): zero rows")
-    # the tokenizer written with the model
+    # the tokenizer written with the model (given the source's special-token layout when it has none)
     tpl = _template(m.tokenizer, tgt)
-    tok_text = None
+    tok_text = tgt.dumps()
     if tpl is not None:
         pp, note = tpl
         notes.append(note)
         if pp is not None:
-            rt = TokenizerJson.load(tgt_path).runtime()
-            rt.post_processor = pp
-            doc = json.loads(rt.to_str())
-            doc["truncation"], doc["padding"] = tgt.data.get("truncation"), tgt.data.get("padding")
-            TokenizerJson.from_data(doc)
-            tok_text = json.dumps(doc, ensure_ascii=False, indent=2)
-    if tok_text is None:
-        tok_text = tgt.dumps()
+            tok_text = TokenizerJson.from_data({**tgt.data, "post_processor": pp}).dumps()
     cfg, cfg_notes = _config(m, tgt, recipe.size)
     notes += cfg_notes
     args = {k: v for k, v in req.__dict__.items() if k not in ("output", "force")}
-    prov = provenance("init-subwords", {**args, "method": method}, {"model": m.fingerprint(), "tokenizer": _sha(tgt_path)},
+    prov = provenance("init-subwords", {**args, "method": method}, {"model": m.fingerprint(), "tokenizer": tgt.fingerprint()},
                       {"init_subwords": {"method": method, "vocab_before": int(V_src), "vocab_after": recipe.size, **counts},
                        **({"factorization": {"rank": int(P.shape[0]), "table": vt.name}} if P is not None else {})})
-    factorized_out = P is not None
-    params_before = int(np.prod(vt.table.shape)) + (int(np.prod(vt.P.shape)) if vt.P is not None else 0)
-    params_after = int(np.prod(new_table.shape)) + (int(np.prod(P.shape)) if P is not None else 0)
     with OutputFolder(req.output, req.force, inputs=[m.root]) as out:
         copy_unchanged(m, out, changed=["config.json", *TOKENIZER_FILES])
         out.write_text("tokenizer.json", tok_text)
@@ -409,27 +401,12 @@ def run_init_subwords(req: InitRequest, progress=None) -> dict[str, Any]:
         if m.config or (m.root / "config.json").is_file():
             write_configs(m, out, cfg)
         out.write_json("embtool.json", {**m.embtool_meta(), **prov})
-        new = open_model(out.path, need_tokenizer=True)
-        summary: dict[str, Any] = {
-            "model": req.model, "tokenizer": req.tokenizer, "output": req.output, "method": method,
-            "vocab_before": len(m.tokenizer.id_to_token()), "vocab_after": recipe.size, "rows": counts,
-            "overlap": info["overlap"], "conventions": info["conventions"],
-            "factorized": factorized_out, "rank": int(P.shape[0]) if P is not None else None,
-            "embedding_params_before": params_before, "embedding_params_after": params_after,
-            "bytes_before": m.weight_bytes(), "bytes_after": new.weight_bytes(),
-            "plan_seconds": round(t_plan, 2), "notes": notes}
-        if "word_vectors" in info:
-            summary["word_vectors"] = info["word_vectors"]
+        summary.update(bytes_before=m.weight_bytes(), bytes_after=open_model(out.path).weight_bytes(),
+                       plan_seconds=round(t_plan, 2))
         if req.eval_file:
             summary["eval"] = evaluate_output(m, out.path, req)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
-
-
-def _sha(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def _config(m: Model, tgt: TokenizerJson, V: int) -> tuple[dict[str, Any], list[str]]:

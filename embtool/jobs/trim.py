@@ -77,7 +77,7 @@ def plan_trim(m: Model, req: TrimRequest, progress=None) -> dict[str, Any]:
         if c.counts.sum() == 0:
             raise InputError("the corpus is empty (no tokens): " + ", ".join(req.corpus))
         counts = c.counts
-        unk = _unk_id(doc, ids)
+        unk = VA.unk_id(doc, ids)
         if unk is not None and counts[unk] > 0.5 * counts.sum():
             raise InputError(f"{100 * counts[unk] / counts.sum():.0f}% of the corpus tokens are unknown to this tokenizer "
                              "(a script the model does not cover?); trimming to it would keep almost nothing useful")
@@ -117,13 +117,6 @@ def plan_trim(m: Model, req: TrimRequest, progress=None) -> dict[str, Any]:
     return {"kept": kept, "V_tok": V_tok, "rows": rows, "coverage": covered, "notes": notes, **info}
 
 
-def _unk_id(doc: dict, ids: dict[str, int]) -> int | None:
-    m = doc["model"]
-    if m["type"] == "Unigram":
-        return m.get("unk_id")
-    return ids.get(m.get("unk_token")) if m.get("unk_token") else None
-
-
 def evaluate(orig: Model, new: Model, remap: dict[int, int], texts: list[str], threads: int) -> dict[str, Any]:
     """Held-out fidelity: identical tokenization share, new unknown tokens, embedding cosine."""
     from embtool.jobs.fidelity import compare, embed_both
@@ -133,8 +126,8 @@ def evaluate(orig: Model, new: Model, remap: dict[int, int], texts: list[str], t
     b_tok.no_truncation()
     ea = a_tok.encode_batch(texts)
     eb = b_tok.encode_batch(texts)
-    unk_b = _unk_id(new.tokenizer.data, VA.tokenizer_ids(new.tokenizer.data))
-    unk_a = _unk_id(orig.tokenizer.data, VA.tokenizer_ids(orig.tokenizer.data))
+    unk_b = VA.unk_id(new.tokenizer.data)
+    unk_a = VA.unk_id(orig.tokenizer.data)
     same = 0
     n_tok = new_unk = 0
     for x, y in zip(ea, eb):
