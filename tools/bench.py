@@ -25,9 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
-from tools import realmodels  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))
+import realmodels  # noqa: E402  (the real-model fetcher is test infrastructure: tests/realmodels.py)
+from embtool.core.corpora import corpus_lines  # noqa: E402
 
-SHARED = Path(os.environ.get("EMBTOOL_SHARED", ROOT.parent / "shared")) / "corpora"
 WORK = ROOT / ".bench"
 PEERS = Path(os.environ.get("EMBTOOL_PEERS_VENV", Path.home() / ".cache" / "embtool-peers-venv"))
 PY = sys.executable
@@ -73,9 +74,7 @@ def peer(*args) -> tuple[dict, float, float]:
 
 
 def split(lang: str) -> tuple[list[str], list[str]]:
-    lines = (SHARED / f"{lang}.txt").read_text(encoding="utf-8").splitlines()
-    cut = int(len(lines) * 0.8)
-    return lines[:cut], lines[cut:]
+    return corpus_lines(lang, "train"), corpus_lines(lang, "heldout")
 
 
 def write_lines(name: str, lines: list[str]) -> Path:
@@ -469,7 +468,7 @@ def report(cmd: str) -> None:
          f"Python {platform.python_version()}, numpy {np.__version__}, onnxruntime {onnxruntime.__version__}, tokenizers {tokenizers.__version__}. "
          "Every embtool number and the peer it is compared with are measured in the same run; wall times include process start and "
          "model loading unless a column says otherwise; RSS is the process's peak resident set (`/usr/bin/time`). Corpora: "
-         "`shared/corpora` (training split = first 80% of lines, held-out = the rest).", ""]
+         "`embtool/data/corpora` (shipped in the repo; training split = first 80% of lines, held-out = the rest).", ""]
     if "embed" in R:
         v = R["embed"][0]["versions"]
         L += ["## embed throughput", "",

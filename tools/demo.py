@@ -18,9 +18,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tools import realmodels  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))
+import realmodels  # noqa: E402  (the real-model fetcher is test infrastructure: tests/realmodels.py)
+from embtool.core.corpora import corpus_lines  # noqa: E402
 
-SHARED = Path(os.environ.get("EMBTOOL_SHARED", ROOT.parent / "shared")) / "corpora"
 WORK = ROOT / ".demo"
 EMBTOOL = [sys.executable, "-m", "embtool"]
 
@@ -41,11 +42,9 @@ def available() -> set[str]:
 
 
 def split(lang: str) -> tuple[Path, Path]:
-    lines = (SHARED / f"{lang}.txt").read_text(encoding="utf-8").splitlines()
-    cut = int(len(lines) * 0.8)
     train, held = WORK / f"{lang}.train.txt", WORK / f"{lang}.heldout.txt"
-    train.write_text("\n".join(lines[:cut]) + "\n", encoding="utf-8")
-    held.write_text("\n".join(lines[cut:][:500]) + "\n", encoding="utf-8")
+    train.write_text("\n".join(corpus_lines(lang, "train")) + "\n", encoding="utf-8")
+    held.write_text("\n".join(corpus_lines(lang, "heldout", limit=500)) + "\n", encoding="utf-8")
     return train, held
 
 
@@ -134,7 +133,7 @@ def main() -> None:
     top1 = sum(1 for h in hits if h["rank"] == 1 and h["id"] == h["query_no"]) / len(lines)
 
     print()
-    print("embtool demo: multilingual-e5-small shrunk for French (held-out: last 20% of shared/corpora/fr.txt)")
+    print("embtool demo: multilingual-e5-small shrunk for French (held-out: last 20% of embtool/data/corpora/fr.txt.gz)")
     hdr = ["model", "bytes", "parameters", "cosine to original", "recall@10 agreement", "step time (s)", "embed 500 texts (s)"]
     table = [hdr] + [[r[0], f"{r[1] / 1e6:.1f} MB", f"{r[2] / 1e6:.1f} M", f"{r[3]:.4f}", f"{r[4]:.3f}", r[5], f"{r[6]:.1f}"] for r in rows]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(hdr))]

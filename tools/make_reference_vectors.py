@@ -18,7 +18,9 @@ sys.path.insert(0, str(ROOT))
 
 from sentence_transformers import SentenceTransformer  # noqa: E402
 
-from tools import realmodels  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests"))
+import realmodels  # noqa: E402  (the real-model fetcher is test infrastructure: tests/realmodels.py)
+from embtool.core.corpora import corpus_lines  # noqa: E402
 
 SENTENCES = {
     "en": ["The quick brown fox jumps over the lazy dog.", "Lists files in the current directory, sorted by name.",

