@@ -58,14 +58,49 @@ def embtool(*args) -> tuple[dict, float, float]:
     return (json.loads(lines[-1]) if lines else {}), wall, rss
 
 
+# onnxruntime (+ onnx_ir, which its quantizers import) runs onnxruntime's own quantizers as a peer.
+PEER_PACKAGES = ["sentence-transformers", "transformers", "faiss-cpu", "onnx", "onnxruntime", "onnx_ir"]
+
+
 def peers_python() -> str:
+    """The peers' venv, created (or completed, when an earlier creation was interrupted) on first use; a stamp
+    file names what was installed, so a change of PEER_PACKAGES installs the difference."""
     py = PEERS / "bin" / "python"
-    if not py.exists():
-        log(f"creating the peers venv {PEERS} (torch 2.13.0 CPU, sentence-transformers, faiss-cpu)")
-        subprocess.run([sys.executable, "-m", "venv", str(PEERS)], check=True)
+    stamp = PEERS / ".embtool-peers"
+    want = "torch==2.13.0 " + " ".join(PEER_PACKAGES)
+    if not py.exists() or not stamp.exists() or stamp.read_text() != want:
+        log(f"preparing the peers venv {PEERS}: {want}")
+        if not py.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(PEERS)], check=True)
         subprocess.run([str(py), "-m", "pip", "install", "-q", "torch==2.13.0"], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "-q", "sentence-transformers", "faiss-cpu", "onnx_ir", "onnx"], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", *PEER_PACKAGES], check=True)
+        stamp.write_text(want)
     return str(py)
+
+
+RUNS = int(os.environ.get("EMBTOOL_BENCH_RUNS", "3"))
+
+
+def alternate(**measures) -> dict[str, list[dict]]:
+    """Run each measurement RUNS times, interleaved (A B C A B C ...), so that the drift of a shared machine
+    hits every contender alike. Each measure returns (stdout JSON, wall, RSS) as `timed` does; the result is,
+    per measure, the list of its JSON objects with `wall_s` and `rss_mb` added."""
+    out: dict[str, list[dict]] = {k: [] for k in measures}
+    for _ in range(RUNS):
+        for k, f in measures.items():
+            stdout, wall, rss = f()
+            lines = stdout.strip().splitlines()
+            out[k].append({**(json.loads(lines[-1]) if lines else {}), "wall_s": wall, "rss_mb": rss})
+    return out
+
+
+def median_of(runs: list[dict]) -> dict:
+    """Per numeric key, the median over runs (other keys from the first run)."""
+    m = dict(runs[0])
+    for k, v in runs[0].items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            m[k] = float(np.median([r[k] for r in runs]))
+    return m
 
 
 def peer(*args) -> tuple[dict, float, float]:
@@ -127,6 +162,7 @@ def worker(name: str, *args: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 def bench_embed() -> None:
+    """embtool vs sentence-transformers vs an independent onnxruntime loop, alternating, RUNS runs each, medians."""
     train, _ = split("en")
     texts = write_lines("embed-en-2000.txt", train[:2000])
     rows = []
@@ -134,16 +170,21 @@ def bench_embed() -> None:
         portable = WORK / f"{name}-portable-onnx"
         if not portable.exists():
             embtool("export-onnx", folder, "--portable", "-o", portable, "--quiet")
-        out, wall, rss = timed([PY, __file__, "--worker", "embed", folder, texts, "0", "1"])  # embtool's default batching
-        e = json.loads(out)
-        out, wall_u, rss_u = timed([PY, __file__, "--worker", "embed", portable, texts, "32", "0"])
-        naive = json.loads(out)
-        st, wall_st, rss_st = peer("st-embed", folder, texts, THREADS, "32")
-        log(f"embed {name}: embtool {e['texts_per_s']:.1f}/s, st {st['texts_per_s']:.1f}/s, naive {naive['texts_per_s']:.1f}/s")
-        rows.append({"model": name, "embtool_tps": e["texts_per_s"], "embtool_rss": rss, "embtool_load_s": e["load_s"],
-                     "naive_tps": naive["texts_per_s"], "naive_rss": rss_u, "st_tps": st["texts_per_s"], "st_rss": rss_st,
-                     "st_load_s": st["load_s"], "tokens": e["tokens"], "padding_sorted": e["padding"], "padding_unsorted": naive["padding"],
-                     "versions": st["versions"]})
+        runs = alternate(
+            embtool=lambda: timed([PY, __file__, "--worker", "embed", folder, texts, "0", "1"]),  # embtool's default batching
+            st=lambda: timed([peers_python(), ROOT / "tools" / "bench_peers.py", "st-embed", folder, texts, THREADS, "32"],
+                             env={"HF_HUB_OFFLINE": "1"}),
+            loop=lambda: timed([peers_python(), ROOT / "tools" / "bench_peers.py", "ort-loop", portable / "model.onnx",
+                                folder / "tokenizer.json", texts, THREADS, "32"]))
+        e, st, loop = (median_of(runs[k]) for k in ("embtool", "st", "loop"))
+        log(f"embed {name}: embtool {e['texts_per_s']:.1f}/s, st {st['texts_per_s']:.1f}/s, ORT loop {loop['texts_per_s']:.1f}/s "
+            f"(medians of {RUNS})")
+        rows.append({"model": name, "runs": RUNS, "embtool_tps": e["texts_per_s"], "embtool_rss": e["rss_mb"],
+                     "embtool_load_s": e["load_s"], "naive_tps": loop["texts_per_s"], "naive_rss": loop["rss_mb"],
+                     "st_tps": st["texts_per_s"], "st_rss": st["rss_mb"], "st_load_s": st["load_s"],
+                     "ratio_runs": [a["texts_per_s"] / b["texts_per_s"] for a, b in zip(runs["embtool"], runs["st"])],
+                     "tokens": e["tokens"], "padding_sorted": e["padding"], "versions": st["versions"],
+                     "ort_version": loop["onnxruntime"]})
     RESULTS["embed"] = rows
 
 
@@ -475,11 +516,16 @@ def report(cmd: str) -> None:
               f"2,000 English paragraphs (first lines of the training split), 2 threads, encode time after loading; each tool at its "
               "default batching: embtool about 1,024 padded tokens per onnxruntime call (length-sorted), sentence-transformers 32 "
               "texts per batch (length-sorted). "
-              f"Peers: sentence-transformers {v['sentence_transformers']} on torch {v['torch']} (same model, same machine, same run), and a "
-              "plain onnxruntime loop over embtool's standard-ops export of the same model, batches in input order (no length sorting).", "",
-              "| model | embtool (texts/s) | sentence-transformers | ratio | ORT loop unsorted | embtool peak RSS | ST peak RSS |", "|---|---|---|---|---|---|---|"]
+              f"Peers: sentence-transformers {v['sentence_transformers']} on torch {v['torch']} (same model, same machine, same run), and an "
+              f"independent onnxruntime {R['embed'][0].get('ort_version', '')} loop (tools/bench_peers.py `ort-loop`: its own session, "
+              "`tokenizers` and numpy mean pooling, no embtool code) over embtool's standard-ops export of the same model, 32 texts per "
+              "batch in input order (no length sorting). "
+              f"The three alternate, {R['embed'][0].get('runs', 1)} runs each; every figure is the median.", "",
+              "| model | embtool (texts/s) | sentence-transformers | ratio | ratio per run | ORT loop unsorted | embtool peak RSS | ST peak RSS |",
+              "|---|---|---|---|---|---|---|---|"]
         for r in R["embed"]:
-            L.append(f"| {r['model']} | {r['embtool_tps']:.1f} | {r['st_tps']:.1f} | {r['embtool_tps'] / r['st_tps']:.2f}× | "
+            per_run = ", ".join(f"{x:.2f}" for x in r.get("ratio_runs", []))
+            L.append(f"| {r['model']} | {r['embtool_tps']:.1f} | {r['st_tps']:.1f} | {r['embtool_tps'] / r['st_tps']:.2f}× | {per_run} | "
                      f"{r['naive_tps']:.1f} | {r['embtool_rss']:.0f} MB | {r['st_rss']:.0f} MB |")
         L += ["", "![throughput](embed-throughput.png)", ""]
     if "search" in R:

@@ -5,6 +5,7 @@ onnxruntime's quantizers) — never with embtool's. Each call prints one JSON ob
     python tools/bench_peers.py faiss INDEX.npy QUERIES.npy K THREADS BLAS_THRESHOLD
     python tools/bench_peers.py ort-dynamic MODEL.onnx OUT.onnx PER_CHANNEL
     python tools/bench_peers.py ort-nbits MODEL.onnx OUT.onnx BLOCK
+    python tools/bench_peers.py ort-loop MODEL.onnx TOKENIZER.json TEXTS THREADS BATCH
 """
 
 from __future__ import annotations
@@ -69,6 +70,38 @@ def ort_nbits(src: str, dst: str, block: str) -> dict:
     return {"seconds": time.perf_counter() - t0}
 
 
+def ort_loop(model: str, tokenizer: str, texts: str, threads: str, batch: str) -> dict:
+    """The plain way to run an ONNX embedding model: onnxruntime + tokenizers + numpy mean pooling, fixed batches
+    in input order. Independent of embtool (nothing of it is imported)."""
+    import numpy as np
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    t0 = time.perf_counter()
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads)
+    sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    tok = Tokenizer.from_file(tokenizer)
+    tok.enable_truncation(512)
+    tok.enable_padding(pad_id=tok.token_to_id("[PAD]") or tok.token_to_id("<pad>") or 0)
+    lines = open(texts, encoding="utf-8").read().splitlines()
+    t1 = time.perf_counter()
+    for i in range(0, len(lines), int(batch)):
+        enc = tok.encode_batch(lines[i : i + int(batch)])
+        ids = np.array([e.ids for e in enc], np.int64)
+        mask = np.array([e.attention_mask for e in enc], np.int64)
+        feed = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in names:
+            feed["token_type_ids"] = np.zeros_like(ids)
+        h = sess.run(None, feed)[0]
+        m = mask[:, :, None].astype(np.float32)
+        (h * m).sum(1) / m.sum(1)
+    t2 = time.perf_counter()
+    return {"load_s": t1 - t0, "encode_s": t2 - t1, "texts": len(lines), "texts_per_s": len(lines) / (t2 - t1),
+            "onnxruntime": ort.__version__}
+
+
 if __name__ == "__main__":
-    fn = {"st-embed": st_embed, "faiss": faiss_search, "ort-dynamic": ort_dynamic, "ort-nbits": ort_nbits}[sys.argv[1]]
+    fn = {"st-embed": st_embed, "faiss": faiss_search, "ort-dynamic": ort_dynamic, "ort-nbits": ort_nbits, "ort-loop": ort_loop}[sys.argv[1]]
     print(json.dumps(fn(*sys.argv[2:])))

@@ -26,12 +26,24 @@ WORK = ROOT / ".demo"
 EMBTOOL = [sys.executable, "-m", "embtool"]
 
 
+T_START = time.perf_counter()
+
+
+def say(msg: str) -> None:
+    """One line of the demo's running commentary (stdout, flushed at once so it shows while work happens)."""
+    print(f"[demo {time.perf_counter() - T_START:6.0f} s] {msg}", flush=True)
+
+
 def sh(args: list, what: str) -> tuple[dict, float]:
+    """Run one embtool command as a user would. Its progress bars and messages go straight to the terminal
+    (stderr is not captured); its --json summary (stdout) is returned."""
+    shown = ' '.join(a.name if isinstance(a, Path) else str(a) for a in args if str(a) not in ('--force', '--json', '--quiet'))
+    say(f"> {what}: embtool {shown}")
     t0 = time.perf_counter()
-    r = subprocess.run(EMBTOOL + [str(a) for a in args], capture_output=True, text=True)
+    r = subprocess.run(EMBTOOL + [str(a) for a in args], stdout=subprocess.PIPE, text=True)
     dt = time.perf_counter() - t0
     if r.returncode != 0:
-        sys.exit(f"demo step failed ({what}): {r.stderr.strip()}")
+        sys.exit(f"demo step failed ({what}), exit {r.returncode}; see the message above")
     out = r.stdout.strip().splitlines()
     return (json.loads(out[-1]) if out and out[-1].startswith("{") else {}), dt
 
@@ -54,9 +66,14 @@ def fidelity(model: Path, ref_index: Path, held: Path, name: str, prefix: str = 
     from embtool.jobs.fidelity import compare
 
     idx = WORK / f"{name}.safetensors"
-    info, dt = sh(["embed", model, "-i", held, "--prefix", prefix, "-o", idx, "--force", "--json", "--quiet"], f"embed {name}")
+    info, dt = sh(["embed", model, "-i", held, "--prefix", prefix, "-o", idx, "--force", "--json"],
+                  f"embed the held-out texts with {name}")
     a, b = Index(ref_index), Index(idx)
     c = compare(a.block(0, len(a)), b.block(0, len(b)))
+    if Path(ref_index) != idx:
+        say(f"  {name}: cosine to the original {c['cosine_mean']:.4f}, recall@10 agreement {c['recall@10']:.3f} ({dt:.1f} s)")
+    else:
+        say(f"  {name}: {len(b)} texts embedded in {dt:.1f} s")
     return {"cosine": c["cosine_mean"], "recall@10": c["recall@10"], "embed_s": dt, "texts_per_s": info.get("texts_per_second")}
 
 
@@ -66,7 +83,8 @@ def main() -> None:
     e5 = realmodels.e5_small()
     train, held = split("fr")
     rows = []
-    t_start = time.perf_counter()
+    t_start = T_START
+    say(f"multilingual-e5-small -> French; training split {train.name}, held-out {held.name} (500 paragraphs)")
 
     orig, dt = sh(["inspect", e5, "--json"], "inspect")
     ref_idx = WORK / "e5-original.safetensors"
@@ -76,16 +94,19 @@ def main() -> None:
     current, current_idx = e5, ref_idx
     if "trim-vocab" in cmds:
         out = WORK / "e5-fr"
-        info, dt = sh(["trim-vocab", e5, "-c", train, "--coverage", "1.0", "-o", out, "--force", "--json", "--quiet"], "trim-vocab")
+        info, dt = sh(["trim-vocab", e5, "-c", train, "--coverage", "1.0", "-o", out, "--force", "--json"],
+                      "trim-vocab to the French training split")
+        say(f"  trimmed in {dt:.1f} s")
         ins, _ = sh(["inspect", out, "--json"], "inspect trimmed")
         f = fidelity(out, ref_idx, held, "e5-fr")
         rows.append(["trim-vocab (French corpus)", ins["bytes"]["weights_file"], ins["parameters"]["total"], f["cosine"], f["recall@10"], f"{dt:.1f}", f["embed_s"]])
         current, current_idx = out, WORK / "e5-fr.safetensors"
     if "quantize" in cmds:
         out = WORK / "e5-fr-q"
-        args = ["quantize", current, "-o", out, "--force", "--json", "--quiet",
+        args = ["quantize", current, "-o", out, "--force", "--json",
                 "--bits", "2,4,8", "--target-bits", "4.5", "--symmetric", "--calib", train, "--probes", "1"]
-        info, dt = sh(args, "quantize")
+        info, dt = sh(args, "quantize (mixed 2/4/8 bits, 4.5 bits on average)")
+        say(f"  quantized in {dt:.1f} s")
         ins, _ = sh(["inspect", out, "--json"], "inspect quantized")
         f = fidelity(out, ref_idx, held, "e5-fr-q")
         rows.append(["+ quantize (mixed 2/4/8, 4.5 bits avg)", ins["bytes"]["weights_file"], ins["parameters"]["total"], f["cosine"], f["recall@10"], f"{dt:.1f}", f["embed_s"]])
@@ -95,10 +116,11 @@ def main() -> None:
     minilm = realmodels.minilm()
     en_train, en_held = split("en")
     out = WORK / "minilm-q4"
-    info, dt = sh(["quantize", minilm, "--bits", "4", "--method", "gptq", "--calib", en_train, "-o", out, "--force", "--json", "--quiet"],
-                  "quantize all-MiniLM")
+    info, dt = sh(["quantize", minilm, "--bits", "4", "--method", "gptq", "--calib", en_train, "-o", out, "--force", "--json"],
+                  "quantize all-MiniLM-L6-v2 to 4 bits (GPTQ on English training text)")
+    say(f"  quantized in {dt:.1f} s: {info['bytes_before'] / 1e6:.1f} MB -> {info['bytes_after'] / 1e6:.1f} MB")
     ref_en = WORK / "minilm-original.safetensors"
-    sh(["embed", minilm, "-i", en_held, "-o", ref_en, "--force", "--quiet"], "embed all-MiniLM")
+    sh(["embed", minilm, "-i", en_held, "-o", ref_en, "--force", "--quiet"], "embed held-out English with the original all-MiniLM")
     fm = fidelity(out, ref_en, en_held, "minilm-q4", prefix="")
     mini_row = ["all-MiniLM-L6-v2 4-bit GPTQ", info["bytes_after"], info["bytes_before"], fm["cosine"], fm["recall@10"], f"{dt:.1f}"]
 
@@ -106,13 +128,15 @@ def main() -> None:
     init_line = None
     if "init-subwords" in cmds:
         t0 = time.perf_counter()
+        say("> train a French Unigram tokenizer on the training split (for init-subwords) ...")
         realmodels.train_unigram_tokenizer(train.read_text(encoding="utf-8").splitlines(), WORK / "fr-tok")
         t_tok = time.perf_counter() - t0
+        say(f"  trained in {t_tok:.0f} s")
         res = {}
         for method, extra in (("fvt", []), ("ofa", ["--word-vectors", "auto", "-c", train, "--max-words", "10000"])):
             out = WORK / f"e5-frtok-{method}"
             info, dt = sh(["init-subwords", e5, "--tokenizer", WORK / "fr-tok", "--method", method, *extra, "-o", out,
-                           "--force", "--json", "--quiet"], f"init-subwords {method}")
+                           "--force", "--json"], f"init-subwords --method {method} (French tokenizer)")
             res[method] = (info, dt, fidelity(out, ref_idx, held, f"e5-frtok-{method}"))
         i0 = res["fvt"][0]
         init_line = (f"init-subwords: multilingual-e5-small given a {i0['vocab_after']:,}-piece French tokenizer trained here "
@@ -125,12 +149,14 @@ def main() -> None:
     lines = [x for x in held.read_text(encoding="utf-8").splitlines()][:300]
     q = WORK / "queries.txt"
     q.write_text("\n".join(" ".join(x.split()[: max(1, len(x.split()) // 2)]) for x in lines) + "\n", encoding="utf-8")
+    say(f"> search: {len(lines)} held-out paragraphs queried by their first half ...")
     t0 = time.perf_counter()
     r = subprocess.run(EMBTOOL + ["search", str(final_idx), "-q", str(q), "--query-prefix", "query: ", "-k", "10", "--json"],
                        capture_output=True, text=True, check=True)
     dt_search = time.perf_counter() - t0
     hits = [json.loads(x) for x in r.stdout.splitlines()]
     top1 = sum(1 for h in hits if h["rank"] == 1 and h["id"] == h["query_no"]) / len(lines)
+    say(f"  found itself at rank 1 in {100 * top1:.1f}% ({dt_search:.1f} s)")
 
     print()
     print("embtool demo: multilingual-e5-small shrunk for French (held-out: last 20% of embtool/data/corpora/fr.txt.gz)")
