@@ -10,7 +10,7 @@ import click
 
 from embtool.algorithms.pooling import POOLINGS, PRECISIONS
 from embtool.cli.options import common_options, emit_summary, force_option, model_argument
-from embtool.core.embeddings_io import FORMATS, EmbeddingSink, format_for
+from embtool.core.embeddings_io import FORMATS, EmbeddingSink, format_for, not_embeddings_file
 from embtool.core.errors import InputError
 from embtool.core.model import open_model
 from embtool.core.texts import iter_texts
@@ -99,7 +99,8 @@ def command(model, texts, inputs, field, output, fmt, precision, keep_float, sha
         if output is None:
             ids = run_embed(enc, source, sink, bar, shard)
         else:
-            with OutputFile(output, force, inputs=[m.root, *[Path(i) for i in inputs if i != "-"]]) as tmp:
+            with OutputFile(output, force, inputs=[m.root, *[Path(i) for i in inputs if i != "-"]],
+                            replaceable=lambda p: not_embeddings_file(p, fmt)) as tmp:
                 ids = run_embed(enc, source, sink, bar, shard)
                 if sink.count == 0:
                     raise InputError("no texts to embed (the input is empty)")

@@ -63,7 +63,10 @@ def eval_options(prefix: bool = True) -> Callable:
 
 
 def force_option(f: Callable) -> Callable:
-    return click.option("--force", is_flag=True, help="Replace the output if it exists.")(f)
+    return click.option("--force", is_flag=True,
+                        help="Replace the output if it exists and embtool wrote it (a folder whose embtool.json lists "
+                             "every file in it, an embeddings file of the same format, or an empty one); anything "
+                             "else is refused.")(f)
 
 
 def emit_summary(summary: dict, as_json: bool, quiet: bool, render: Callable[[dict], str]) -> None:

@@ -43,6 +43,34 @@ def format_for(path: str | None, fmt: str | None) -> str:
     raise InputError(f"cannot tell the output format from {path!r}; use --format ({', '.join(FORMATS)})")
 
 
+def not_embeddings_file(path: Path, fmt: str) -> str | None:
+    """Why an existing `path` is not an embeddings file of format `fmt` as embed writes it (None: it is, so
+    `embed --force` may replace it): an index carries embtool_index in its metadata, a .npy is a 2-D numeric
+    matrix, a JSONL file starts with an {"id", "text", "embedding"} row, a word2vec file with "COUNT DIM"."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+        if fmt == "safetensors":
+            if SafetensorsFile(path).metadata.get("embtool_index") is None:
+                return "is not an embtool embeddings index (no embtool_index metadata)"
+        elif fmt == "npy":
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            if arr.ndim != 2 or arr.dtype.kind not in "fiu":
+                return "is not a 2-D numeric .npy matrix"
+        elif fmt == "jsonl":
+            row = json.loads(head.split(b"\n", 1)[0])
+            if not (isinstance(row, dict) and {"id", "text", "embedding"} <= set(row)):
+                return "is not a JSONL embeddings file (first row lacks id, text, embedding)"
+        elif fmt == "word2vec":
+            count, dim = head.split(b"\n", 1)[0].split()
+            int(count), int(dim)
+        else:
+            return f"is not a {fmt} file"
+    except (CorruptFile, ValueError, OSError, UnicodeDecodeError):
+        return f"is not a {fmt} embeddings file"
+    return None
+
+
 class EmbeddingSink:
     """Accumulates (texts, vectors) chunks and writes one output file at `finish(path)`."""
 

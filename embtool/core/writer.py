@@ -14,7 +14,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from embtool import __version__
 from embtool.core.errors import InputError, OutputExists
@@ -22,18 +22,71 @@ from embtool.core.errors import InputError, OutputExists
 TMP_PREFIX = ".embtool-tmp-"
 
 
-def check_output(target: Path, force: bool, inputs: Iterable[Path] = ()) -> None:
-    """Refuse an existing target without --force, and a target that is (inside) an input."""
+PROVENANCE = "embtool.json"
+
+
+def check_output(target: Path, force: bool, inputs: Iterable[Path] = (),
+                 replaceable: Callable[[Path], str | None] | None = None) -> None:
+    """Refuse a target that is (inside) an input, the current folder or one of its parents, and an existing
+    target that --force may not replace. `replaceable(target)` says why an existing target is not one embtool
+    wrote (None: it is); the default is `folder_not_replaceable`, the rule for model folders."""
     target = Path(target)
+    t = target.resolve()
+    cwd = Path.cwd().resolve()
+    if t == cwd or t in cwd.parents:
+        raise InputError(f"output {target} is the current folder or one of its parents; name a new folder")
     for src in inputs:
         s = Path(src).resolve()
-        t = target.resolve()
         if t == s or s in t.parents or (s.is_file() and t == s.parent) or t in s.parents:
             raise InputError(f"output {target} would overwrite or sit inside the input {src}; choose another path")
-    if target.exists() and not force:
-        raise OutputExists(f"{target} already exists (use --force to replace it)")
+    if target.exists() or target.is_symlink():
+        why = (replaceable or folder_not_replaceable)(target)
+        if why is not None:
+            raise OutputExists(f"{target} already exists and {why}; --force only replaces what embtool wrote, "
+                               "choose another path")
+        if not force:
+            raise OutputExists(f"{target} already exists (use --force to replace it)")
     if not target.parent.exists():
         raise InputError(f"{target.parent}: the output's parent folder does not exist")
+
+
+def folder_not_replaceable(target: Path) -> str | None:
+    """Why --force may not replace `target` as a model folder, or None when it may.
+
+    The rule: an empty folder, or a folder whose embtool.json (written by embtool at its top) lists every
+    file under it with its current size. So a folder holding anything embtool did not write (a file added
+    or edited later, another tool's output, a home or project folder) is never removed."""
+    if target.is_symlink():
+        return "is a symbolic link"
+    if not target.is_dir():
+        return "is a file, not a model folder"
+    files = {str(p.relative_to(target)): p for p in target.rglob("*") if not p.is_dir() or p.is_symlink()}
+    if not files:
+        return None
+    prov = target / PROVENANCE
+    if not prov.is_file():
+        return f"has no {PROVENANCE} (not a folder embtool wrote)"
+    try:
+        doc = json.loads(prov.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, OSError):
+        return f"its {PROVENANCE} is not one embtool wrote"
+    listed = doc.get("files") if isinstance(doc, dict) and doc.get("tool") == "embtool" else None
+    if not isinstance(listed, dict):
+        return f"its {PROVENANCE} has no file list (written by another tool or an older embtool)"
+    for rel, p in sorted(files.items()):
+        if rel == PROVENANCE:
+            continue
+        if rel not in listed:
+            return f"holds {rel}, which embtool did not write"
+        if p.is_symlink() or p.stat().st_size != listed[rel]:
+            return f"its {rel} changed since embtool wrote it"
+    return None
+
+
+def file_manifest(folder: Path) -> dict[str, int]:
+    """Every file embtool wrote in an output folder, with its size: what --force checks before replacing."""
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
+            if p.is_file() and p != folder / PROVENANCE}
 
 
 def _clean_stale(parent: Path) -> None:
@@ -61,11 +114,15 @@ def _tmp_name(target: Path) -> Path:
     return target.parent / f"{TMP_PREFIX}{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
 
 
-def _publish(tmp: Path, target: Path, force: bool) -> None:
-    """Rename tmp onto target. Without force, never replaces an existing target (even in a race)."""
+def _publish(tmp: Path, target: Path, force: bool, replaceable: Callable[[Path], str | None] | None = None) -> None:
+    """Rename tmp onto target. Without force, never replaces an existing target (even in a race); with force,
+    only a target embtool wrote (checked again here: it may have changed while the command ran)."""
     if target.exists() or target.is_symlink():
         if not force:
             raise OutputExists(f"{target} appeared while this command ran (another process?); not replacing it")
+        why = (replaceable or folder_not_replaceable)(target)
+        if why is not None:
+            raise OutputExists(f"{target} {why}; --force only replaces what embtool wrote, choose another path")
         old = target.parent / f"{TMP_PREFIX}{target.name}.{os.getpid()}.old{uuid.uuid4().hex[:6]}"
         os.rename(target, old)
         try:
@@ -139,6 +196,7 @@ class OutputFolder:
             shutil.rmtree(self.path, ignore_errors=True)
             return
         try:
+            self._write_manifest()
             for p in self.path.rglob("*"):
                 if p.is_file():
                     with open(p, "rb") as f:
@@ -147,6 +205,13 @@ class OutputFolder:
         except BaseException:
             shutil.rmtree(self.path, ignore_errors=True)
             raise
+
+    def _write_manifest(self) -> None:
+        """Add the list of files (with sizes) to embtool.json: what lets a later --force replace this folder."""
+        prov = self.path / PROVENANCE
+        doc = json.loads(prov.read_text(encoding="utf-8")) if prov.is_file() else {"tool": "embtool", "version": __version__}
+        doc["files"] = file_manifest(self.path)
+        self.write_json(PROVENANCE, doc)
 
     def copy_from(self, src_root: Path, exclude: Iterable[str] = ()) -> None:
         """Copy every file of the input folder except `exclude` (relative paths) and pickles."""
@@ -176,14 +241,19 @@ class OutputFolder:
 
 
 class OutputFile:
-    """`with OutputFile(target, force) as tmp:` write to `tmp`; linked into place on success."""
+    """`with OutputFile(target, force) as tmp:` write to `tmp`; linked into place on success.
 
-    def __init__(self, target: str | os.PathLike, force: bool = False, inputs: Iterable[Path] = ()):
+    `replaceable(path)` says why an existing file is not one of the kind this command writes (None: it is,
+    so --force may replace it); without it, only an empty file is replaced."""
+
+    def __init__(self, target: str | os.PathLike, force: bool = False, inputs: Iterable[Path] = (),
+                 replaceable: Callable[[Path], str | None] | None = None):
         self.target = Path(target)
         self.force = force
-        check_output(self.target, force, inputs)
-        if self.target.is_dir():
+        if self.target.is_dir() and not self.target.is_symlink():
             raise InputError(f"{self.target} is a folder; give a file name")
+        self.replaceable = lambda p: _file_not_replaceable(p, replaceable)
+        check_output(self.target, force, inputs, self.replaceable)
         _clean_stale(self.target.parent)
         self.path = _tmp_name(self.target)
 
@@ -198,9 +268,19 @@ class OutputFile:
             if self.path.exists():
                 with open(self.path, "rb") as f:
                     os.fsync(f.fileno())
-            _publish(self.path, self.target, self.force)
+            _publish(self.path, self.target, self.force, self.replaceable)
         finally:
             self.path.unlink(missing_ok=True)
+
+
+def _file_not_replaceable(path: Path, kind: Callable[[Path], str | None] | None) -> str | None:
+    if path.is_symlink():
+        return "is a symbolic link"
+    if not path.is_file():
+        return "is not a regular file"
+    if path.stat().st_size == 0:
+        return None
+    return kind(path) if kind is not None else "is not empty"
 
 
 def now_iso() -> str:

@@ -1,0 +1,130 @@
+"""The pipeline contract (issue 21): what --force may replace, gates CI can read, one JSON schema,
+quiet pipes, exit codes by kind, reproducible bytes and provenance, no surprising side effects."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. --force replaces only what embtool wrote
+# ----------------------------------------------------------------------------------------------
+
+def _export(model, out, *flags):
+    return run_cli(["export-onnx", model, "-o", out, "--quiet", *flags])
+
+
+def test_force_refuses_a_folder_embtool_did_not_write(tmp_path, tiny_bert):
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "notes.txt").write_text("important\n")
+    for cmd in (["quantize", tiny_bert, "--bits", "8"], ["export-onnx", tiny_bert]):
+        r = run_cli([*cmd, "-o", proj, "--force", "--quiet"])
+        assert r.exit_code == 1, r.output
+        assert r.stderr.startswith("Error: ") and r.stderr.count("\n") == 1
+        assert "has no embtool.json" in r.stderr and "--force only replaces what embtool wrote" in r.stderr
+        assert (proj / "notes.txt").read_text() == "important\n"
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["proj"]  # no temporary left behind
+    # without --force the message does not suggest --force
+    r = _export(tiny_bert, proj)
+    assert r.exit_code == 1 and "use --force" not in r.stderr and (proj / "notes.txt").is_file()
+
+
+def test_force_replaces_an_embtool_output_only_while_it_holds_only_embtool_files(tmp_path, tiny_bert):
+    out = tmp_path / "out"
+    assert _export(tiny_bert, out).exit_code == 0
+    listed = json.loads((out / "embtool.json").read_text())["files"]
+    assert set(listed) == {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} - {"embtool.json"}
+    r = _export(tiny_bert, out)
+    assert r.exit_code == 1 and "already exists (use --force" in r.stderr
+    assert _export(tiny_bert, out, "--force").exit_code == 0
+    # a file the user added: refused, kept
+    (out / "README.md").write_text("my notes")
+    r = _export(tiny_bert, out, "--force")
+    assert r.exit_code == 1 and "holds README.md, which embtool did not write" in r.stderr
+    assert (out / "README.md").read_text() == "my notes"
+    (out / "README.md").unlink()
+    # a file the user edited: refused
+    with open(out / "config.json", "a") as f:
+        f.write(" ")
+    r = _export(tiny_bert, out, "--force")
+    assert r.exit_code == 1 and "config.json changed since embtool wrote it" in r.stderr
+    # an embtool.json written by someone else (no file list): refused
+    (out / "config.json").write_text("{}")
+    (out / "embtool.json").write_text('{"command": "x"}')
+    r = _export(tiny_bert, out, "--force")
+    assert r.exit_code == 1 and "no file list" in r.stderr
+    # an empty folder holds nothing to lose: replaced
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _export(tiny_bert, empty, "--force").exit_code == 0 and (empty / "model.onnx").is_file()
+
+
+def test_force_never_removes_cwd_input_or_its_parents(tmp_path, tiny_bert, monkeypatch):
+    m = tmp_path / "models" / "m"
+    shutil.copytree(tiny_bert, m)
+    monkeypatch.chdir(tmp_path / "models")
+    for target in (".", "..", str(tmp_path / "models"), str(m), "m/"):
+        r = _export(m, target, "--force")
+        assert r.exit_code == 1, (target, r.output)
+        assert r.stderr.startswith("Error: ") and r.stderr.count("\n") == 1
+        assert "Device or resource busy" not in r.stderr
+    r = _export(m, ".", "--force")
+    assert "current folder" in r.stderr
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["m"]
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("important")
+    monkeypatch.chdir(work)
+    for target in (".", "./", str(work), ".."):
+        r = _export(m, target, "--force")
+        assert r.exit_code == 1 and "current folder or one of its parents" in r.stderr, r.output
+    assert (work / "notes.txt").read_text() == "important"
+    assert sorted(p.name for p in m.iterdir()) == sorted(p.name for p in tiny_bert.iterdir())
+
+
+def test_force_refuses_a_file_or_a_link_where_a_folder_goes(tmp_path, tiny_bert):
+    f = tmp_path / "out"
+    f.write_text("data")
+    r = _export(tiny_bert, f, "--force")
+    assert r.exit_code == 1 and "is a file" in r.stderr and f.read_text() == "data"
+    good = tmp_path / "good"
+    assert _export(tiny_bert, good).exit_code == 0
+    link = tmp_path / "link"
+    link.symlink_to(good)
+    r = _export(tiny_bert, link, "--force")
+    assert r.exit_code == 1 and "symbolic link" in r.stderr and (good / "embtool.json").is_file()
+
+
+@pytest.mark.parametrize("ext", ["npy", "safetensors", "jsonl", "vec"])
+def test_embed_force_replaces_only_an_embeddings_file(tmp_path, tiny_bert, ext):
+    out = tmp_path / f"e.{ext}"
+    args = ["embed", tiny_bert, "alpha", "beta", "-o", out, "--quiet"]
+    assert run_cli(args).exit_code == 0
+    first = out.read_bytes()
+    r = run_cli(args)
+    assert r.exit_code == 1 and "already exists (use --force" in r.stderr
+    assert run_cli([*args, "--force"]).exit_code == 0 and out.read_bytes() == first
+    other = {"npy": b"not a matrix", "safetensors": b"\x08\0\0\0\0\0\0\0{}      ",
+             "jsonl": b'{"name": "my data"}\n', "vec": b"my notes\n"}[ext]
+    out.write_bytes(other)
+    r = run_cli([*args, "--force"])
+    assert r.exit_code == 1 and "--force only replaces what embtool wrote" in r.stderr, r.output
+    assert out.read_bytes() == other
+    out.write_bytes(b"")  # an empty file holds nothing to lose
+    assert run_cli([*args, "--force"]).exit_code == 0 and out.read_bytes() == first
+
+
+def test_embed_force_refuses_a_safetensors_model(tmp_path, tiny_bert):
+    out = tmp_path / "model.safetensors"
+    shutil.copyfile(tiny_bert / "model.safetensors", out)
+    r = run_cli(["embed", tiny_bert, "alpha", "-o", out, "--force", "--quiet"])
+    assert r.exit_code == 1 and "not an embtool embeddings index" in r.stderr
+    assert out.read_bytes() == (tiny_bert / "model.safetensors").read_bytes()
