@@ -262,3 +262,105 @@ def test_streaming_memory_does_not_grow_with_input(tmp_path, tiny_bert):
     for cmd, small, large in (("trim", 20_000, 200_000), ("embed", 4_000, 40_000)):
         a, b = peak(small, cmd), peak(large, cmd)
         assert b < a * 1.25 + 30, (cmd, a, b)
+
+
+# ---------------------------------------------------------------------------------------------- issue 16: hostile files
+def _deep_json(depth: int, kind: str) -> str:
+    return "[" * depth + "]" * depth if kind == "list" else '{"a":' * depth + "1" + "}" * depth
+
+
+@pytest.mark.parametrize("kind", ["list", "dict"])
+def test_config_nested_200000_deep(tmp_path, tiny_bert, kind):
+    shutil.copytree(tiny_bert, tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text(_deep_json(200_000, kind))
+    for args in (["inspect", tmp_path / "m"], ["embed", tmp_path / "m", "hello"],
+                 ["quantize", tmp_path / "m", "-o", tmp_path / "q"]):
+        r = run_cli(args)
+        assert r.exit_code == 1 and r.stderr.startswith("Error:") and r.stderr.count("\n") == 1, (args, r.stderr)
+        assert "nested too deeply" in r.stderr
+    assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("change,expect", [
+    ({"num_hidden_layers": 10**9}, "num_hidden_layers = 1,000,000,000 but the weights have 2 layers"),
+    ({"hidden_size": 48, "num_attention_heads": 4}, "hidden_size = 48 but the token embeddings have 32 columns"),
+    ({"num_attention_heads": 5}, "num_attention_heads = 5 does not divide hidden_size = 32"),
+    ({"vocab_size": 1000}, "vocab_size = 1,000 but the token-embedding table has"),
+])
+def test_config_contradicting_weights_is_refused(tmp_path, tiny_bert, change, expect):
+    shutil.copytree(tiny_bert, tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg.update(change)
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    for args in (["inspect", tmp_path / "m"], ["quantize", tmp_path / "m", "-o", tmp_path / "q"],
+                 ["embed", tmp_path / "m", "hello"]):
+        r = run_cli(args)
+        assert r.exit_code == 1 and r.stderr.count("\n") == 1 and "contradicts the weights" in r.stderr, (args, r.stderr)
+        assert expect in r.stderr
+    assert not (tmp_path / "q").exists()
+
+
+@settings(max_examples=min(FUZZ, 15), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(["num_hidden_layers", "hidden_size", "num_attention_heads", "vocab_size", "intermediate_size"]),
+       value=st.one_of(st.integers(0, 2**31), st.sampled_from([1, 2, 3, 4, 8, 16, 31, 32, 33, 64])))
+def test_fuzz_config_against_weights(tmp_path_factory, tiny_bert, key, value):
+    """Whatever config.json claims, opening the model and building its graph is either consistent
+    or one named error: never a traceback, never a graph of the wrong shape."""
+    from embtool.runtime.encoder import Encoder
+
+    d = tmp_path_factory.mktemp("cfg") / "m"
+    shutil.copytree(tiny_bert, d)
+    cfg = json.loads((d / "config.json").read_text())
+    original = cfg[key]
+    cfg[key] = value
+    (d / "config.json").write_text(json.dumps(cfg))
+    try:
+        vec = Encoder(open_model(d, need_tokenizer=True)).embed(["hello world"])
+    except EmbtoolError:
+        return
+    # sizes the weights pin down must agree with them (heads and the MLP width are not in the shapes)
+    assert key not in ("num_hidden_layers", "hidden_size", "vocab_size") or value == original
+    assert vec.shape == (1, 32) and np_isfinite(vec)
+
+
+def np_isfinite(a) -> bool:
+    import numpy as np
+
+    return bool(np.isfinite(a).all())
+
+
+def _panicking_tokenizer(src: Path, dst: Path) -> Path:
+    """A copy of `src` whose pre-tokenizer regex backtracks catastrophically on runs of 'a' followed
+    by another letter (the `tokenizers` Rust side panics: a BaseException, not an Exception)."""
+    shutil.copytree(src, dst)
+    doc = json.loads((dst / "tokenizer.json").read_text())
+    doc["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "(a+)+$"}, "behavior": "Isolated", "invert": False}, doc["pre_tokenizer"]]}
+    (dst / "tokenizer.json").write_text(json.dumps(doc))
+    return dst
+
+
+EVIL = "a" * 40 + "b"
+
+
+def test_tokenizer_panic_is_one_error_naming_the_line(tmp_path, tiny_bert):
+    m = _panicking_tokenizer(tiny_bert, tmp_path / "m")
+    texts = tmp_path / "in.txt"
+    texts.write_text("hello world\nall fine here\n" + EVIL + "\nafter\n")
+    r = run_cli(["embed", m, "-i", texts, "-o", tmp_path / "e.npy"])
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("Error: input text 3 ('aaaa") and "backtracks catastrophically" in r.stderr
+    assert not (tmp_path / "e.npy").exists()
+    r = run_cli(["trim-vocab", m, "-c", texts, "-o", tmp_path / "t"])
+    assert r.exit_code == 1 and r.stderr.startswith("Error: corpus line 3 ") and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "t").exists()
+    # the same tokenizer on harmless text works
+    assert run_cli(["embed", m, "hello world"]).exit_code == 0
+
+
+def test_tokenizer_panic_in_a_real_process_prints_no_rust_backtrace(tmp_path, tiny_bert):
+    m = _panicking_tokenizer(tiny_bert, tmp_path / "m")
+    p = _cli("embed", m, "fine", EVIL, env={**os.environ, "RUST_BACKTRACE": "1"})
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 1, err
+    assert err.decode().splitlines() == [err.decode().splitlines()[0]] and err.startswith(b"Error: input text 2 ")

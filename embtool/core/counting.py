@@ -19,6 +19,8 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from tokenizers import Tokenizer
 
+from embtool.core.tokenizer_io import encode_batch
+
 VERIFY_LINES = 400
 LINE_BATCH = 2048
 WORD_BATCH = 20000
@@ -33,15 +35,15 @@ class Counts:
     mode: str  # how the counts were made (see the module docstring)
 
 
-def _encode(tok: Tokenizer, texts: list[str]):
-    fast = getattr(tok, "encode_batch_fast", None)  # tokenizers >= 0.20: no offsets computed
-    return (fast or tok.encode_batch)(texts, add_special_tokens=False)
+def _encode(tok: Tokenizer, texts: list[str], first: int = 1, what: str = "corpus line"):
+    # encode_batch_fast (tokenizers >= 0.20): no offsets computed
+    return encode_batch(tok, texts, add_special_tokens=False, first=first, what=what, fast=True)
 
 
-def _count_lines(tok: Tokenizer, lines: list[str], V: int) -> np.ndarray:
+def _count_lines(tok: Tokenizer, lines: list[str], V: int, first: int = 1) -> np.ndarray:
     out = np.zeros(V, dtype=np.int64)
     if lines:
-        encs = _encode(tok, lines)
+        encs = _encode(tok, lines, first)
         ids = np.fromiter((i for e in encs for i in e.ids), dtype=np.int64)
         if ids.size:
             out += np.bincount(ids, minlength=V)[:V]
@@ -102,7 +104,7 @@ def _count_words(tok: Tokenizer, first: Counter, inner: Counter, V: int, grouped
         texts += [" " + w for w in inner]
         weights += list(inner.values())
     for b0 in range(0, len(texts), WORD_BATCH):
-        encs = _encode(tok, texts[b0 : b0 + WORD_BATCH])
+        encs = _encode(tok, texts[b0 : b0 + WORD_BATCH], b0 + 1, "group of corpus words")
         lens = np.fromiter((len(e.ids) for e in encs), dtype=np.int64, count=len(encs))
         ids = np.fromiter((i for e in encs for i in e.ids), dtype=np.int64, count=int(lens.sum()))
         w = np.repeat(np.asarray(weights[b0 : b0 + WORD_BATCH], dtype=np.int64), lens)
@@ -148,9 +150,9 @@ def count_corpus(tok: Tokenizer, open_lines: Callable[[], Iterator[str]], V: int
         nbytes += len(line.encode("utf-8")) + 1
         batch.append(line)
         if len(batch) >= LINE_BATCH:
-            counts += _count_lines(tok, batch, V)
+            counts += _count_lines(tok, batch, V, n - len(batch) + 1)
             if progress is not None:
                 progress.update(sum(len(x) + 1 for x in batch))
             batch = []
-    counts += _count_lines(tok, batch, V)
+    counts += _count_lines(tok, batch, V, n - len(batch) + 1)
     return Counts(counts, n, nbytes, "lines")

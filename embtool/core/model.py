@@ -138,6 +138,8 @@ def read_json(path: Path) -> Any:
         raise CorruptFile(f"{path}: not valid UTF-8") from e
     except json.JSONDecodeError as e:
         raise CorruptFile(f"{path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
+    except RecursionError:
+        raise CorruptFile(f"{path}: JSON nested too deeply to be a real configuration; refusing it") from None
     except OSError as e:
         raise CorruptFile(f"{path}: cannot read: {e.strerror}") from e
 
@@ -312,6 +314,46 @@ def _check_config(cfg: Any, path: Path) -> dict[str, Any]:
     return cfg
 
 
+def _first_int(cfg: dict[str, Any], *keys: str) -> tuple[str, int] | None:
+    for k in keys:
+        v = cfg.get(k)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return k, v
+    return None
+
+
+def check_config_against_weights(model: Model) -> None:
+    """Refuse a config.json that contradicts the safetensors weights (layers, hidden size, heads,
+    vocabulary rows): a graph built from it would be wrong, or fail half-way through a command."""
+    cfg, ws = model.config, model.weights
+    assert ws is not None
+    where = model.root / "config.json"
+    problems = []
+    layers = _first_int(cfg, "num_hidden_layers", "n_layers", "num_layers")
+    found = num_layers(ws.keys())
+    if layers and found and layers[1] != found:
+        problems.append(f"{layers[0]} = {layers[1]:,} but the weights have {found} layers")
+    hidden = _first_int(cfg, "hidden_size", "dim", "d_model")
+    heads = _first_int(cfg, "num_attention_heads", "n_heads")
+    if hidden and heads and (heads[1] == 0 or hidden[1] % heads[1]):
+        problems.append(f"{heads[0]} = {heads[1]} does not divide {hidden[0]} = {hidden[1]}")
+    vt = find_vocab_tensors(model)
+    if vt:
+        rows = vt[0].shape[0]
+        vocab = _first_int(cfg, "vocab_size")
+        if vocab and vocab[1] != rows:
+            problems.append(f"vocab_size = {vocab[1]:,} but the token-embedding table has {rows:,} rows")
+        width = None
+        if vt[0].role == "input embedding" and len(vt[0].shape) == 2:
+            width = vt[0].shape[1]
+        elif vt[0].name.endswith(FACTOR_F) and vt[0].name[: -len(FACTOR_F)] + FACTOR_P in ws:
+            width = ws.info(vt[0].name[: -len(FACTOR_F)] + FACTOR_P).shape[-1]
+        if hidden and width and hidden[1] != width:
+            problems.append(f"{hidden[0]} = {hidden[1]:,} but the token embeddings have {width} columns")
+    if problems:
+        raise CorruptFile(f"{where} contradicts the weights: " + "; ".join(problems))
+
+
 def open_model(path: str | os.PathLike, need_tokenizer: bool = False) -> Model:
     """Open MODEL; raises a named core error with one clear sentence on anything wrong."""
     root, layout, wpath = _locate(Path(path))
@@ -327,6 +369,8 @@ def open_model(path: str | os.PathLike, need_tokenizer: bool = False) -> Model:
     if layout.format == "safetensors":
         files = _shards(wpath) if wpath.name.endswith(".index.json") else [wpath]
         model.weights = WeightStore(files)
+        if config:
+            check_config_against_weights(model)
     else:
         model.onnx_external = onnx_external_files(wpath, root)
     return model

@@ -90,6 +90,8 @@ class SafetensorsFile:
             header = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CorruptFile(f"{self.path}: header is not valid JSON ({e})") from e
+        except RecursionError:
+            raise CorruptFile(f"{self.path}: header JSON is nested too deeply; not safetensors") from None
         if not isinstance(header, dict):
             raise CorruptFile(f"{self.path}: header is not a JSON object")
         self.data_start = 8 + n

@@ -59,6 +59,8 @@ def iter_file(path: str, field: str | None = None, skip_empty: bool = False) -> 
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise InputError(f"{name}:{no}: not valid JSON ({e.msg})") from None
+                except RecursionError:
+                    raise InputError(f"{name}:{no}: JSON nested too deeply") from None
                 if not isinstance(obj, dict) or key not in obj:
                     raise InputError(f"{name}:{no}: no field {key!r} in this JSON line")
                 val = obj[key]

@@ -7,12 +7,15 @@ itself and truncates to the limit the user asks for.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from tokenizers import Tokenizer
 
-from embtool.core.errors import CorruptFile, Unsupported
+from embtool.core.errors import CorruptFile, InputError, Unsupported
 
 MODEL_TYPES = ("WordPiece", "BPE", "Unigram")
 
@@ -49,6 +52,8 @@ class TokenizerJson:
                 data = json.loads(text)
             except json.JSONDecodeError as e:
                 raise CorruptFile(f"{self.path}: not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from e
+            except RecursionError:
+                raise CorruptFile(f"{self.path}: JSON nested too deeply to be a tokenizer") from None
             self._data = self._validate(data, self.path)
         return self._data
 
@@ -149,7 +154,9 @@ class TokenizerJson:
                     tok = Tokenizer.from_str(json.dumps(data))
                 tok.no_truncation()
                 tok.no_padding()
-            except Exception as e:  # the Rust side raises a bare Exception on any malformed field
+            except BaseException as e:  # the Rust side raises a bare Exception on any malformed field
+                if not isinstance(e, Exception) and not is_panic(e):
+                    raise
                 where = str(self.path) if self.path else "tokenizer.json"
                 msg = str(e).splitlines()[0] if str(e) else type(e).__name__
                 raise CorruptFile(f"{where}: the tokenizers library rejects it: {msg}") from e
@@ -165,3 +172,68 @@ class TokenizerJson:
 
     def dumps(self) -> str:
         return json.dumps(self.data, ensure_ascii=False, indent=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Calling the tokenizer: Rust panics become one clear error
+# ----------------------------------------------------------------------------------------------
+
+def is_panic(e: BaseException) -> bool:
+    """A Rust panic inside `tokenizers` (pyo3's PanicException derives from BaseException, so
+    `except Exception` does not see it), e.g. a pre-tokenizer regex that backtracks catastrophically."""
+    return type(e).__name__ == "PanicException"
+
+
+@contextmanager
+def _native_stderr_held() -> Iterator[list[bool]]:
+    """Hold what native code writes to file descriptor 2 during the block (Rust prints a panic message
+    and, with RUST_BACKTRACE, a backtrace there); replay it afterwards unless the caller set flag[0]
+    (the panic was turned into an error of our own)."""
+    flag = [False]
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield flag
+        return
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield flag
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            if not flag[0] and held.tell():
+                held.seek(0)
+                os.write(2, held.read())
+
+
+def _snippet(text: str) -> str:
+    return repr(text if len(text) <= 40 else text[:40] + "…")
+
+
+def encode_batch(tok: Tokenizer, texts: list[str], *, add_special_tokens: bool = True, first: int = 1,
+                 what: str = "text", fast: bool = False) -> list:
+    """`tok.encode_batch(texts)`; a panic of the tokenizer becomes one InputError naming the text that
+    causes it (`what` `first + i`, e.g. "input line 17"), found by encoding the texts one by one."""
+    run = getattr(tok, "encode_batch_fast", None) if fast else None
+    run = run or tok.encode_batch
+    with _native_stderr_held() as quiet:
+        try:
+            return run(texts, add_special_tokens=add_special_tokens)
+        except BaseException as e:
+            if not is_panic(e):
+                raise
+            quiet[0] = True
+            msg = str(e).splitlines()[0] if str(e) else "panic"
+    with _native_stderr_held() as quiet:
+        for i, t in enumerate(texts):
+            try:
+                tok.encode(t, add_special_tokens=add_special_tokens)
+            except BaseException as e:
+                if not is_panic(e):
+                    raise
+                quiet[0] = True
+                raise InputError(f"{what} {first + i} ({_snippet(t)}): the tokenizer fails on it ({msg}); its tokenizer.json "
+                                 "probably has a pre-tokenizer regex that backtracks catastrophically on this text") from None
+        quiet[0] = True
+    raise InputError(f"the tokenizer fails on a batch of {len(texts)} texts ({msg}) but on none of them alone")

@@ -25,7 +25,7 @@ from embtool.core.errors import InputError, Unsupported
 from embtool.core.model import FACTOR_F, FACTOR_P, Model, find_vocab_tensors, open_model, read_json
 from embtool.core.model_out import copy_unchanged, metadata_json, updated_config, write_configs, write_weights
 from embtool.core.texts import iter_texts
-from embtool.core.tokenizer_io import TokenizerJson
+from embtool.core.tokenizer_io import TokenizerJson, encode_batch
 from embtool.core.word_vectors import WordVectors, corpus_words, read_word_vectors
 from embtool.core.writer import OutputFolder, provenance
 from embtool.jobs.fidelity import OutputRequest, evaluate_output
@@ -167,7 +167,7 @@ def _word_vectors(m: Model, req: InitRequest, progress) -> tuple[WordVectors, di
 
 def _tokenize_words(tj: TokenizerJson, words: list[str]) -> list[list[int]]:
     tok = tj.runtime()
-    return [e.ids for e in tok.encode_batch(words, add_special_tokens=False)]
+    return [e.ids for e in encode_batch(tok, words, add_special_tokens=False, what="token")]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from embtool.core.model import Model, find_vocab_tensors, open_model
 from embtool.core.model_out import (copy_unchanged, metadata_json, slice_onnx_initializers, updated_config,
                                     write_configs, write_weights)
 from embtool.core.texts import iter_texts, read_lines
-from embtool.core.tokenizer_io import TokenizerJson
+from embtool.core.tokenizer_io import TokenizerJson, encode_batch
 from embtool.core.writer import OutputFolder, provenance
 from embtool.jobs.fidelity import gate
 
@@ -124,8 +124,8 @@ def evaluate(orig: Model, new: Model, remap: dict[int, int], texts: list[str], t
     a_tok, b_tok = orig.tokenizer.runtime(), new.tokenizer.runtime()
     a_tok.no_truncation()
     b_tok.no_truncation()
-    ea = a_tok.encode_batch(texts)
-    eb = b_tok.encode_batch(texts)
+    ea = encode_batch(a_tok, texts, what="--eval line")
+    eb = encode_batch(b_tok, texts, what="--eval line")
     unk_b = VA.unk_id(new.tokenizer.data)
     unk_a = VA.unk_id(orig.tokenizer.data)
     same = 0

@@ -17,6 +17,7 @@ from tokenizers import Tokenizer
 from embtool.algorithms import pooling as P
 from embtool.core.errors import InputError, Unsupported
 from embtool.core.model import Model
+from embtool.core.tokenizer_io import encode_batch
 
 CHUNK = 4096  # texts tokenized at once; bounds memory for streams of any length
 TOKEN_BUDGET = 8192  # padded tokens per onnxruntime call, at most
@@ -223,7 +224,7 @@ class Encoder:
             texts = [self.s.prefix + t for t in texts]
         self.tok.no_padding()
         self.tok.enable_truncation(self.max_length)
-        encs = self.tok.encode_batch(texts)
+        encs = encode_batch(self.tok, texts, first=self.stats.texts + 1, what="input text")
         seqs = []
         for e in encs:
             if e.overflowing:
