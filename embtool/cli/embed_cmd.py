@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from embtool.algorithms.pooling import POOLINGS, PRECISIONS
+from embtool.algorithms.pooling import ALL_POOLINGS, PRECISIONS
 from embtool.cli.options import common_options, emit_summary, force_option, model_argument
 from embtool.core.embeddings_io import FORMATS, EmbeddingSink, format_for, not_embeddings_file
 from embtool.core.errors import InputError
@@ -34,10 +34,13 @@ def embedding_options(f):
     """Options that decide what an embedding is; shared by embed and the fidelity checks."""
     f = click.option("--output-name", default=None, help="ONNX output that holds the embeddings, when ambiguous.")(f)
     f = click.option("--prefix", default="", help="Text put before every input, e.g. 'query: ' or 'passage: ' for e5.")(f)
+    f = click.option("--prompt-name", default=None,
+                     help="Put the model's prompt of this name (config_sentence_transformers.json: query, document, ...) "
+                          "before every input (default: its default_prompt_name, if any).")(f)
     f = click.option("--dim", type=click.IntRange(min=1), default=None, help="Keep the first N dimensions (Matryoshka), then normalise.")(f)
     f = click.option("--normalize/--no-normalize", default=None, help="L2-normalise (default: from the sentence-transformers config).")(f)
-    f = click.option("--pooling", type=click.Choice(["auto", *POOLINGS]), default="auto", show_default=True,
-                     help="Token pooling; auto reads the sentence-transformers config, else mean.")(f)
+    f = click.option("--pooling", type=click.Choice(["auto", *ALL_POOLINGS]), default="auto", show_default=True,
+                     help="Token pooling; auto reads the sentence-transformers config (modes, Dense layers), else mean.")(f)
     f = click.option("--max-length", type=click.IntRange(min=2), default=None,
                      help="Truncate to this many tokens (default: the model's limit).")(f)
     f = click.option("--batch-size", type=click.IntRange(min=1), default=None,
@@ -58,8 +61,8 @@ def embedding_options(f):
 @embedding_options
 @force_option
 @common_options
-def command(model, texts, inputs, field, output, fmt, precision, keep_float, shard, output_name, prefix, dim, normalize,
-            pooling, max_length, batch_size, force, as_json, quiet, threads) -> None:
+def command(model, texts, inputs, field, output, fmt, precision, keep_float, shard, output_name, prompt_name, prefix, dim,
+            normalize, pooling, max_length, batch_size, force, as_json, quiet, threads) -> None:
     """Embed texts with a model through onnxruntime (ONNX models as they are; safetensors BERT,
     RoBERTa/XLM-R and DistilBERT models through a graph built in memory, no PyTorch).
 
@@ -69,7 +72,7 @@ def command(model, texts, inputs, field, output, fmt, precision, keep_float, sha
     \b
     Example:
       embtool embed all-MiniLM-L6-v2/ "a first sentence" "a second one"
-      embtool embed e5-small/ -i docs.txt --prefix "passage: " -o docs.safetensors
+      embtool embed e5-small/ -i docs.txt --prompt-name passage -o docs.safetensors
       cat words.txt | embtool embed e5-small/ -i - --format word2vec -o words.vec
     """
     from embtool.runtime.encoder import EmbedSettings, Encoder, progress_bar, run_embed
@@ -85,13 +88,18 @@ def command(model, texts, inputs, field, output, fmt, precision, keep_float, sha
         raise click.UsageError(f"--format {fmt} needs -o FILE")
     if output is None and precision not in ("float32", "float16"):
         raise click.UsageError("--precision int8/binary needs -o FILE (.npy or .safetensors)")
+    if prompt_name is not None and prefix:
+        raise click.UsageError("give --prefix or --prompt-name, not both")
     if as_json and output is None:
         raise click.UsageError("--json prints a summary on stdout; give -o FILE so the vectors go elsewhere")
     t0 = time.perf_counter()
     m = open_model(model, need_tokenizer=True)
-    settings = EmbedSettings(pooling=pooling, normalize=normalize, dim=dim, prefix=prefix, max_length=max_length,
+    settings = EmbedSettings(pooling=pooling, normalize=normalize, dim=dim, prefix=prefix, prompt_name=prompt_name, max_length=max_length,
                              batch_size=batch_size, threads=threads, output_name=output_name)
     enc = Encoder(m, settings)
+    if not enc.prefix and m.st.prompt_texts() and not quiet:
+        click.echo(f"note: this model has prompts ({', '.join(sorted(m.st.prompts))}) and none was applied; "
+                   "it is usually used with one: --prompt-name NAME", err=True)
     sink = EmbeddingSink(fmt, precision, keep_float, stream=sys.stdout if output is None else None)
     try:
         bar = progress_bar(quiet, desc="embed")
@@ -105,7 +113,8 @@ def command(model, texts, inputs, field, output, fmt, precision, keep_float, sha
                 if sink.count == 0:
                     raise InputError("no texts to embed (the input is empty)")
                 meta = {"model": str(Path(model).resolve()), "model_fingerprint": m.fingerprint(), "pooling": enc.pooling,
-                        "normalize": str(enc.normalize).lower(), "prefix": prefix, "max_length": str(enc.max_length),
+                        "normalize": str(enc.normalize).lower(), "prefix": enc.prefix,
+                        "prompt_name": enc.prompt_name or "", "max_length": str(enc.max_length),
                         "shard": f"{shard[0]}/{shard[1]}" if shard else ""}
                 if fmt == "safetensors":
                     import numpy as np
@@ -121,6 +130,7 @@ def command(model, texts, inputs, field, output, fmt, precision, keep_float, sha
     st = enc.stats
     summary = {"texts": sink.count, "dim": sink.dim, "tokens": st.tokens, "truncated": st.truncated,
                "max_length": enc.max_length, "pooling": enc.pooling, "normalize": enc.normalize,
+               "prompt_name": enc.prompt_name, "prefix": enc.prefix,
                "output": output or "-", "format": fmt, "precision": precision, "seconds": round(dt, 3),
                "texts_per_second": round(sink.count / dt, 1) if dt > 0 else None}
     if st.truncated and not quiet:

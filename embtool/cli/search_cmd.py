@@ -22,7 +22,7 @@ from embtool.jobs.search import SearchRequest, run_search
 @click.option("-k", "--top-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Neighbours per query.")
 @click.option("--metric", type=click.Choice(METRICS), default="cosine", show_default=True)
 @click.option("--model", "model_path", default=None, help="Embed text queries with this model (default: the one recorded in the index).")
-@click.option("--query-prefix", default=None, help="Prefix for text queries (default: the index's prefix), e.g. 'query: ' for e5.")
+@click.option("--query-prefix", default=None, help="Prefix for text queries (default: the model's query prompt, else the index's prefix), e.g. 'query: ' for e5.")
 @click.option("--strict", is_flag=True, help="Refuse (instead of warn) when --model differs from the index's model.")
 @click.option("--rescore", type=click.IntRange(min=0), default=100, show_default=True,
               help="int8/binary indexes: rescore this many candidates with the stored float vectors (0: off).")

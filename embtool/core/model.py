@@ -18,6 +18,7 @@ import numpy as np
 
 from embtool.core.errors import CorruptFile, ModelNotFound, UnsafeModel
 from embtool.core.safetensors_io import SafetensorsFile, TensorInfo
+from embtool.core.st_config import SentenceTransformersInfo, read_st_info
 from embtool.core.tokenizer_io import TokenizerJson
 
 PICKLE_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle", "tf_model.h5")
@@ -70,14 +71,6 @@ class WeightStore:
         for f in self.files:
             meta.update(f.metadata)
         return meta
-
-
-@dataclass
-class SentenceTransformersInfo:
-    pooling: str | None = None  # "mean" | "cls" | "last" | "max"
-    normalize: bool | None = None
-    max_seq_length: int | None = None
-    prompts: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -257,49 +250,6 @@ def _load_onnx(path: Path, root: Path):
     return m
 
 
-def _st_info(root: Path) -> SentenceTransformersInfo:
-    info = SentenceTransformersInfo()
-    modules_p = root / "modules.json"
-    pool_dir = None
-    if modules_p.is_file():
-        modules = read_json(modules_p)
-        if isinstance(modules, list):
-            for m in modules:
-                if not isinstance(m, dict):
-                    continue
-                typ = str(m.get("type", ""))
-                if typ.endswith("Pooling"):
-                    pool_dir = root / str(m.get("path", "1_Pooling"))
-                if typ.endswith("Normalize"):
-                    info.normalize = True
-            if info.normalize is None:
-                info.normalize = False
-    if pool_dir is None and (root / "1_Pooling").is_dir():
-        pool_dir = root / "1_Pooling"
-    if pool_dir is not None and (pool_dir / "config.json").is_file():
-        pc = read_json(pool_dir / "config.json")
-        if isinstance(pc, dict):
-            if pc.get("pooling_mode_cls_token"):
-                info.pooling = "cls"
-            elif pc.get("pooling_mode_mean_tokens"):
-                info.pooling = "mean"
-            elif pc.get("pooling_mode_lasttoken"):
-                info.pooling = "last"
-            elif pc.get("pooling_mode_max_tokens"):
-                info.pooling = "max"
-    sb = root / "sentence_bert_config.json"
-    if sb.is_file():
-        d = read_json(sb)
-        if isinstance(d, dict) and isinstance(d.get("max_seq_length"), int):
-            info.max_seq_length = d["max_seq_length"]
-    cst = root / "config_sentence_transformers.json"
-    if cst.is_file():
-        d = read_json(cst)
-        if isinstance(d, dict) and isinstance(d.get("prompts"), dict):
-            info.prompts = {str(k): str(v) for k, v in d["prompts"].items()}
-    return info
-
-
 def _check_config(cfg: Any, path: Path) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise CorruptFile(f"{path}: config must be a JSON object")
@@ -365,7 +315,7 @@ def open_model(path: str | os.PathLike, need_tokenizer: bool = False) -> Model:
         tok = TokenizerJson.load(root / "tokenizer.json")
     elif need_tokenizer:
         raise ModelNotFound(f"{root}: no tokenizer.json beside the model (embtool needs the fast-tokenizer file)")
-    model = Model(root=root, layout=layout, weight_path=wpath, config=config, tokenizer=tok, st=_st_info(root))
+    model = Model(root=root, layout=layout, weight_path=wpath, config=config, tokenizer=tok, st=read_st_info(root, config))
     if layout.format == "safetensors":
         files = _shards(wpath) if wpath.name.endswith(".index.json") else [wpath]
         model.weights = WeightStore(files)

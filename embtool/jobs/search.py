@@ -63,7 +63,7 @@ def _query_vectors(req: SearchRequest, first: Index, warn: Callable[[str], None]
     dim = int(meta["dim"]) if meta.get("dim") else None
     settings = EmbedSettings(pooling=meta.get("pooling", "auto"),
                              normalize={"true": True, "false": False}.get(meta.get("normalize", ""), None),
-                             prefix=req.query_prefix if req.query_prefix is not None else meta.get("prefix", ""),
+                             prefix=_query_prefix(req, m, meta),
                              max_length=int(meta["max_length"]) if meta.get("max_length") else None, threads=req.threads)
     enc = Encoder(m, settings)
     v = enc.embed(texts)
@@ -72,6 +72,17 @@ def _query_vectors(req: SearchRequest, first: Index, warn: Callable[[str], None]
         if enc.normalize:
             v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
     return v, texts
+
+
+def _query_prefix(req: SearchRequest, model, meta: dict) -> str:
+    """--query-prefix, else the model's query prompt (sentence-transformers' `encode_query`), else the
+    prefix the index was embedded with."""
+    if req.query_prefix is not None:
+        return req.query_prefix
+    q = model.st.query_prompt()
+    if q is not None:
+        return q
+    return meta.get("prefix", "")
 
 
 def run_search(req: SearchRequest, warn: Callable[[str], None] = lambda m: None) -> SearchResult:

@@ -17,6 +17,7 @@ from tokenizers import Tokenizer
 from embtool.algorithms import pooling as P
 from embtool.core.errors import InputError, Unsupported
 from embtool.core.model import Model
+from embtool.core.st_config import prompt_length, resolve_prompt
 from embtool.core.tokenizer_io import encode_batch
 
 CHUNK = 4096  # texts tokenized at once; bounds memory for streams of any length
@@ -30,7 +31,8 @@ class EmbedSettings:
     pooling: str = "auto"
     normalize: bool | None = None  # None: from the sentence-transformers config
     dim: int | None = None
-    prefix: str = ""
+    prefix: str = ""  # "" = none given: the model's default prompt, if it has one
+    prompt_name: str | None = None  # a prompt of the model's sentence-transformers config (query, document, ...)
     max_length: int | None = None
     batch_size: int | None = None  # None: about AUTO_TOKENS padded tokens per call
     threads: int = 0
@@ -120,10 +122,18 @@ class Encoder:
         pool = self.s.pooling
         if pool == "auto":
             pool = model.st.pooling or "mean"
-        if pool not in P.POOLINGS:
-            raise InputError(f"pooling {pool!r} is not supported ({', '.join(P.POOLINGS)})")
+        try:
+            P.pooling_modes(pool)
+        except ValueError:
+            raise InputError(f"pooling {pool!r} is not supported ({', '.join(P.ALL_POOLINGS)}; 'a+b' concatenates)") from None
+        if model.st.unsupported and not self.pooled_output:
+            raise Unsupported(f"{model.root}: modules.json has module(s) embtool cannot run: {', '.join(model.st.unsupported)}")
         self.pooling = pool
         self.normalize = self.s.normalize if self.s.normalize is not None else bool(model.st.normalize)
+        self.prefix, self.prompt_name = resolve_prompt(model.st, self.s.prompt_name, self.s.prefix)
+        self.prompt_length = 0  # prompt tokens left out of the pooling (include_prompt: false)
+        if self.prefix and not model.st.include_prompt:
+            self.prompt_length = prompt_length(self.tok, self.prefix, set(model.tokenizer.special_tokens().values()))
         self.stats = EmbedStats()
         self.hidden: int | None = None
 
@@ -165,7 +175,19 @@ class Encoder:
             return out.astype(np.float32, copy=False)
         if out.ndim != 3:
             raise Unsupported(f"output {self.output_name!r} has shape {out.shape}, expected [batch, seq, hidden]")
-        return P.pool(out, mask, self.pooling)
+        return self._head(P.pool(out, mask, self.pooling, self.prompt_length))
+
+    def _head(self, x: np.ndarray) -> np.ndarray:
+        """The sentence-transformers modules after pooling, in order: Dense layers, Normalize."""
+        for kind, layer in self.model.st.head:
+            if kind == "dense":
+                if x.shape[1] != layer.weight.shape[1]:
+                    raise Unsupported(f"{self.model.root / layer.path}: the Dense layer takes {layer.weight.shape[1]} "
+                                      f"features but the pooled embedding has {x.shape[1]}")
+                x = P.dense(x, layer.weight, layer.bias, layer.activation, layer.residual, layer.use_residual)
+            elif kind == "normalize" and self.s.normalize is None:
+                x = P.normalize(x)
+        return x
 
     def _finish(self, x: np.ndarray) -> np.ndarray:
         if self.hidden is None:
@@ -220,8 +242,10 @@ class Encoder:
         return self._pad
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
-        if self.s.prefix:
-            texts = [self.s.prefix + t for t in texts]
+        if self.prefix:
+            texts = [self.prefix + t for t in texts]
+        if self.model.st.do_lower_case:
+            texts = [t.lower() for t in texts]
         self.tok.no_padding()
         self.tok.enable_truncation(self.max_length)
         encs = encode_batch(self.tok, texts, first=self.stats.texts + 1, what="input text")

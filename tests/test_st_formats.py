@@ -1,0 +1,151 @@
+"""sentence-transformers folders of every release against sentence-transformers' own embeddings.
+
+The fixtures in tests/data/st_formats/ were saved, and their reference vectors computed, by the real
+sentence-transformers (tools/make_st_fixtures.py, run once in the peer venv): pooling modes (old boolean
+keys and the 6.x `pooling_mode` string, concatenated modes), Dense layers, Normalize or not,
+include_prompt false, prompts and default_prompt_name, max_seq_length from sentence_bert_config.json or
+tokenizer_config.json.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from conftest import run_cli
+from embtool.core.embeddings_io import Index
+from embtool.core.model import open_model
+from embtool.core.st_config import pooling_modes, read_st_info
+from embtool.runtime.encoder import EmbedSettings, Encoder
+
+DATA = Path(__file__).parent / "data" / "st_formats"
+REF = json.loads((DATA / "reference.json").read_text(encoding="utf-8"))
+CASES = [(name, run["prompt_name"]) for name, m in REF["models"].items() for run in m["runs"]]
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.mark.parametrize("name,prompt_name", CASES, ids=[f"{n}-{p}" for n, p in CASES])
+def test_embeddings_equal_sentence_transformers(name, prompt_name):
+    ref = REF["models"][name]
+    expected = np.array(next(r["vectors"] for r in ref["runs"] if r["prompt_name"] == prompt_name), np.float32)
+    enc = Encoder(open_model(DATA / name), EmbedSettings(prompt_name=prompt_name))
+    got = enc.embed(REF["texts"])
+    assert enc.max_length == ref["max_seq_length"]
+    assert got.shape == expected.shape
+    assert _cos(got, expected).min() >= 0.9999
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+
+
+def test_legacy_pooling_keys_follow_sentence_transformers():
+    where = Path("1_Pooling/config.json")
+    assert pooling_modes({"word_embedding_dimension": 4}, where) == (("mean",), True)  # none true: mean
+    assert pooling_modes({"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": True}, where)[0] == ("cls", "mean")
+    assert pooling_modes({"pooling_mode_lasttoken": True, "include_prompt": False}, where) == (("lasttoken",), False)
+    # the new key wins over old ones
+    assert pooling_modes({"pooling_mode": "max", "pooling_mode_mean_tokens": True}, where)[0] == ("max",)
+    assert pooling_modes({"pooling_mode": ["cls", "weightedmean"]}, where)[0] == ("cls", "weightedmean")
+
+
+def test_reader_reads_prompts_and_modules():
+    info = read_st_info(DATA / "new-prompts-exclude")
+    assert info.prompts == {"document": "", "query": "Represent this question for retrieval: "}
+    assert info.default_prompt_name == "query" and info.include_prompt is False
+    assert info.prompt_texts() == ["Represent this question for retrieval: "]
+    dense = read_st_info(DATA / "old-dense")
+    assert [k for k, _ in dense.head] == ["dense", "normalize"]
+    assert dense.dense[0].weight.shape == (16, 32) and dense.dense[0].activation == "tanh"
+
+
+def _copy(name: str, tmp_path: Path) -> Path:
+    d = tmp_path / name
+    shutil.copytree(DATA / name, d)
+    return d
+
+
+def test_unknown_pooling_mode_is_one_clear_error(tmp_path):
+    d = _copy("new-cls", tmp_path)
+    (d / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "median"}))
+    r = run_cli(["embed", d, "a text"])
+    assert r.exit_code == 1
+    assert "pooling mode 'median' is unknown" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_dense_pickle_weights_are_refused(tmp_path):
+    d = _copy("old-dense", tmp_path)
+    (d / "2_Dense" / "model.safetensors").rename(d / "2_Dense" / "pytorch_model.bin")
+    r = run_cli(["embed", d, "a text"])
+    assert r.exit_code == 1
+    assert "pickle" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_module_path_outside_the_folder_is_refused(tmp_path):
+    d = _copy("new-dense-normalize", tmp_path)
+    mods = json.loads((d / "modules.json").read_text())
+    mods[2]["path"] = "../elsewhere"
+    (d / "modules.json").write_text(json.dumps(mods))
+    r = run_cli(["inspect", d])
+    assert r.exit_code == 1
+    assert "leaves the model folder" in r.stderr
+
+
+def test_unsupported_module_type_is_refused_when_embedding(tmp_path):
+    d = _copy("new-mean", tmp_path)
+    mods = json.loads((d / "modules.json").read_text())
+    mods.append({"idx": 3, "name": "3", "path": "3_LSTM", "type": "sentence_transformers.models.LSTM"})
+    (d / "modules.json").write_text(json.dumps(mods))
+    r = run_cli(["embed", d, "a text"])
+    assert r.exit_code == 1
+    assert "LSTM" in r.stderr
+
+
+def test_embed_prompt_name_is_recorded_and_search_uses_the_query_prompt(tmp_path):
+    d = DATA / "new-prompts"
+    docs = tmp_path / "docs.txt"
+    docs.write_text("\n".join(REF["texts"]) + "\n")
+    out = tmp_path / "idx.safetensors"
+    r = run_cli(["embed", d, "-i", docs, "--prompt-name", "document", "-o", out])
+    assert r.exit_code == 0, r.stderr
+    assert "note: this model has prompts" not in r.stderr
+    meta = Index(out).meta
+    assert meta["prompt_name"] == "document" and meta["prefix"] == "passage: "
+    expected = np.array(next(x["vectors"] for x in REF["models"]["new-prompts"]["runs"] if x["prompt_name"] == "document"))
+    stored = load_file(str(out))
+    emb = next(v for k, v in stored.items() if v.ndim == 2 and v.shape[0] == len(REF["texts"]) and v.dtype == np.float32)
+    assert _cos(emb, expected / np.linalg.norm(expected, axis=1, keepdims=True)).min() >= 0.9999
+    # search embeds the query with the model's query prompt by default
+    default = run_cli(["search", out, "lists files", "-k", "5"])
+    explicit = run_cli(["search", out, "lists files", "-k", "5", "--query-prefix", "query: "])
+    plain = run_cli(["search", out, "lists files", "-k", "5", "--query-prefix", ""])
+    assert default.exit_code == 0, default.stderr
+    assert default.stdout == explicit.stdout
+    assert default.stdout != plain.stdout
+
+
+def test_embed_without_a_prompt_notes_it(tmp_path):
+    r = run_cli(["embed", DATA / "new-prompts", "a text"])
+    assert r.exit_code == 0
+    assert "note: this model has prompts (document, query)" in r.stderr
+    r = run_cli(["embed", DATA / "new-mean", "a text"])  # 6.x writes empty prompts for every model: no note
+    assert "note: this model has prompts" not in r.stderr
+
+
+def test_default_prompt_name_applies_without_a_flag():
+    m = open_model(DATA / "new-cls-exclude-prompt")
+    assert Encoder(m).prefix == "query: "
+    assert Encoder(m, EmbedSettings(prefix="other: ")).prefix == "other: "
+
+
+def test_bad_prompt_flags():
+    r = run_cli(["embed", DATA / "new-prompts", "a text", "--prompt-name", "passage"])
+    assert r.exit_code == 1
+    assert "no prompt named 'passage'" in r.stderr and "document, query" in r.stderr
+    r = run_cli(["embed", DATA / "new-prompts", "a text", "--prompt-name", "query", "--prefix", "x: "])
+    assert r.exit_code == 2
