@@ -1,3 +1,25 @@
-"""embtool: shrink transformer text-embedding models and run them, without PyTorch."""
+"""embtool: shrink transformer text-embedding models and run them, without PyTorch.
+
+The public API (see README "Python API"): `Encoder`, `open_model`, and, with the `ray` extra,
+`embed_dataset`. Names are imported lazily, so `import embtool` (and `embtool --version`) stay light.
+"""
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "Encoder": "embtool.api",
+    "open_model": "embtool.api",
+    "embed_dataset": "embtool.distributed",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'embtool' has no attribute {name!r}")
