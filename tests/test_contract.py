@@ -128,3 +128,83 @@ def test_embed_force_refuses_a_safetensors_model(tmp_path, tiny_bert):
     r = run_cli(["embed", tiny_bert, "alpha", "-o", out, "--force", "--quiet"])
     assert r.exit_code == 1 and "not an embtool embeddings index" in r.stderr
     assert out.read_bytes() == (tiny_bert / "model.safetensors").read_bytes()
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. gates CI can read
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def corpus_files(tmp_path):
+    from conftest import corpus_lines
+
+    c, h = tmp_path / "c.txt", tmp_path / "h.txt"
+    c.write_text("\n".join(corpus_lines("en", 100)) + "\n")
+    h.write_text("\n".join(corpus_lines("en", 40, 600)) + "\n")
+    return c, h
+
+
+def _trim(model, c, h, out, *gates):
+    return run_cli(["trim-vocab", model, "-c", c, "--top", "30", "--eval", h, "-o", out, "--json", *gates])
+
+
+def test_failed_gate_prints_the_summary_and_exits_3(tmp_path, tiny_bert, corpus_files):
+    c, h = corpus_files
+    out = tmp_path / "out"
+    r = _trim(tiny_bert, c, h, out)
+    assert r.exit_code == 0, r.output
+    s = json.loads(r.stdout)
+    ev = s["eval"]
+    assert s["passed"] is True and s["written"] is True and out.is_dir() and ev["cosine_min"] < ev["cosine_mean"]
+    shutil.rmtree(out)
+    # the mean passes, the minimum over texts does not
+    low, high = ev["cosine_min"], ev["cosine_mean"]
+    mid = round((low + high) / 2, 4)
+    assert low < mid < high < 0.999
+    for gates, failing in ((["--min-cosine", str(mid - 0.1), "--min-cosine-min", str(mid)], ["min_cosine_min"]),
+                           (["--min-cosine", str(round(high + 0.0005, 4))], ["min_cosine"]),
+                           (["--min-recall", "1.0"], ["min_recall"])):
+        if failing == ["min_recall"] and ev["recall@10"] == 1.0:
+            continue
+        r = _trim(tiny_bert, c, h, out, *gates)
+        assert r.exit_code == 3, (gates, r.output)
+        s = json.loads(r.stdout)  # the full summary, on stdout, with the measured figures
+        assert s["passed"] is False and s["written"] is False and not out.exists()
+        assert s["eval"]["cosine_mean"] == pytest.approx(high, abs=1e-4)
+        assert [f.split(" is below --")[1].split()[0].replace("-", "_") for f in s["gate"]["failed"]] == failing
+        assert s["vocab_after"] > 0 and s["bytes_after"] > 0
+        assert r.stderr.startswith("Error: held-out") and r.stderr.count("\n") == 1 and "nothing written" in r.stderr
+    # without --json: the human summary, then the reason; exit 3
+    r = run_cli(["trim-vocab", tiny_bert, "-c", c, "--top", "30", "--eval", h, "-o", out, "--min-cosine-min", str(mid)])
+    assert r.exit_code == 3 and r.stdout == "" and "cosine" in r.stderr and r.stderr.splitlines()[-1].startswith("Error: ")
+    r = _trim(tiny_bert, c, h, out, "--min-cosine", str(mid - 0.1), "--min-cosine-min", str(low - 0.01),
+              "--min-recall", "0")
+    assert r.exit_code == 0 and json.loads(r.stdout)["gate"] == {
+        "min_cosine": mid - 0.1, "min_cosine_min": low - 0.01, "min_recall": 0.0, "failed": []}
+
+
+@pytest.mark.parametrize("cmd", [["factorize", "--rank", "2"], ["quantize", "--bits", "2"]])
+def test_gate_exit_3_on_every_gated_command(tmp_path, tiny_bert, corpus_files, cmd):
+    _, h = corpus_files
+    r = run_cli([cmd[0], tiny_bert, *cmd[1:], "--eval", h, "--min-cosine", "0.99999", "--min-recall", "1",
+                 "-o", tmp_path / "o", "--json"])
+    assert r.exit_code == 3, r.output
+    s = json.loads(r.stdout)
+    assert s["passed"] is False and not (tmp_path / "o").exists() and "min_cosine" in s["gate"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "h.txt"]
+
+
+def test_every_gated_command_has_the_three_gates_and_says_which_statistic(tiny_bert):
+    from embtool.cli.main import cli
+
+    gated = [name for name, c in cli.commands.items() if any(p.name == "min_cosine" for p in c.params)]
+    assert sorted(gated) == ["factorize", "init-subwords", "quantize", "trim-vocab"]
+    for name in gated:
+        opts = {p.name: p for p in cli.commands[name].params}
+        assert "mean over held-out texts" in opts["min_cosine"].help
+        assert "minimum over held-out texts" in opts["min_cosine_min"].help
+        assert "recall@10" in opts["min_recall"].help
+        assert all("exit 3" in opts[o].help for o in ("min_cosine", "min_cosine_min", "min_recall"))
+        extra = ["--tokenizer", tiny_bert / "tokenizer.json"] if name == "init-subwords" else []
+        r = run_cli([name, tiny_bert, *extra, "--min-recall", "0.5", "-o", "x"])
+        assert r.exit_code == 2 and "--min-recall needs --eval" in r.stderr

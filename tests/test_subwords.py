@@ -453,12 +453,12 @@ def test_bad_input(tmp_path, tiny_bert, tiny_models, targets):
 
 
 def test_min_cosine_gate(tmp_path, tiny_bert, targets):
-    """--eval/--min-cosine: below the threshold, exit 1 and nothing written; above it, written with the numbers."""
+    """--eval/--min-cosine: below the threshold, exit 3 and nothing written; above it, written with the numbers."""
     held = tmp_path / "held.txt"
     held.write_text("\n".join(corpus_lines("fr", 40, start=3000)) + "\n", encoding="utf-8")
     r = _init(tiny_bert, targets["unigram"], tmp_path / "o", "--method", "random", "--eval", held, "--min-cosine", "0.9999",
               ok=False)
-    assert r.exit_code == 1 and "below --min-cosine" in r.stderr and not (tmp_path / "o").exists()
+    assert r.exit_code == 3 and "below --min-cosine" in r.stderr and not (tmp_path / "o").exists()
     s = _init(tiny_bert, targets["unigram"], tmp_path / "o", "--eval", held, "--min-cosine", "-1")
     assert s["eval"]["texts"] == 40 and -1 <= s["eval"]["cosine_mean"] < 1
 

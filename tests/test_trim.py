@@ -133,7 +133,7 @@ def test_min_cosine_gate(tmp_path, tiny_bert):
     (tmp_path / "h.txt").write_text("\n".join(corpus_lines("fr", 50, 500)) + "\n")
     r = run_cli(["trim-vocab", tiny_bert, "-c", tmp_path / "c.txt", "--top", "10", "--eval", tmp_path / "h.txt",
                  "--min-cosine", "0.99999", "-o", tmp_path / "out"])
-    assert r.exit_code == 1 and "below --min-cosine" in r.stderr and not (tmp_path / "out").exists()
+    assert r.exit_code == 3 and "below --min-cosine" in r.stderr and not (tmp_path / "out").exists()
     r = run_cli(["trim-vocab", tiny_bert, "-c", tmp_path / "c.txt", "--eval", tmp_path / "h.txt", "--min-cosine", "0.5",
                  "-o", tmp_path / "out", "--json"])
     assert r.exit_code == 0

@@ -35,7 +35,9 @@ class EmbtoolGroup(click.Group):
         except EmbtoolError as e:
             if os.environ.get("EMBTOOL_DEBUG"):
                 traceback.print_exc()
-            raise click.ClickException(str(e)) from None
+            err = click.ClickException(str(e))
+            err.exit_code = e.exit_code
+            raise err from None
         except KeyboardInterrupt as e:
             click.echo(("Terminated" if type(e).__name__ == "Terminated" else "Interrupted") + "; nothing was written.", err=True)
             ctx.exit(143 if type(e).__name__ == "Terminated" else 130)

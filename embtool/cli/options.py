@@ -10,6 +10,9 @@ from typing import Any, Callable
 import click
 
 
+GATE_FAILED_EXIT = 3  # a --min-* gate failed (see embtool.core.errors.FidelityError)
+
+
 class ModelPath(click.ParamType):
     """A model folder or a .safetensors/.onnx file. Existence is checked by the core, so that a
     missing model is a one-line error (exit 1) like every other unusable model."""
@@ -38,19 +41,30 @@ def common_options(f: Callable) -> Callable:
 
 
 def eval_options(prefix: bool = True) -> Callable:
-    """--eval FILE, --eval-limit, (--eval-prefix), --min-cosine: the fidelity check and CI gate of the
-    shrinking commands. The command receives them as one `evaluation` dict."""
+    """--eval FILE, --eval-limit, (--eval-prefix), and the CI gates --min-cosine, --min-cosine-min and
+    --min-recall of the shrinking commands. The command receives them as one `evaluation` dict."""
 
     def deco(f: Callable) -> Callable:
         @functools.wraps(f)
-        def inner(*a, eval_file=None, eval_limit=1000, eval_prefix="", min_cosine=None, **k):
-            if min_cosine is not None and not eval_file:
-                raise click.UsageError("--min-cosine needs --eval FILE")
+        def inner(*a, eval_file=None, eval_limit=1000, eval_prefix="", min_cosine=None, min_cosine_min=None,
+                  min_recall=None, **k):
+            for opt, v in (("--min-cosine", min_cosine), ("--min-cosine-min", min_cosine_min), ("--min-recall", min_recall)):
+                if v is not None and not eval_file:
+                    raise click.UsageError(f"{opt} needs --eval FILE")
             return f(*a, evaluation={"eval_file": eval_file, "eval_limit": eval_limit, "eval_prefix": eval_prefix,
-                                     "min_cosine": min_cosine}, **k)
+                                     "min_cosine": min_cosine, "min_cosine_min": min_cosine_min,
+                                     "min_recall": min_recall}, **k)
 
+        fails = f"fail (exit {GATE_FAILED_EXIT}, the --json summary still printed, nothing written) when"
+        g = click.option("--min-recall", type=click.FloatRange(0, 1), default=None,
+                         help=f"With --eval: {fails} recall@10 is below this (the mean share of each held-out text's "
+                              "10 nearest held-out neighbours that the output model keeps).")(inner)
+        g = click.option("--min-cosine-min", type=click.FloatRange(-1, 1), default=None,
+                         help=f"With --eval: {fails} the minimum over held-out texts of the input-vs-output "
+                              "cosine (the worst text) is below this.")(g)
         g = click.option("--min-cosine", type=click.FloatRange(-1, 1), default=None,
-                         help="With --eval: fail (exit 1, nothing written) when the held-out mean cosine is below this.")(inner)
+                         help=f"With --eval: {fails} the mean over held-out texts of the input-vs-output "
+                              "embedding cosine is below this.")(g)
         if prefix:
             g = click.option("--eval-prefix", default="", help="Prefix for --eval texts (e.g. 'passage: ').")(g)
         g = click.option("--eval-limit", type=click.IntRange(min=2), default=1000, show_default=True,
@@ -70,11 +84,17 @@ def force_option(f: Callable) -> Callable:
 
 
 def emit_summary(summary: dict, as_json: bool, quiet: bool, render: Callable[[dict], str]) -> None:
-    """JSON on stdout with --json; else a human summary on stderr (unless --quiet)."""
+    """JSON on stdout with --json; else a human summary on stderr (unless --quiet). A failed gate
+    (summary["passed"] false) is then raised, after the summary: exit 3, with the reason on stderr."""
     if as_json:
         sys.stdout.write(json.dumps(summary, ensure_ascii=False, default=_jsonable) + "\n")
+        sys.stdout.flush()
     elif not quiet:
         click.echo(render(summary), err=True)
+    if summary.get("passed") is False:
+        from embtool.core.errors import FidelityError
+
+        raise FidelityError(summary["gate"]["message"])
 
 
 def _jsonable(o: Any) -> Any:

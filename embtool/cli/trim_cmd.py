@@ -68,7 +68,8 @@ def command(model, corpus, field, top, min_freq, coverage, keep_file, scripts, e
                       coverage=coverage, keep_file=keep_file,
                       scripts=[s.strip() for s in scripts.split(",") if s.strip()] if scripts else [],
                       eval_file=evaluation["eval_file"], eval_limit=evaluation["eval_limit"],
-                      min_cosine=evaluation["min_cosine"], dry_run=dry_run, force=force,
+                      min_cosine=evaluation["min_cosine"], min_cosine_min=evaluation["min_cosine_min"],
+                      min_recall=evaluation["min_recall"], dry_run=dry_run, force=force,
                       threads=threads)
     bar = progress_bar(quiet, unit="B", desc="count")
     try:

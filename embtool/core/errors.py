@@ -1,8 +1,10 @@
-"""Named exceptions of the core. The CLI turns each into `Error: ...` and exit 1."""
+"""Named exceptions of the core. The CLI turns each into `Error: ...` and exit 1 (3 for a failed gate)."""
 
 
 class EmbtoolError(Exception):
     """Base class: a clear, user-facing failure (exit 1)."""
+
+    exit_code = 1
 
 
 class ModelNotFound(EmbtoolError):
@@ -30,4 +32,6 @@ class OutputExists(EmbtoolError):
 
 
 class FidelityError(EmbtoolError):
-    """A --min-cosine gate failed."""
+    """A --min-cosine / --min-cosine-min / --min-recall gate failed: exit 3, nothing written."""
+
+    exit_code = 3

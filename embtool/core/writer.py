@@ -186,13 +186,19 @@ class OutputFolder:
         check_output(self.target, force, inputs)
         _clean_stale(self.target.parent)
         self.path = _tmp_name(self.target)
+        self.written = False
+        self._discard = False
 
     def __enter__(self) -> "OutputFolder":
         self.path.mkdir()
         return self
 
+    def discard(self) -> None:
+        """Do not publish: the folder is removed on exit (a failed fidelity gate)."""
+        self._discard = True
+
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
+        if exc_type is not None or self._discard:
             shutil.rmtree(self.path, ignore_errors=True)
             return
         try:
@@ -202,6 +208,7 @@ class OutputFolder:
                     with open(p, "rb") as f:
                         os.fsync(f.fileno())
             _publish(self.path, self.target, self.force)
+            self.written = True
         except BaseException:
             shutil.rmtree(self.path, ignore_errors=True)
             raise

@@ -104,7 +104,7 @@ def run_factorize(req: FactorRequest) -> dict[str, Any]:
                    **info, "bytes_before": m.weight_bytes(), "bytes_after": new.weight_bytes(),
                    "factorize_seconds": round(t_fact, 2), "notes": notes}
         if req.eval_file:
-            summary["eval"] = evaluate_output(m, out.path, req)
+            evaluate_output(m, out, req, summary)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
 

@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 
 from embtool.algorithms.search import topk
-from embtool.core.errors import FidelityError
 from embtool.core.model import Model
 
 
@@ -20,6 +19,8 @@ class OutputRequest:
     eval_limit: int = 1000
     eval_prefix: str = ""
     min_cosine: float | None = None
+    min_cosine_min: float | None = None
+    min_recall: float | None = None
     force: bool = False
     threads: int = 0
 
@@ -49,14 +50,40 @@ def embed_both(orig: Model, new: Model, texts: list[str], threads: int = 0, pref
     return Encoder(orig, s).embed(texts), Encoder(new, s).embed(texts)
 
 
-def gate(result: dict[str, Any], min_cosine: float | None) -> None:
-    if min_cosine is not None and result["cosine_mean"] < min_cosine:
-        raise FidelityError(f"held-out mean cosine {result['cosine_mean']:.5f} is below --min-cosine {min_cosine}; nothing written")
+GATES = (("min_cosine", "cosine_mean", "held-out mean cosine"),
+         ("min_cosine_min", "cosine_min", "held-out min cosine"),
+         ("min_recall", "recall@10", "held-out recall@10"))
 
 
-def evaluate_output(orig: Model, out_path, req) -> dict[str, Any]:
-    """The --eval check of a shrinking command: the output (still in its temporary folder) against the
-    input on held-out texts; raises (so nothing is published) when below --min-cosine."""
+def gate(summary: dict[str, Any], req, out=None) -> bool:
+    """Apply the --min-cosine / --min-cosine-min / --min-recall gates of `req` to summary["eval"].
+
+    Records summary["gate"] (each threshold, the failures and their message) and summary["passed"]; on a
+    failure the output folder `out` is discarded, so nothing is written (summary["written"] is false)."""
+    ev = summary["eval"]
+    g: dict[str, Any] = {}
+    failed = []
+    for opt, key, what in GATES:
+        limit = getattr(req, opt, None)
+        if limit is None:
+            continue
+        g[opt] = limit
+        if not ev[key] >= limit:
+            failed.append(f"{what} {ev[key]:.4f} is below --{opt.replace('_', '-')} {limit}")
+    g["failed"] = failed
+    summary["gate"] = g
+    summary["passed"] = summary["written"] = not failed
+    if failed:
+        g["message"] = "; ".join(failed) + "; nothing written"
+        if out is not None:
+            out.discard()
+    return not failed
+
+
+def evaluate_output(orig: Model, out, req, summary: dict[str, Any]) -> dict[str, Any]:
+    """The --eval check of a shrinking command: the output `out` (an OutputFolder, still in its temporary
+    folder) against the input on held-out texts, into summary["eval"]; then the gates (`gate`): below a
+    threshold the output is discarded."""
     from embtool.core.errors import InputError
     from embtool.core.model import open_model
     from embtool.core.texts import read_lines
@@ -64,6 +91,7 @@ def evaluate_output(orig: Model, out_path, req) -> dict[str, Any]:
     texts = read_lines(req.eval_file, req.eval_limit)
     if len(texts) < 2:
         raise InputError(f"{req.eval_file}: need at least 2 texts to evaluate on")
-    result = compare(*embed_both(orig, open_model(out_path, need_tokenizer=True), texts, req.threads, req.eval_prefix))
-    gate(result, req.min_cosine)
-    return result
+    summary["eval"] = compare(*embed_both(orig, open_model(out.path, need_tokenizer=True), texts, req.threads,
+                                          req.eval_prefix))
+    gate(summary, req, out)
+    return summary["eval"]

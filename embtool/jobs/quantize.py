@@ -194,7 +194,7 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
         summary["bytes_before"] = m.weight_bytes()
         summary["bytes_after"] = new.weight_bytes()
         if req.eval_file:
-            summary["eval"] = evaluate_output(m, out.path, req)
+            evaluate_output(m, out, req, summary)
     summary.update({
         "tensors": len(rows), "quantized_weights": n_q,
         "tensor_bytes_before": total_before,
@@ -359,7 +359,7 @@ def _run_quantize_onnx(m: Model, req: QuantRequest, t0: float) -> dict[str, Any]
                                    "method": "rtn", "format": "onnx", "bytes_before": m.weight_bytes(), "bytes_after": new.weight_bytes()}
         if req.eval_file:
             orig = open_model(req.model, need_tokenizer=True)  # the input graph object was rewritten in place
-            summary["eval"] = evaluate_output(orig, out.path, req)
+            evaluate_output(orig, out, req, summary)
     n_q = sum(int(np.prod(r["shape"])) for r in rows)
     summary.update({"tensors": len(rows), "quantized_weights": n_q, "tensor_bytes_before": sum(r["bytes_before"] for r in rows),
                     "bits_per_weight": 8 * sum(r["bytes_after"] for r in rows) / max(n_q, 1),

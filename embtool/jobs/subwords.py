@@ -404,7 +404,7 @@ def run_init_subwords(req: InitRequest, progress=None) -> dict[str, Any]:
         summary.update(bytes_before=m.weight_bytes(), bytes_after=open_model(out.path).weight_bytes(),
                        plan_seconds=round(t_plan, 2))
         if req.eval_file:
-            summary["eval"] = evaluate_output(m, out.path, req)
+            evaluate_output(m, out, req, summary)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
 

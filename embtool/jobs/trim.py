@@ -35,6 +35,8 @@ class TrimRequest:
     eval_file: str | None = None
     eval_limit: int = 1000
     min_cosine: float | None = None
+    min_cosine_min: float | None = None
+    min_recall: float | None = None
     dry_run: bool = False
     force: bool = False
     threads: int = 0
@@ -203,7 +205,7 @@ def run_trim(req: TrimRequest, progress=None) -> dict[str, Any]:
             if not texts:
                 raise InputError(f"{req.eval_file}: no texts to evaluate on")
             summary["eval"] = evaluate(m, new_model, remap, texts, req.threads)
-            gate(summary["eval"], req.min_cosine)
+            gate(summary, req, out)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
 
