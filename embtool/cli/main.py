@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import traceback
@@ -84,6 +85,23 @@ def _register() -> None:
 
 
 _register()
+
+
+class _NoteHandler(logging.Handler):
+    """Notes of the core (`logging.getLogger("embtool")`, e.g. which ONNX file of a folder was used) as
+    `note: ...` lines on stderr, unless the running command has --quiet."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None and ctx.params.get("quiet"):
+            return
+        click.echo(f"note: {record.getMessage()}", err=True)
+
+
+_notes = logging.getLogger("embtool")
+_notes.addHandler(_NoteHandler(logging.INFO))
+_notes.setLevel(logging.INFO)
+_notes.propagate = False
 
 
 class Terminated(KeyboardInterrupt):

@@ -23,8 +23,27 @@ class ModelPath(click.ParamType):
         return str(value)
 
 
-def model_argument(f: Callable) -> Callable:
-    return click.argument("model", type=ModelPath())(f)
+def model_argument(f: Callable | None = None, *, tokenizer_flag: str = "--tokenizer") -> Callable:
+    """The MODEL argument, with --tokenizer PATH (for a model without a tokenizer.json beside it) and
+    --onnx-file NAME (which ONNX file of a folder with several); the command receives one `model`
+    (a `ModelRef` when either option is given). init-subwords spells the first --source-tokenizer."""
+
+    def deco(f: Callable) -> Callable:
+        @functools.wraps(f)
+        def inner(*a, model, model_tokenizer=None, onnx_file=None, **k):
+            from embtool.core.model import ModelRef
+
+            if model_tokenizer is not None or onnx_file is not None:
+                model = ModelRef(model, model_tokenizer, onnx_file)
+            return f(*a, model=model, **k)
+
+        g = click.option("--onnx-file", default=None, metavar="NAME",
+                         help="Which ONNX file of a folder with several (e.g. model_quantized.onnx; default model.onnx).")(inner)
+        g = click.option(tokenizer_flag, "model_tokenizer", type=click.Path(exists=True), default=None,
+                         help="The model's tokenizer.json (or a folder holding it), when there is none beside the model.")(g)
+        return click.argument("model", type=ModelPath())(g)
+
+    return deco(f) if f is not None else deco
 
 
 def output_option(required: bool = True, help: str = "Output model folder (built beside it, then renamed into place).") -> Callable:

@@ -37,7 +37,7 @@ def render(s: dict) -> str:
 
 
 @click.command(name="init-subwords")
-@model_argument
+@model_argument(tokenizer_flag="--source-tokenizer")
 @click.option("--tokenizer", "tokenizer", required=True, type=click.Path(exists=True),
               help="The new tokenizer.json (or a folder holding it, with its tokenizer_config.json).")
 @click.option("--method", type=click.Choice(["ofa", "fvt", "random"]), default=None,

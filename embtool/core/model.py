@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from embtool.core.errors import CorruptFile, ModelNotFound, UnsafeModel
 from embtool.core.safetensors_io import SafetensorsFile, TensorInfo
 from embtool.core.st_config import SentenceTransformersInfo, read_st_info
 from embtool.core.tokenizer_io import TokenizerJson
+
+log = logging.getLogger("embtool")  # notes for the user (the CLI prints them on stderr)
 
 PICKLE_PATTERNS = ("pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle", "tf_model.h5")
 
@@ -147,26 +150,105 @@ def _refuse_pickles(folder: Path) -> None:
         )
 
 
-def _locate(path: Path) -> tuple[Path, Layout, Path]:
-    """Resolve MODEL (a folder, or a .safetensors/.onnx file) to (root, layout, weight path)."""
+LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
+
+
+def refuse_lfs_pointer(p: Path, what: str = "weights") -> None:
+    """A Git LFS pointer (a small text file) checked out in place of the real file."""
+    try:
+        if p.stat().st_size > 1024:
+            return
+        with open(p, "rb") as f:
+            head = f.read(len(LFS_POINTER))
+    except OSError:
+        return
+    if head == LFS_POINTER:
+        raise CorruptFile(f"{p}: this is a Git LFS pointer, not the {what}; run git lfs pull (in the model's repository)")
+
+
+class ModelRef(str):
+    """A MODEL argument together with how to read it: `tokenizer` (a tokenizer.json, or a folder
+    holding one, for a model that has none beside it) and `onnx_file` (which ONNX file of a folder
+    with several). It is a str, so it goes wherever a model path goes (requests, summaries,
+    provenance) and `open_model` reads the two settings from it."""
+
+    tokenizer: str | None
+    onnx_file: str | None
+
+    def __new__(cls, path: str | os.PathLike, tokenizer: str | os.PathLike | None = None,
+                onnx_file: str | None = None) -> "ModelRef":
+        self = super().__new__(cls, os.fspath(path))
+        self.tokenizer = os.fspath(tokenizer) if tokenizer is not None else None
+        self.onnx_file = onnx_file
+        return self
+
+
+def _onnx_files(folder: Path) -> list[str]:
+    """The .onnx files of a model folder and of its optimum `onnx/` subfolder, relative to it."""
+    found = [p.name for p in sorted(folder.glob("*.onnx"))]
+    if (folder / "onnx").is_dir():
+        found += [f"onnx/{p.name}" for p in sorted((folder / "onnx").glob("*.onnx"))]
+    return found
+
+
+def _buildable(folder: Path) -> tuple[bool, str]:
+    """(whether embtool's runtime builds this safetensors architecture, its model_type)."""
+    from embtool.runtime.bert_graph import SUPPORTED  # lazy: the runtime imports this module
+
+    cfg_p = folder / "config.json"
+    if not cfg_p.is_file():
+        return True, ""
+    cfg = read_json(cfg_p)
+    mt = str(cfg.get("model_type", "")).lower() if isinstance(cfg, dict) else ""
+    return (not mt or mt in SUPPORTED), mt
+
+
+def _locate(path: Path, onnx_file: str | None = None) -> tuple[Path, Layout, Path, list[str]]:
+    """Resolve MODEL (a folder, or a .safetensors/.onnx file) to (root, layout, weight path, notes).
+    The notes say which file was chosen when the folder offers several."""
     if not path.exists():
         raise ModelNotFound(f"{path}: no such file or folder")
     if path.is_file():
+        if onnx_file:
+            raise ModelNotFound(f"--onnx-file chooses a file inside a model folder; {path} is already a file")
         suffix = path.suffix.lower()
         if suffix == ".safetensors":
-            return path.parent, Layout("single safetensors file", path.name, "safetensors"), path
+            return path.parent, Layout("single safetensors file", path.name, "safetensors"), path, []
         if suffix == ".onnx":
-            return path.parent, Layout("single ONNX file", path.name, "onnx"), path
+            return path.parent, Layout("single ONNX file", path.name, "onnx"), path, []
         if suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"):
             raise UnsafeModel(
                 f"{path}: pickle-based weights are never loaded (unpickling can run arbitrary code); "
                 "convert them to .safetensors in an environment you trust"
             )
         raise ModelNotFound(f"{path}: not a model (expected a folder, a .safetensors or an .onnx file)")
-    for layout in LAYOUTS:
-        p = path / layout.weights
-        if p.is_file():
-            return path, layout, p
+    onnx_here = _onnx_files(path)
+    if onnx_file:
+        for rel in (onnx_file, f"onnx/{onnx_file}"):
+            if Path(rel).suffix.lower() == ".onnx" and (path / rel).is_file():
+                p = _inside(path, rel, path)
+                return path, Layout("ONNX (--onnx-file)", rel, "onnx"), p, []
+        raise ModelNotFound(f"{path}: no ONNX file {onnx_file!r} (it has: {', '.join(onnx_here) or 'none'})")
+    notes: list[str] = []
+    found = next((layout for layout in LAYOUTS if (path / layout.weights).is_file()), None)
+    if found is not None and found.format == "safetensors":
+        onnx_layout = next((layout for layout in LAYOUTS if layout.format == "onnx" and (path / layout.weights).is_file()), None)
+        if onnx_layout is not None:
+            ok, mt = _buildable(path)
+            if not ok:
+                notes.append(f"embtool cannot build architecture {mt!r} from safetensors; using {onnx_layout.weights} instead")
+                found = onnx_layout
+    if found is None and onnx_here:
+        if len(onnx_here) > 1:
+            raise ModelNotFound(f"{path}: several ONNX files and none is model.onnx ({', '.join(onnx_here)}); "
+                                "choose one with --onnx-file NAME")
+        found = Layout("ONNX", onnx_here[0], "onnx")
+    if found is not None:
+        if found.format == "onnx":
+            others = [f for f in onnx_here if f != found.weights]
+            if others:
+                notes.append(f"using {found.weights} (also in the folder: {', '.join(others)}; choose with --onnx-file NAME)")
+        return path, found, path / found.weights, notes
     _refuse_pickles(path)
     tried = ", ".join(layout.weights for layout in LAYOUTS)
     raise ModelNotFound(f"{path}: no model weights found (looked for {tried})")
@@ -221,6 +303,7 @@ def onnx_external_files(onnx_path: Path, root: Path) -> list[Path]:
         p = _inside(onnx_path.parent, loc, onnx_path)
         if not p.is_file():
             raise CorruptFile(f"{onnx_path}: external data file {loc!r} of tensor {t.name!r} is missing")
+        refuse_lfs_pointer(p)
         size = p.stat().st_size
         off = int(info.get("offset", 0) or 0)
         length = info.get("length")
@@ -304,20 +387,54 @@ def check_config_against_weights(model: Model) -> None:
         raise CorruptFile(f"{where} contradicts the weights: " + "; ".join(problems))
 
 
-def open_model(path: str | os.PathLike, need_tokenizer: bool = False) -> Model:
-    """Open MODEL; raises a named core error with one clear sentence on anything wrong."""
-    root, layout, wpath = _locate(Path(path))
+def _tokenizer_file(given: str | None, root: Path, wpath: Path) -> Path | None:
+    """The tokenizer.json to use: --tokenizer (a file, or a folder holding tokenizer.json), else the
+    model folder's own (or one beside the ONNX file of an `onnx/` layout)."""
+    if given:
+        p = Path(given)
+        if p.is_dir():
+            p = p / "tokenizer.json"
+        if not p.is_file():
+            raise ModelNotFound(f"--tokenizer {given}: no such tokenizer.json")
+        return p
+    for p in (root / "tokenizer.json", wpath.parent / "tokenizer.json"):
+        if p.is_file():
+            return p
+    return None
+
+
+def open_model(path: str | os.PathLike, need_tokenizer: bool = False, tokenizer: str | os.PathLike | None = None,
+               onnx_file: str | None = None) -> Model:
+    """Open MODEL; raises a named core error with one clear sentence on anything wrong.
+
+    :param path: a model folder, a .safetensors/.onnx file, or a `ModelRef` (which carries the next two)
+    :param need_tokenizer: fail unless a tokenizer.json is found
+    :param tokenizer: a tokenizer.json (or a folder holding one) for a model that has none beside it
+    :param onnx_file: which ONNX file of a folder with several (default: model.onnx)
+    """
+    tokenizer = tokenizer if tokenizer is not None else getattr(path, "tokenizer", None)
+    onnx_file = onnx_file if onnx_file is not None else getattr(path, "onnx_file", None)
+    root, layout, wpath, notes = _locate(Path(path), onnx_file)
+    for n in notes:
+        log.info(n)
+    refuse_lfs_pointer(wpath)
     config: dict[str, Any] = {}
     if (root / "config.json").is_file():
+        refuse_lfs_pointer(root / "config.json", "config")
         config = _check_config(read_json(root / "config.json"), root / "config.json")
     tok = None
-    if (root / "tokenizer.json").is_file():
-        tok = TokenizerJson.load(root / "tokenizer.json")
+    tok_path = _tokenizer_file(os.fspath(tokenizer) if tokenizer is not None else None, root, wpath)
+    if tok_path is not None:
+        refuse_lfs_pointer(tok_path, "tokenizer")
+        tok = TokenizerJson.load(tok_path)
     elif need_tokenizer:
-        raise ModelNotFound(f"{root}: no tokenizer.json beside the model (embtool needs the fast-tokenizer file)")
+        raise ModelNotFound(f"{root}: no tokenizer.json beside the model; pass --tokenizer PATH "
+                            "(the model's tokenizer.json, or a folder holding it)")
     model = Model(root=root, layout=layout, weight_path=wpath, config=config, tokenizer=tok, st=read_st_info(root, config))
     if layout.format == "safetensors":
         files = _shards(wpath) if wpath.name.endswith(".index.json") else [wpath]
+        for f in files:
+            refuse_lfs_pointer(f)
         model.weights = WeightStore(files)
         if config:
             check_config_against_weights(model)

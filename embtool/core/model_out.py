@@ -23,9 +23,36 @@ def weight_file_names(model: Model) -> list[str]:
     return out
 
 
+def other_weight_files(model: Model) -> list[str]:
+    """Weights in the input folder that are not the model's own (other ONNX variants such as
+    onnx/model_quantized.onnx, or the safetensors of an ONNX model): an output must not carry
+    them, they would be stale."""
+    from embtool.core.model import _onnx_files
+
+    own = set(weight_file_names(model))
+    others = [f for f in _onnx_files(model.root) if f not in own]
+    if model.format == "onnx":
+        others += [p.name for p in sorted(model.root.glob("model*.safetensors*")) if p.name not in own]
+    return others
+
+
 def copy_unchanged(model: Model, out: OutputFolder, changed: Iterable[str] = ()) -> None:
-    """Copy every file of the input except its weights, embtool.json and the files in `changed`."""
-    out.copy_from(model.root, exclude=[*weight_file_names(model), "embtool.json", *changed])
+    """Copy every file of the input except its weights, embtool.json and the files in `changed`; a
+    tokenizer.json given with --tokenizer is copied in, so that the output runs on its own."""
+    import logging
+    import shutil
+
+    changed = list(changed)
+    others = other_weight_files(model)
+    if others:
+        logging.getLogger("embtool").info(f"not copied to the output (other weights, they would be stale): {', '.join(others)}")
+    out.copy_from(model.root, exclude=[*weight_file_names(model), "embtool.json", *changed, *others])
+    tok = model.tokenizer.path if model.tokenizer is not None else None
+    if tok is not None and tok.parent.resolve() != model.root.resolve() and "tokenizer.json" not in changed:
+        shutil.copyfile(tok, out.path / "tokenizer.json")
+        for side in ("tokenizer_config.json", "special_tokens_map.json"):
+            if (tok.parent / side).is_file() and not (out.path / side).exists() and side not in changed:
+                shutil.copyfile(tok.parent / side, out.path / side)
 
 
 def write_weights(model: Model, out: OutputFolder, tensors: dict[str, np.ndarray], metadata: dict[str, str],
