@@ -39,11 +39,26 @@ def init(address: str | None = "local", num_cpus: int | None = None) -> None:
     ray = _ray()
     if ray.is_initialized():
         return
-    kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False, "configure_logging": False}
+    import logging
+
+    kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False, "logging_level": logging.WARNING}
     if address in (None, "local"):
         ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
     else:
         ray.init(address=address, **kwargs)
+    _quiet_data()
+
+
+def _quiet_data() -> None:
+    """Ray Data reports progress on stderr by default; embtool's own messages say what happens."""
+    import logging
+
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    for name in ("ray.data", "ray.data._internal"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 class _EmbedActor:
@@ -77,6 +92,7 @@ def embed_dataset(ds, model: str | os.PathLike, *, column: str = "text", output_
     batch). `concurrency` actors each hold one model and use `num_cpus` CPUs (default: the `threads` encoder
     option, else 1) as onnxruntime threads. Other keyword arguments go to `embtool.Encoder`."""
     _ray()
+    _quiet_data()
     threads = int(encoder_options.pop("threads", 0) or num_cpus or 1)
     cpus = num_cpus if num_cpus is not None else threads
     model = str(Path(model).resolve())
@@ -84,8 +100,8 @@ def embed_dataset(ds, model: str | os.PathLike, *, column: str = "text", output_
         _EmbedActor,
         fn_constructor_kwargs={"model": model, "column": column, "output_column": output_column,
                                "options": {**encoder_options, "threads": threads}},
-        batch_size=batch_size, batch_format="numpy", concurrency=concurrency, num_cpus=cpus,
-        max_restarts=-1, max_task_retries=-1)
+        batch_size=batch_size, batch_format="numpy", concurrency=concurrency, num_cpus=cpus)
+    # Ray Data restarts a dead actor and retries its batch by default (max_restarts=-1, max_task_retries=-1)
 
 
 def _numbered(texts: Iterable[str]) -> list[dict[str, Any]]:
