@@ -41,3 +41,32 @@ def test_embed_dataset_equals_encoder_and_survives_a_killed_worker(ray_local, ti
     V = np.stack([got[i] for i in range(len(texts))])
     assert V.dtype == np.float32 and V.shape == ref.shape
     np.testing.assert_allclose(V, ref, rtol=0, atol=2e-6)
+
+
+def _readme_block(marker: str) -> str:
+    import re
+
+    from conftest import ROOT
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), flags=re.S)
+    found = [b for b in blocks if marker in b]
+    assert found, f"the README example with {marker!r} is gone"
+    return found[0]
+
+
+def test_readme_ray_and_spark_examples_run(ray_local, tiny_bert):
+    scope: dict = {"model": str(tiny_bert)}
+    code = _readme_block("embtool.embed_dataset(").replace("ray.init()", "pass  # the fixture started Ray")
+    exec(compile(code, "README.md", "exec"), scope)
+    assert [r["id"] for r in sorted(scope["rows"], key=lambda r: r["id"])] == [0, 1]
+    assert np.asarray(scope["rows"][0]["embedding"]).shape == (32,)
+
+    import pandas as pd
+
+    spark = _readme_block("def embed_partition").replace("/models/all-MiniLM-L6-v2", str(tiny_bert))
+    exec(compile(spark, "README.md", "exec"), scope)
+    frames = [pd.DataFrame({"id": [0, 1], "text": SENTENCES[:2]}), pd.DataFrame({"id": [2], "text": SENTENCES[2:3]})]
+    out = pd.concat(list(scope["embed_partition"](iter(frames))))
+    import embtool
+
+    np.testing.assert_allclose(np.stack(out["embedding"].to_list()), embtool.Encoder(tiny_bert).embed(SENTENCES[:3]), atol=2e-6, rtol=0)
