@@ -164,7 +164,7 @@ def test_failed_gate_prints_the_summary_and_exits_3(tmp_path, tiny_bert, corpus_
     for gates, failing in ((["--min-cosine", str(mid - 0.1), "--min-cosine-min", str(mid)], ["min_cosine_min"]),
                            (["--min-cosine", str(round(high + 0.0005, 4))], ["min_cosine"]),
                            (["--min-recall", "1.0"], ["min_recall"])):
-        if failing == ["min_recall"] and ev["recall@10"] == 1.0:
+        if failing == ["min_recall"] and ev["recall_at_10"] == 1.0:
             continue
         r = _trim(tiny_bert, c, h, out, *gates)
         assert r.exit_code == 3, (gates, r.output)
@@ -208,3 +208,121 @@ def test_every_gated_command_has_the_three_gates_and_says_which_statistic(tiny_b
         extra = ["--tokenizer", tiny_bert / "tokenizer.json"] if name == "init-subwords" else []
         r = run_cli([name, tiny_bert, *extra, "--min-recall", "0.5", "-o", "x"])
         assert r.exit_code == 2 and "--min-recall needs --eval" in r.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. one JSON schema
+# ----------------------------------------------------------------------------------------------
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "docs" / "schema"
+TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}
+
+
+def validate(x, schema, root=None, where="$") -> list[str]:
+    """The subset of JSON Schema docs/schema uses: boolean schemas, $ref (#/$defs/...), const, enum, type,
+    required, properties, additionalProperties, items, minimum, maximum. Returns the violations."""
+    root = schema if root is None else root
+    if schema is True:
+        return []
+    if schema is False:
+        return [f"{where}: not allowed"]
+    if "$ref" in schema:
+        node = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            node = node[part]
+        return validate(x, node, root, where)
+    errs = []
+    if "const" in schema and x != schema["const"]:
+        errs.append(f"{where}: {x!r} is not {schema['const']!r}")
+    if "enum" in schema and x not in schema["enum"]:
+        errs.append(f"{where}: {x!r} not in {schema['enum']}")
+    if "type" in schema:
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+
+        def is_a(t):
+            if t == "integer":
+                return isinstance(x, int) and not isinstance(x, bool)
+            if t == "number":
+                return isinstance(x, (int, float)) and not isinstance(x, bool)
+            return isinstance(x, TYPES[t])
+
+        if not any(is_a(t) for t in types):
+            return errs + [f"{where}: {x!r} is not of type {types}"]
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        if "minimum" in schema and x < schema["minimum"]:
+            errs.append(f"{where}: {x} < {schema['minimum']}")
+        if "maximum" in schema and x > schema["maximum"]:
+            errs.append(f"{where}: {x} > {schema['maximum']}")
+    if isinstance(x, dict):
+        errs += [f"{where}: missing {k!r}" for k in schema.get("required", []) if k not in x]
+        props = schema.get("properties", {})
+        for k, v in x.items():
+            sub = props.get(k, schema.get("additionalProperties", True))
+            errs += validate(v, sub, root, f"{where}.{k}")
+    if isinstance(x, list) and "items" in schema:
+        for i, v in enumerate(x):
+            errs += validate(v, schema["items"], root, f"{where}[{i}]")
+    return errs
+
+
+def test_the_validator_can_fail():
+    s = json.loads((SCHEMA_DIR / "factorize.json").read_text())
+    assert validate({"schema": "embtool.factorize/1"}, s)  # required keys missing
+    good = {"schema": "embtool.factorize/1", "model": "m", "output": "o", "written": True, "rank": 2,
+            "embedding_parameters_before": 10, "embedding_parameters_after": 4, "bytes_before": 1, "bytes_after": 1,
+            "eval": {"texts": 2, "cosine_mean": 0.5, "cosine_min": 0.1, "recall_at_10": 1.0}}
+    assert validate(good, s) == []
+    assert validate({**good, "params_before": 10}, s)  # a retired key
+    assert validate({**good, "eval": {**good["eval"], "recall@10": 1.0}}, s)
+    assert validate({**good, "rank": "2"}, s) and validate({**good, "written": 1}, s)
+    assert validate({**good, "eval": {**good["eval"], "cosine_mean": 1.5}}, s)
+    assert validate({**good, "schema": "embtool.quantize/1"}, s)
+
+
+def _floats(x):
+    if isinstance(x, float):
+        yield x
+    elif isinstance(x, dict):
+        for v in x.values():
+            yield from _floats(v)
+    elif isinstance(x, list):
+        for v in x:
+            yield from _floats(v)
+
+
+def test_every_command_json_matches_its_schema(tmp_path, tiny_bert, corpus_files):
+    from embtool.cli.main import cli
+
+    c, h = corpus_files
+    t = tmp_path
+    runs = {
+        "inspect": [["inspect", tiny_bert, "--json"]],
+        "export-onnx": [["export-onnx", tiny_bert, "-o", t / "onnx", "--json"]],
+        "trim-vocab": [["trim-vocab", tiny_bert, "-c", c, "--top", "40", "-o", t / "trim", "--eval", h, "--json"],
+                       ["trim-vocab", tiny_bert, "-c", c, "--dry-run", "--json"]],
+        "quantize": [["quantize", tiny_bert, "--bits", "4", "-o", t / "q", "--eval", h, "--min-cosine", "0", "--json"]],
+        "dequantize": [["dequantize", t / "q", "-o", t / "dq", "--json"]],
+        "factorize": [["factorize", tiny_bert, "--rank", "4", "-o", t / "f", "--eval", h, "--json"]],
+        "defactorize": [["defactorize", t / "f", "-o", t / "df", "--json"]],
+        "init-subwords": [["init-subwords", tiny_bert, "--tokenizer", t / "trim" / "tokenizer.json", "-o", t / "sw",
+                           "--eval", h, "--json"]],
+        "embed": [["embed", tiny_bert, "-i", h, "-o", t / "e.safetensors", "--json"]],
+        "search": [["search", t / "e.safetensors", "a query", "another", "-k", "3", "--json"]],
+    }
+    assert sorted(runs) == sorted(cli.commands)  # every command is covered
+    assert sorted(p.stem for p in SCHEMA_DIR.glob("*.json")) == sorted(cli.commands)
+    for command, arg_lists in runs.items():
+        schema = json.loads((SCHEMA_DIR / f"{command}.json").read_text())
+        assert schema["$id"] == f"embtool.{command}/1"
+        for args in arg_lists:
+            r = run_cli(args)
+            assert r.exit_code == 0, (args, r.output)
+            lines = r.stdout.splitlines()
+            assert len(lines) == (6 if command == "search" else 1)  # search: JSON Lines, one object per hit
+            for line in lines:
+                doc = json.loads(line)
+                assert doc["schema"] == f"embtool.{command}/1" and list(doc)[0] == "schema"
+                assert validate(doc, schema) == [], (command, validate(doc, schema))
+                assert all(float(f"{f:.6g}") == f for f in _floats(doc)), (command, list(_floats(doc)))
+    r = run_cli(["search", "--help"])
+    assert "JSON Lines on stdout: one JSON object per hit" in " ".join(r.stdout.split())

@@ -164,13 +164,13 @@ def test_mixed_precision_respects_budget_and_prefers_sensitive_tensors(tmp_path,
     s = json.loads(r.stdout)
     mp = s["mixed_precision"]
     assert mp["chosen_bytes"] <= mp["budget_bytes"]
-    assert {row["bits"] for row in mp["table"]} <= {2, 4, 8}
+    assert {row["bits"] for row in mp["per_tensor"]} <= {2, 4, 8}
     # a tensor the encoder never uses has zero sensitivity and gets the fewest bits... when there is one;
     # otherwise: the most sensitive tensor never gets fewer bits than the least sensitive one
-    table = sorted(mp["table"], key=lambda row: row["omega"])
+    table = sorted(mp["per_tensor"], key=lambda row: row["omega"])
     assert table[-1]["bits"] >= table[0]["bits"]
     r = run_cli(["quantize", tiny_bert, "--bits", "2,4,8", "--sensitivity-only", "--json", "--group-size", "16"])
-    assert r.exit_code == 0 and all("omega" in row for row in json.loads(r.stdout)["mixed_precision"]["table"])
+    assert r.exit_code == 0 and all("omega" in row for row in json.loads(r.stdout)["mixed_precision"]["per_tensor"])
 
 
 @pytest.mark.parametrize("args, message", [

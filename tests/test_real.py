@@ -216,7 +216,7 @@ def test_init_subwords_e5_french_tokenizer(e5_small, real, tmp_path):
     r = run_cli(["init-subwords", e5_small, "--tokenizer", tmp_path / "tok", "--rank", "100", "-o", tmp_path / "r100", "--json"])
     assert r.exit_code == 0, r.stderr
     s = json.loads(r.stdout)
-    assert s["embedding_params_after"] == tok.get_vocab_size() * 100 + 100 * 384
+    assert s["embedding_parameters_after"] == tok.get_vocab_size() * 100 + 100 * 384
     assert s["bytes_after"] < 0.25 * s["bytes_before"]
     low = compare(ref, Encoder(open_model(tmp_path / "r100"), settings).embed(texts))  # runs in onnxruntime
     assert low["cosine_mean"] > results["random"]["cosine_mean"], low

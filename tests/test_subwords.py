@@ -287,7 +287,7 @@ def test_rank_output_is_factorized_and_runs(tmp_path, tiny_bert, targets):
     f = SafetensorsFile(tmp_path / "r8" / "model.safetensors")
     F, P = f.get("embeddings.word_embeddings.factor_F"), f.get("embeddings.word_embeddings.factor_P")
     assert F.shape == (V, 8) and P.shape == (8, 32) and EMB not in f.tensors
-    assert s["embedding_params_after"] == V * 8 + 8 * 32 < full["embedding_params_after"] == V * 32
+    assert s["embedding_parameters_after"] == V * 8 + 8 * 32 < full["embedding_parameters_after"] == V * 32
     assert json.loads(run_cli(["inspect", tmp_path / "r8", "--json"]).stdout)["state"]["factorized"]["rank"] == 8
     # the best rank-8 approximation of the full-rank output table
     from embtool.algorithms import factorize as FA
@@ -470,7 +470,7 @@ def test_dry_run_reports_what_a_run_does(tmp_path, tiny_bert, targets):
         d = json.loads(r.stdout)
         s = _init(tiny_bert, targets["unigram"], tmp_path / f"o{len(extra)}", *extra)
         assert d["dry_run"] and d["rows"] == s["rows"] and d["overlap"] == s["overlap"]
-        assert d["embedding_params_after"] == s["embedding_params_after"]
+        assert d["embedding_parameters_after"] == s["embedding_parameters_after"]
     r = run_cli(["init-subwords", tiny_bert, "--tokenizer", targets["unigram"], "--dry-run"])
     assert r.exit_code == 0 and "dry run: nothing written" in r.stderr
     assert run_cli(["init-subwords", tiny_bert, "--tokenizer", targets["unigram"]]).exit_code == 2  # no -o

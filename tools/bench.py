@@ -341,7 +341,7 @@ def bench_mixed() -> None:
     t0 = time.perf_counter()
     s, wall, rss = embtool("quantize", minilm, "--bits", "2,4,8", "--target-bits", "3", "--calib", calib, "-o",
                            WORK / "mixed-hessian", "--force", "--json", "--quiet")
-    plan = {r["tensor"]: r["bits"] for r in s["mixed_precision"]["table"]}
+    plan = {r["tensor"]: r["bits"] for r in s["mixed_precision"]["per_tensor"]}
     budget = s["mixed_precision"]["budget_bytes"]
     rows = [{"method": "Hessian-aware (embtool --target-bits 3)", "bytes": s["bytes_after"], **_fidelity(minilm, WORK / "mixed-hessian", he),
              "calibration_s": s["mixed_precision"]["seconds"]}]
@@ -386,7 +386,8 @@ def bench_factorize() -> None:
                                    "--eval", he, "--eval-limit", "300", "--eval-prefix", prefix)
             s2, wall2, rss2 = embtool("factorize", folder, "--rank", k, "-o", out, "--force", "--json", "--quiet")
             rows.append({"model": name, "rank": k, "rel_error": s["rel_frobenius_error"], "energy": s["energy"],
-                         "cosine": s["eval"]["cosine_mean"], "recall@10": s["eval"]["recall@10"], "params_share": s["params_after"] / s["params_before"],
+                         "cosine": s["eval"]["cosine_mean"], "recall@10": s["eval"]["recall_at_10"],
+                         "params_share": s["embedding_parameters_after"] / s["embedding_parameters_before"],
                          "bytes_after": s["bytes_after"], "bytes_before": s["bytes_before"], "factorize_s": s2["factorize_seconds"],
                          "wall_s": wall2, "rss_mb": rss2})
             log(f"factorize {name} k={k}: err {s['rel_frobenius_error']:.3f} cos {s['eval']['cosine_mean']:.4f}")
@@ -423,7 +424,7 @@ def bench_init() -> None:
                                "--quiet", "--threads", THREADS)
         fid = _fidelity(e5, out, he, "query: ")
         rows.append({"setting": name, "rows": s["rows"], "overlap": s["overlap"], "wall_s": wall, "rss_mb": rss,
-                     "params_before": s["embedding_params_before"], "params_after": s["embedding_params_after"],
+                     "params_before": s["embedding_parameters_before"], "params_after": s["embedding_parameters_after"],
                      "bytes_before": s["bytes_before"], "bytes_after": s["bytes_after"], "vocab_after": s["vocab_after"],
                      "word_vectors": s.get("word_vectors"), **fid})
         log(f"init {name}: cos {fid['cosine_mean']:.4f} r@10 {fid['recall@10']:.3f} ({wall:.1f} s)")

@@ -128,10 +128,10 @@ def command(model, texts, inputs, field, output, fmt, precision, keep_float, sha
         raise InputError("no texts to embed (the input is empty)")
     dt = time.perf_counter() - t0
     st = enc.stats
-    summary = {"texts": sink.count, "dim": sink.dim, "tokens": st.tokens, "truncated": st.truncated,
+    summary = {"model": str(model), "texts": sink.count, "dim": sink.dim, "tokens": st.tokens, "truncated": st.truncated,
                "max_length": enc.max_length, "pooling": enc.pooling, "normalize": enc.normalize,
                "prompt_name": enc.prompt_name, "prefix": enc.prefix,
-               "output": output or "-", "format": fmt, "precision": precision, "seconds": round(dt, 3),
+               "output": output or "-", "written": output is not None, "format": fmt, "precision": precision, "seconds": round(dt, 3),
                "texts_per_second": round(sink.count / dt, 1) if dt > 0 else None}
     if st.truncated and not quiet:
         click.echo(f"note: {st.truncated} text(s) longer than {enc.max_length} tokens were truncated", err=True)

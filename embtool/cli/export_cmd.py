@@ -44,5 +44,6 @@ def command(model: str, output: str, portable: bool, force: bool, as_json: bool,
         path = save_onnx(onnx_model, out, prov)
         out.write_json("embtool.json", {**m.embtool_meta(), **prov})
         size = sum(p.stat().st_size for p in out.path.glob("model.onnx*"))
-    summary = {"output": output, "bytes": size, "seconds": round(time.perf_counter() - t0, 2), "file": path.name}
-    emit_summary(summary, as_json, quiet, lambda s: f"exported {model} -> {output}/model.onnx ({human_bytes(s['bytes'])}) in {s['seconds']} s")
+    summary = {"model": str(model), "output": output, "file": path.name, "bytes_before": m.weight_bytes(), "bytes_after": size,
+               "written": True, "seconds": round(time.perf_counter() - t0, 2)}
+    emit_summary(summary, as_json, quiet, lambda s: f"exported {model} -> {output}/model.onnx ({human_bytes(s['bytes_after'])}) in {s['seconds']} s")

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from embtool.cli.options import human_bytes, model_argument, table
+from embtool.cli.options import human_bytes, model_argument, summary_json, table
 from embtool.core.describe import describe
 from embtool.core.model import open_model
 
@@ -38,7 +38,7 @@ def render(d: dict) -> str:
 
 @click.command(name="inspect")
 @model_argument
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the table (schema: docs/schema/).")
 def command(model: str, as_json: bool) -> None:
     """Show what a model holds: format, architecture, tokenizer, the embedding matrix and everything
     on the vocabulary axis, and parameters/bytes split into vocabulary-bound and the rest.
@@ -53,6 +53,6 @@ def command(model: str, as_json: bool) -> None:
     """
     d = describe(open_model(model))
     if as_json:
-        sys.stdout.write(json.dumps(d, ensure_ascii=False) + "\n")
+        sys.stdout.write(json.dumps(summary_json("inspect", d), ensure_ascii=False) + "\n")
     else:
         click.echo(render(d))

@@ -50,13 +50,17 @@ def output_option(required: bool = True, help: str = "Output model folder (built
     return click.option("-o", "--output", type=click.Path(dir_okay=True, file_okay=True), required=required, help=help)
 
 
-def common_options(f: Callable) -> Callable:
-    """--json, --quiet and --threads."""
-    f = click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
-                     help="CPU threads for onnxruntime and numpy (0: all cores).")(f)
-    f = click.option("--quiet", is_flag=True, help="No progress bars or summaries on stderr.")(f)
-    f = click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on stdout.")(f)
-    return f
+def common_options(f: Callable | None = None, *,
+                   json_help: str = "Print the summary as one JSON object on stdout (schema: docs/schema/).") -> Callable:
+    """--json, --quiet and --threads (`@common_options`, or `@common_options(json_help=...)`)."""
+
+    def deco(f: Callable) -> Callable:
+        f = click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+                         help="CPU threads for onnxruntime and numpy (0: OMP_NUM_THREADS if set, else all cores).")(f)
+        f = click.option("--quiet", is_flag=True, help="No progress bars or summaries on stderr.")(f)
+        return click.option("--json", "as_json", is_flag=True, help=json_help)(f)
+
+    return deco(f) if f is not None else deco
 
 
 def eval_options(prefix: bool = True) -> Callable:
@@ -106,7 +110,8 @@ def emit_summary(summary: dict, as_json: bool, quiet: bool, render: Callable[[di
     """JSON on stdout with --json; else a human summary on stderr (unless --quiet). A failed gate
     (summary["passed"] false) is then raised, after the summary: exit 3, with the reason on stderr."""
     if as_json:
-        sys.stdout.write(json.dumps(summary, ensure_ascii=False, default=_jsonable) + "\n")
+        command = click.get_current_context().command.name
+        sys.stdout.write(json.dumps(summary_json(command, summary), ensure_ascii=False) + "\n")
         sys.stdout.flush()
     elif not quiet:
         click.echo(render(summary), err=True)
@@ -116,17 +121,47 @@ def emit_summary(summary: dict, as_json: bool, quiet: bool, render: Callable[[di
         raise FidelityError(summary["gate"]["message"])
 
 
-def _jsonable(o: Any) -> Any:
+# The one vocabulary of --json keys (docs/schema/, README "JSON output"): the jobs' own names on the left.
+JSON_KEYS = {
+    "params_before": "embedding_parameters_before", "params_after": "embedding_parameters_after",
+    "embedding_params_before": "embedding_parameters_before", "embedding_params_after": "embedding_parameters_after",
+    "recall@10": "recall_at_10", "table": "per_tensor",
+}
+MODEL_WRITERS = ("trim-vocab", "quantize", "dequantize", "factorize", "defactorize", "init-subwords", "export-onnx")
+SIGNIFICANT_DIGITS = 6
+
+
+def summary_json(command: str, summary: dict) -> dict:
+    """A job's summary as its --json object: `schema` first, keys in the shared vocabulary (JSON_KEYS),
+    floats to 6 significant digits (what float32 measurements carry), and for model-writing commands
+    `written` (false for dry runs, sensitivity-only runs and failed gates)."""
+    out: dict[str, Any] = {"schema": f"embtool.{command}/1"}
+    out.update(_plain(summary))
+    if "path" in out and "model" not in out:  # inspect: the model it describes
+        out = {("model" if k == "path" else k): v for k, v in out.items()}
+    if command in MODEL_WRITERS and "written" not in out:
+        out["written"] = "bytes_after" in out and not out.get("dry_run", False)
+    return out
+
+
+def _plain(o: Any) -> Any:
     import numpy as np
     from pathlib import Path
 
-    if isinstance(o, (np.integer,)):
+    if isinstance(o, dict):
+        return {JSON_KEYS.get(k, k) if isinstance(k, str) else str(k): _plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_plain(v) for v in o]
+    if isinstance(o, (bool, np.bool_)):
+        return bool(o)
+    if isinstance(o, (int, np.integer)):
         return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
+    if isinstance(o, (float, np.floating)):
+        x = float(o)
+        return float(f"{x:.{SIGNIFICANT_DIGITS}g}") if np.isfinite(x) else None
     if isinstance(o, Path):
         return str(o)
-    raise TypeError(type(o).__name__)
+    return o
 
 
 def table(rows: list[list[Any]], header: list[str] | None = None) -> str:

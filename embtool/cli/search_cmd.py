@@ -30,14 +30,16 @@ from embtool.jobs.search import SearchRequest, run_search
               help="Index rows scored per block; bounds memory whatever the index size.")
 @click.option("--shard", "shards", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="More index files (shards) searched together with INDEX. Repeatable.")
-@common_options
+@common_options(json_help="Print JSON Lines on stdout: one JSON object per hit (schema: docs/schema/search.json), "
+                          "in query order, then rank order.")
 def command(index, queries, query_files, query_embeddings, k, metric, model_path, query_prefix, strict, rescore, block_rows,
             shards, as_json, quiet, threads) -> None:
     """Exact top-k search of an index written by `embtool embed -o X.safetensors` (or a .npy matrix),
     by blocked matrix multiplication over the memory-mapped file: an index larger than RAM works,
     and the result is always the exact one (recall 1.0).
 
-    Output: TSV `query_no  rank  score  id  text` on stdout; --json gives one JSON object per hit.
+    Output: TSV `query_no  rank  score  id  text` on stdout; --json gives JSON Lines, one JSON object
+    per hit (not one per query), each with the same fields and "schema": "embtool.search/1".
     For l2 the score is the squared distance (smaller is closer).
 
     \b
@@ -63,7 +65,7 @@ def command(index, queries, query_files, query_embeddings, k, metric, model_path
     for qi, hits in enumerate(res.hits):
         for rank, (score, gid, text) in enumerate(hits, 1):
             if as_json:
-                out.write(json.dumps({"query_no": qi, "query": res.query_texts[qi] if res.query_texts else None, "rank": rank,
+                out.write(json.dumps({"schema": "embtool.search/1", "query_no": qi, "query": res.query_texts[qi] if res.query_texts else None, "rank": rank,
                                       "score": round(float(score), 6), "id": int(gid), "text": text}, ensure_ascii=False) + "\n")
             else:
                 clean = text.replace("\t", " ").replace("\n", " ")

@@ -6,6 +6,7 @@ batches carry little padding, run, pooled, and put back in input order.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from typing import Iterable, Iterator
@@ -48,10 +49,19 @@ class EmbedStats:
     padded_tokens: int = 0
 
 
+def resolve_threads(threads: int) -> int:
+    """--threads N when given (N > 0), else $OMP_NUM_THREADS when it is a positive number (as numpy's BLAS
+    and other OpenMP programs honour it), else 0: onnxruntime's default (all cores)."""
+    if threads and int(threads) > 0:
+        return int(threads)
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(env) if env.isdigit() and int(env) > 0 else 0
+
+
 def session_options(threads: int) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = max(0, int(threads))
+    so.intra_op_num_threads = resolve_threads(threads)
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     return so
