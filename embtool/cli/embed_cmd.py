@@ -10,7 +10,7 @@ import click
 
 from embtool.algorithms.pooling import ALL_POOLINGS, PRECISIONS
 from embtool.cli.options import common_options, emit_summary, force_option, model_argument
-from embtool.core.embeddings_io import FORMATS, EmbeddingSink, format_for, not_embeddings_file
+from embtool.core.embeddings_io import BINARY_CODE, BINARY_CODES, FORMATS, EmbeddingSink, format_for, not_embeddings_file
 from embtool.core.errors import InputError
 from embtool.core.model import open_model
 from embtool.core.texts import iter_texts
@@ -53,15 +53,19 @@ def embedding_options(f):
 @click.argument("texts", nargs=-1)
 @click.option("-i", "--input", "inputs", multiple=True, help="File of texts, one per line (or JSONL with --field); '-' reads stdin. Repeatable.")
 @click.option("--field", default=None, help="Read JSONL and take the text from this field.")
-@click.option("-o", "--output", default=None, help="Output file: .npy, .safetensors (a search index), .jsonl, or word2vec .txt/.vec. Default: JSON lines on stdout.")
+@click.option("-o", "--output", default=None, help="Output file: .npy, .safetensors (a search index), .parquet (id, text, embedding; a search index too), .jsonl, or word2vec .txt/.vec. Default: JSON lines on stdout.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help="Output format (default: from the extension).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="float32", show_default=True, help="Stored precision of the vectors (.npy/.safetensors).")
 @click.option("--keep-float", is_flag=True, help="With int8/binary: also store float16 vectors so search can rescore.")
+@click.option("--keep-int8", is_flag=True, help="With binary: also store int8 codes (1 byte per dimension) so search can rescore.")
+@click.option("--binary-code", type=click.Choice(BINARY_CODES), default=BINARY_CODE, show_default=True,
+              help="With binary .safetensors: bits of x (sign), of x minus the corpus mean (centred), or of the centred x "
+                   "rotated to balance the bits (itq); mean and rotation are stored in the index and applied to queries.")
 @click.option("--shard", type=ShardType(), default=None, help="Embed only text numbers j with j %% N == I (ids stay global); search merges shards.")
 @embedding_options
 @force_option
 @common_options
-def command(model, texts, inputs, field, output, fmt, precision, keep_float, shard, output_name, prompt_name, prefix, dim,
+def command(model, texts, inputs, field, output, fmt, precision, keep_float, keep_int8, binary_code, shard, output_name, prompt_name, prefix, dim,
             normalize, pooling, max_length, batch_size, force, as_json, quiet, threads) -> None:
     """Embed texts with a model through onnxruntime (ONNX models as they are; safetensors BERT,
     RoBERTa/XLM-R and DistilBERT models through a graph built in memory, no PyTorch).
@@ -83,6 +87,10 @@ def command(model, texts, inputs, field, output, fmt, precision, keep_float, sha
         inputs = ("-",)
     if keep_float and precision not in ("int8", "binary"):
         raise click.UsageError("--keep-float goes with --precision int8 or binary")
+    if keep_int8 and precision != "binary":
+        raise click.UsageError("--keep-int8 goes with --precision binary")
+    if output == "-":  # stdout, as -i - is stdin
+        output = None
     fmt = format_for(output, fmt)
     if output is None and fmt != "jsonl":
         raise click.UsageError(f"--format {fmt} needs -o FILE")
@@ -100,7 +108,8 @@ def command(model, texts, inputs, field, output, fmt, precision, keep_float, sha
     if not enc.prefix and m.st.prompt_texts() and not quiet:
         click.echo(f"note: this model has prompts ({', '.join(sorted(m.st.prompts))}) and none was applied; "
                    "it is usually used with one: --prompt-name NAME", err=True)
-    sink = EmbeddingSink(fmt, precision, keep_float, stream=sys.stdout if output is None else None)
+    sink = EmbeddingSink(fmt, precision, keep_float, stream=sys.stdout if output is None else None, keep_int8=keep_int8,
+                         binary_code=binary_code)
     try:
         bar = progress_bar(quiet, desc="embed")
         source = iter_texts(texts, inputs, field)
@@ -116,7 +125,7 @@ def command(model, texts, inputs, field, output, fmt, precision, keep_float, sha
                         "normalize": str(enc.normalize).lower(), "prefix": enc.prefix,
                         "prompt_name": enc.prompt_name or "", "max_length": str(enc.max_length),
                         "shard": f"{shard[0]}/{shard[1]}" if shard else ""}
-                if fmt == "safetensors":
+                if fmt in ("safetensors", "parquet"):
                     import numpy as np
 
                     sink.extra = {"ids": np.asarray(ids, dtype=np.int64)}

@@ -4,10 +4,16 @@ The index format is plain safetensors, readable with `safetensors.numpy.load_fil
   embeddings    [N, D] float32 | float16 | int8, or [N, ceil(D/8)] uint8 sign bits (binary)
   scales        [N] float32            (int8 only: row i = embeddings[i] * scales[i])
   embeddings_float [N, D] float16      (optional, --keep-float: used by search to rescore)
+  embeddings_int8 [N, D] int8, scales_int8 [N] float32
+                                       (optional, binary with --keep-int8: rescoring at 1 byte per dimension)
+  binary_mean   [D] float32            (binary: the corpus mean, subtracted before taking signs)
+  binary_rotation [D, D] float32       (binary, optional: bits = sign((x - mean) @ rotation))
   texts         [bytes] uint8          UTF-8 of all texts, concatenated
   text_offsets  [N + 1] int64          text i = texts[text_offsets[i]:text_offsets[i+1]]
   __metadata__  embtool_index=1, model, model_fingerprint, pooling, normalize, dim, precision,
-                prefix, max_length, count, id_offset (first id of this shard)
+                prefix, max_length, count, id_offset (first id of this shard), binary_code (sign | centred | itq)
+
+Older binary indexes have no binary_mean: their bits are the plain signs, and search binarizes queries the same way.
 
 Writers spool rows to temporary files so that any number of texts streams in bounded memory.
 """
@@ -27,7 +33,10 @@ from embtool.algorithms import pooling as P
 from embtool.core.errors import CorruptFile, InputError
 from embtool.core.safetensors_io import SafetensorsFile, write_safetensors
 
-FORMATS = ("npy", "safetensors", "jsonl", "word2vec")
+FORMATS = ("npy", "safetensors", "jsonl", "word2vec", "parquet")
+BINARY_CODES = ("sign", "centred", "itq")  # how float rows become bits: plain signs, minus the corpus mean, + ITQ rotation
+BINARY_CODE = "itq"
+ROTATION_SAMPLE = 20000  # rows the ITQ rotation is fitted on (the first ones)
 
 
 def format_for(path: str | None, fmt: str | None) -> str:
@@ -36,7 +45,7 @@ def format_for(path: str | None, fmt: str | None) -> str:
     if path is None or path == "-":
         return "jsonl"
     suffix = Path(path).suffix.lower().lstrip(".")
-    if suffix in ("npy", "safetensors", "jsonl"):
+    if suffix in ("npy", "safetensors", "jsonl", "parquet"):
         return suffix
     if suffix in ("txt", "vec", "w2v"):
         return "word2vec"
@@ -64,6 +73,10 @@ def not_embeddings_file(path: Path, fmt: str) -> str | None:
         elif fmt == "word2vec":
             count, dim = head.split(b"\n", 1)[0].split()
             int(count), int(dim)
+        elif fmt == "parquet":
+            from embtool.core.parquet_io import ParquetIndex
+
+            ParquetIndex(path)
         else:
             return f"is not a {fmt} file"
     except (CorruptFile, ValueError, OSError, UnicodeDecodeError):
@@ -74,10 +87,15 @@ def not_embeddings_file(path: Path, fmt: str) -> str | None:
 class EmbeddingSink:
     """Accumulates (texts, vectors) chunks and writes one output file at `finish(path)`."""
 
-    def __init__(self, fmt: str, precision: str = "float32", keep_float: bool = False, stream: IO[str] | None = None):
-        if fmt in ("jsonl", "word2vec") and precision not in ("float32", "float16"):
+    def __init__(self, fmt: str, precision: str = "float32", keep_float: bool = False, stream: IO[str] | None = None,
+                 keep_int8: bool = False, binary_code: str = BINARY_CODE):
+        if fmt in ("jsonl", "word2vec", "parquet") and precision not in ("float32", "float16"):
             raise InputError(f"--precision {precision} is only stored in .npy or .safetensors outputs")
-        self.fmt, self.precision, self.keep_float = fmt, precision, keep_float
+        if binary_code not in BINARY_CODES:
+            raise InputError(f"unknown binary code {binary_code!r} ({', '.join(BINARY_CODES)})")
+        self.fmt, self.precision, self.keep_float, self.keep_int8 = fmt, precision, keep_float, keep_int8
+        # a .npy file has no room for the mean and rotation: it keeps the plain signs
+        self.binary_code = binary_code if precision == "binary" and fmt == "safetensors" else "sign"
         self.stream = stream  # jsonl to stdout: written as it comes
         self.count = 0
         self.dim: int | None = None
@@ -85,6 +103,13 @@ class EmbeddingSink:
         d = Path(self._tmpdir.name)
         self._vec = open(d / "vec.bin", "wb")
         self._flt = open(d / "flt.bin", "wb") if keep_float else None
+        self._i8 = open(d / "i8.bin", "wb") if keep_int8 else None
+        self._i8s = open(d / "i8s.bin", "wb") if keep_int8 else None
+        # binary codes that depend on the whole corpus (its mean, a fitted rotation): the float rows are
+        # spooled and binarized at finish()
+        self._raw = open(d / "raw.bin", "wb") if self.binary_code != "sign" else None
+        self._sum: np.ndarray | None = None
+        self._sample: list[np.ndarray] = []
         self._scl = open(d / "scale.bin", "wb")
         self._txt = open(d / "text.bin", "wb")
         self._offsets = [0]
@@ -102,26 +127,61 @@ class EmbeddingSink:
                 self.count += 1
             self.stream.flush()
             return
-        codes, scale = P.to_precision(vecs, self.precision)
-        self._codes_dtype, self._codes_cols = codes.dtype, codes.shape[1]
-        self._vec.write(np.ascontiguousarray(codes).tobytes())
-        if scale is not None:
-            self._scl.write(scale.astype(np.float32).tobytes())
+        if self._raw is not None:
+            v32 = np.ascontiguousarray(vecs, dtype=np.float32)
+            self._raw.write(v32.tobytes())
+            s = v32.sum(0, dtype=np.float64)
+            self._sum = s if self._sum is None else self._sum + s
+            have = sum(len(x) for x in self._sample)
+            if have < ROTATION_SAMPLE:
+                self._sample.append(v32[: ROTATION_SAMPLE - have].copy())
+            self._codes_dtype, self._codes_cols = np.dtype(np.uint8), -(-vecs.shape[1] // 8)
+        else:
+            codes, scale = P.to_precision(vecs, self.precision)
+            self._codes_dtype, self._codes_cols = codes.dtype, codes.shape[1]
+            self._vec.write(np.ascontiguousarray(codes).tobytes())
+            if scale is not None:
+                self._scl.write(scale.astype(np.float32).tobytes())
         if self._flt is not None:
             self._flt.write(vecs.astype(np.float16).tobytes())
+        if self._i8 is not None:
+            c8, s8 = P.to_precision(vecs, "int8")
+            self._i8.write(np.ascontiguousarray(c8).tobytes())
+            self._i8s.write(s8.astype(np.float32).tobytes())
         for t in texts:
             b = t.encode("utf-8")
             self._txt.write(b)
             self._offsets.append(self._offsets[-1] + len(b))
         self.count += len(texts)
 
+    def _binarize_spooled(self, out: dict[str, np.ndarray]) -> None:
+        """Binary codes of the spooled float rows: centred by the corpus mean, rotated (ITQ) when asked."""
+        from embtool.algorithms.search import binarize, fit_rotation
+
+        self._raw.flush()
+        d = Path(self._tmpdir.name)
+        n, dim = self.count, self.dim or 0
+        mean = (self._sum / max(1, n)).astype(np.float32)
+        rot = None
+        if self.binary_code == "itq" and dim > 1:
+            rot = fit_rotation(np.concatenate(self._sample), mean)
+        raw = np.memmap(d / "raw.bin", dtype=np.float32, mode="r", shape=(n, dim))
+        for r0 in range(0, n, 65536):
+            self._vec.write(np.ascontiguousarray(binarize(raw[r0:r0 + 65536], mean, rot)).tobytes())
+        del raw
+        out["binary_mean"] = mean
+        if rot is not None:
+            out["binary_rotation"] = rot
+
     def _arrays(self) -> dict[str, np.ndarray]:
-        for f in (self._vec, self._scl, self._txt, self._flt):
+        out: dict[str, np.ndarray] = {}
+        if self._raw is not None and self.count:
+            self._binarize_spooled(out)
+        for f in (self._vec, self._scl, self._txt, self._flt, self._i8, self._i8s):
             if f is not None:
                 f.flush()
         d = Path(self._tmpdir.name)
         n = self.count
-        out: dict[str, np.ndarray] = {}
         cols = self._codes_cols if n else (self.dim or 0)
         dt = self._codes_dtype if n else np.dtype(np.float32)
         out["embeddings"] = (np.memmap(d / "vec.bin", dtype=dt, mode="r", shape=(n, cols)) if n
@@ -131,6 +191,10 @@ class EmbeddingSink:
         if self._flt is not None:
             out["embeddings_float"] = (np.memmap(d / "flt.bin", dtype=np.float16, mode="r", shape=(n, self.dim))
                                        if n else np.zeros((0, self.dim or 0), np.float16))
+        if self._i8 is not None:
+            out["embeddings_int8"] = (np.memmap(d / "i8.bin", dtype=np.int8, mode="r", shape=(n, self.dim))
+                                      if n else np.zeros((0, self.dim or 0), np.int8))
+            out["scales_int8"] = np.memmap(d / "i8s.bin", dtype=np.float32, mode="r", shape=(n,)) if n else np.zeros(0, np.float32)
         size = self._offsets[-1]
         out["texts"] = np.memmap(d / "text.bin", dtype=np.uint8, mode="r", shape=(size,)) if size else np.zeros(0, np.uint8)
         out["text_offsets"] = np.asarray(self._offsets, dtype=np.int64)
@@ -145,7 +209,15 @@ class EmbeddingSink:
         if self.fmt == "safetensors":
             meta = {"embtool_index": "1", "precision": self.precision, "count": str(self.count),
                     "dim": str(self.dim or 0), **metadata}
+            if self.precision == "binary":
+                meta["binary_code"] = self.binary_code
             write_safetensors(path, arrays, meta)
+        elif self.fmt == "parquet":
+            from embtool.core.parquet_io import write_parquet
+
+            meta = {"embtool_index": "1", "precision": self.precision, "count": str(self.count),
+                    "dim": str(self.dim or 0), **metadata}
+            write_parquet(path, arrays["embeddings"], arrays["texts"], arrays["text_offsets"], arrays.get("ids"), meta)
         elif self.fmt == "npy":
             emb = arrays["embeddings"]
             with open(path, "wb") as f:
@@ -171,7 +243,7 @@ class EmbeddingSink:
                                            ensure_ascii=False) + "\n")
 
     def close(self) -> None:
-        for f in (self._vec, self._scl, self._txt, self._flt):
+        for f in (self._vec, self._scl, self._txt, self._flt, self._i8, self._i8s, self._raw):
             if f is not None:
                 f.close()
         self._tmpdir.cleanup()
@@ -192,6 +264,7 @@ class Index:
             if arr.ndim != 2:
                 raise CorruptFile(f"{self.path}: expected a 2-D matrix, got shape {arr.shape}")
             self.emb, self.scales, self.float, self.meta = arr, None, None, {"precision": str(arr.dtype)}
+            self.int8 = self.int8_scales = self.binary_mean = self.binary_rotation = None
             self.precision = "float16" if arr.dtype == np.float16 else "float32"
             self._texts = None
             self.ids = None
@@ -215,16 +288,68 @@ class Index:
         self.ids = self.file.get("ids") if "ids" in self.file.tensors else None
         if self.ids is not None and self.ids.shape[0] != self.emb.shape[0]:
             raise CorruptFile(f"{self.path}: 'ids' does not match the number of embeddings")
+        n = self.emb.shape[0]
+        get = lambda name: self.file.get(name) if name in self.file.tensors else None  # noqa: E731
+        self.int8, self.int8_scales = get("embeddings_int8"), get("scales_int8")
+        self.binary_mean, self.binary_rotation = get("binary_mean"), get("binary_rotation")
+        for name, arr, shape in (("embeddings_float", self.float, (n, self.dim)), ("embeddings_int8", self.int8, (n, self.dim)),
+                                 ("scales_int8", self.int8_scales, (n,)), ("binary_mean", self.binary_mean, (self.dim,)),
+                                 ("binary_rotation", self.binary_rotation, (self.dim, self.dim))):
+            if arr is not None and tuple(arr.shape) != shape:
+                raise CorruptFile(f"{self.path}: '{name}' has shape {list(arr.shape)}, expected {list(shape)}")
+        if (self.int8 is None) != (self.int8_scales is None):
+            raise CorruptFile(f"{self.path}: 'embeddings_int8' and 'scales_int8' go together")
+        if self.precision == "binary" and self.emb.shape[1] != -(-self.dim // 8):
+            raise CorruptFile(f"{self.path}: binary rows of {self.emb.shape[1]} bytes do not hold {self.dim} bits")
+
+    @property
+    def unit_rows(self) -> bool:
+        """The index records that its rows were L2-normalised (so cosine needs no row norms)."""
+        return self.meta.get("normalize") == "true"
+
+    def query_bits(self, q: np.ndarray) -> np.ndarray:
+        """Queries binarized the way this binary index's rows were (mean, rotation when stored)."""
+        from embtool.algorithms.search import binarize
+
+        return binarize(q, self.binary_mean, self.binary_rotation)
+
+    @property
+    def rescore_source(self) -> str | None:
+        """Which stored vectors can rescore candidates of this index's scan: embeddings_float, else (binary)
+        embeddings_int8, else None."""
+        if self.precision not in ("int8", "binary"):
+            return None
+        if self.float is not None:
+            return "embeddings_float"
+        if self.precision == "binary" and self.int8 is not None:
+            return "embeddings_int8"
+        return None
+
+    def rescore_rows(self, ids: np.ndarray) -> np.ndarray:
+        """float32 rows `ids` (sorted local row numbers) from the rescoring vectors."""
+        if self.float is not None:
+            return np.asarray(self.float[ids], dtype=np.float32)
+        return self.int8[ids].astype(np.float32) * np.asarray(self.int8_scales[ids], dtype=np.float32)[:, None]
+
+    def prefetch(self, r0: int, r1: int) -> None:
+        """Ask the OS to read rows r0..r1 ahead (MADV_WILLNEED), so reading overlaps the scoring of the block before."""
+        self._advise(r0, r1, "MADV_WILLNEED")
 
     def release(self, r0: int, r1: int) -> None:
         """Drop the pages of rows r0..r1 from this process once they are scored, so the resident set stays
         bounded by one block whatever the index size (the data stays in the OS page cache)."""
+        self._advise(r0, r1, "MADV_DONTNEED")
+
+    def _advise(self, r0: int, r1: int, what: str) -> None:
         f = getattr(self, "file", None)
         mm = f._mm if f is not None else None
         if mm is None or not hasattr(mm, "madvise"):
             return
         import mmap
 
+        advice = getattr(mmap, what, None)
+        if advice is None:
+            return
         t = f.tensors["embeddings"]
         row = t.nbytes // max(1, t.shape[0])
         start = f.data_start + t.begin + r0 * row
@@ -232,8 +357,10 @@ class Index:
         page = mmap.PAGESIZE
         a = start - start % page
         b = end - end % page  # keep the partial last page: the next block starts in it
+        if what == "MADV_WILLNEED":
+            b = min(len(mm), end + page - 1 - (end + page - 1) % page)
         if b > a:
-            mm.madvise(mmap.MADV_DONTNEED, a, b - a)
+            mm.madvise(advice, a, b - a)
 
     def __len__(self) -> int:
         return int(self.emb.shape[0])
