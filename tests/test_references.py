@@ -483,7 +483,8 @@ CYRILLIC = ["Быстрая коричневая лиса прыгает чер�
 
 @pytest.fixture(scope="module")
 def scripts_model(tmp_path_factory) -> Path:
-    texts = (SENTENCES + corpus_lines("en", 60) + (GREEK + CYRILLIC) * 6 + ["mixedαβγ wordsδεζ", "латиница123 42"])
+    # words of two scripts, frequent enough to become tokens of their own (kept by neither script alone)
+    texts = SENTENCES + corpus_lines("en", 60) + (GREEK + CYRILLIC) * 6 + ["alphaβήτα kappaλάμδα мирpeace 123абв"] * 30
     return make_tiny_model(tmp_path_factory.mktemp("scripts") / "m", "bert", texts=texts)
 
 
@@ -501,6 +502,7 @@ def test_script_keeps_exactly_the_tokens_of_the_script(tmp_path, scripts_model, 
     specials = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}
     expected = {t for t in vocab if _letters_in(t, script)} | specials
     assert 30 < len(expected) < len(vocab) - 30  # the model has tokens of each script, and others
+    assert {"alphaβητα", "мирpeace"} <= set(vocab) and not {"alphaβητα", "мирpeace"} & expected
     r = run_cli(["trim-vocab", scripts_model, "--script", script, "-o", tmp_path / "o", "--json"])
     assert r.exit_code == 0, r.stderr
     kept = json.loads((tmp_path / "o" / "tokenizer.json").read_text())["model"]["vocab"]
