@@ -326,3 +326,54 @@ def test_every_command_json_matches_its_schema(tmp_path, tiny_bert, corpus_files
                 assert all(float(f"{f:.6g}") == f for f in _floats(doc)), (command, list(_floats(doc)))
     r = run_cli(["search", "--help"])
     assert "JSON Lines on stdout: one JSON object per hit" in " ".join(r.stdout.split())
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. quiet pipes and full disks
+# ----------------------------------------------------------------------------------------------
+
+import os  # noqa: E402
+import shlex  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+EMBTOOL = f"{shlex.quote(sys.executable)} -m embtool"
+
+
+def _bash(script: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a bash script where `embtool` is this checkout's CLI."""
+    e = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run(["bash", "-c", f"embtool() {{ {EMBTOOL} \"$@\"; }}\n{script}"], cwd=cwd, env=e,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_a_closed_pipe_ends_quietly_like_unix_tools(tmp_path, tiny_bert):
+    (tmp_path / "many.txt").write_text("".join(f"text number {i}\n" for i in range(3000)))
+    assert run_cli(["embed", tiny_bert, "-i", tmp_path / "many.txt", "-o", tmp_path / "i.safetensors", "--quiet"]).exit_code == 0
+    for cmd in (f"embtool embed {tiny_bert} -i many.txt", "embtool search i.safetensors -q many.txt -k 5 --json",
+                "yes"):  # the reference: what a Unix tool does
+        r = _bash(f"{cmd} 2>err.txt | head -1 >/dev/null; echo ${{PIPESTATUS[0]}}", tmp_path)
+        assert r.stdout.strip() == "141", (cmd, r.stdout, r.stderr)  # 128 + SIGPIPE, as the shell reports `yes | head -1`
+        assert (tmp_path / "err.txt").read_text() == "", cmd  # no "Error: Broken pipe", no traceback
+    assert not list(tmp_path.glob(".embtool-tmp-*"))
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full on this platform")
+@pytest.mark.parametrize("args", ["--version", "--help", "inspect {m}", "inspect {m} --json", "trim-vocab --help"])
+def test_full_stdout_is_one_error_line(tmp_path, tiny_bert, args):
+    r = _bash(f"embtool {args.format(m=tiny_bert)} >/dev/full", tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith("Error: ") and r.stderr.count("\n") == 1 and "No space left on device" in r.stderr
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr
+
+
+def test_dash_output_is_stdout_for_embed_and_refused_for_models(tmp_path, tiny_bert, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = run_cli(["embed", tiny_bert, "one text", "another", "-o", "-"])
+    assert r.exit_code == 0 and [json.loads(x)["text"] for x in r.stdout.splitlines()] == ["one text", "another"]
+    assert r.stdout == run_cli(["embed", tiny_bert, "one text", "another"]).stdout
+    for cmd in (["export-onnx", tiny_bert], ["quantize", tiny_bert, "--bits", "8"], ["factorize", tiny_bert, "--rank", "4"]):
+        r = run_cli([*cmd, "-o", "-", "--quiet"])
+        assert r.exit_code == 2 and "cannot go to stdout" in r.stderr and r.stderr.count("\n") == 1, r.output
+    assert list(tmp_path.iterdir()) == []  # no file or folder named "-"

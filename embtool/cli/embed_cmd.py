@@ -91,6 +91,8 @@ def command(model, texts, inputs, field, output, fmt, precision, keep_float, kee
         raise click.UsageError("--keep-int8 goes with --precision binary")
     if output == "-":  # stdout, as -i - is stdin
         output = None
+    if output == "-":  # stdout, as -i - is stdin
+        output = None
     fmt = format_for(output, fmt)
     if output is None and fmt != "jsonl":
         raise click.UsageError(f"--format {fmt} needs -o FILE")

@@ -46,6 +46,9 @@ class EmbtoolGroup(click.Group):
             if os.environ.get("EMBTOOL_DEBUG"):
                 traceback.print_exc()
             raise click.ClickException("out of memory") from None
+        except BrokenPipeError:
+            _silence_stdout()  # the reader went away (`| head -1`): stop quietly, as Unix tools do on SIGPIPE
+            ctx.exit(SIGPIPE_EXIT)
         except OSError as e:
             if os.environ.get("EMBTOOL_DEBUG"):
                 traceback.print_exc()
@@ -104,6 +107,20 @@ _notes.setLevel(logging.INFO)
 _notes.propagate = False
 
 
+SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a Unix tool whose reader closed the pipe
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that nothing more (nor the flush at exit) fails on a closed or full stdout."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):  # not a real file (tests' CliRunner)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, delivered as an exception so that temporary outputs are removed on the way out."""
 
@@ -121,3 +138,10 @@ def main() -> None:
     except KeyboardInterrupt:
         click.echo("Interrupted; nothing was written.", err=True)
         sys.exit(130)
+    except BrokenPipeError:
+        _silence_stdout()
+        sys.exit(SIGPIPE_EXIT)
+    except OSError as e:  # stdout unwritable outside a command: `embtool --version > /dev/full`
+        _silence_stdout()
+        click.echo(f"Error: cannot write to stdout: {e.strerror or e}", err=True)
+        sys.exit(1)

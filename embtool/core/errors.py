@@ -27,6 +27,12 @@ class InputError(EmbtoolError):
     """Bad user input: texts, corpora, flag values discovered at run time."""
 
 
+class BadUsage(EmbtoolError):
+    """A usage error found past option parsing (e.g. `-o -` for a model, no selection for trim-vocab): exit 2."""
+
+    exit_code = 2
+
+
 class OutputExists(EmbtoolError):
     pass
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from embtool import __version__
-from embtool.core.errors import InputError, OutputExists
+from embtool.core.errors import BadUsage, InputError, OutputExists
 
 TMP_PREFIX = ".embtool-tmp-"
 
@@ -30,6 +30,9 @@ def check_output(target: Path, force: bool, inputs: Iterable[Path] = (),
     """Refuse a target that is (inside) an input, the current folder or one of its parents, and an existing
     target that --force may not replace. `replaceable(target)` says why an existing target is not one embtool
     wrote (None: it is); the default is `folder_not_replaceable`, the rule for model folders."""
+    if str(target) == "-":
+        raise BadUsage("-o -: a model is written as a folder and cannot go to stdout (only embed writes to stdout); "
+                       "name a folder")
     target = Path(target)
     t = target.resolve()
     cwd = Path.cwd().resolve()
