@@ -337,6 +337,26 @@ def _as_stored(x: np.ndarray, precision: str) -> np.ndarray:
     return np.where(x > 0, 1.0, -1.0) / np.sqrt(x.shape[1])  # binary: sign bits
 
 
+def _binary_scores(q: np.ndarray, files: list, n: int, metric: str) -> np.ndarray:
+    """Binary indexes are searched by Hamming distance h between the stored bits and the query's bits, taken the
+    way each file's rows were: sign((q - binary_mean) @ binary_rotation) (format docstring); reported as 1 - 2h/D
+    (cosine, dot) or 4h/D (l2). Each shard file carries its own mean and rotation. Returns [Q, n] by global id."""
+    from safetensors.numpy import load_file
+
+    out = np.zeros((q.shape[0], n))
+    for f in files:
+        t = load_file(str(f))
+        d = q.shape[1]
+        x = q - t["binary_mean"].astype(np.float64) if "binary_mean" in t else q
+        if "binary_rotation" in t:
+            x = x @ t["binary_rotation"].astype(np.float64)
+        qb = x > 0
+        rows = np.unpackbits(t["embeddings"], axis=1, count=d).astype(bool)
+        h = (qb[:, None, :] != rows[None, :, :]).sum(-1)
+        out[:, t["ids"]] = 4 * h / d if metric == "l2" else 1 - 2 * h / d
+    return out
+
+
 def _scores(q: np.ndarray, X: np.ndarray, metric: str) -> np.ndarray:
     """Brute force, float64. cosine and dot: higher is closer; l2: squared distance, smaller is closer."""
     if metric == "cosine":
@@ -382,12 +402,12 @@ def test_search_equals_brute_force(indexes, precision, metric, sharded):
     q = np.load(indexes["queries"]).astype(np.float64)
     X, ids = _float_rows(indexes[("float32", "full")])
     assert ids.tolist() == list(range(len(INDEX_TEXTS)))
-    ref = _scores(q, _as_stored(X, precision), metric)
-    if sharded:
-        files = [indexes[(precision, f"s{i}")] for i in range(N_SHARDS)]
-        args = [files[0], *[a for f in files[1:] for a in ("--shard", f)]]
+    files = [indexes[(precision, f"s{i}")] for i in range(N_SHARDS)] if sharded else [indexes[(precision, "full")]]
+    args = [files[0], *[a for f in files[1:] for a in ("--shard", f)]]
+    if precision == "binary":
+        ref = _binary_scores(q, files, len(ids), metric)
     else:
-        args = [indexes[(precision, "full")]]
+        ref = _scores(q, _as_stored(X, precision), metric)
     k = 7
     hits = _search([*args, "--query-embeddings", indexes["queries"], "--metric", metric, "-k", k, "--rescore", 0,
                     "--block-rows", 5])
@@ -424,13 +444,13 @@ def test_rescore_uses_the_float_vectors(indexes, precision, metric, sharded):
     with N >= the index size that is brute force over the float16 vectors."""
     q = np.load(indexes["queries"]).astype(np.float64)
     X, ids = _float_rows(indexes[("float32", "full")])
-    coarse = _scores(q, _as_stored(X, precision), metric)
     fine = _scores(q, X.astype(np.float16).astype(np.float64), metric)
-    if sharded:
-        files = [indexes[(precision, f"s{i}")] for i in range(N_SHARDS)]
-        args = [files[0], *[a for f in files[1:] for a in ("--shard", f)]]
+    files = [indexes[(precision, f"s{i}")] for i in range(N_SHARDS)] if sharded else [indexes[(precision, "full")]]
+    args = [files[0], *[a for f in files[1:] for a in ("--shard", f)]]
+    if precision == "binary":
+        coarse = _binary_scores(q, files, len(ids), metric)
     else:
-        args = [indexes[(precision, "full")]]
+        coarse = _scores(q, _as_stored(X, precision), metric)
     k = 4
     common = [*args, "--query-embeddings", indexes["queries"], "--metric", metric, "-k", k]
     _check_hits(_search([*common, "--rescore", len(ids)]), fine, ids, k, metric)

@@ -1,35 +1,191 @@
-"""Exact top-k nearest neighbours by blocked matrix multiplication.
+"""Exact top-k nearest neighbours over float, int8 and binary rows, block by block.
 
 Scores: cosine (queries and rows normalised), dot, l2 (reported as the squared distance, smaller is
 better). Ties are broken by the smaller id, so results are deterministic and equal a brute-force
-reference. Blocks come from any callable, so the index can be memory-mapped and larger than RAM.
+reference. Rows come as arrays that may be memory-mapped (only one block is read at a time), so the
+index can be larger than RAM.
+
+Each precision is scored in its own form, never turned back into a float32 copy of the index:
+- float32/float16: one matrix product per block (float16 blocks are widened per cache-sized tile);
+- int8: int8 -> float32 tiles that stay in cache, the per-row scales applied to the scores;
+- binary: Hamming distances on the packed bits, XOR + popcount on uint64 words, integer scores.
+The top-k is a running buffer: after the first block, a row of the next block is a candidate only when it
+beats the current k-th score, so the candidate set is never re-sorted.
 """
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
 
 METRICS = ("cosine", "dot", "l2")
+# int8 and float16 rows are widened to float32 in tiles of this size: within the shared L3 (32 MB here) and
+# large enough that a 2-thread BLAS product gains from its threads (1 MB L2-sized tiles measured 2-5x slower
+# with 2 BLAS threads on 100 queries, as fast with 1 thread)
+CACHE_BYTES = 16 << 20
+FLOAT_BLOCK_BYTES = 16 << 20  # rows read per float block: big enough for BLAS, small enough to stay bounded
+HAMMING_TILE_BYTES = 1 << 20  # the [queries, rows] uint64 XOR tile of the binary scan stays in L2
 
 
-def _prepare_queries(q: np.ndarray, metric: str) -> np.ndarray:
+def prepare_queries(q: np.ndarray, metric: str) -> np.ndarray:
     q = np.asarray(q, dtype=np.float32)
     if metric == "cosine":
         q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
     return q
 
 
-def block_scores(q: np.ndarray, block: np.ndarray, metric: str) -> np.ndarray:
-    """Similarity (higher is better) of prepared queries q [Q, D] to rows block [B, D]."""
+_prepare_queries = prepare_queries  # older name
+
+
+def block_scores(q: np.ndarray, block: np.ndarray, metric: str, unit_rows: bool = False) -> np.ndarray:
+    """Similarity (higher is better) of prepared queries q [Q, D] to float rows block [B, D]; l2 gives
+    -||q - x||^2. `unit_rows`: the rows are known to be unit vectors (no norms computed)."""
+    block = np.asarray(block, dtype=np.float32)
     s = q @ block.T
-    if metric == "cosine":
+    if metric == "cosine" and not unit_rows:
         s /= np.maximum(np.linalg.norm(block, axis=1), 1e-12)[None, :]
     elif metric == "l2":
-        s = 2 * s - (block * block).sum(1)[None, :] - (q * q).sum(1)[:, None]  # = -||q - x||^2
+        sq = 1.0 if unit_rows else np.einsum("ij,ij->i", block, block)[None, :]
+        s = 2 * s - sq - (q * q).sum(1)[:, None]
     return s
 
+
+def int8_scores(q: np.ndarray, codes: np.ndarray, scales: np.ndarray, metric: str, unit_rows: bool = False) -> np.ndarray:
+    """block_scores of the dequantized rows codes * scales[:, None], without a float32 copy of the block:
+    int8 -> float32 tiles of about CACHE_BYTES, one product each; the scales multiply the scores."""
+    Q, B = q.shape[0], codes.shape[0]
+    s = np.empty((Q, B), dtype=np.float32)
+    norms = None if unit_rows or metric == "dot" else np.empty(B, dtype=np.float32)
+    tile = max(64, CACHE_BYTES // (4 * max(1, codes.shape[1])))
+    for t0 in range(0, B, tile):
+        t1 = min(B, t0 + tile)
+        f = np.asarray(codes[t0:t1], dtype=np.float32)
+        s[:, t0:t1] = q @ f.T
+        if norms is not None:
+            norms[t0:t1] = np.einsum("ij,ij->i", f, f)
+    sc = np.asarray(scales, dtype=np.float32)
+    if metric == "cosine":
+        # cos(q, c * scale) = q.c / |c|: the scale cancels
+        if norms is not None:
+            s /= np.maximum(np.sqrt(norms), 1e-12)[None, :]
+        else:
+            s *= sc[None, :]
+    elif metric == "dot":
+        s *= sc[None, :]
+    else:
+        s *= sc[None, :]
+        sq = 1.0 if unit_rows else (norms * sc * sc)[None, :]
+        s *= 2
+        s -= sq
+        s -= (q * q).sum(1)[:, None]
+    return s
+
+
+# ---------------------------------------------------------------------------------------------
+# binary: Hamming distance on packed sign bits
+
+if hasattr(np, "bitwise_count"):  # numpy >= 2
+    def _popcount(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        return np.bitwise_count(x, out=out)
+else:  # pragma: no cover - numpy < 2: count the bytes of each word with a table
+    _BYTE_COUNTS = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+    def _popcount(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        c = _BYTE_COUNTS[x.view(np.uint8)].reshape(*x.shape, 8)
+        return c.sum(-1, dtype=np.uint8, out=out)
+
+
+def as_words(bits: np.ndarray) -> np.ndarray:
+    """Packed bits [N, nbytes] uint8 -> [N, ceil(nbytes/8)] uint64 (zero-padded; zeros add no distance)."""
+    bits = np.asarray(bits, dtype=np.uint8)
+    n, nb = bits.shape
+    if nb % 8 == 0 and bits.flags.c_contiguous:
+        return bits.view(np.uint64)
+    w = np.zeros((n, -(-nb // 8) * 8), dtype=np.uint8)
+    w[:, :nb] = bits
+    return w.view(np.uint64)
+
+
+def _hamming_tile(qw: np.ndarray, rows_t: np.ndarray, out: np.ndarray) -> None:
+    """out [Q, b] uint16 = Hamming distances of query words qw [Q, W] to rows given word-major rows_t [W, b]."""
+    Q, b = out.shape
+    tmp = np.empty((Q, b), dtype=np.uint64)
+    cnt = np.empty((Q, b), dtype=np.uint8)
+    for w in range(qw.shape[1]):
+        np.bitwise_xor(qw[:, w, None], rows_t[w][None, :], out=tmp)
+        _popcount(tmp, cnt)
+        if w == 0:
+            np.copyto(out, cnt)
+        else:
+            np.add(out, cnt, out=out)
+
+
+def hamming(q_bits: np.ndarray, bits: np.ndarray, threads: int = 1) -> np.ndarray:
+    """Hamming distances [Q, B] (uint16) between packed query bits [Q, nbytes] and packed rows [B, nbytes].
+    Work is cut into cache-sized tiles of rows; with threads > 1 tiles run in parallel (numpy releases the
+    GIL inside its loops)."""
+    qw = as_words(q_bits)
+    rw = as_words(bits)
+    Q, B, W = qw.shape[0], rw.shape[0], qw.shape[1]
+    out = np.empty((Q, B), dtype=np.uint16)
+    tile = max(256, min(4096, HAMMING_TILE_BYTES // max(1, Q * 8)))
+    starts = list(range(0, B, tile))
+
+    def one(t0: int) -> None:
+        t1 = min(B, t0 + tile)
+        part = np.empty((Q, t1 - t0), dtype=np.uint16)
+        _hamming_tile(qw, np.ascontiguousarray(rw[t0:t1].T), part)
+        out[:, t0:t1] = part
+
+    if threads > 1 and len(starts) > 1:
+        with ThreadPoolExecutor(max_workers=threads) as ex:
+            list(ex.map(one, starts))
+    else:
+        for t0 in starts:
+            one(t0)
+    return out
+
+
+def binarize(x: np.ndarray, mean: np.ndarray | None = None, rotation: np.ndarray | None = None) -> np.ndarray:
+    """Sign bits of (x - mean) @ rotation, packed 8 per byte (bit set = positive). Without mean and rotation
+    this is the plain sign code of older indexes."""
+    x = np.asarray(x, dtype=np.float32)
+    if mean is not None:
+        x = x - np.asarray(mean, dtype=np.float32)[None, :]
+    if rotation is not None:
+        x = x @ np.asarray(rotation, dtype=np.float32)
+    return np.packbits(x > 0, axis=1)
+
+
+def fit_rotation(sample: np.ndarray, mean: np.ndarray, iterations: int = 20, seed: int = 0) -> np.ndarray:
+    """An orthogonal D×D rotation that makes sign bits lose less (ITQ, Gong & Lazebnik 2011): start from a
+    seeded random rotation, then alternate B = sign(VR) and R = the orthogonal Procrustes solution of
+    min ||B - VR||. `sample` [n, D] are rows of the corpus (centred here by `mean`)."""
+    v = np.asarray(sample, dtype=np.float64) - np.asarray(mean, dtype=np.float64)[None, :]
+    d = v.shape[1]
+    rng = np.random.default_rng(seed)
+    r, _ = np.linalg.qr(rng.standard_normal((d, d)))
+    for _ in range(iterations):
+        b = np.where(v @ r >= 0, 1.0, -1.0)
+        u, _, wt = np.linalg.svd(v.T @ b)
+        r = u @ wt
+    return r.astype(np.float32)
+
+
+def auto_rescore(n_rows: int, k: int, precision: str) -> int:
+    """Default rescoring depth: how many candidates of an int8 or binary scan are rescored with better
+    vectors. Binary codes need a depth that grows with the index (measured on real e5 and MiniLM
+    embeddings, docs/benchmarks.md); int8 needs only a few times k."""
+    if precision == "binary":
+        depth = max(20 * k, int(4 * np.sqrt(max(1, n_rows))))
+        return min(n_rows, depth, 2000 + 20 * k)
+    return min(n_rows, max(4 * k, 40))
+
+
+# ---------------------------------------------------------------------------------------------
+# the running top-k
 
 def _select(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the k best (score desc, id asc) among candidates."""
@@ -41,21 +197,66 @@ def _select(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np
         keep = scores >= kth[:, None]
         cnt = keep.sum(1)
         if cnt.max() > k:
-            # every candidate at or above the k-th score, padded to the widest row with -inf
-            width = int(cnt.max())
-            rows, cols = np.nonzero(keep)
-            slot = np.arange(rows.size) - np.r_[0, np.cumsum(cnt)[:-1]][rows]
-            order = np.zeros((Q, width), dtype=np.int64)
-            order[rows, slot] = cols
-            pad = np.arange(width)[None, :] >= cnt[:, None]
-            scores = np.take_along_axis(scores, order, 1)
-            scores[pad] = -np.inf
+            scores, ids = _gather(keep, scores, ids)
         else:
-            order = part
-            scores = np.take_along_axis(scores, order, 1)
-        ids = np.take_along_axis(ids, order, 1)
+            scores = np.take_along_axis(scores, part, 1)
+            ids = np.take_along_axis(ids, part, 1)
     o = np.lexsort((ids, -scores), axis=1)[:, :k]
     return np.take_along_axis(scores, o, 1), np.take_along_axis(ids, o, 1)
+
+
+def _gather(keep: np.ndarray, scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The kept entries of each row, left-aligned and padded with -inf to the widest row."""
+    Q = keep.shape[0]
+    cnt = keep.sum(1)
+    width = max(1, int(cnt.max()))
+    rows, cols = np.nonzero(keep)
+    slot = np.arange(rows.size) - np.r_[0, np.cumsum(cnt)[:-1]][rows]
+    out_s = np.full((Q, width), -np.inf, dtype=np.float64 if scores.dtype.kind != "f" else scores.dtype)
+    out_i = np.full((Q, width), np.iinfo(np.int64).max, dtype=np.int64)
+    out_s[rows, slot] = scores[rows, cols]
+    out_i[rows, slot] = ids[rows, cols] if ids.ndim == 2 else ids[cols]
+    return out_s, out_i
+
+
+class RunningTopK:
+    """The best k (score desc, id asc) of rows pushed block by block in increasing id order."""
+
+    def __init__(self, n_queries: int, k: int):
+        self.k = k
+        self.s = np.full((n_queries, 0), -np.inf)
+        self.i = np.zeros((n_queries, 0), dtype=np.int64)
+
+    def push(self, s: np.ndarray, first_id: int) -> None:
+        """Scores s [Q, B] of rows first_id .. first_id + B - 1 (ids larger than every id pushed before)."""
+        Q, B = s.shape
+        if self.k == 0:
+            return
+        ids = np.arange(first_id, first_id + B, dtype=np.int64)
+        if self.s.shape[1] == self.k:
+            # a later row ties with the k-th only at a larger id, so it must beat it strictly
+            keep = s > self.s[:, -1][:, None]
+            n = int(np.count_nonzero(keep))
+            if n == 0:
+                return
+            if n <= 4 * Q * self.k:
+                cs, ci = _gather(keep, s, ids)
+                self._merge(cs, ci)
+                return
+        cs, ci = _select(s, np.broadcast_to(ids, s.shape), self.k)
+        self._merge(cs, ci)
+
+    def _merge(self, cs: np.ndarray, ci: np.ndarray) -> None:
+        s = np.concatenate([self.s, cs.astype(np.float64)], 1)
+        i = np.concatenate([self.i, ci], 1)
+        self.s, self.i = _select(s, i, self.k)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def default_block_rows(row_bytes: int) -> int:
+    """Rows per block: FLOAT_BLOCK_BYTES of index data (at least 1,024 rows)."""
+    return max(1024, FLOAT_BLOCK_BYTES // max(1, row_bytes))
 
 
 def topk(
@@ -64,30 +265,119 @@ def topk(
     get_block: Callable[[int, int], np.ndarray],
     k: int,
     metric: str = "cosine",
-    block_rows: int = 65536,
+    block_rows: int = 0,
     id_offset: int = 0,
     after_block: Callable[[int, int], None] | None = None,
+    unit_rows: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(scores [Q, k'], ids [Q, k']) with k' = min(k, n_rows); l2 scores are squared distances.
-    `after_block(r0, r1)` is called once rows r0..r1 are scored."""
+    """Top-k over float rows given block by block: (scores [Q, k'], ids [Q, k']) with k' = min(k, n_rows);
+    l2 scores are squared distances. `after_block(r0, r1)` is called once rows r0..r1 are scored."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}")
-    q = _prepare_queries(queries, metric)
-    Q = q.shape[0]
-    kk = min(k, n_rows)
-    best_s = np.full((Q, 0), -np.inf, dtype=np.float32)
-    best_i = np.zeros((Q, 0), dtype=np.int64)
+    q = prepare_queries(queries, metric)
+
+    def score(r0: int, r1: int) -> np.ndarray:
+        return block_scores(q, get_block(r0, r1), metric, unit_rows)
+
+    return _scan(q.shape[0], n_rows, score, k, metric, block_rows or default_block_rows(4 * q.shape[1]), id_offset, after_block)
+
+
+def _scan(n_queries, n_rows, score, k, metric, block_rows, id_offset, after_block, before_block=None):
+    run = RunningTopK(n_queries, min(k, n_rows))
     for r0 in range(0, n_rows, block_rows):
         r1 = min(n_rows, r0 + block_rows)
-        s = block_scores(q, np.asarray(get_block(r0, r1), dtype=np.float32), metric).astype(np.float32, copy=False)
+        if before_block is not None and r1 < n_rows:  # e.g. ask the OS to read the next block ahead
+            before_block(r1, min(n_rows, r1 + block_rows))
+        s = score(r0, r1)
         if after_block is not None:  # e.g. let the memory-mapped rows go
             after_block(r0, r1)
-        ids = np.broadcast_to(np.arange(r0, r1, dtype=np.int64) + id_offset, s.shape)
-        cand_s, cand_i = _select(s, ids, kk)
-        best_s, best_i = _select(np.concatenate([best_s, cand_s], 1), np.concatenate([best_i, cand_i], 1), kk)
+        run.push(s, r0 + id_offset)
+    s = run.s.astype(np.float32)
     if metric == "l2":
-        best_s = np.maximum(-best_s, 0)
-    return best_s, best_i
+        s = np.maximum(-s, 0)
+    return s, run.i
+
+
+def topk_codes(
+    queries: np.ndarray,
+    codes: np.ndarray,
+    k: int,
+    metric: str = "cosine",
+    precision: str = "float32",
+    scales: np.ndarray | None = None,
+    dim: int | None = None,
+    unit_rows: bool = False,
+    query_bits: np.ndarray | None = None,
+    block_rows: int = 0,
+    threads: int = 1,
+    after_block: Callable[[int, int], None] | None = None,
+    before_block: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of queries [Q, D] over stored rows `codes` (possibly memory-mapped) in their precision:
+    float32/float16 [N, D]; int8 [N, D] with `scales` [N]; binary [N, ceil(D/8)] packed sign bits, searched by
+    Hamming distance of `query_bits` (the queries binarized as the rows were; default: their plain signs).
+
+    Binary scores are the similarity of the sign codes: cosine/dot 1 - 2h/D, l2 4h/D (h = Hamming distance),
+    which ranks exactly as h. `unit_rows`: the index says its rows are unit vectors (cosine = dot)."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}")
+    n = codes.shape[0]
+    if precision == "binary":
+        d = dim or codes.shape[1] * 8
+        qb = query_bits if query_bits is not None else binarize(queries)
+        br = block_rows or default_block_rows(8 * codes.shape[1])
+
+        def score(r0: int, r1: int) -> np.ndarray:
+            h = hamming(qb, codes[r0:r1], threads).astype(np.int32)
+            return -h
+
+        s, i = _scan(qb.shape[0], n, score, k, "dot", br, 0, after_block, before_block)
+        h = -s.astype(np.float64)
+        if metric == "l2":
+            return (4 * h / d).astype(np.float32), i
+        return (1 - 2 * h / d).astype(np.float32), i
+    q = prepare_queries(queries, metric)
+    unit = unit_rows and metric != "dot"
+    if precision == "int8":
+        if scales is None:
+            raise ValueError("int8 rows need their scales")
+
+        def score(r0: int, r1: int) -> np.ndarray:
+            return int8_scores(q, codes[r0:r1], scales[r0:r1], metric, unit)
+    else:
+        def score(r0: int, r1: int) -> np.ndarray:
+            block = codes[r0:r1]
+            if block.dtype == np.float32:
+                return block_scores(q, block, metric, unit)
+            return _widened_scores(q, block, metric, unit)
+
+    br = block_rows or default_block_rows(codes.dtype.itemsize * codes.shape[1])
+    return _scan(q.shape[0], n, score, k, metric, br, 0, after_block, before_block)
+
+
+def _widened_scores(q: np.ndarray, block: np.ndarray, metric: str, unit_rows: bool) -> np.ndarray:
+    """block_scores of float16 rows, widened to float32 one cache-sized tile at a time."""
+    tile = max(64, CACHE_BYTES // (4 * max(1, block.shape[1])))
+    return np.concatenate([block_scores(q, block[t:t + tile], metric, unit_rows) for t in range(0, block.shape[0], tile)], 1) \
+        if block.shape[0] else np.zeros((q.shape[0], 0), np.float32)
+
+
+def rescore(q: np.ndarray, cand: np.ndarray, rows: Callable[[np.ndarray], np.ndarray], metric: str, k: int,
+            unit_rows: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Re-rank candidate ids cand [Q, C] (local row numbers) with better vectors: rows(sorted ids) -> float32
+    [n, D]. Returns the best k by the exact metric (same tie rule), l2 as squared distances."""
+    qp = prepare_queries(q, metric)
+    out_s, out_i = [], []
+    for r in range(q.shape[0]):
+        ids = np.unique(cand[r])
+        s = block_scores(qp[r: r + 1], rows(ids), metric, unit_rows and metric != "dot")[0]
+        o = np.lexsort((ids, -s))[:k]
+        out_s.append(s[o])
+        out_i.append(ids[o])
+    s, i = np.stack(out_s).astype(np.float32), np.stack(out_i)
+    if metric == "l2":
+        s = np.maximum(-s, 0)
+    return s, i
 
 
 def merge(results: list[tuple[np.ndarray, np.ndarray]], k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:

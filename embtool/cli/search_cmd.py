@@ -24,10 +24,11 @@ from embtool.jobs.search import SearchRequest, run_search
 @click.option("--model", "model_path", default=None, help="Embed text queries with this model (default: the one recorded in the index).")
 @click.option("--query-prefix", default=None, help="Prefix for text queries (default: the model's query prompt, else the index's prefix), e.g. 'query: ' for e5.")
 @click.option("--strict", is_flag=True, help="Refuse (instead of warn) when --model differs from the index's model.")
-@click.option("--rescore", type=click.IntRange(min=0), default=100, show_default=True,
-              help="int8/binary indexes: rescore this many candidates with the stored float vectors (0: off).")
-@click.option("--block-rows", type=click.IntRange(min=1), default=65536, show_default=True,
-              help="Index rows scored per block; bounds memory whatever the index size.")
+@click.option("--rescore", type=click.IntRange(min=0), default=None,
+              help="int8/binary indexes: rescore this many candidates with the stored float vectors (binary: or int8 "
+                   "codes) (0: off; default: a depth chosen from the index size).")
+@click.option("--block-rows", type=click.IntRange(min=1), default=None,
+              help="Index rows scored per block; bounds memory whatever the index size (default: 16 MB of rows).")
 @click.option("--shard", "shards", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="More index files (shards) searched together with INDEX. Repeatable.")
 @common_options(json_help="Print JSON Lines on stdout: one JSON object per hit (schema: docs/schema/search.json), "
@@ -59,7 +60,7 @@ def command(index, queries, query_files, query_embeddings, k, metric, model_path
         query_files = ("-",)
     req = SearchRequest(indexes=[index, *extra], queries=queries, query_files=list(query_files), query_embeddings=query_embeddings,
                         k=k, metric=metric, model=model_path, query_prefix=query_prefix, strict=strict, rescore=rescore,
-                        block_rows=block_rows, threads=threads)
+                        block_rows=block_rows or 0, threads=threads)
     res = run_search(req, warn=lambda msg: None if quiet else click.echo(f"warning: {msg}", err=True))
     out = sys.stdout
     for qi, hits in enumerate(res.hits):

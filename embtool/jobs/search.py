@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -25,8 +26,8 @@ class SearchRequest:
     model: str | None = None
     query_prefix: str | None = None
     strict: bool = False
-    rescore: int = 100
-    block_rows: int = 65536
+    rescore: int | None = None  # None: a depth chosen from the index size (algorithms.search.auto_rescore); 0: off
+    block_rows: int = 0  # 0: from the row size (algorithms.search.default_block_rows)
     threads: int = 0
 
 
@@ -101,11 +102,9 @@ def run_search(req: SearchRequest, warn: Callable[[str], None] = lambda m: None)
         raise InputError(f"query vectors have {q.shape[1]} dimensions but the index has {idxs[0].dim}")
     results = []
     offset = 0
+    threads = req.threads if req.threads > 0 else min(4, os.cpu_count() or 1)
     for ix in idxs:
-        kk = min(total, req.k if ix.float is None or req.rescore == 0 else max(req.k, req.rescore))
-        s, i = S.topk(q, len(ix), ix.block, kk, req.metric, req.block_rows, after_block=ix.release)
-        if ix.float is not None and req.rescore > 0 and ix.precision in ("int8", "binary"):
-            s, i = _rescore(q, ix, i, req.metric, min(req.k, len(ix)))
+        s, i = _search_one(q, ix, req, threads, warn)
         gid = ix.ids[i] if ix.ids is not None else i + offset
         results.append((s, np.asarray(gid, dtype=np.int64), ix, i))
         offset += len(ix)
@@ -127,17 +126,30 @@ def run_search(req: SearchRequest, warn: Callable[[str], None] = lambda m: None)
     return SearchResult(hits, texts)
 
 
-def _rescore(q: np.ndarray, ix: Index, cand: np.ndarray, metric: str, k: int) -> tuple[np.ndarray, np.ndarray]:
-    qp = S._prepare_queries(q, metric)
-    out_s, out_i = [], []
-    for r in range(q.shape[0]):
-        ids = np.sort(cand[r])
-        vecs = np.asarray(ix.float[ids], dtype=np.float32)
-        s = S.block_scores(qp[r : r + 1], vecs, metric)[0]
-        o = np.lexsort((ids, -s))[:k]
-        out_s.append(s[o])
-        out_i.append(ids[o])
-    s, i = np.stack(out_s), np.stack(out_i)
-    if metric == "l2":
-        s = np.maximum(-s, 0)
+def rescore_depth(ix: Index, req: SearchRequest, warn: Callable[[str], None]) -> int:
+    """How many candidates of an int8/binary scan to rescore (0: none): --rescore N, else a depth chosen from the
+    index size; says so when the index stores nothing to rescore with, instead of skipping silently."""
+    if ix.precision not in ("int8", "binary") or req.rescore == 0:
+        return 0
+    n = len(ix)
+    if ix.rescore_source is None:
+        if req.rescore is not None or ix.precision == "binary":
+            keep = "--keep-float or --keep-int8" if ix.precision == "binary" else "--keep-float"
+            warn(f"{ix.path.name}: no rescoring, the {ix.precision} index stores no vectors to rescore with "
+                 f"(embed with {keep}); results are the {ix.precision} scan's")
+        return 0
+    depth = req.rescore if req.rescore is not None else S.auto_rescore(n, req.k, ix.precision)
+    return min(n, max(depth, req.k))
+
+
+def _search_one(q: np.ndarray, ix: Index, req: SearchRequest, threads: int, warn: Callable[[str], None]):
+    """(scores, local row numbers) of the top-k of one index file, rescored when it can be."""
+    n = len(ix)
+    k = min(req.k, n)
+    depth = rescore_depth(ix, req, warn)
+    s, i = S.topk_codes(q, ix.emb, max(k, depth), req.metric, ix.precision, scales=ix.scales, dim=ix.dim,
+                        unit_rows=ix.unit_rows, query_bits=ix.query_bits(q) if ix.precision == "binary" else None,
+                        block_rows=req.block_rows, threads=threads, after_block=ix.release, before_block=ix.prefetch)
+    if depth:
+        s, i = S.rescore(q, i, ix.rescore_rows, req.metric, k, unit_rows=ix.unit_rows)
     return s, i

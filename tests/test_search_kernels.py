@@ -1,0 +1,333 @@
+"""search in each stored precision (float32, float16, int8, binary; cosine, dot, l2) against a brute-force numpy
+reference, through the CLI and across shards; the tie rule; binary codes (centred, ITQ) and rescoring; old index
+files without the binary mean/rotation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from embtool.algorithms import search as S
+from embtool.core.embeddings_io import EmbeddingSink, Index
+from embtool.core.safetensors_io import write_safetensors
+
+
+# ------------------------------------------------------------------------------------------ references
+def _ref_order(key: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the k smallest keys, ties by the smaller id (a full sort)."""
+    return np.stack([np.lexsort((np.arange(key.shape[1]), key[r]))[:k] for r in range(key.shape[0])])
+
+
+def ref_float(q, X, k, metric, unit_rows=False):
+    q, X = q.astype(np.float64), X.astype(np.float64)
+    if metric == "l2":
+        d = ((q[:, None, :] - X[None, :, :]) ** 2).sum(-1)
+        i = _ref_order(d, k)
+        return np.take_along_axis(d, i, 1), i
+    if metric == "cosine":
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        if not unit_rows:
+            X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+    s = q @ X.T
+    i = _ref_order(-s, k)
+    return np.take_along_axis(s, i, 1), i
+
+
+def ref_bits(x, mean=None, rot=None):
+    """Sign bits as a 0/1 matrix, written independently of embtool.algorithms.search.binarize."""
+    x = np.asarray(x, np.float64)
+    if mean is not None:
+        x = x - mean
+    if rot is not None:
+        x = x @ rot.astype(np.float64)
+    return (x > 0).astype(np.int64)
+
+
+def ref_hamming(qbits, xbits, k):
+    h = (qbits[:, None, :] != xbits[None, :, :]).sum(-1)
+    i = _ref_order(h, k)
+    return np.take_along_axis(h, i, 1), i
+
+
+def assert_ids(ids, ri, rs, metric):
+    """ids equal the reference's; for cosine, whose float32 scores of equal rows may differ in the last bit (BLAS
+    tiles), positions whose reference scores tie within 1e-6 are compared as sets."""
+    if metric != "cosine":
+        np.testing.assert_array_equal(ids, ri)
+        return
+    for got, want, sc in zip(ids, ri, rs):
+        start = 0
+        for j in range(1, len(want) + 1):
+            if j == len(want) or abs(sc[j] - sc[j - 1]) > 1e-6:
+                if j < len(want):  # a group cut by k may hold different members of the tie
+                    assert set(got[start:j]) == set(want[start:j]), (got, want)
+                start = j
+
+
+def _vectors(n, d, seed, dup=True, integers=False):
+    rng = np.random.default_rng(seed)
+    if integers:  # exact products in float32: ties between equal rows are real ties for dot and l2
+        X = rng.integers(-3, 5, (n, d)).astype(np.float32)
+    else:
+        X = (rng.standard_normal((n, d)) + 0.8).astype(np.float32)  # a common direction, as real embeddings have
+    if dup:
+        X[n // 2] = X[3]  # exact ties
+        X[n - 1] = X[3]
+    return X
+
+
+def _write(path, X, precision, keep_float=False, keep_int8=False, code="itq", normalize=False, ids=None):
+    sink = EmbeddingSink("safetensors", precision, keep_float, keep_int8=keep_int8, binary_code=code)
+    try:
+        for r0 in range(0, len(X), 37):  # several chunks
+            sink.add([f"t{r0 + j}" for j in range(len(X[r0:r0 + 37]))], X[r0:r0 + 37])
+        if ids is not None:
+            sink.extra = {"ids": np.asarray(ids, np.int64)}
+        sink.finish(path, {"normalize": str(normalize).lower()})
+    finally:
+        sink.close()
+    return path
+
+
+def _cli_hits(args):
+    r = run_cli(["search", *args, "--json"])
+    assert r.exit_code == 0, r.stderr
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    nq = max(h["query_no"] for h in rows) + 1
+    ids = [[h["id"] for h in rows if h["query_no"] == qn] for qn in range(nq)]
+    sc = [[h["score"] for h in rows if h["query_no"] == qn] for qn in range(nq)]
+    return np.array(ids), np.array(sc), r
+
+
+# ------------------------------------------------------------------------------------------ kernels
+def test_hamming_kernel_matches_unpacked_bits():
+    rng = np.random.default_rng(0)
+    for nbytes in (1, 3, 8, 48, 100):  # padded and unpadded word layouts
+        a = rng.integers(0, 256, (7, nbytes), dtype=np.uint8)
+        b = rng.integers(0, 256, (5000, nbytes), dtype=np.uint8)
+        want = (np.unpackbits(a, axis=1)[:, None, :] != np.unpackbits(b, axis=1)[None, :, :]).sum(-1)
+        for threads in (1, 2):
+            np.testing.assert_array_equal(S.hamming(a, b, threads), want)
+
+
+def test_popcount_table_fallback_matches(monkeypatch):
+    """numpy < 2 has no bitwise_count: the byte-table popcount gives the same distances."""
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (3, 16), dtype=np.uint8)
+    b = rng.integers(0, 256, (600, 16), dtype=np.uint8)
+    want = S.hamming(a, b)
+    table = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
+
+    def by_table(x, out):
+        return table[x.view(np.uint8)].reshape(*x.shape, 8).sum(-1, dtype=np.uint8, out=out)
+
+    monkeypatch.setattr(S, "_popcount", by_table)
+    np.testing.assert_array_equal(S.hamming(a, b), want)
+
+
+@pytest.mark.parametrize("metric", S.METRICS)
+@pytest.mark.parametrize("precision", ["float32", "float16", "int8"])
+@pytest.mark.parametrize("block_rows", [1, 50, 0])
+def test_topk_codes_float_int8_match_reference(metric, precision, block_rows):
+    X = _vectors(700, 24, 2, integers=True)
+    q = np.concatenate([_vectors(4, 24, 3, dup=False, integers=True) + 0.5, X[3:4]])
+    if precision == "int8":
+        from embtool.algorithms.pooling import to_precision
+        codes, scales = to_precision(X, "int8")
+        rows = codes.astype(np.float64) * scales[:, None]
+    else:
+        codes, scales = X.astype(precision), None
+        rows = codes
+    s, i = S.topk_codes(q, codes, 15, metric, precision, scales=scales, block_rows=block_rows)
+    rs, ri = ref_float(q, rows, 15, metric)
+    assert_ids(i, ri, rs, metric)
+    np.testing.assert_allclose(s, rs, rtol=1e-4, atol=1e-3)
+    if metric != "dot":  # the three copies of row 3 come first for the query equal to it, in id order
+        assert list(i[-1, :3]) == [3, 350, 699]
+
+
+def test_unit_rows_skip_the_norms():
+    X = _vectors(300, 16, 4)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    q = _vectors(3, 16, 5, dup=False)
+    s, i = S.topk_codes(q, X, 10, "cosine", "float32", unit_rows=True)
+    rs, ri = ref_float(q, X, 10, "cosine", unit_rows=True)
+    np.testing.assert_array_equal(i, ri)
+    # rows that are not unit vectors but are declared so are scored by dot product: not the cosine
+    Y = X * np.linspace(0.5, 2, 300)[:, None].astype(np.float32)
+    _, i_unit = S.topk_codes(q, Y, 10, "cosine", "float32", unit_rows=True)
+    _, i_cos = S.topk_codes(q, Y, 10, "cosine", "float32")
+    assert not np.array_equal(i_unit, i_cos)
+
+
+def test_running_topk_merges_like_a_full_sort():
+    rng = np.random.default_rng(6)
+    s = rng.integers(0, 5, (4, 1000)).astype(np.float32)  # many ties
+    run = S.RunningTopK(4, 20)
+    for r0 in range(0, 1000, 64):
+        run.push(s[:, r0:r0 + 64], r0)
+    ri = _ref_order(-s, 20)
+    np.testing.assert_array_equal(run.i, ri)
+
+
+# ------------------------------------------------------------------------------------------ through the CLI
+@pytest.mark.parametrize("metric", S.METRICS)
+@pytest.mark.parametrize("precision", ["float32", "float16", "int8"])
+def test_cli_float_int8_reference_across_shards(tmp_path, metric, precision):
+    X = _vectors(500, 32, 7, integers=True)
+    q = np.concatenate([_vectors(3, 32, 8, dup=False, integers=True) + 0.5, X[3:4]])
+    np.save(tmp_path / "q.npy", q)
+    even, odd = np.arange(0, 500, 2), np.arange(1, 500, 2)
+    a = _write(tmp_path / "a.safetensors", X[even], precision, ids=even)
+    b = _write(tmp_path / "b.safetensors", X[odd], precision, ids=odd)
+    ids, sc, _ = _cli_hits([a, "--shard", b, "--query-embeddings", tmp_path / "q.npy", "-k", "12", "--metric", metric,
+                            "--block-rows", "16", "--rescore", "0"])
+    rows = np.concatenate([Index(a).block(0, 250), Index(b).block(0, 250)])
+    order = np.concatenate([even, odd])
+    full = np.empty_like(rows)
+    full[order] = rows
+    rs, ri = ref_float(q, full, 12, metric)
+    assert_ids(ids, ri, rs, metric)
+    np.testing.assert_allclose(sc, rs, rtol=1e-4, atol=2e-3)
+
+
+@pytest.mark.parametrize("metric", S.METRICS)
+@pytest.mark.parametrize("code", ["sign", "centred", "itq"])
+def test_cli_binary_hamming_reference_across_shards(tmp_path, metric, code):
+    d = 40  # 5 bytes: not a whole uint64 word
+    X = _vectors(400, d, 9)
+    q = np.concatenate([_vectors(3, d, 10, dup=False), X[3:4]])
+    np.save(tmp_path / "q.npy", q)
+    a = _write(tmp_path / "a.safetensors", X[:150], "binary", code=code)
+    b = _write(tmp_path / "b.safetensors", X[150:], "binary", code=code)
+    ids, sc, r = _cli_hits([a, "--shard", b, "--query-embeddings", tmp_path / "q.npy", "-k", "9", "--metric", metric,
+                            "--block-rows", "32"])
+    assert "no rescoring" in r.stderr  # no float or int8 vectors stored: said, not skipped silently
+    # reference: per shard, bits of (x - mean) @ R with that shard's stored mean/rotation, Hamming, merged
+    per = []
+    for path, base in ((a, 0), (b, 150)):
+        ix = Index(path)
+        mean = None if ix.binary_mean is None else np.asarray(ix.binary_mean, np.float64)
+        rot = None if ix.binary_rotation is None else np.asarray(ix.binary_rotation)
+        assert (mean is None) == (code == "sign") and (rot is None) == (code != "itq")
+        if mean is not None:  # the stored mean is the shard's own mean
+            np.testing.assert_allclose(mean, X[base:base + len(ix)].astype(np.float64).mean(0), atol=1e-5)
+        if rot is not None:
+            np.testing.assert_allclose(rot @ rot.T, np.eye(d), atol=1e-4)
+        xb = ref_bits(X[base:base + len(ix)], mean, rot)
+        np.testing.assert_array_equal(np.unpackbits(np.asarray(ix.emb), axis=1, count=d), xb)
+        h, i = ref_hamming(ref_bits(q, mean, rot), xb, 9)
+        per.append((h, i + base))
+    h = np.concatenate([p[0] for p in per], 1)
+    gi = np.concatenate([p[1] for p in per], 1)
+    o = np.stack([np.lexsort((gi[r], h[r]))[:9] for r in range(len(q))])
+    want_i, want_h = np.take_along_axis(gi, o, 1), np.take_along_axis(h, o, 1)
+    np.testing.assert_array_equal(ids, want_i)
+    want_s = 4 * want_h / d if metric == "l2" else 1 - 2 * want_h / d
+    np.testing.assert_allclose(sc, want_s, atol=1e-6)
+    assert list(ids[-1, :3]) == [3, 200, 399]  # the copies of row 3: distance 0, in id order
+
+
+@pytest.mark.parametrize("metric", S.METRICS)
+@pytest.mark.parametrize("keep", ["float", "int8"])
+def test_cli_binary_rescoring_reference(tmp_path, metric, keep):
+    d = 64
+    X = _vectors(600, d, 11)
+    q = _vectors(5, d, 12, dup=False)
+    np.save(tmp_path / "q.npy", q)
+    p = _write(tmp_path / "i.safetensors", X, "binary", keep_float=keep == "float", keep_int8=keep == "int8")
+    ix = Index(p)
+    ids, sc, r = _cli_hits([p, "--query-embeddings", tmp_path / "q.npy", "-k", "5", "--metric", metric, "--rescore", "40"])
+    assert "no rescoring" not in r.stderr
+    # reference: 40 candidates by Hamming (ties by id), re-ranked by the exact metric on the stored rescoring rows
+    mean, rot = np.asarray(ix.binary_mean, np.float64), np.asarray(ix.binary_rotation)
+    _, cand = ref_hamming(ref_bits(q, mean, rot), ref_bits(X, mean, rot), 40)
+    rows = (np.asarray(ix.float, np.float64) if keep == "float"
+            else np.asarray(ix.int8, np.float64) * np.asarray(ix.int8_scales, np.float64)[:, None])
+    for r_, c in enumerate(cand):
+        c = np.sort(c)
+        rs, ri = ref_float(q[r_:r_ + 1], rows[c], 5, metric)
+        np.testing.assert_array_equal(ids[r_], c[ri[0]])
+        np.testing.assert_allclose(sc[r_], rs[0], rtol=1e-4, atol=1e-3)
+
+
+def test_default_rescoring_depth_grows_with_the_index():
+    assert S.auto_rescore(100, 10, "binary") == 100
+    small, large = S.auto_rescore(10_000, 10, "binary"), S.auto_rescore(1_000_000, 10, "binary")
+    assert 10 < small < large <= 1_000_000
+    assert S.auto_rescore(1_000_000, 10, "int8") < small
+
+
+def test_binary_centring_and_rotation_lift_recall():
+    """On vectors with a strong common direction (as e5's), centred and ITQ codes find more of the true
+    neighbours than plain signs."""
+    rng = np.random.default_rng(13)
+    base = rng.standard_normal(64)
+    X = (3 * base + rng.standard_normal((3000, 64)) @ np.diag(np.linspace(2, 0.2, 64))).astype(np.float32)
+    q = X[:100] + 0.3 * rng.standard_normal((100, 64)).astype(np.float32)
+    _, truth = ref_float(q, X, 10, "cosine")
+    recall = {}
+    for code in ("sign", "centred", "itq"):
+        mean = None if code == "sign" else X.mean(0)
+        rot = S.fit_rotation(X, mean) if code == "itq" else None
+        _, i = S.topk_codes(q, S.binarize(X, mean, rot), 10, "cosine", "binary", dim=64, query_bits=S.binarize(q, mean, rot))
+        recall[code] = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(i, truth)])
+    assert recall["sign"] < recall["centred"] < recall["itq"], recall
+
+
+def test_old_binary_index_without_mean_still_searches(tmp_path):
+    """An index written before binary codes were centred: plain sign bits, no binary_mean; queries use plain signs."""
+    d = 32
+    X = _vectors(200, d, 14)
+    q = np.concatenate([_vectors(2, d, 15, dup=False), X[3:4]])
+    np.save(tmp_path / "q.npy", q)
+    old = tmp_path / "old.safetensors"
+    offsets = np.zeros(201, np.int64)
+    write_safetensors(old, {"embeddings": np.packbits(X > 0, axis=1), "embeddings_float": X.astype(np.float16),
+                            "texts": np.zeros(0, np.uint8), "text_offsets": offsets},
+                      {"embtool_index": "1", "precision": "binary", "dim": str(d), "count": "200"})
+    ids, _, r = _cli_hits([old, "--query-embeddings", tmp_path / "q.npy", "-k", "6", "--rescore", "0"])
+    _, want = ref_hamming(ref_bits(q), ref_bits(X), 6)
+    np.testing.assert_array_equal(ids, want)
+    ids, _, r = _cli_hits([old, "--query-embeddings", tmp_path / "q.npy", "-k", "6"])  # rescored with its float16 rows
+    _, cand = ref_hamming(ref_bits(q), ref_bits(X), S.auto_rescore(200, 6, "binary"))
+    for r_, c in enumerate(cand):
+        c = np.sort(c)
+        _, ri = ref_float(q[r_:r_ + 1], X.astype(np.float16)[c], 6, "cosine")
+        np.testing.assert_array_equal(ids[r_], c[ri[0]])
+
+
+def test_old_int8_index_and_bad_binary_tensors(tmp_path):
+    d = 16
+    X = _vectors(100, d, 16)
+    from embtool.algorithms.pooling import to_precision
+    codes, scales = to_precision(X, "int8")
+    base = {"texts": np.zeros(0, np.uint8), "text_offsets": np.zeros(101, np.int64)}
+    old = tmp_path / "old8.safetensors"
+    write_safetensors(old, {"embeddings": codes, "scales": scales, **base}, {"embtool_index": "1", "precision": "int8", "dim": str(d)})
+    q = _vectors(2, d, 17, dup=False)
+    np.save(tmp_path / "q.npy", q)
+    ids, _, _ = _cli_hits([old, "--query-embeddings", tmp_path / "q.npy", "-k", "5", "--metric", "dot"])
+    _, want = ref_float(q, codes.astype(np.float64) * scales[:, None], 5, "dot")
+    np.testing.assert_array_equal(ids, want)
+    bad = tmp_path / "bad.safetensors"
+    write_safetensors(bad, {"embeddings": np.packbits(X > 0, axis=1), "binary_mean": np.zeros(d + 1, np.float32), **base},
+                      {"embtool_index": "1", "precision": "binary", "dim": str(d)})
+    r = run_cli(["search", bad, "--query-embeddings", tmp_path / "q.npy"])
+    assert r.exit_code == 1 and "binary_mean" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_embed_cli_binary_options(tmp_path, tiny_bert):
+    from conftest import SENTENCES
+    out = tmp_path / "b.safetensors"
+    r = run_cli(["embed", tiny_bert, *SENTENCES, "-o", out, "--precision", "binary", "--keep-int8", "--quiet"])
+    assert r.exit_code == 0, r.stderr
+    ix = Index(out)
+    assert ix.meta["binary_code"] == "itq" and ix.int8 is not None and ix.rescore_source == "embeddings_int8"
+    r = run_cli(["search", out, SENTENCES[1], "-k", "1", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["id"] == 1
+    r = run_cli(["embed", tiny_bert, "x", "-o", tmp_path / "c.safetensors", "--keep-int8"])
+    assert r.exit_code == 2 and "--keep-int8 goes with --precision binary" in r.stderr
