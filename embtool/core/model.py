@@ -450,6 +450,7 @@ def open_model(path: str | os.PathLike, need_tokenizer: bool = False, tokenizer:
 EMBEDDING_SUFFIXES = (
     "embeddings.word_embeddings.weight",
     "embed_tokens.weight",
+    "tok_embeddings.weight",  # ModernBERT
     "wte.weight",
     "shared.weight",
     "word_embeddings.weight",

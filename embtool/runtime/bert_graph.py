@@ -29,6 +29,8 @@ from embtool.core.model import Model
 OPSET = 21
 MS_OPSET = 1
 SUPPORTED = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert")
+ROTARY = ("modernbert", "nomic_bert", "gte", "qwen3")  # built by rotary_graph.build_rotary
+SUPPORTED += ROTARY
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,10 @@ def detect_arch(model: Model) -> Arch:
     mt = str(cfg.get("model_type", "")).lower()
     if not mt:
         raise Unsupported(f"{model.root}: config.json has no model_type; supported: {', '.join(SUPPORTED)}")
+    if mt in ROTARY:
+        from embtool.runtime.rotary_graph import detect_rotary
+
+        return detect_rotary(model)  # type: ignore[return-value]
     if mt not in SUPPORTED:
         raise Unsupported(f"architecture {mt!r} is not supported for safetensors models "
                           f"(supported: {', '.join(SUPPORTED)}); export it to ONNX and give embtool the .onnx")
@@ -256,6 +262,10 @@ def build_encoder(model: Model, fused: bool = True, feed_weights: frozenset[str]
     (transposed), so that one session can run with perturbed copies of them.
     capture_linear_inputs: also output every Linear's input (for calibration statistics);
     `BuiltGraph.linear_inputs` maps `X.weight` to the output name."""
+    if str(model.config.get("model_type", "")).lower() in ROTARY:
+        from embtool.runtime.rotary_graph import build_rotary
+
+        return build_rotary(model, fused, feed_weights, capture_linear_inputs)
     a = detect_arch(model)
     w = WeightSource(model)
     b = GraphBuilder(frozenset(feed_weights), portable=not fused)

@@ -1,0 +1,329 @@
+"""Graphs of the rotary-position families: ModernBERT, NomicBERT, GTE "new" (encoders) and Qwen3 (decoder).
+
+The four share one layer shape — token embedding, rotary attention, a gated MLP — and differ in data, so each
+is a `Family` description read by one builder (`build_rotary`); no PyTorch, standard ONNX operators, the same
+weight encodings as the BERT builder (plain, packed n-bit -> MatMulNBits / GatherBlockQuantized, OFA factors):
+
+| family | norm | placement | attention | MLP | as in transformers |
+|---|---|---|---|---|---|
+| modernbert | LayerNorm (bias optional) | pre-norm (none before layer 0's attention), final norm | fused Wqkv; global layers and local layers (\\|i - j\\| <= local_attention/2), each with its own rotary theta | GeGLU `act(Wi[:I]) * Wi[I:]` | `ModernBertModel` |
+| nomic_bert | LayerNorm | post-norm, norm after the embeddings | fused Wqkv, no biases | SwiGLU `fc2(act(fc12) * fc11)` | `NomicBertModel` (hub names) |
+| gte | LayerNorm | post-norm, norm after the embeddings | fused qkv_proj with bias | `down(act(gate) * up)`, up_gate_proj = [up; gate] | `GteModel` (hub names) |
+| qwen3 | RMSNorm | pre-norm, final norm | q/k/v, RMSNorm on each head of q and k, grouped-query, causal | SwiGLU `down(silu(gate) * up)` | `Qwen3Model` / `Qwen3ForCausalLM` |
+
+Positions are `cumsum(attention_mask) - 1`, so a row may be padded on either side (rotary attention only
+sees position differences); the attention mask is the key-padding mask combined with the family's structure
+(causal, or the local window). The graph outputs `last_hidden_state`; pooling (mean, or the last real token
+for Qwen3 through its sentence-transformers config) is the encoder's.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from embtool.core.errors import CorruptFile, Unsupported
+from embtool.core.model import Model
+from embtool.runtime.bert_graph import (MS_OPSET, OPSET, BuiltGraph, GraphBuilder, WeightSource, _activation,
+                                        _embedding, _linear)
+
+ROTARY_TYPES = ("modernbert", "nomic_bert", "gte", "qwen3")
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where a family keeps its weights (relative to the model prefix) and how its layers are wired."""
+
+    model_type: str
+    embedding: str  # token table base name
+    layers: str  # layer prefix, with {i}
+    attn_norm: str
+    mlp_norm: str
+    o: str
+    mlp_out: str
+    qkv: str | None = None  # fused [q; k; v] projection, or separate q / k / v below
+    q: str = ""
+    k: str = ""
+    v: str = ""
+    qk_norm: tuple[str, str] | None = None  # RMSNorm of each query / key head (Qwen3)
+    mlp_fused: str | None = None  # fused gated MLP input [first; second]
+    mlp_gate: str = ""  # separate gate and up projections
+    mlp_up: str = ""
+    act_on_first: bool = True  # fused MLP: act(first half) * second half, else first * act(second)
+    emb_norm: str | None = None
+    token_type: str | None = None
+    final_norm: str | None = None
+    pre_norm: bool = True
+    rms: bool = False
+    causal: bool = False
+
+
+MODERNBERT = Family("modernbert", "embeddings.tok_embeddings", "layers.{i}.", "attn_norm", "mlp_norm", "attn.Wo", "mlp.Wo",
+                    qkv="attn.Wqkv", mlp_fused="mlp.Wi", act_on_first=True, emb_norm="embeddings.norm",
+                    final_norm="final_norm")
+NOMIC = Family("nomic_bert", "embeddings.word_embeddings", "encoder.layers.{i}.", "norm1", "norm2", "attn.out_proj", "mlp.fc2",
+               qkv="attn.Wqkv", mlp_gate="mlp.fc12", mlp_up="mlp.fc11", emb_norm="emb_ln",
+               token_type="embeddings.token_type_embeddings.weight", pre_norm=False)
+GTE = Family("gte", "embeddings.word_embeddings", "encoder.layer.{i}.", "attn_ln", "mlp_ln", "attention.o_proj", "mlp.down_proj",
+             qkv="attention.qkv_proj", mlp_fused="mlp.up_gate_proj", act_on_first=False, emb_norm="embeddings.LayerNorm",
+             token_type="embeddings.token_type_embeddings.weight", pre_norm=False)
+QWEN3 = Family("qwen3", "embed_tokens", "layers.{i}.", "input_layernorm", "post_attention_layernorm", "self_attn.o_proj",
+               "mlp.down_proj", q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj",
+               qk_norm=("self_attn.q_norm", "self_attn.k_norm"), mlp_gate="mlp.gate_proj", mlp_up="mlp.up_proj",
+               final_norm="norm", rms=True, causal=True)
+FAMILIES = {f.model_type: f for f in (MODERNBERT, NOMIC, GTE, QWEN3)}
+
+
+@dataclass
+class RotaryArch:
+    family: Family
+    prefix: str
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    eps: float
+    act: str
+    thetas: list[float]  # per layer
+    windows: list[int | None]  # per layer: None = global attention, w = keys with |i - j| <= w
+
+
+def _cfg(cfg: dict, *keys, default=None):
+    for k in keys:
+        if cfg.get(k) is not None:
+            return cfg[k]
+    return default
+
+
+def _theta(cfg: dict, layer_type: str | None, where: str, default: float) -> float:
+    rp = cfg.get("rope_parameters") or {}
+    if layer_type and isinstance(rp.get(layer_type), dict):
+        rp = rp[layer_type]
+    scaling = cfg.get("rope_scaling")
+    rope_type = (rp.get("rope_type") or rp.get("type") or "default") if isinstance(rp, dict) else "default"
+    if scaling or rope_type != "default":
+        raise Unsupported(f"{where}: rotary scaling {scaling or rope_type!r} is not supported (plain rotary only)")
+    if isinstance(rp, dict) and rp.get("rope_theta") is not None:
+        return float(rp["rope_theta"])
+    return float(default)
+
+
+def detect_rotary(model: Model) -> RotaryArch:
+    """Read config.json of a rotary family; refuse what the builder does not reproduce, up front."""
+    cfg, where = model.config, model.root / "config.json"
+    mt = str(cfg.get("model_type", "")).lower()
+    fam = FAMILIES[mt]
+    ws = model.weights
+    assert ws is not None
+    anchor = next((k for k in ws.keys() for s in (".weight", ".qweight", ".factor_F", ".factor_F.qweight")
+                   if k.endswith(fam.embedding + s) and (k == fam.embedding + s or k.endswith("." + fam.embedding + s))), None)
+    if anchor is None:
+        raise CorruptFile(f"{model.root}: no {fam.embedding} tensor in the weights of this {mt} model")
+    prefix = anchor[: anchor.rindex(fam.embedding)]
+    hidden = _cfg(cfg, "hidden_size", "n_embd")
+    layers = _cfg(cfg, "num_hidden_layers", "n_layer")
+    heads = _cfg(cfg, "num_attention_heads", "n_head")
+    if not all(isinstance(x, int) and x > 0 for x in (hidden, layers, heads)):
+        raise CorruptFile(f"{where}: config.json sizes are missing or wrong (hidden {hidden}, heads {heads}, layers {layers})")
+    kv_heads = int(_cfg(cfg, "num_key_value_heads", default=heads))
+    head_dim = int(_cfg(cfg, "head_dim", default=hidden // heads))
+    if mt != "qwen3" and head_dim * heads != hidden:
+        raise CorruptFile(f"{where}: hidden size {hidden} is not heads {heads} x head_dim {head_dim}")
+    if kv_heads <= 0 or heads % kv_heads or head_dim % 2:
+        raise CorruptFile(f"{where}: {heads} attention heads cannot share {kv_heads} key/value heads of size {head_dim}")
+    if mt == "nomic_bert":
+        if float(cfg.get("rotary_emb_fraction", 1.0)) != 1.0 or cfg.get("rotary_emb_interleaved"):
+            raise Unsupported(f"{where}: partial or interleaved rotary embeddings are not supported")
+    windows: list[int | None] = [None] * layers
+    if mt == "modernbert":
+        types = cfg.get("layer_types") or ["sliding_attention" if i % int(cfg.get("global_attn_every_n_layers", 3))
+                                           else "full_attention" for i in range(layers)]
+        if len(types) != layers or not set(types) <= {"full_attention", "sliding_attention"}:
+            raise CorruptFile(f"{where}: layer_types does not list full/sliding attention for {layers} layers")
+        half = int(cfg.get("local_attention", 128)) // 2
+        windows = [half if t == "sliding_attention" else None for t in types]
+        g = _theta(cfg, "full_attention", str(where), cfg.get("global_rope_theta", 160000.0))
+        loc = _theta(cfg, "sliding_attention", str(where), cfg.get("local_rope_theta", 10000.0))
+        thetas = [g if w is None else loc for w in windows]
+        eps, act = float(cfg.get("norm_eps", 1e-5)), str(cfg.get("hidden_activation", "gelu"))
+    else:
+        theta = _theta(cfg, None, str(where), _cfg(cfg, "rope_theta", "rotary_emb_base", default=10000.0))
+        thetas = [theta] * layers
+        if mt == "qwen3":
+            if cfg.get("use_sliding_window") or any(t != "full_attention" for t in cfg.get("layer_types") or []):
+                raise Unsupported(f"{where}: Qwen3 sliding-window layers are not supported")
+            eps = float(cfg.get("rms_norm_eps", 1e-6))
+        else:
+            eps = float(_cfg(cfg, "layer_norm_eps", "layer_norm_epsilon", default=1e-12))
+        act = str(_cfg(cfg, "hidden_act", "activation_function", default="silu"))
+        act = "silu" if act == "swiglu" else "gelu" if act == "geglu" else act
+    return RotaryArch(fam, prefix, hidden, layers, heads, kv_heads, head_dim, eps, act, thetas, windows)
+
+
+# --------------------------------------------------------------------------------------------------
+# blocks
+# --------------------------------------------------------------------------------------------------
+
+def _act(b: GraphBuilder, h: str, act: str) -> str:
+    if act.lower() in ("silu", "swish"):
+        return b.node("Mul", [h, b.node("Sigmoid", [h], "sig")], "silu")
+    return _activation(b, h, act)
+
+
+def _norm(b: GraphBuilder, w: WeightSource, x: str, base: str, a: RotaryArch) -> str:
+    if a.family.rms:  # RMSNorm in float32: x / sqrt(mean(x^2) + eps) * weight
+        ms = b.node("ReduceMean", [b.node("Mul", [x, x], "sq"), _k(b, "axes_last", np.array([-1], np.int64))], "ms", keepdims=1)
+        inv = b.node("Reciprocal", [b.node("Sqrt", [b.node("Add", [ms, _k(b, "rms_eps", np.array(a.eps, np.float32))])])])
+        return b.node("Mul", [b.node("Mul", [x, inv], "rmsn"), b.const(base + ".weight", w.get_f32(base + ".weight"))], "rms")
+    g = b.const(base + ".weight", w.get_f32(base + ".weight"))
+    inputs = [x, g] + ([b.const(base + ".bias", w.get_f32(base + ".bias"))] if w.has(base + ".bias") else [])
+    return b.node("LayerNormalization", inputs, "ln", axis=-1, epsilon=a.eps)
+
+
+def _k(b: GraphBuilder, name: str, arr: np.ndarray) -> str:
+    """A constant made once per graph (several blocks share it by name)."""
+    made = b.__dict__.setdefault("_shared_consts", set())
+    if name not in made:
+        made.add(name)
+        b.const(name, arr)
+    return name
+
+
+def _split(b: GraphBuilder, x: str, sizes: list[int] | None) -> list[str]:
+    """Split the last axis into `sizes` (None: two equal halves); returns every part."""
+    n = 2 if sizes is None else len(sizes)
+    outs = [b.tmp("part") for _ in range(n)]
+    if sizes is None:
+        b.nodes.append(helper.make_node("Split", [x], outs, axis=-1, num_outputs=2))
+    else:
+        name = "split_" + "_".join(map(str, sizes))
+        b.nodes.append(helper.make_node("Split", [x, _k(b, name, np.array(sizes, np.int64))], outs, axis=-1))
+    return outs
+
+
+def _heads(b: GraphBuilder, x: str, n: int, hd: int) -> str:
+    """[B, S, n*hd] -> [B, n, S, hd]"""
+    r = b.node("Reshape", [x, _k(b, f"shape_heads_{n}_{hd}", np.array([0, 0, n, hd], np.int64))])
+    return b.node("Transpose", [r], "heads", perm=[0, 2, 1, 3])
+
+
+def _rotate(b: GraphBuilder, x: str, cos: str, sin: str, hd: int) -> str:
+    """x * cos + rotate_half(x) * sin, rotate_half(x) = [-x2, x1] (transformers' non-interleaved rotary)."""
+    x1, x2 = _split(b, x, None)
+    rot = b.node("Concat", [b.node("Neg", [x2]), x1], "rot", axis=-1)
+    return b.node("Add", [b.node("Mul", [x, cos]), b.node("Mul", [rot, sin])], "rope")
+
+
+def _rope_tables(b: GraphBuilder, pos: str, theta: float, hd: int) -> tuple[str, str]:
+    """cos, sin [B, 1, S, hd] for float positions [B, S] (as transformers: float32 inv_freq, freqs repeated twice)."""
+    inv = (1.0 / (np.float32(theta) ** (np.arange(0, hd, 2, dtype=np.float32) / np.float32(hd)))).astype(np.float32)
+    key = f"{theta:g}_{hd}"
+    freqs = b.node("Mul", [b.node("Unsqueeze", [pos, _k(b, "ax_last", np.array([-1], np.int64))]),
+                           _k(b, f"inv_freq_{key}", inv)], "freqs")
+    emb = b.node("Unsqueeze", [b.node("Concat", [freqs, freqs], "emb", axis=-1), _k(b, "ax1", np.array([1], np.int64))])
+    return b.node("Cos", [emb], f"cos_{key}"), b.node("Sin", [emb], f"sin_{key}")
+
+
+def build_rotary(model: Model, fused: bool = True, feed_weights: frozenset[str] = frozenset(),
+                 capture_linear_inputs: bool = False) -> BuiltGraph:
+    """The graph of a rotary-family model (see the module docstring); same contract as `build_encoder`."""
+    a = detect_rotary(model)
+    f, p = a.family, a.prefix
+    w = WeightSource(model)
+    b = GraphBuilder(frozenset(feed_weights), portable=not fused)
+    nh, kvh, hd, H = a.heads, a.kv_heads, a.head_dim, a.hidden
+    groups = nh // kvh
+
+    x = _embedding(b, w, "input_ids", p + f.embedding)
+    if f.token_type and w.has(p + f.token_type):
+        x = b.node("Add", [x, _k(b, "token_type_0", w.get_f32(p + f.token_type)[0])], "emb_tt")
+    if f.emb_norm:
+        x = _norm(b, w, x, p + f.emb_norm, a)
+
+    # positions from the mask (left or right padding), and the additive attention mask [B, 1, S, S]
+    maskf = b.node("Cast", ["attention_mask"], "maskf", to=TensorProto.FLOAT)
+    pos = b.node("Relu", [b.node("Sub", [b.node("CumSum", [maskf, _k(b, "axis1", np.array(1, np.int64))], "cum"),
+                                         _k(b, "onef", np.array(1.0, np.float32))])], "pos")
+    seq = b.node("Squeeze", [b.node("Shape", ["input_ids"], "seq1", start=1, end=2), _k(b, "axis0", np.array([0], np.int64))], "seq")
+    r = b.node("Range", [_k(b, "zero_i", np.array(0, np.int64)), seq, _k(b, "one_i", np.array(1, np.int64))], "range")
+    dist = b.node("Sub", [b.node("Unsqueeze", [r, _k(b, "ax0", np.array([0], np.int64))]),
+                          b.node("Unsqueeze", [r, _k(b, "ax1b", np.array([1], np.int64))])], "dist")  # [i, j] = j - i
+    keys_ok = b.node("Unsqueeze", [b.node("Cast", ["attention_mask"], "maskb", to=TensorProto.BOOL),
+                                   _k(b, "axes12", np.array([1, 2], np.int64))], "keys_ok")  # [B, 1, 1, S]
+    neg = _k(b, "neg", np.array(np.finfo(np.float32).min, np.float32))
+    zero = _k(b, "zerof", np.array(0.0, np.float32))
+
+    def additive(window: int | None) -> str:
+        ok = keys_ok
+        if f.causal:
+            ok = b.node("And", [ok, b.node("LessOrEqual", [dist, _k(b, "zero_d", np.array(0, np.int64))], "causal")], "ok")
+        if window is not None:
+            near = b.node("LessOrEqual", [b.node("Abs", [dist]), _k(b, f"window_{window}", np.array(window, np.int64))], "near")
+            ok = b.node("And", [ok, near], "ok")
+        add = b.node("Where", [ok, zero, neg], "addmask")  # [B, 1, S, S]
+        return b.node("Unsqueeze", [add, _k(b, "ax2", np.array([2], np.int64))], "addmask5")  # [B, 1, 1, S, S]
+
+    masks: dict[int | None, str] = {}
+    tables: dict[float, tuple[str, str]] = {}
+    scale = _k(b, "scale", np.array(1.0 / math.sqrt(hd), np.float32))
+    for i in range(a.layers):
+        L = p + f.layers.format(i=i)
+        window, theta = a.windows[i], a.thetas[i]
+        if window not in masks:
+            masks[window] = additive(window)
+        if theta not in tables:
+            tables[theta] = _rope_tables(b, pos, theta, hd)
+        cos, sin = tables[theta]
+        h = x
+        if f.pre_norm and w.has(L + f.attn_norm + ".weight"):  # ModernBERT layer 0 has no attention norm
+            h = _norm(b, w, x, L + f.attn_norm, a)
+        if f.qkv:
+            q, k, v = _split(b, _linear(b, w, h, L + f.qkv), [nh * hd, kvh * hd, kvh * hd])
+        else:
+            q, k, v = (_linear(b, w, h, L + n) for n in (f.q, f.k, f.v))
+        q, k, v = _heads(b, q, nh, hd), _heads(b, k, kvh, hd), _heads(b, v, kvh, hd)
+        if f.qk_norm:
+            q = _norm(b, w, q, L + f.qk_norm[0], a)
+            k = _norm(b, w, k, L + f.qk_norm[1], a)
+        q, k = _rotate(b, q, cos, sin, hd), _rotate(b, k, cos, sin, hd)
+        # grouped-query attention: query head j uses key/value head j // groups
+        q5 = b.node("Reshape", [q, _k(b, "shape_q5", np.array([0, kvh, groups, -1, hd], np.int64))], "q5")
+        kT = b.node("Unsqueeze", [b.node("Transpose", [k], "kT", perm=[0, 1, 3, 2]), _k(b, "ax2", np.array([2], np.int64))])
+        v5 = b.node("Unsqueeze", [v, _k(b, "ax2", np.array([2], np.int64))], "v5")
+        sc = b.node("Mul", [b.node("MatMul", [q5, kT]), scale], "scaled")  # [B, kvh, g, S, S]
+        pr = b.node("Softmax", [b.node("Add", [sc, masks[window]], "scores")], "probs", axis=-1)
+        ctx = b.node("Reshape", [b.node("MatMul", [pr, v5]), _k(b, "shape_ctx4", np.array([0, nh, -1, hd], np.int64))], "ctx4")
+        ctx = b.node("Reshape", [b.node("Transpose", [ctx], perm=[0, 2, 1, 3]),
+                                 _k(b, "shape_ctx", np.array([0, 0, nh * hd], np.int64))], "ctx")
+        att = _linear(b, w, ctx, L + f.o)
+        x = b.node("Add", [x, att], "res1")
+        if not f.pre_norm:
+            x = _norm(b, w, x, L + f.attn_norm, a)
+        h = _norm(b, w, x, L + f.mlp_norm, a) if f.pre_norm else x
+        if f.mlp_fused:
+            first, second = _split(b, _linear(b, w, h, L + f.mlp_fused), None)
+            g = b.node("Mul", [_act(b, first, a.act), second] if f.act_on_first else [first, _act(b, second, a.act)], "glu")
+        else:
+            g = b.node("Mul", [_act(b, _linear(b, w, h, L + f.mlp_gate), a.act), _linear(b, w, h, L + f.mlp_up)], "glu")
+        x = b.node("Add", [x, _linear(b, w, g, L + f.mlp_out)], "res2")
+        if not f.pre_norm:
+            x = _norm(b, w, x, L + f.mlp_norm, a)
+    if f.final_norm:
+        x = _norm(b, w, x, p + f.final_norm, a)
+    b.nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"]))
+
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])]
+    outputs = [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", H])]
+    if capture_linear_inputs:
+        for x_name in sorted(set(b.linear_inputs.values())):
+            outputs.append(helper.make_tensor_value_info(x_name, TensorProto.FLOAT, None))
+    graph = helper.make_graph(b.nodes, f"embtool_{f.model_type}", inputs + b.feed_infos, outputs, b.inits)
+    opsets = [helper.make_opsetid("", OPSET)]
+    if b.uses_ms:
+        opsets.append(helper.make_opsetid("com.microsoft", MS_OPSET))
+    return BuiltGraph(graph, b.feeds, tuple(opsets), {k + ".weight": v for k, v in b.linear_inputs.items()})

@@ -1,0 +1,176 @@
+"""Rotary encoders (ModernBERT, NomicBERT, GTE) and the Qwen3 decoder against transformers' own outputs.
+
+The fixtures in tests/data/arch/ were written once by tools/make_arch_fixtures.py with the real transformers
+model classes (random weights, real tokenizers); reference.npz holds the token ids and the pooled last hidden
+state of each text in texts.json (mean for the encoders, last token for Qwen3), identical with left and right
+padding. Here embtool, without torch, must reproduce them through safetensors and through export-onnx, and
+every model-writing command must run on each fixture.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from conftest import run_cli
+from embtool.core.model import open_model
+from embtool.runtime.encoder import EmbedSettings, Encoder, make_session
+
+ARCH = Path(__file__).parent / "data" / "arch"
+NAMES = ["modernbert", "nomic_bert", "gte", "qwen3", "qwen3-untied"]
+MAX_ABS, MIN_COS = 1e-4, 0.9999
+
+
+def _texts(name: str) -> list[str]:
+    return json.loads((ARCH / name / "texts.json").read_text(encoding="utf-8"))
+
+
+def _ref(name: str):
+    return np.load(ARCH / name / "reference.npz")
+
+
+def _embed(model, texts) -> np.ndarray:
+    return Encoder(open_model(model), EmbedSettings(normalize=False)).embed(texts)
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def _assert_close(got: np.ndarray, want: np.ndarray, what: str) -> None:
+    assert got.shape == want.shape, what
+    diff, cos = float(np.abs(got - want).max()), float(_cos(got, want).min())
+    assert diff <= MAX_ABS and cos >= MIN_COS, f"{what}: max abs diff {diff:.2e}, min cosine {cos:.6f}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tokenizer_matches_transformers_ids(name):
+    enc = Encoder(open_model(ARCH / name))
+    ids = enc.tokenize(_texts(name))
+    assert [list(r[r >= 0]) for r in _ref(name)["ids"]] == ids
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_safetensors_equals_transformers(name, tmp_path):
+    texts = _texts(name)
+    _assert_close(_embed(ARCH / name, texts), _ref(name)["vectors"], f"{name} (safetensors)")
+    # through the CLI too: pooling from the model (last token for Qwen3 from its sentence-transformers config)
+    (tmp_path / "t.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    r = run_cli(["embed", ARCH / name, "-i", tmp_path / "t.txt", "--no-normalize", "-o", tmp_path / "e.npy", "--quiet"])
+    assert r.exit_code == 0, r.stderr
+    _assert_close(np.load(tmp_path / "e.npy"), _ref(name)["vectors"], f"{name} (embtool embed)")
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("portable", [False, True])
+def test_export_onnx_equals_transformers(name, portable, tmp_path):
+    out = tmp_path / "onnx"
+    r = run_cli(["export-onnx", ARCH / name, "-o", out, "--quiet", *(["--portable"] if portable else [])])
+    assert r.exit_code == 0, r.stderr
+    assert open_model(out).format == "onnx"
+    _assert_close(_embed(out, _texts(name)), _ref(name)["vectors"], f"{name} (export-onnx)")
+
+
+@pytest.mark.parametrize("name", ["qwen3", "qwen3-untied", "modernbert"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padding_side(name, side):
+    """The graph takes positions from the mask: a left-padded batch gives the same vectors as a right-padded one
+    (last-token pooling reads the last column when padding is on the left)."""
+    m = open_model(ARCH / name)
+    sess, feeds = make_session(m)
+    ref = _ref(name)
+    seqs = [list(r[r >= 0]) for r in ref["ids"]]
+    L = max(map(len, seqs))
+    ids = np.full((len(seqs), L), int(m.config["pad_token_id"]), np.int64)
+    mask = np.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        sl = slice(L - len(s), L) if side == "left" else slice(0, len(s))
+        ids[i, sl], mask[i, sl] = s, 1
+    feeds = {**feeds, "input_ids": ort.OrtValue.ortvalue_from_numpy(ids),
+             "attention_mask": ort.OrtValue.ortvalue_from_numpy(mask)}
+    h = sess.run_with_ort_values(["last_hidden_state"], feeds)[0].numpy()
+    if name.startswith("qwen3"):
+        last = [L - 1 if side == "left" else len(s) - 1 for s in seqs]
+        got = h[np.arange(len(seqs)), last]
+    else:
+        got = (h * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+    _assert_close(got, ref["vectors"], f"{name} ({side} padding)")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_trim_vocab_keeps_tokenization(name, tmp_path):
+    train = (ARCH / name / "train.txt").read_text(encoding="utf-8").splitlines()[:40]
+    (tmp_path / "c.txt").write_text("\n".join(train) + "\n", encoding="utf-8")
+    out = tmp_path / "trim"
+    r = run_cli(["trim-vocab", ARCH / name, "-c", tmp_path / "c.txt", "-o", out, "--json"])
+    assert r.exit_code == 0, r.stderr
+    before, after = open_model(ARCH / name), open_model(out)
+    tb, ta = before.tokenizer.runtime(), after.tokenizer.runtime()
+    assert ta.get_vocab_size() < tb.get_vocab_size()
+    for line in train:
+        assert tb.encode(line).tokens == ta.encode(line).tokens, line
+    cfg = after.config
+    rows = {k: after.weights.info(k).shape[0] for k in after.weights.keys()
+            if k.endswith(("embed_tokens.weight", "tok_embeddings.weight", "word_embeddings.weight", "lm_head.weight"))}
+    assert set(rows.values()) == {ta.get_vocab_size()} == {cfg["vocab_size"]}
+    assert ("lm_head.weight" in rows) == (name == "qwen3-untied")
+    for key in ("pad_token_id", "eos_token_id", "bos_token_id", "cls_token_id", "sep_token_id"):
+        if isinstance(before.config.get(key), int):  # the same special token under its new id
+            assert ta.id_to_token(cfg[key]) == tb.id_to_token(before.config[key]), key
+    if name.startswith("qwen3") or name == "modernbert":  # byte-level BPE: every byte stays, every text tokenizes
+        from tokenizers.pre_tokenizers import ByteLevel
+
+        assert set(ByteLevel.alphabet()) <= set(ta.get_vocab())
+        odd = "Zürich 🙂 ∑ 日本"
+        assert ta.decode(ta.encode(odd).ids).strip() == odd
+    lines = train[:12]
+    _assert_close(_embed(out, lines), _embed(ARCH / name, lines), f"{name} trimmed vs original")
+    if name == "qwen3-untied":  # the LM head keeps the rows of the kept tokens, in order
+        kept = [tb.token_to_id(ta.id_to_token(i)) for i in range(ta.get_vocab_size())]
+        np.testing.assert_array_equal(after.weights.get("lm_head.weight"), before.weights.get("lm_head.weight")[kept])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_quantize_runs_and_reports(name, tmp_path):
+    r = run_cli(["quantize", ARCH / name, "--bits", "8", "--group-size", "16", "-o", tmp_path / "q8", "--json"])
+    assert r.exit_code == 0, r.stderr
+    ev = json.loads(r.stdout)["eval"]
+    assert ev["cosine_mean"] > 0.99, ev  # 8 bits: close to the float model
+    v = _embed(tmp_path / "q8", _texts(name))
+    assert _cos(v, _ref(name)["vectors"]).min() > 0.98
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_factorize_runs_and_reports(name, tmp_path):
+    r = run_cli(["factorize", ARCH / name, "--rank", "64", "-o", tmp_path / "f", "--json"])
+    if name == "qwen3-untied":  # an untied LM head shares the vocabulary axis: refused up front, one line
+        assert r.exit_code == 1 and r.stderr.startswith("Error: ") and len(r.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "f").exists()
+        return
+    assert r.exit_code == 0, r.stderr
+    ev = json.loads(r.stdout)["eval"]
+    assert ev["cosine_min"] > 0.9999, ev  # rank = hidden size: lossless up to float error
+    _assert_close(_embed(tmp_path / "f", _texts(name)), _ref(name)["vectors"], f"{name} factorized at full rank")
+
+
+@pytest.mark.parametrize("name,change,words", [
+    ("modernbert", {"rope_parameters": {"full_attention": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0},
+                                        "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}, "rotary scaling"),
+    ("qwen3", {"use_sliding_window": True, "sliding_window": 4}, "sliding-window"),
+    ("nomic_bert", {"rotary_emb_fraction": 0.5}, "partial or interleaved rotary"),
+])
+def test_unsupported_variants_refused(name, change, words, tmp_path):
+    d = tmp_path / name
+    shutil.copytree(ARCH / name, d)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, **change}))
+    for args in (["embed", d, "hello"], ["quantize", d, "--bits", "4", "-o", tmp_path / "q"]):
+        r = run_cli(args)
+        assert r.exit_code == 1, r.stdout
+        assert r.stderr.startswith("Error: ") and words in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "q").exists()
