@@ -30,6 +30,12 @@ def _texts(name: str) -> list[str]:
     return json.loads((ARCH / name / "texts.json").read_text(encoding="utf-8"))
 
 
+def _texts_file(name: str, tmp_path: Path) -> Path:
+    p = tmp_path / "texts.txt"
+    p.write_text("\n".join(_texts(name)) + "\n", encoding="utf-8")
+    return p
+
+
 def _ref(name: str):
     return np.load(ARCH / name / "reference.npz")
 
@@ -137,7 +143,8 @@ def test_trim_vocab_keeps_tokenization(name, tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_quantize_runs_and_reports(name, tmp_path):
-    r = run_cli(["quantize", ARCH / name, "--bits", "8", "--group-size", "16", "-o", tmp_path / "q8", "--json"])
+    r = run_cli(["quantize", ARCH / name, "--bits", "8", "--group-size", "16", "-o", tmp_path / "q8", "--json",
+                 "--eval", _texts_file(name, tmp_path)])
     assert r.exit_code == 0, r.stderr
     ev = json.loads(r.stdout)["eval"]
     assert ev["cosine_mean"] > 0.99, ev  # 8 bits: close to the float model
@@ -147,7 +154,7 @@ def test_quantize_runs_and_reports(name, tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_factorize_runs_and_reports(name, tmp_path):
-    r = run_cli(["factorize", ARCH / name, "--rank", "64", "-o", tmp_path / "f", "--json"])
+    r = run_cli(["factorize", ARCH / name, "--rank", "64", "-o", tmp_path / "f", "--json", "--eval", _texts_file(name, tmp_path)])
     if name == "qwen3-untied":  # an untied LM head shares the vocabulary axis: refused up front, one line
         assert r.exit_code == 1 and r.stderr.startswith("Error: ") and len(r.stderr.strip().splitlines()) == 1
         assert not (tmp_path / "f").exists()
@@ -169,8 +176,8 @@ def test_unsupported_variants_refused(name, change, words, tmp_path):
     shutil.copytree(ARCH / name, d)
     cfg = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps({**cfg, **change}))
-    for args in (["embed", d, "hello"], ["quantize", d, "--bits", "4", "-o", tmp_path / "q"]):
+    for args in (["embed", d, "hello"], ["export-onnx", d, "-o", tmp_path / "x"]):
         r = run_cli(args)
         assert r.exit_code == 1, r.stdout
         assert r.stderr.startswith("Error: ") and words in r.stderr and "Traceback" not in r.stderr
-    assert not (tmp_path / "q").exists()
+    assert not (tmp_path / "x").exists()
