@@ -609,3 +609,36 @@ def test_quantize_min_cosine_gate(tmp_path, tiny_bert):
 def test_factorize_min_cosine_gate(tmp_path, tiny_bert):
     (tmp_path / "h.txt").write_text("\n".join(corpus_lines("en", 30, 2000)) + "\n")
     _gate(["factorize", tiny_bert, "--rank", "6", "--eval", tmp_path / "h.txt"], tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# mixed precision: the budget checked against the written file, not against the job's own report
+# ----------------------------------------------------------------------------------------------
+
+def _quantized_bytes(folder: Path) -> tuple[int, int, dict]:
+    """(bytes of the packed codes, scales and zero points in the file, bytes of the other tensors, the record)."""
+    from safetensors.numpy import load_file
+
+    t = load_file(str(folder / "model.safetensors"))
+    q = sum(a.nbytes for k, a in t.items() if k.endswith((".qweight", ".scales", ".qzeros")))
+    rest = sum(a.nbytes for k, a in t.items() if not k.endswith((".qweight", ".scales", ".qzeros")))
+    from embtool.core.safetensors_io import SafetensorsFile
+
+    return q, rest, json.loads(SafetensorsFile(folder / "model.safetensors").metadata["embtool_quantization"])
+
+
+def test_target_bits_holds_in_the_written_file(tmp_path, tiny_bert):
+    """--target-bits B: the codes, scales and zero points stored in the output file come to at most B bits per
+    quantized weight (the weights counted from the input model), and not far below (measured 3.99)."""
+    from safetensors.numpy import load_file
+
+    (tmp_path / "calib.txt").write_text("\n".join(SENTENCES[:4]) + "\n")
+    r = run_cli(["quantize", tiny_bert, "--bits", "2,4,8", "--target-bits", "4.0", "--group-size", "32", "--method", "rtn",
+                 "--calib", tmp_path / "calib.txt", "--probes", "1", "-o", tmp_path / "m", "--quiet"])
+    assert r.exit_code == 0, r.stderr
+    q, _, record = _quantized_bytes(tmp_path / "m")
+    src = load_file(str(tiny_bert / "model.safetensors"))
+    n = sum(src[base + ".weight"].size for base in record)
+    assert len(record) == 13  # the embedding table and the 12 linear layers
+    assert len({v["bits"] for v in record.values()}) > 1  # a real mix
+    assert 3.8 <= 8 * q / n <= 4.0
