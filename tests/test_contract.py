@@ -377,3 +377,58 @@ def test_dash_output_is_stdout_for_embed_and_refused_for_models(tmp_path, tiny_b
         r = run_cli([*cmd, "-o", "-", "--quiet"])
         assert r.exit_code == 2 and "cannot go to stdout" in r.stderr and r.stderr.count("\n") == 1, r.output
     assert list(tmp_path.iterdir()) == []  # no file or folder named "-"
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. exit codes by kind
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("what", ["MODEL", "-c", "-i", "-q", "--eval", "--calib", "--keep", "INDEX", "--tokenizer",
+                                  "--word-vocab", "--query-embeddings", "--shard", "--source-tokenizer"])
+def test_a_missing_input_file_is_an_error_not_a_usage_error(tmp_path, tiny_bert, what):
+    gone = tmp_path / "missing.txt"
+    (tmp_path / "c.txt").write_text("".join(f"hello world {i}\n" for i in range(12)))
+    run_cli(["embed", tiny_bert, "-i", tmp_path / "c.txt", "-o", tmp_path / "i.safetensors", "--quiet"])
+    m, c, idx, o = tiny_bert, tmp_path / "c.txt", tmp_path / "i.safetensors", tmp_path / "out"
+    args = {
+        "MODEL": ["inspect", gone],
+        "-c": ["trim-vocab", m, "-c", gone, "-o", o],
+        "-i": ["embed", m, "-i", gone],
+        "-q": ["search", idx, "-q", gone],
+        "--eval": ["trim-vocab", m, "-c", c, "--eval", gone, "-o", o],
+        "--calib": ["quantize", m, "--bits", "2,4,8", "--target-bits", "4", "--calib", gone, "-o", o],
+        "--keep": ["trim-vocab", m, "-c", c, "--keep", gone, "-o", o],
+        "INDEX": ["search", gone, "a query"],
+        "--tokenizer": ["init-subwords", m, "--tokenizer", gone, "-o", o],
+        "--word-vocab": ["init-subwords", m, "--tokenizer", m, "--word-vectors", c, "--word-vocab", gone, "-o", o],
+        "--query-embeddings": ["search", idx, "--query-embeddings", gone],
+        "--shard": ["search", idx, "--shard", gone, "a query"],
+        "--source-tokenizer": ["init-subwords", m, "--source-tokenizer", gone, "--tokenizer", m, "-o", o],
+    }[what]
+    r = run_cli(args)
+    assert r.exit_code == 1, (what, r.output)
+    assert r.stderr.startswith("Error: ") and r.stderr.count("\n") == 1 and "Usage:" not in r.stderr, r.stderr
+    assert "missing.txt" in r.stderr and not o.exists()
+
+
+def test_usage_errors_exit_2(tmp_path, tiny_bert):
+    for args, message in ((["trim-vocab", tiny_bert, "-o", tmp_path / "o"], "nothing to select by"),
+                          (["quantize", tiny_bert, "--bits", "5", "-o", tmp_path / "o"], "Invalid value"),
+                          (["embed", tiny_bert, "x", "--keep-float"], "--keep-float goes with"),
+                          (["search"], "Missing argument")):
+        r = run_cli(args)
+        assert r.exit_code == 2 and message in r.stderr, (args, r.output)
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_exit_code_table_is_documented():
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("### Exit codes"):]
+    table = table[:table.index("\n\n", table.index("| code |"))]
+    help_text = run_cli(["--help"]).stdout
+    man = (ROOT / "man" / "embtool.1").read_text()
+    assert ".SH EXIT STATUS" in man
+    for code in ("0", "1", "2", "3", "130", "143", "141"):
+        assert f"| {code} " in table or f" {code} |" in table or f"/ {code} |" in table, code
+        assert f"  {code} " in help_text or f" {code} terminated" in help_text, code
+        assert f"  {code} " in man or f" {code} terminated" in man, code

@@ -50,6 +50,9 @@ def man_page(name: str, cmd: click.Command, parent: str | None) -> str:
             rec = p.get_help_record(ctx)
             if rec:
                 lines += [".TP", f".B {_roff(rec[0])}", _roff(rec[1])]
+    if cmd.epilog:
+        title, _, body = cmd.epilog.replace("\b", "").strip("\n").partition("\n")
+        lines += [f".SH {title.rstrip(':').upper()}", ".nf", _roff(body), ".fi"]
     if isinstance(cmd, click.Group):
         lines.append(".SH COMMANDS")
         for sub in cmd.list_commands(ctx):

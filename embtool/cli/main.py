@@ -59,7 +59,20 @@ class EmbtoolGroup(click.Group):
         return sorted(self.commands)
 
 
-@click.group(cls=EmbtoolGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+EXIT_STATUS = """\b
+Exit status:
+  0    success
+  1    an error: bad input, a missing or unreadable file (MODEL, -c, -i, --eval, --calib, --keep,
+       --tokenizer, INDEX, ...), an unusable model, a full disk; one "Error: ..." line on stderr
+  2    a usage error: unknown option, bad value or combination of flags
+  3    a fidelity gate failed (--min-cosine, --min-cosine-min, --min-recall): the summary is still
+       printed (--json: "passed": false), the model is not written
+  130  interrupted (SIGINT), 143 terminated (SIGTERM): nothing written
+  141  stdout closed by its reader (SIGPIPE, e.g. `| head -1`): stops quietly, as Unix tools do"""
+
+
+@click.group(cls=EmbtoolGroup, epilog=EXIT_STATUS,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
               help="Show embtool's version and the versions of onnxruntime, tokenizers and numpy it runs with.")
 def cli() -> None:

@@ -23,6 +23,29 @@ class ModelPath(click.ParamType):
         return str(value)
 
 
+class InputPath(click.Path):
+    """An input file (or folder, with dir_okay): a missing or unreadable one is an error like a missing MODEL
+    (`Error: PATH: no such file or folder`, exit 1), not a usage error (exit 2): the command line was right."""
+
+    def __init__(self, dir_okay: bool = False, allow_dash: bool = False):
+        super().__init__(exists=False, dir_okay=dir_okay, file_okay=True, allow_dash=allow_dash)
+
+    def convert(self, value: Any, param, ctx) -> Any:
+        import os
+        from pathlib import Path
+
+        if self.allow_dash and value == "-":
+            return value
+        p = Path(value)
+        if not p.exists():
+            raise click.ClickException(f"{value}: no such file or folder")
+        if p.is_dir() and not self.dir_okay:
+            raise click.ClickException(f"{value} is a folder; give a file")
+        if not os.access(p, os.R_OK):
+            raise click.ClickException(f"{value}: permission denied")
+        return super().convert(value, param, ctx)
+
+
 def model_argument(f: Callable | None = None, *, tokenizer_flag: str = "--tokenizer") -> Callable:
     """The MODEL argument, with --tokenizer PATH (for a model without a tokenizer.json beside it) and
     --onnx-file NAME (which ONNX file of a folder with several); the command receives one `model`
@@ -39,7 +62,7 @@ def model_argument(f: Callable | None = None, *, tokenizer_flag: str = "--tokeni
 
         g = click.option("--onnx-file", default=None, metavar="NAME",
                          help="Which ONNX file of a folder with several (e.g. model_quantized.onnx; default model.onnx).")(inner)
-        g = click.option(tokenizer_flag, "model_tokenizer", type=click.Path(exists=True), default=None,
+        g = click.option(tokenizer_flag, "model_tokenizer", type=InputPath(dir_okay=True), default=None,
                          help="The model's tokenizer.json (or a folder holding it), when there is none beside the model.")(g)
         return click.argument("model", type=ModelPath())(g)
 
@@ -92,7 +115,7 @@ def eval_options(prefix: bool = True) -> Callable:
             g = click.option("--eval-prefix", default="", help="Prefix for --eval texts (e.g. 'passage: ').")(g)
         g = click.option("--eval-limit", type=click.IntRange(min=2), default=1000, show_default=True,
                          help="Use at most this many --eval texts.")(g)
-        g = click.option("--eval", "eval_file", type=click.Path(exists=True, dir_okay=False), default=None,
+        g = click.option("--eval", "eval_file", type=InputPath(), default=None,
                          help="Held-out texts: report the output's fidelity to the input (cosine, recall@10).")(g)
         return g
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from embtool.cli.options import (bytes_line, common_options, emit_summary, eval_line, eval_options, force_option,
+from embtool.cli.options import (InputPath, bytes_line, common_options, emit_summary, eval_line, eval_options, force_option,
                                  human_bytes, model_argument, parse_size, table)
 
 
@@ -81,7 +81,7 @@ def render(s: dict) -> str:
               "of uint4/uint8 codes), for runtimes without onnxruntime's contrib kernels.")
 @click.option("--target-bits", type=click.FloatRange(1, 16), default=None, help="Mixed precision: average bits per quantized weight (scales included).")
 @click.option("--max-size", type=Size(), default=None, help="Mixed precision: total size of the quantized tensors, e.g. 15MB.")
-@click.option("--calib", type=click.Path(exists=True, dir_okay=False), default=None, help="Calibration texts for the sensitivities (default: a built-in multilingual set).")
+@click.option("--calib", type=InputPath(), default=None, help="Calibration texts for the sensitivities (default: a built-in multilingual set).")
 @click.option("--probes", type=click.IntRange(min=1), default=2, show_default=True, help="Hutchinson probes per tensor.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Rademacher probes.")
 @click.option("--sensitivity-only", is_flag=True, help="Only compute and print the per-tensor sensitivities (with --json: for CI).")

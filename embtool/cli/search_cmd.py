@@ -9,15 +9,15 @@ from pathlib import Path
 import click
 
 from embtool.algorithms.search import METRICS
-from embtool.cli.options import common_options
+from embtool.cli.options import InputPath, common_options
 from embtool.jobs.search import SearchRequest, run_search
 
 
 @click.command(name="search")
-@click.argument("index", type=click.Path(exists=True, dir_okay=False))
+@click.argument("index", type=InputPath())
 @click.argument("queries", nargs=-1)
 @click.option("-q", "--queries-file", "query_files", multiple=True, help="File of query texts, one per line; '-' reads stdin.")
-@click.option("--query-embeddings", type=click.Path(exists=True, dir_okay=False), default=None,
+@click.option("--query-embeddings", type=InputPath(), default=None,
               help="Queries as vectors: a .npy matrix or an embtool .safetensors file.")
 @click.option("-k", "--top-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Neighbours per query.")
 @click.option("--metric", type=click.Choice(METRICS), default="cosine", show_default=True)
@@ -29,7 +29,7 @@ from embtool.jobs.search import SearchRequest, run_search
                    "codes) (0: off; default: a depth chosen from the index size).")
 @click.option("--block-rows", type=click.IntRange(min=1), default=None,
               help="Index rows scored per block; bounds memory whatever the index size (default: 16 MB of rows).")
-@click.option("--shard", "shards", multiple=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--shard", "shards", multiple=True, type=InputPath(),
               help="More index files (shards) searched together with INDEX. Repeatable.")
 @common_options(json_help="Print JSON Lines on stdout: one JSON object per hit (schema: docs/schema/search.json), "
                           "in query order, then rank order.")

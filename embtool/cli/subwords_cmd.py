@@ -6,7 +6,7 @@ from contextlib import nullcontext
 
 import click
 
-from embtool.cli.options import (bytes_line, common_options, emit_summary, eval_line, eval_options, force_option,
+from embtool.cli.options import (InputPath, bytes_line, common_options, emit_summary, eval_line, eval_options, force_option,
                                  model_argument)
 
 
@@ -38,7 +38,7 @@ def render(s: dict) -> str:
 
 @click.command(name="init-subwords")
 @model_argument(tokenizer_flag="--source-tokenizer")
-@click.option("--tokenizer", "tokenizer", required=True, type=click.Path(exists=True),
+@click.option("--tokenizer", "tokenizer", required=True, type=InputPath(dir_okay=True),
               help="The new tokenizer.json (or a folder holding it, with its tokenizer_config.json).")
 @click.option("--method", type=click.Choice(["ofa", "fvt", "random"]), default=None,
               help="ofa: neighbours by word vectors; fvt: mean of the source pieces; random: N(mean, std). "
@@ -46,7 +46,7 @@ def render(s: dict) -> str:
 @click.option("--word-vectors", default=None, metavar="FILE|auto",
               help="Word vectors for ofa: word2vec text (.txt/.vec), .npy (+ --word-vocab), an `embtool embed` "
                    ".safetensors of words, or 'auto': embed the --corpus words with MODEL itself.")
-@click.option("--word-vocab", type=click.Path(exists=True, dir_okay=False), default=None,
+@click.option("--word-vocab", type=InputPath(), default=None,
               help="Vocabulary of a .npy word-vector matrix (one word per line; default: beside it as .vocab/.txt).")
 @click.option("-c", "--corpus", multiple=True, help="With --word-vectors auto: text file(s) whose most frequent words are embedded.")
 @click.option("--max-words", type=click.IntRange(min=1), default=50000, show_default=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from embtool.algorithms.vocab import SCRIPTS
-from embtool.cli.options import common_options, emit_summary, eval_options, force_option, human_bytes, model_argument
+from embtool.cli.options import InputPath, common_options, emit_summary, eval_options, force_option, human_bytes, model_argument
 
 
 def render(s: dict) -> str:
@@ -36,7 +36,7 @@ def render(s: dict) -> str:
 @click.option("--min-freq", type=click.IntRange(min=1), default=None, help="Keep tokens seen at least F times.")
 @click.option("--coverage", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="Keep the smallest set of tokens covering this share of corpus token occurrences (default 1.0: every token seen).")
-@click.option("--keep", "keep_file", type=click.Path(exists=True, dir_okay=False), default=None, help="File of tokens (one per line) always kept.")
+@click.option("--keep", "keep_file", type=InputPath(), default=None, help="File of tokens (one per line) always kept.")
 @click.option("--script", "scripts", default=None, help=f"Also keep tokens whose letters are in these Unicode scripts (comma-separated: {', '.join(SCRIPTS[:6])}, ...). Works without a corpus.")
 @eval_options(prefix=False)
 @click.option("--dry-run", is_flag=True, help="Print what would be kept and the resulting size; write nothing.")

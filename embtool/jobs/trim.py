@@ -11,7 +11,7 @@ import numpy as np
 
 from embtool.algorithms import vocab as VA
 from embtool.core.counting import count_corpus
-from embtool.core.errors import CorruptFile, InputError, Unsupported
+from embtool.core.errors import BadUsage, CorruptFile, InputError, Unsupported
 from embtool.core.model import Model, find_vocab_tensors, open_model
 from embtool.core.model_out import (copy_unchanged, metadata_json, slice_onnx_initializers, updated_config,
                                     write_configs, write_weights)
@@ -144,7 +144,7 @@ def evaluate(orig: Model, new: Model, remap: dict[int, int], texts: list[str], t
 def run_trim(req: TrimRequest, progress=None) -> dict[str, Any]:
     t0 = time.perf_counter()
     if not req.corpus and not req.scripts and not req.keep_file:
-        raise InputError("nothing to select by: give a corpus (-c), --script or --keep")
+        raise BadUsage("nothing to select by: give a corpus (-c), --script or --keep")
     m = open_model(req.model, need_tokenizer=True)
     plan = plan_trim(m, req, progress)
     kept = plan["kept"]
