@@ -25,6 +25,7 @@ CHUNK = 4096  # texts tokenized at once; bounds memory for streams of any length
 TOKEN_BUDGET = 8192  # padded tokens per onnxruntime call, at most
 AUTO_TOKENS = 1024  # default batching: about this many padded tokens per call (see encode_ids)
 AUTO_MAX_TEXTS = 256
+CHAR_BUDGET_PER_TOKEN = 8  # a text is tokenized from its first 8 * max_length characters (widened when they give fewer tokens)
 
 
 @dataclass
@@ -258,7 +259,7 @@ class Encoder:
             texts = [t.lower() for t in texts]
         self.tok.no_padding()
         self.tok.enable_truncation(self.max_length)
-        encs = encode_batch(self.tok, texts, first=self.stats.texts + 1, what="input text")
+        encs = self._encode_cut(texts)
         seqs = []
         for e in encs:
             if e.overflowing:
@@ -267,6 +268,41 @@ class Encoder:
             self.stats.tokens += len(e.ids)
         self.stats.texts += len(texts)
         return seqs
+
+    def _encode_cut(self, texts: list[str]) -> list:
+        """Encodings (truncated to max_length) of texts, each tokenized from a prefix of at most a character
+        budget, so a text of any length costs time and memory bounded by max_length. The cut text is accepted
+        when it still overflows max_length and a word boundary follows the last kept token: then the kept tokens
+        and the overflow (the truncation count) are those of the whole text. Otherwise the budget widens."""
+        out: list = [None] * len(texts)
+        todo = list(range(len(texts)))
+        budget = CHAR_BUDGET_PER_TOKEN * self.max_length + 64
+        while todo:
+            cut = [texts[i][:budget] for i in todo]
+            encs = encode_batch(self.tok, cut, first=self.stats.texts + 1, what="input text")
+            later = []
+            for i, c, e in zip(todo, cut, encs):
+                if len(c) == len(texts[i]) or (e.overflowing and self._boundary_after(c, e)):
+                    out[i] = e
+                else:
+                    later.append(i)
+            todo = later
+            budget *= 4
+        return out
+
+    def _boundary_after(self, cut: str, enc) -> bool:
+        """A word ends between the last kept token of `enc` and the end of `cut`, so cutting the text there changed
+        none of the kept tokens: whitespace, else a split by the tokenizer's own normalizer and pre-tokenizer."""
+        end = max((b for _, b in enc.offsets), default=0)
+        tail = cut[end:]
+        if any(ch.isspace() for ch in tail):
+            return True
+        pre = self.tok.pre_tokenizer
+        if pre is None or not tail:
+            return False
+        norm = self.tok.normalizer
+        t = norm.normalize_str(tail) if norm is not None else tail
+        return len(pre.pre_tokenize_str(t)) >= 2
 
     def embed(self, texts: list[str]) -> np.ndarray:
         return self.encode_ids(self.tokenize(list(texts)))
