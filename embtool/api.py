@@ -29,6 +29,7 @@ class Encoder:
     pooling      "auto" (the sentence-transformers config, else mean), "mean", "cls", "max", "last", ...
     normalize    L2-normalise; None = as the model's sentence-transformers config says
     prefix       text put before every input (e.g. "query: " for e5)
+    prompt_name  a prompt of the model's sentence-transformers config ("query", "passage", ...), instead of prefix
     max_length   truncate to this many tokens (default: the model's limit)
     dim          keep the first `dim` dimensions (Matryoshka), then normalise
     batch_size   texts per onnxruntime call (default: about 1,024 padded tokens per call)
@@ -36,7 +37,7 @@ class Encoder:
     """
 
     def __init__(self, model: str | os.PathLike | Model, *, pooling: str = "auto", normalize: bool | None = None,
-                 prefix: str = "", max_length: int | None = None, dim: int | None = None,
+                 prefix: str = "", prompt_name: str | None = None, max_length: int | None = None, dim: int | None = None,
                  batch_size: int | None = None, threads: int = 0, output_name: str | None = None, **extra):
         from embtool.runtime.encoder import EmbedSettings, Encoder as _RuntimeEncoder
 
@@ -45,6 +46,8 @@ class Encoder:
         unknown = set(extra) - fields
         if unknown:
             raise TypeError(f"Encoder() got unexpected options: {', '.join(sorted(unknown))}")
+        if prompt_name is not None:
+            extra["prompt_name"] = prompt_name
         settings = EmbedSettings(pooling=pooling, normalize=normalize, dim=dim, prefix=prefix, max_length=max_length,
                                  batch_size=batch_size, threads=threads, output_name=output_name, **extra)
         self.model = m

@@ -55,8 +55,11 @@ def _quiet_data() -> None:
 
     from ray.data import DataContext
 
+    import warnings
+
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False
+    warnings.filterwarnings("ignore", module=r"ray\.data.*")
     for name in ("ray.data", "ray.data._internal"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -122,7 +125,8 @@ def embed_to_shards(texts: Iterable[str], model: str | os.PathLike, *, workers: 
         raise InputError("no texts to embed (the input is empty)")
     cpus = int(ray.available_resources().get("CPU", 1)) if threads is None else None
     per_worker = threads or max(1, cpus // max(1, workers))
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // batch_size, 64)))
+    blocks = max(2 * workers, -(-len(rows) // batch_size))  # enough blocks for every actor to have work
+    ds = ray.data.from_items(rows, override_num_blocks=min(blocks, 4096))
     out = embed_dataset(ds, model, column="text", batch_size=batch_size, concurrency=workers, threads=per_worker,
                         **encoder_options)
     buf_ids: list[np.ndarray] = []
@@ -158,3 +162,38 @@ def search_shards(paths: list[str], queries: np.ndarray, k: int = 10, metric: st
     from embtool.algorithms.search import merge_topk
 
     return merge_topk(parts, k, metric)
+
+
+def embed_to_folder(texts: Iterable[str], model: str | os.PathLike, output: str | os.PathLike, *, address: str = "local",
+                    workers: int = 1, threads: int | None = None, shard_rows: int = 100_000, fmt: str = "safetensors",
+                    precision: str = "float32", force: bool = False, inputs: Iterable[Path] = (),
+                    metadata: dict[str, str] | None = None, **encoder_options) -> dict[str, Any]:
+    """`embtool embed --ray`: embed on Ray, write OUTPUT/part-NNNNN.<fmt> (one index shard per `shard_rows` texts,
+    global ids in input order) atomically. Returns a summary."""
+    from embtool.core.embeddings_io import EmbeddingSink
+    from embtool.core.writer import OutputFolder
+
+    if fmt not in ("safetensors", "parquet"):
+        raise InputError(f"embed --ray writes index shards: .safetensors or .parquet, not {fmt}")
+    init(address)
+    model = str(Path(model).resolve())
+    shards: list[str] = []
+    count = 0
+    dim = 0
+    with OutputFolder(output, force, inputs=[Path(model), *inputs]) as out:
+        for k, (ids, chunk, vecs) in enumerate(embed_to_shards(texts, model, workers=workers, threads=threads,
+                                                               shard_rows=shard_rows, **encoder_options)):
+            sink = EmbeddingSink(fmt, precision)
+            try:
+                sink.add(chunk, vecs)
+                sink.extra = {"ids": ids}
+                name = f"part-{k:05d}.{fmt}"
+                sink.finish(out.path / name, {**(metadata or {}), "shard": f"{k}", "id_offset": str(int(ids[0]))})
+            finally:
+                sink.close()
+            shards.append(name)
+            count += len(ids)
+            dim = vecs.shape[1]
+        out.write_json("embtool.json", {"tool": "embtool", "command": "embed --ray", "shards": shards, "texts": count})
+    return {"output": str(output), "shards": len(shards), "texts": count, "dim": dim, "workers": workers,
+            "format": fmt, "precision": precision}

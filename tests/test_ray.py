@@ -70,3 +70,28 @@ def test_readme_ray_and_spark_examples_run(ray_local, tiny_bert):
     import embtool
 
     np.testing.assert_allclose(np.stack(out["embedding"].to_list()), embtool.Encoder(tiny_bert).embed(SENTENCES[:3]), atol=2e-6, rtol=0)
+
+
+def test_embed_ray_shards_search_like_one_local_index(ray_local, tiny_bert, tmp_path):
+    import json
+
+    from conftest import run_cli
+
+    texts = corpus_lines("en", 230, 3000)
+    (tmp_path / "t.txt").write_text("\n".join(texts) + "\n")
+    r = run_cli(["embed", tiny_bert, "-i", tmp_path / "t.txt", "--ray", "--workers", "2", "--shard-rows", "100",
+                 "-o", tmp_path / "shards", "--json"])
+    assert r.exit_code == 0, r.stderr
+    s = json.loads(r.stdout.strip().splitlines()[-1])
+    assert s["texts"] == 230 and s["shards"] == 3
+    shards = sorted(str(p) for p in (tmp_path / "shards").glob("part-*.safetensors"))
+    assert len(shards) == 3
+    assert run_cli(["embed", tiny_bert, "-i", tmp_path / "t.txt", "-o", tmp_path / "one.safetensors", "--quiet"]).exit_code == 0
+    q = tmp_path / "q.txt"
+    q.write_text("\n".join(t[: len(t) // 2] for t in texts[::23]) + "\n")
+    hits = {}
+    for name, idx in (("ray", shards), ("local", [tmp_path / "one.safetensors"])):
+        r = run_cli(["search", *idx, "-q", q, "-k", "10", "--json"])
+        assert r.exit_code == 0, r.stderr
+        hits[name] = [(h["query_no"], h["id"], round(h["score"], 5)) for h in map(json.loads, r.stdout.splitlines())]
+    assert hits["ray"] == hits["local"] and len(hits["ray"]) == 10 * len(texts[::23])

@@ -62,11 +62,19 @@ def embedding_options(f):
               help="With binary .safetensors: bits of x (sign), of x minus the corpus mean (centred), or of the centred x "
                    "rotated to balance the bits (itq); mean and rotation are stored in the index and applied to queries.")
 @click.option("--shard", type=ShardType(), default=None, help="Embed only text numbers j with j %% N == I (ids stay global); search merges shards.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Embed on Ray (the ray extra): alone, a local Ray on this machine; 'auto' or an address joins a cluster. "
+                   "-o names a folder that receives one index shard per --shard-rows texts (search reads them as one index).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="With --ray: model actors (each holds one model and uses its share of the CPUs).")
+@click.option("--shard-rows", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="With --ray: texts per index shard written to the -o folder.")
 @embedding_options
 @force_option
 @common_options
-def command(model, texts, inputs, field, output, fmt, precision, keep_float, keep_int8, binary_code, shard, output_name, prompt_name, prefix, dim,
-            normalize, pooling, max_length, batch_size, force, as_json, quiet, threads) -> None:
+def command(model, texts, inputs, field, output, fmt, precision, keep_float, keep_int8, binary_code, shard, ray_address, workers,
+            shard_rows, output_name, prompt_name, prefix, dim, normalize, pooling, max_length, batch_size, force, as_json, quiet,
+            threads) -> None:
     """Embed texts with a model through onnxruntime (ONNX models as they are; safetensors BERT,
     RoBERTa/XLM-R and DistilBERT models through a graph built in memory, no PyTorch).
 
@@ -91,8 +99,11 @@ def command(model, texts, inputs, field, output, fmt, precision, keep_float, kee
         raise click.UsageError("--keep-int8 goes with --precision binary")
     if output == "-":  # stdout, as -i - is stdin
         output = None
-    if output == "-":  # stdout, as -i - is stdin
-        output = None
+    if ray_address is not None:
+        return _embed_on_ray(model, texts, inputs, field, output, fmt, precision, shard, ray_address, workers, shard_rows,
+                             dict(output_name=output_name, prompt_name=prompt_name, prefix=prefix, dim=dim, normalize=normalize,
+                                  pooling=pooling, max_length=max_length, batch_size=batch_size),
+                             threads, force, as_json, quiet)
     fmt = format_for(output, fmt)
     if output is None and fmt != "jsonl":
         raise click.UsageError(f"--format {fmt} needs -o FILE")
@@ -149,3 +160,30 @@ def command(model, texts, inputs, field, output, fmt, precision, keep_float, kee
     if output is not None:
         emit_summary(summary, as_json, quiet, lambda s: f"embedded {s['texts']} texts ({s['dim']} dims, {s['tokens']} tokens) "
                      f"-> {s['output']} [{s['format']}, {s['precision']}] in {s['seconds']} s ({s['texts_per_second']} texts/s)")
+
+
+def _embed_on_ray(model, texts, inputs, field, output, fmt, precision, shard, address, workers, shard_rows, options, threads,
+                  force, as_json, quiet) -> None:
+    """embed --ray: the texts are numbered in input order, embedded by Ray actors, written as index shards."""
+    from embtool.distributed import embed_to_folder
+
+    if output is None:
+        raise click.UsageError("--ray needs -o FOLDER (it receives one index shard per --shard-rows texts)")
+    if shard is not None:
+        raise click.UsageError("--ray splits the work itself; --shard is for running separate processes")
+    if precision not in ("float32", "float16"):
+        raise click.UsageError("--ray writes float32 or float16 shards")
+    fmt = fmt or "safetensors"
+    if fmt not in ("safetensors", "parquet"):
+        raise click.UsageError("--ray writes .safetensors or .parquet shards (--format)")
+    t0 = time.perf_counter()
+    m = open_model(model, need_tokenizer=True)
+    opts = {k: v for k, v in options.items() if v not in (None, "")}
+    meta = {"model": str(Path(model).resolve()), "model_fingerprint": m.fingerprint()}
+    summary = embed_to_folder(iter_texts(texts, inputs, field), m.root, output, address=address, workers=workers,
+                              threads=threads or None, shard_rows=shard_rows, fmt=fmt, precision=precision, force=force,
+                              inputs=[Path(i) for i in inputs if i != "-"], metadata=meta, **opts)
+    dt = time.perf_counter() - t0
+    summary.update({"model": str(model), "seconds": round(dt, 3), "texts_per_second": round(summary["texts"] / dt, 1)})
+    emit_summary(summary, as_json, quiet, lambda s: f"embedded {s['texts']} texts on Ray ({s['workers']} workers) -> "
+                 f"{s['output']}/ ({s['shards']} {s['format']} shards) in {s['seconds']} s ({s['texts_per_second']} texts/s)")
