@@ -56,7 +56,9 @@ def test_fast_counting_equals_line_counting(tiny_models, arch):
     lines = corpus_lines("fr", 800) + corpus_lines("en", 800)
     c = count_corpus(tok, lambda: iter(lines), V)
     assert np.array_equal(c.counts, _count_lines(tok, lines, V))
-    assert c.lines == len(lines) and "verified" in c.mode or c.mode == "lines"
+    # the fast path (distinct words, checked against line-by-line counting first) is used: these whitespace-
+    # splitting tokenizers are what it is for
+    assert c.lines == len(lines) and "verified" in c.mode, c.mode
 
 
 def test_counting_falls_back_when_words_are_not_independent(tiny_bert):
@@ -112,7 +114,7 @@ def test_selection_flags_and_dry_run(tmp_path, tiny_bert):
     top = _trim(tiny_bert, tmp_path / "c.txt", tmp_path / "top", "--top", "20")
     cov = _trim(tiny_bert, tmp_path / "c.txt", tmp_path / "cov", "--coverage", "0.5")
     assert top["vocab_after"] < full["vocab_after"] and cov["vocab_after"] < full["vocab_after"]
-    assert full["corpus_coverage"] == 1.0 and 0.5 <= cov["corpus_coverage"] < 1.0
+    assert full["corpus_coverage"] == 1.0 and 0.5 <= cov["corpus_coverage"] < 0.6  # measured 0.570
     r = run_cli(["trim-vocab", tiny_bert, "-c", tmp_path / "c.txt", "--dry-run", "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["vocab_after"] == full["vocab_after"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "cov", "full", "top"]
@@ -138,7 +140,9 @@ def test_min_cosine_gate(tmp_path, tiny_bert):
                  "-o", tmp_path / "out", "--json"])
     assert r.exit_code == 0
     e = json.loads(r.stdout)["eval"]
-    assert e["texts"] == 50 and 0 <= e["identical_tokenization"] <= 1 and e["cosine_mean"] >= 0.5
+    # French held-out text on a model trimmed to English: most texts tokenize differently (measured 0.14
+    # identical), yet the embeddings stay close (measured 0.9945-0.9955)
+    assert e["texts"] == 50 and 0.1 <= e["identical_tokenization"] <= 0.2 and 0.99 <= e["cosine_mean"] < 0.999
 
 
 @pytest.mark.parametrize("case, message", [
