@@ -149,3 +149,97 @@ def test_bad_prompt_flags():
     assert "no prompt named 'passage'" in r.stderr and "document, query" in r.stderr
     r = run_cli(["embed", DATA / "new-prompts", "a text", "--prompt-name", "query", "--prefix", "x: "])
     assert r.exit_code == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# trim-vocab keeps what the prompts need
+# ----------------------------------------------------------------------------------------------
+
+CORPUS = ["the fox jumps over the dog", "lists of files in the directory", "a dog and a fox", "files and lists"]
+HELD = ["the dog lists files", "a fox in the directory"]
+
+
+def _trim(tmp_path, *extra):
+    (tmp_path / "c.txt").write_text("\n".join(CORPUS) + "\n")
+    (tmp_path / "h.txt").write_text("\n".join(HELD) + "\n")
+    out = tmp_path / "trimmed"
+    r = run_cli(["trim-vocab", DATA / "new-prompts", "-c", tmp_path / "c.txt", "-o", out, "--eval", tmp_path / "h.txt",
+                 "--json", *extra])
+    assert r.exit_code == 0, r.stderr
+    return out, json.loads(r.stdout)
+
+
+def _same_with_prompt(out: Path, prompt_name: str) -> tuple[bool, float]:
+    a = Encoder(open_model(DATA / "new-prompts"), EmbedSettings(prompt_name=prompt_name))
+    b = Encoder(open_model(out), EmbedSettings(prompt_name=prompt_name))
+    ta, tb = a.tokenize(CORPUS + HELD), b.tokenize(CORPUS + HELD)
+    inv_a = {i: t for t, i in open_model(DATA / "new-prompts").tokenizer.runtime().get_vocab().items()}
+    inv_b = {i: t for t, i in open_model(out).tokenizer.runtime().get_vocab().items()}
+    same = all([inv_a[i] for i in x] == [inv_b[i] for i in y] for x, y in zip(ta, tb))
+    return same, float(_cos(a.encode_ids(ta), b.encode_ids(tb)).min())
+
+
+def test_trim_counts_the_corpus_after_the_prompts(tmp_path):
+    out, s = _trim(tmp_path)
+    assert s["prefixes"] == ["", "passage: ", "query: "]  # the config's order (sorted keys)
+    assert s["eval_prefix"] == "passage: "  # the document prompt
+    assert s["eval"]["identical_tokenization"] == 1.0 and s["eval"]["recall_at_10"] == 1.0
+    for name in ("query", "document"):
+        same, cos = _same_with_prompt(out, name)
+        assert same and cos > 0.99999, name
+    kept = open_model(out).tokenizer.runtime().get_vocab()
+    orig = open_model(DATA / "new-prompts").tokenizer.runtime()
+    for p in ("query: ", "passage: "):  # the prompts' own tokens
+        assert all(t in kept for t in orig.encode(p).tokens), p
+
+
+def test_trim_without_the_prompts_breaks_them(tmp_path):
+    """What the default prevents: a model whose prompts embtool does not know of, trimmed to a corpus without
+    the prompt's words, loses the prompt's tokens, and prompted texts tokenize differently."""
+    d = _copy("new-prompts", tmp_path)
+    (d / "config_sentence_transformers.json").unlink()
+    (tmp_path / "c.txt").write_text("\n".join(CORPUS) + "\n")
+    (tmp_path / "h.txt").write_text("\n".join(HELD) + "\n")
+    base = ["trim-vocab", d, "-c", tmp_path / "c.txt", "--eval", tmp_path / "h.txt", "--eval-prefix", "passage: ", "--json"]
+    r = run_cli([*base, "-o", tmp_path / "plain"])
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["eval"]["identical_tokenization"] < 1.0
+    r = run_cli([*base, "-o", tmp_path / "prefixed", "--prefix", "passage: "])
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["eval"]["identical_tokenization"] == 1.0
+
+
+def test_trim_text_summary_shows_prefixes_and_recall(tmp_path):
+    (tmp_path / "c.txt").write_text("\n".join(CORPUS) + "\n")
+    (tmp_path / "h.txt").write_text("\n".join(HELD) + "\n")
+    r = run_cli(["trim-vocab", DATA / "new-prompts", "-c", tmp_path / "c.txt", "-o", tmp_path / "t", "--eval", tmp_path / "h.txt",
+                 "--prefix", "query: "])
+    assert r.exit_code == 0, r.stderr
+    assert "prefixes     counted as the model sees the texts: 'query: '" in r.stderr
+    assert "with prefix 'query: '" in r.stderr and "recall@10 1.000" in r.stderr
+
+
+def test_trim_counts_byte_level_bpe_words_after_the_prompt(tmp_path):
+    """Byte-level BPE tokenizes a line's first word without its 'Ġ' (space) mark, but after a prompt with
+    it: only counting prompt + text keeps the tokens a prompted text needs."""
+    from conftest import corpus_lines, make_tiny_model
+
+    d = make_tiny_model(tmp_path / "bpe", "distilbert")
+    (d / "config_sentence_transformers.json").write_text(json.dumps({"prompts": {"query": "query: "}}))
+    lines = corpus_lines("en", 60, 500)
+    (tmp_path / "c.txt").write_text("\n".join(lines) + "\n")
+    r = run_cli(["trim-vocab", d, "-c", tmp_path / "c.txt", "--eval", tmp_path / "c.txt", "-o", tmp_path / "t", "--json"])
+    assert r.exit_code == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["eval_prefix"] == "query: " and s["eval"]["identical_tokenization"] == 1.0
+    assert s["eval"]["cosine_min"] > 0.99999
+
+
+def test_trim_always_keeps_the_prompt_tokens(tmp_path):
+    (tmp_path / "keep.txt").write_text("the\n")
+    r = run_cli(["trim-vocab", DATA / "new-prompts", "--keep", tmp_path / "keep.txt", "-o", tmp_path / "t"])
+    assert r.exit_code == 0, r.stderr
+    kept = open_model(tmp_path / "t").tokenizer.runtime().get_vocab()
+    orig = open_model(DATA / "new-prompts").tokenizer.runtime()
+    for p in ("query: ", "passage: "):
+        assert all(t in kept for t in orig.encode(p).tokens), p

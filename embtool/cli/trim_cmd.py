@@ -18,10 +18,14 @@ def render(s: dict) -> str:
     if s.get("corpus_coverage") is not None:
         lines.append(f"corpus       {s['corpus_lines']:,} lines, {s['corpus_bytes'] / 1e6:.1f} MB, {s['corpus_tokens']:,} tokens "
                      f"[{s['counting']}]; kept tokens cover {100 * s['corpus_coverage']:.3f}% of them")
+        if any(s.get("prefixes", [""])):
+            lines.append(f"prefixes     counted as the model sees the texts: {', '.join(repr(p) for p in s['prefixes'])}")
     if "eval" in s:
         e = s["eval"]
-        lines.append(f"held-out     {e['texts']} texts: {100 * e['identical_tokenization']:.1f}% tokenized identically, "
-                     f"{100 * e['new_unknown_token_share']:.3f}% tokens newly unknown; embedding cosine mean {e['cosine_mean']:.5f}, min {e['cosine_min']:.5f}")
+        pre = f" with prefix {s['eval_prefix']!r}" if s.get("eval_prefix") else ""
+        lines.append(f"held-out     {e['texts']} texts{pre}: {100 * e['identical_tokenization']:.1f}% tokenized identically, "
+                     f"{100 * e['new_unknown_token_share']:.3f}% tokens newly unknown; embedding cosine mean {e['cosine_mean']:.5f}, "
+                     f"min {e['cosine_min']:.5f}; recall@10 {e.get('recall@10', e.get('recall_at_10')):.3f}")
     for n in s["notes"]:
         lines.append(f"note         {n}")
     lines.append(("dry run: nothing written" if s["dry_run"] else f"wrote        {s['output']}") + f" ({s['seconds']} s)")
@@ -38,12 +42,17 @@ def render(s: dict) -> str:
               help="Keep the smallest set of tokens covering this share of corpus token occurrences (default 1.0: every token seen).")
 @click.option("--keep", "keep_file", type=InputPath(), default=None, help="File of tokens (one per line) always kept.")
 @click.option("--script", "scripts", default=None, help=f"Also keep tokens whose letters are in these Unicode scripts (comma-separated: {', '.join(SCRIPTS[:6])}, ...). Works without a corpus.")
+@click.option("--prefix", "prefixes", multiple=True,
+              help="Count the corpus as the model sees it, after this prefix (e.g. 'passage: '); its tokens are always kept. "
+                   "Repeatable. Default: the text alone and after each of the model's prompts (config_sentence_transformers.json).")
 @eval_options(prefix=False)
+@click.option("--eval-prefix", default=None,
+              help="Prefix for the held-out texts (default: the model's document prompt, else the first --prefix).")
 @click.option("--dry-run", is_flag=True, help="Print what would be kept and the resulting size; write nothing.")
 @click.option("-o", "--output", default=None, help="Output model folder.")
 @force_option
 @common_options
-def command(model, corpus, field, top, min_freq, coverage, keep_file, scripts, evaluation, dry_run,
+def command(model, corpus, field, top, min_freq, coverage, keep_file, scripts, prefixes, evaluation, dry_run,
             output, force, as_json, quiet, threads) -> None:
     """Vocabulary Trimming (Ushio et al. 2023): keep only the tokens a language needs and slice the
     embedding matrix (and every tensor on the vocabulary axis) to them; ids become contiguous in
@@ -65,7 +74,8 @@ def command(model, corpus, field, top, min_freq, coverage, keep_file, scripts, e
     if not dry_run and not output:
         raise click.UsageError("give -o OUTPUT (or --dry-run)")
     req = TrimRequest(model=model, output=output, corpus=list(corpus), text_field=field, top=top, min_freq=min_freq,
-                      coverage=coverage, keep_file=keep_file,
+                      coverage=coverage, keep_file=keep_file, prefixes=list(prefixes) or None,
+                      eval_prefix=evaluation["eval_prefix"],  # None unless --eval-prefix
                       scripts=[s.strip() for s in scripts.split(",") if s.strip()] if scripts else [],
                       eval_file=evaluation["eval_file"], eval_limit=evaluation["eval_limit"],
                       min_cosine=evaluation["min_cosine"], min_cosine_min=evaluation["min_cosine_min"],

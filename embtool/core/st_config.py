@@ -311,3 +311,20 @@ def resolve_prompt(info: SentenceTransformersInfo, prompt_name: str | None, pref
     if info.default_prompt_name is not None:
         return info.prompts[info.default_prompt_name], info.default_prompt_name
     return "", None
+
+
+def counting_prefixes(info: SentenceTransformersInfo, given: list[str] | None) -> list[str]:
+    """The prefixes a corpus is read with when counting the tokens a model will see: the given ones, else
+    the plain text and each of the model's prompts (prompt + text is what the model is fed)."""
+    if given:
+        return list(dict.fromkeys(given))
+    return ["", *info.prompt_texts()]
+
+
+def eval_prefix_for(info: SentenceTransformersInfo, prefixes: list[str]) -> str:
+    """The prefix held-out texts are evaluated with: the model's document prompt when it is among the
+    counting prefixes, else the first non-empty one, else none."""
+    doc = info.document_prompt()
+    if doc and doc in prefixes:
+        return doc
+    return next((p for p in prefixes if p), "")

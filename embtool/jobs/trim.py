@@ -13,6 +13,7 @@ from embtool.algorithms import vocab as VA
 from embtool.core.counting import count_corpus
 from embtool.core.errors import BadUsage, CorruptFile, InputError, Unsupported
 from embtool.core.model import Model, find_vocab_tensors, open_model
+from embtool.core.st_config import counting_prefixes, eval_prefix_for
 from embtool.core.model_out import (copy_unchanged, metadata_json, slice_onnx_initializers, updated_config,
                                     write_configs, write_weights)
 from embtool.core.texts import iter_texts, read_lines
@@ -32,6 +33,8 @@ class TrimRequest:
     coverage: float | None = None
     keep_file: str | None = None
     scripts: list[str] = field(default_factory=list)
+    prefixes: list[str] | None = None  # None: the text alone and with each of the model's prompts
+    eval_prefix: str | None = None  # None: the model's document prompt / the first prefix
     eval_file: str | None = None
     eval_limit: int = 1000
     min_cosine: float | None = None
@@ -72,9 +75,17 @@ def plan_trim(m: Model, req: TrimRequest, progress=None) -> dict[str, Any]:
     notes: list[str] = []
     counts = None
     info: dict[str, Any] = {}
+    prefixes = counting_prefixes(m.st, req.prefixes)
+    info["prefixes"] = prefixes
     if req.corpus:
         t_count = time.perf_counter()
-        c = count_corpus(tok, lambda: iter_texts((), req.corpus, req.text_field), V_tok, progress)
+
+        def lines():  # the corpus as the model sees it: each text after each prefix
+            for t in iter_texts((), req.corpus, req.text_field):
+                for p in prefixes:
+                    yield p + t
+
+        c = count_corpus(tok, lines, V_tok, progress)
         info["count_seconds"] = round(time.perf_counter() - t_count, 3)
         if c.counts.sum() == 0:
             raise InputError("the corpus is empty (no tokens): " + ", ".join(req.corpus))
@@ -84,7 +95,8 @@ def plan_trim(m: Model, req: TrimRequest, progress=None) -> dict[str, Any]:
             raise InputError(f"{100 * counts[unk] / counts.sum():.0f}% of the corpus tokens are unknown to this tokenizer "
                              "(a script the model does not cover?); trimming to it would keep almost nothing useful")
         keep |= VA.select_by_counts(counts, req.top, req.min_freq, req.coverage)
-        info.update(corpus_lines=c.lines, corpus_bytes=c.bytes, counting=c.mode, corpus_tokens=int(counts.sum()))
+        info.update(corpus_lines=c.lines // len(prefixes), corpus_bytes=c.bytes // len(prefixes), counting=c.mode,
+                    corpus_tokens=int(counts.sum()))
     if req.scripts:
         unknown = [s for s in req.scripts if s not in VA.SCRIPTS]
         if unknown:
@@ -100,6 +112,11 @@ def plan_trim(m: Model, req: TrimRequest, progress=None) -> dict[str, Any]:
         keep[list(extra)] = True
         if unknown:
             notes.append(f"{len(unknown)} token(s) of --keep are not in the vocabulary (e.g. {unknown[0]!r})")
+    # always: the prompts' own tokens (alone, with the special tokens around them)
+    tok.no_truncation()
+    for p in dict.fromkeys([*prefixes, *m.st.prompt_texts()]):
+        if p:
+            keep[[i for i in tok.encode(p).ids if i < V_tok]] = True
     # always: special / added tokens, and what the tokenizer type needs
     for a in doc.get("added_tokens") or []:
         keep[a["id"]] = True
@@ -119,15 +136,16 @@ def plan_trim(m: Model, req: TrimRequest, progress=None) -> dict[str, Any]:
     return {"kept": kept, "V_tok": V_tok, "rows": rows, "coverage": covered, "notes": notes, **info}
 
 
-def evaluate(orig: Model, new: Model, remap: dict[int, int], texts: list[str], threads: int) -> dict[str, Any]:
-    """Held-out fidelity: identical tokenization share, new unknown tokens, embedding cosine."""
+def evaluate(orig: Model, new: Model, remap: dict[int, int], texts: list[str], threads: int, prefix: str = "") -> dict[str, Any]:
+    """Held-out fidelity of prefix + text: identical tokenization share, new unknown tokens, embedding cosine."""
     from embtool.jobs.fidelity import compare, embed_both
 
     a_tok, b_tok = orig.tokenizer.runtime(), new.tokenizer.runtime()
     a_tok.no_truncation()
     b_tok.no_truncation()
-    ea = encode_batch(a_tok, texts, what="--eval line")
-    eb = encode_batch(b_tok, texts, what="--eval line")
+    texts_seen = [prefix + t for t in texts]
+    ea = encode_batch(a_tok, texts_seen, what="--eval line")
+    eb = encode_batch(b_tok, texts_seen, what="--eval line")
     unk_b = VA.unk_id(new.tokenizer.data)
     unk_a = VA.unk_id(orig.tokenizer.data)
     same = 0
@@ -137,7 +155,7 @@ def evaluate(orig: Model, new: Model, remap: dict[int, int], texts: list[str], t
         same += mapped == y.ids
         n_tok += len(x.ids)
         new_unk += sum(1 for i in y.ids if i == unk_b) - sum(1 for i in x.ids if i == unk_a)
-    fid = compare(*embed_both(orig, new, texts, threads))
+    fid = compare(*embed_both(orig, new, texts, threads, prefix))
     return {"identical_tokenization": same / len(texts), "new_unknown_token_share": new_unk / max(n_tok, 1), **fid}
 
 
@@ -158,7 +176,8 @@ def run_trim(req: TrimRequest, progress=None) -> dict[str, Any]:
         "vocab_before": plan["V_tok"], "embedding_rows_before": plan["rows"], "vocab_after": int(len(kept)),
         "parameters_before": params_before, "parameters_after": params_after,
         "bytes_before": bytes_before, "corpus_coverage": plan["coverage"],
-        **{k: plan[k] for k in ("corpus_lines", "corpus_bytes", "counting", "corpus_tokens", "count_seconds") if k in plan},
+        **{k: plan[k] for k in ("corpus_lines", "corpus_bytes", "counting", "corpus_tokens", "count_seconds", "prefixes")
+           if k in plan},
         "notes": plan["notes"], "dry_run": req.dry_run,
     }
     if req.dry_run:
@@ -204,7 +223,9 @@ def run_trim(req: TrimRequest, progress=None) -> dict[str, Any]:
             texts = read_lines(req.eval_file, req.eval_limit)
             if not texts:
                 raise InputError(f"{req.eval_file}: no texts to evaluate on")
-            summary["eval"] = evaluate(m, new_model, remap, texts, req.threads)
+            summary["eval_prefix"] = (req.eval_prefix if req.eval_prefix is not None
+                                      else eval_prefix_for(m.st, plan["prefixes"]))
+            summary["eval"] = evaluate(m, new_model, remap, texts, req.threads, summary["eval_prefix"])
             gate(summary, req, out)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
