@@ -42,7 +42,9 @@ def test_onnx_file_without_tokenizer_needs_tokenizer_option(tmp_path, exported):
     for tok in (exported["onnx"] / "tokenizer.json", exported["onnx"]):  # the file, or a folder holding it
         np.testing.assert_allclose(_embed(bare / "model.onnx", *TEXTS, "--tokenizer", tok, "--normalize"), want, atol=1e-6)
     # a model-writing command copies the tokenizer in, so that its output runs on its own
-    r = run_cli(["quantize", bare / "model.onnx", "--tokenizer", exported["onnx"], "--bits", "8", "-o", tmp_path / "q", "--quiet"])
+    (tmp_path / "short.txt").write_text("\n".join(TEXTS * 3) + "\n")  # the bare file does not say how many positions it has
+    r = run_cli(["quantize", bare / "model.onnx", "--tokenizer", exported["onnx"], "--bits", "8", "-o", tmp_path / "q", "--quiet",
+                 "--eval", tmp_path / "short.txt"])
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "q" / "tokenizer.json").is_file()
     assert _embed(tmp_path / "q", *TEXTS).shape == want.shape

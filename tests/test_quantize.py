@@ -159,7 +159,7 @@ def test_hutchinson_matches_exact_trace(tiny_bert):
 
 def test_mixed_precision_respects_budget_and_prefers_sensitive_tensors(tmp_path, tiny_bert):
     r = run_cli(["quantize", tiny_bert, "--bits", "2,4,8", "--target-bits", "5", "--group-size", "16", "-o", tmp_path / "m",
-                 "--json", "--probes", "2"])
+                 "--json", "--probes", "2", "--sensitivity", "hessian"])
     assert r.exit_code == 0, r.stderr
     s = json.loads(r.stdout)
     mp = s["mixed_precision"]
@@ -169,7 +169,7 @@ def test_mixed_precision_respects_budget_and_prefers_sensitive_tensors(tmp_path,
     # otherwise: the most sensitive tensor never gets fewer bits than the least sensitive one
     table = sorted(mp["per_tensor"], key=lambda row: row["omega"])
     assert table[-1]["bits"] >= table[0]["bits"]
-    r = run_cli(["quantize", tiny_bert, "--bits", "2,4,8", "--sensitivity-only", "--json", "--group-size", "16"])
+    r = run_cli(["quantize", tiny_bert, "--bits", "2,4,8", "--sensitivity-only", "--json", "--group-size", "16", "--sensitivity", "hessian"])
     assert r.exit_code == 0 and all("omega" in row for row in json.loads(r.stdout)["mixed_precision"]["per_tensor"])
 
 
@@ -192,7 +192,7 @@ def test_quantize_refuses_quantized_and_empty_calib(tmp_path, tiny_bert):
     r = run_cli(["quantize", tmp_path / "q", "--group-size", "16", "-o", tmp_path / "qq"])
     assert r.exit_code == 1 and "already quantized" in r.stderr
     (tmp_path / "empty.txt").write_text("\n\n")
-    r = run_cli(["quantize", tiny_bert, "--bits", "2,4", "--target-bits", "3", "--calib", tmp_path / "empty.txt",
+    r = run_cli(["quantize", tiny_bert, "--bits", "2,4", "--target-bits", "4", "--calib", tmp_path / "empty.txt",
                  "--group-size", "16", "-o", tmp_path / "m"])
     assert r.exit_code == 1 and "calibration file is empty" in r.stderr
     assert not (tmp_path / "qq").exists() and not (tmp_path / "m").exists()
@@ -206,7 +206,8 @@ def test_onnx_input_and_portable_output(tmp_path, tiny_model, portable):
     assert run_cli(["export-onnx", tiny_model, "--portable", "-o", tmp_path / "onnx", "--quiet"]).exit_code == 0
     r = run_cli(["quantize", tmp_path / "onnx", "--bits", "4", "--group-size", "16", "-o", tmp_path / "qo", "--quiet", *extra])
     assert r.exit_code == 0, r.stderr
-    r = run_cli(["quantize", tiny_model, "--bits", "4", "--group-size", "16", "--format", "onnx", "-o", tmp_path / "qs", "--quiet", *extra])
+    r = run_cli(["quantize", tiny_model, "--bits", "4", "--group-size", "16", "--format", "onnx", "--method", "rtn", "-o", tmp_path / "qs",
+                 "--quiet", *extra])
     assert r.exit_code == 0, r.stderr
     ref = Encoder(open_model(tiny_model)).embed(SENTENCES)
     a = Encoder(open_model(tmp_path / "qo")).embed(SENTENCES)
@@ -227,3 +228,57 @@ def test_onnx_input_and_portable_output(tmp_path, tiny_model, portable):
     r = run_cli(["quantize", tmp_path / "onnx", "--bits", "2,4", "--target-bits", "3", "--group-size", "16", "-o", tmp_path / "mx"])
     assert r.exit_code == 1 and "safetensors model" in r.stderr
     assert not (tmp_path / "again").exists() and not (tmp_path / "mx").exists()
+
+
+def test_default_method_uses_calibration_text(tmp_path, tiny_bert):
+    """Without --method, linear layers get GPTQ from the built-in sample, or from --calib when given;
+    --method rtn needs no data and says that --calib is unused."""
+    calib = tmp_path / "calib.txt"
+    calib.write_text("\n".join(corpus_lines("fr", 60)) + "\n")
+    runs = {}
+    for name, extra in {"auto": [], "calib": ["--calib", calib], "rtn": ["--method", "rtn"]}.items():
+        r = run_cli(["quantize", tiny_bert, "--bits", "2", "--group-size", "16", "-o", tmp_path / name, "--json", *extra])
+        assert r.exit_code == 0, r.stderr
+        runs[name] = json.loads(r.stdout)
+        assert ("built-in calibration sample" in r.stderr) == (name == "auto")
+    assert runs["auto"]["method"] == runs["calib"]["method"] == "gptq" and runs["rtn"]["method"] == "rtn"
+    rec = json.loads(SafetensorsFile(tmp_path / "auto" / "model.safetensors").metadata["embtool_quantization"])
+    assert rec["encoder.layer.0.attention.self.value"]["method"] == "gptq" and rec["embeddings.word_embeddings"]["method"] == "rtn"
+    codes = {n: SafetensorsFile(tmp_path / n / "model.safetensors").get("encoder.layer.0.intermediate.dense.qweight")
+             for n in runs}
+    assert not np.array_equal(codes["auto"], codes["rtn"]) and not np.array_equal(codes["auto"], codes["calib"])
+    r = run_cli(["quantize", tiny_bert, "--group-size", "16", "--method", "rtn", "--calib", calib, "-o", tmp_path / "r2"])
+    assert r.exit_code == 0 and "--calib is not used" in r.stderr
+
+
+def test_infeasible_budget_fails_before_any_work_and_names_widths(tmp_path, tiny_bert, monkeypatch):
+    import embtool.jobs.mixed as mixed
+
+    def no_probe(*a, **k):
+        raise AssertionError("sensitivity work started for an infeasible budget")
+
+    monkeypatch.setattr(mixed, "SensitivityProbe", no_probe)
+    monkeypatch.setattr("embtool.jobs.calibrate.gram_matrices", no_probe)
+    r = run_cli(["quantize", tiny_bert, "--bits", "4", "--target-bits", "4.5", "--group-size", "16", "-o", tmp_path / "m"])
+    assert r.exit_code == 1 and "infeasible with --bits 4" in r.stderr and "--bits 2,4,8 can meet it" in r.stderr, r.stderr
+    r = run_cli(["quantize", tiny_bert, "--bits", "4,8", "--target-bits", "1.5", "--group-size", "16", "-o", tmp_path / "m"])
+    assert r.exit_code == 1 and "even 2 bits everywhere need" in r.stderr, r.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_onnx_output_stores_fp16_embedding_scales(tmp_path, tiny_bert):
+    import onnx
+    from onnx import TensorProto
+
+    r = run_cli(["quantize", tiny_bert, "--group-size", "16", "--method", "rtn", "--format", "onnx", "-o", tmp_path / "o", "--quiet"])
+    assert r.exit_code == 0, r.stderr
+    g = onnx.load(str(tmp_path / "o" / "model.onnx")).graph
+    gbq = next(n for n in g.node if n.op_type == "GatherBlockQuantized")
+    inits = {t.name: t for t in g.initializer}
+    assert inits[gbq.input[2]].data_type == TensorProto.FLOAT16
+    assert run_cli(["export-onnx", tiny_bert, "-o", tmp_path / "f", "--quiet"]).exit_code == 0
+    r = run_cli(["quantize", tmp_path / "f", "--group-size", "16", "-o", tmp_path / "oi", "--quiet"])
+    assert r.exit_code == 0, r.stderr
+    g = onnx.load(str(tmp_path / "oi" / "model.onnx")).graph
+    gbq = next(n for n in g.node if n.op_type == "GatherBlockQuantized")
+    assert {t.name: t for t in g.initializer}[gbq.input[2]].data_type == TensorProto.FLOAT16

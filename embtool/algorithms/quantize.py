@@ -244,6 +244,14 @@ def gptq(W: np.ndarray, H: np.ndarray, bits: int, group_size: int, symmetric: bo
     return QTensor(codes, scales, zeros, bits, group_size)
 
 
+def quantize_matrix(W: np.ndarray, bits: int, group_size: int, symmetric: bool = False,
+                    H: np.ndarray | None = None) -> QTensor:
+    """GPTQ when the input Gram matrix H of the layer is known, else round-to-nearest."""
+    if H is not None:
+        return gptq(W, H, bits, group_size, symmetric)
+    return quantize(W, bits, group_size, symmetric)
+
+
 def weighted_error(W: np.ndarray, q: QTensor, H: np.ndarray | None) -> float:
     """‖ΔW‖² (H None) or tr(ΔW H ΔWᵀ) / mean(diag H): the output-space error, in weight units."""
     if H is None:

@@ -105,9 +105,13 @@ _register()
 
 class _NoteHandler(logging.Handler):
     """Notes of the core (`logging.getLogger("embtool")`, e.g. which ONNX file of a folder was used) as
-    `note: ...` lines on stderr, unless the running command has --quiet."""
+    `note: ...` lines on stderr, unless the running command has --quiet; warnings (e.g. a written model
+    far from its input) as `warning: ...` lines, always."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            click.echo(f"warning: {record.getMessage()}", err=True)
+            return
         ctx = click.get_current_context(silent=True)
         if ctx is not None and ctx.params.get("quiet"):
             return

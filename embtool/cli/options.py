@@ -10,6 +10,7 @@ from typing import Any, Callable
 import click
 
 
+SAMPLE_TEXTS = 200  # = embtool.jobs.fidelity.SAMPLE_TEXTS (not imported: the CLI imports jobs lazily)
 GATE_FAILED_EXIT = 3  # a --min-* gate failed (see embtool.core.errors.FidelityError)
 
 
@@ -93,30 +94,40 @@ def eval_options(prefix: bool = True) -> Callable:
     def deco(f: Callable) -> Callable:
         @functools.wraps(f)
         def inner(*a, eval_file=None, eval_limit=1000, eval_prefix="", min_cosine=None, min_cosine_min=None,
-                  min_recall=None, **k):
+                  min_recall=None, no_eval=False, force_unsupported=False, **k):
             for opt, v in (("--min-cosine", min_cosine), ("--min-cosine-min", min_cosine_min), ("--min-recall", min_recall)):
-                if v is not None and not eval_file:
-                    raise click.UsageError(f"{opt} needs --eval FILE")
+                if v is not None and no_eval:
+                    raise click.UsageError(f"{opt} needs the fidelity check; it does not go with --no-eval")
+            if eval_file and no_eval:
+                raise click.UsageError("--eval and --no-eval contradict each other")
             return f(*a, evaluation={"eval_file": eval_file, "eval_limit": eval_limit, "eval_prefix": eval_prefix,
                                      "min_cosine": min_cosine, "min_cosine_min": min_cosine_min,
-                                     "min_recall": min_recall}, **k)
+                                     "min_recall": min_recall, "no_eval": no_eval,
+                                     "force_unsupported": force_unsupported}, **k)
 
-        fails = f"fail (exit {GATE_FAILED_EXIT}, the --json summary still printed, nothing written) when"
+        fails = f"Fail (exit {GATE_FAILED_EXIT}, the --json summary still printed, nothing written) when"
+        g = click.option("--force-unsupported", is_flag=True,
+                         help="Write the output even when embtool's runtime cannot build the architecture (it is then "
+                              "not checked; the summary says so). Without it such a model is refused up front.")(inner)
+        g = click.option("--no-eval", is_flag=True,
+                         help="Skip the default fidelity check (the output against the input on a built-in sample of "
+                              f"{SAMPLE_TEXTS} held-out texts in the languages the model's tokenizer covers).")(g)
         g = click.option("--min-recall", type=click.FloatRange(0, 1), default=None,
-                         help=f"With --eval: {fails} recall@10 is below this (the mean share of each held-out text's "
-                              "10 nearest held-out neighbours that the output model keeps).")(inner)
+                         help=f"{fails} recall@10 is below this (the mean share of each held-out text's "
+                              "10 nearest held-out neighbours that the output model keeps).")(g)
         g = click.option("--min-cosine-min", type=click.FloatRange(-1, 1), default=None,
-                         help=f"With --eval: {fails} the minimum over held-out texts of the input-vs-output "
+                         help=f"{fails} the minimum over held-out texts of the input-vs-output "
                               "cosine (the worst text) is below this.")(g)
         g = click.option("--min-cosine", type=click.FloatRange(-1, 1), default=None,
-                         help=f"With --eval: {fails} the mean over held-out texts of the input-vs-output "
+                         help=f"{fails} the mean over held-out texts of the input-vs-output "
                               "embedding cosine is below this.")(g)
         if prefix:
             g = click.option("--eval-prefix", default="", help="Prefix for --eval texts (e.g. 'passage: ').")(g)
         g = click.option("--eval-limit", type=click.IntRange(min=2), default=1000, show_default=True,
                          help="Use at most this many --eval texts.")(g)
         g = click.option("--eval", "eval_file", type=InputPath(), default=None,
-                         help="Held-out texts: report the output's fidelity to the input (cosine, recall@10).")(g)
+                         help="Held-out texts: report the output's fidelity to the input (cosine, recall@10). "
+                              f"Default: a built-in sample of {SAMPLE_TEXTS} texts (see --no-eval).")(g)
         return g
 
     return deco
@@ -207,8 +218,16 @@ def bytes_line(before: int, after: int) -> str:
 
 def eval_line(e: dict, what: str = "") -> str:
     """The `held-out` line of a summary from an --eval result (fidelity.compare)."""
-    return (f"held-out     {e['texts']} texts{what}: cosine mean {e['cosine_mean']:.5f}, min {e['cosine_min']:.5f}; "
+    return (f"held-out     {e['texts']} texts{eval_source(e)}{what}: cosine mean {e['cosine_mean']:.5f}, min {e['cosine_min']:.5f}; "
             f"recall@10 agreement {e['recall@10']:.3f}")
+
+
+def eval_source(e: dict) -> str:
+    """' of the built-in sample (en, fr)' / ' of FILE' for the held-out line of a summary."""
+    if not e.get("source"):
+        return ""
+    return f" of the {e['source']}" + (f" ({', '.join(e['languages'])})" if e.get("languages") else "") \
+        if e["source"] == "built-in sample" else f" of {e['source']}"
 
 
 def human_bytes(n: float) -> str:

@@ -41,11 +41,16 @@ def render(s: dict) -> str:
     lines = []
     if "mixed_precision" in s:
         mp = s["mixed_precision"]
-        rows = [[r["tensor"], f"{r['omega']:.3g}", r["bits"], f"{r['rel_error']:.2e}", human_bytes(r["bytes"])] for r in mp["table"]]
-        lines.append(table(rows, ["tensor", "Ω (tr H / n)", "bits", "rel. error", "bytes"]))
+        rows = [[r["tensor"], "-" if r["omega"] is None else f"{r['omega']:.3g}", r["bits"], f"{r['rel_error']:.2e}",
+                 f"{r['predicted_damage']:.3g}", human_bytes(r["bytes"])] for r in mp["table"]]
+        lines.append(table(rows, ["tensor", "Ω (tr H / n)", "bits", "rel. error", "damage", "bytes"]))
         lines.append(f"budget {human_bytes(mp['budget_bytes'])}: chosen {human_bytes(mp['chosen_bytes'])}, "
                      f"predicted damage {mp['predicted_damage']:.4g}; {mp['probes']} probes x {mp['calib_texts']} calibration texts "
-                     f"in {mp['seconds']} s")
+                     f"in {mp['seconds']} s ({mp.get('sensitivity', 'hessian')} damage)")
+        u = mp.get("uniform_check")
+        if u:
+            lines.append(f"check        uniform {u['bits']} bits loses {u['uniform_loss']:.3g}, the mixed plan {u['mixed_loss']:.3g} "
+                         f"on the calibration texts: kept the {u['chose']} one")
         if s.get("bytes_before") is None:
             return "\n".join(lines + ["sensitivity only: nothing written"])
     lines.append(bytes_line(s['bytes_before'], s['bytes_after']))
@@ -70,8 +75,9 @@ def render(s: dict) -> str:
 @click.option("--group-size", type=click.IntRange(min=8), default=32, show_default=True,
               help="Consecutive values along the input axis sharing one scale; must divide every quantized dimension.")
 @click.option("--symmetric/--asymmetric", default=False, show_default=True, help="Symmetric groups store no zero point.")
-@click.option("--method", type=click.Choice(["rtn", "gptq"]), default="rtn", show_default=True,
-              help="Linear layers: round-to-nearest, or GPTQ error compensation from calibration inputs (--calib).")
+@click.option("--method", type=click.Choice(["auto", "rtn", "gptq"]), default="auto", show_default=True,
+              help="Linear layers: GPTQ error compensation from calibration inputs (--calib, else a built-in sample of the "
+                   "repo's corpora), or round-to-nearest (rtn: no data). auto: gptq when the model has a tokenizer.")
 @click.option("--include", default=None, help="Quantize only tensors whose name matches this regex.")
 @click.option("--exclude", default=None, help="Do not quantize tensors whose name matches this regex.")
 @click.option("--embeddings-only", is_flag=True, help="Quantize only the token-embedding table.")
@@ -81,24 +87,31 @@ def render(s: dict) -> str:
               "of uint4/uint8 codes), for runtimes without onnxruntime's contrib kernels.")
 @click.option("--target-bits", type=click.FloatRange(1, 16), default=None, help="Mixed precision: average bits per quantized weight (scales included).")
 @click.option("--max-size", type=Size(), default=None, help="Mixed precision: total size of the quantized tensors, e.g. 15MB.")
-@click.option("--calib", type=InputPath(), default=None, help="Calibration texts for the sensitivities (default: a built-in multilingual set).")
-@click.option("--probes", type=click.IntRange(min=1), default=2, show_default=True, help="Hutchinson probes per tensor.")
+@click.option("--calib", type=InputPath(), default=None,
+              help="Calibration texts (one a line) for GPTQ and the sensitivities (default: built-in multilingual samples).")
+@click.option("--sensitivity", type=click.Choice(["measured", "hessian"]), default="measured", show_default=True,
+              help="Mixed precision: damage of each width = the measured loss of the pooled embedding with that tensor "
+                   "quantized (measured), or Ω·‖ΔW‖² from Hutchinson trace estimates (hessian).")
+@click.option("--probes", type=click.IntRange(min=1), default=2, show_default=True, help="Hutchinson probes per tensor (--sensitivity hessian).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the Rademacher probes.")
 @click.option("--sensitivity-only", is_flag=True, help="Only compute and print the per-tensor sensitivities (with --json: for CI).")
 @eval_options()
 @click.option("-o", "--output", default=None, help="Output model folder.")
 @force_option
 @common_options
-def command(model, bits, group_size, symmetric, method, include, exclude, embeddings_only, fmt, portable, target_bits, max_size, calib, probes,
+def command(model, bits, group_size, symmetric, method, include, exclude, embeddings_only, fmt, portable, target_bits, max_size, calib, sensitivity, probes,
             seed, sensitivity_only, evaluation, output, force, as_json, quiet, threads) -> None:
     """Group-wise low-bit quantization (Q-BERT): every linear weight and the token-embedding table are
     cut into groups of --group-size values along their input axis, each with an fp16 scale (and zero
-    point), rounded to nearest with a per-group clipping search. Position/type embeddings, LayerNorm and
-    biases stay float. The output runs in onnxruntime (MatMulNBits, GatherBlockQuantized).
+    point), with a per-group clipping search; linear layers use GPTQ error compensation from calibration
+    text (--calib, else a built-in sample; --method rtn needs no data). Position/type embeddings, LayerNorm
+    and biases stay float. The output runs in onnxruntime (MatMulNBits, GatherBlockQuantized).
 
-    With several --bits and --target-bits or --max-size, bits are chosen per tensor (Hessian-aware
-    mixed precision): Ω = tr(H)/n of the embedding distortion is estimated with forward passes only
-    (Hutchinson probes) and the bits minimise the predicted damage Ω·‖Q(W) − W‖² under the budget.
+    With several --bits and --target-bits or --max-size, bits are chosen per tensor (mixed precision):
+    the damage of each width is the measured loss of the pooled embedding on calibration text with that
+    tensor quantized (or Ω·‖Q(W) − W‖², Ω from Hutchinson probes, with --sensitivity hessian), the bits
+    minimise the total under the budget, and the plan is kept only if it loses less than the uniform
+    width that fits the same budget.
 
     \b
     Example:
@@ -119,7 +132,7 @@ def command(model, bits, group_size, symmetric, method, include, exclude, embedd
         raise click.UsageError("give -o OUTPUT (or --sensitivity-only)")
     req = QuantRequest(model=model, output=output, bits=bits, group_size=group_size, symmetric=symmetric, method=method, include=include,
                        exclude=exclude, embeddings_only=embeddings_only, fmt=fmt, portable=portable, **evaluation, force=force, threads=threads, target_bits=target_bits,
-                       max_size=max_size, calib=calib, probes=probes, seed=seed, sensitivity_only=sensitivity_only)
+                       max_size=max_size, calib=calib, sensitivity=sensitivity, probes=probes, seed=seed, sensitivity_only=sensitivity_only)
     bar = progress_bar(quiet, unit="probe", desc="sensitivity")
     try:
         summary = run_quantize(req, bar, say=lambda msg: None if quiet else click.echo(f"note: {msg}", err=True))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from embtool.algorithms.vocab import SCRIPTS
-from embtool.cli.options import InputPath, common_options, emit_summary, eval_options, force_option, human_bytes, model_argument
+from embtool.cli.options import (InputPath, common_options, emit_summary, eval_options, eval_source, force_option, human_bytes,
+                                 model_argument)
 
 
 def render(s: dict) -> str:
@@ -23,7 +24,7 @@ def render(s: dict) -> str:
     if "eval" in s:
         e = s["eval"]
         pre = f" with prefix {s['eval_prefix']!r}" if s.get("eval_prefix") else ""
-        lines.append(f"held-out     {e['texts']} texts{pre}: {100 * e['identical_tokenization']:.1f}% tokenized identically, "
+        lines.append(f"held-out     {e['texts']} texts{eval_source(e)}{pre}: {100 * e['identical_tokenization']:.1f}% tokenized identically, "
                      f"{100 * e['new_unknown_token_share']:.3f}% tokens newly unknown; embedding cosine mean {e['cosine_mean']:.5f}, "
                      f"min {e['cosine_min']:.5f}; recall@10 {e.get('recall@10', e.get('recall_at_10')):.3f}")
     for n in s["notes"]:
@@ -79,7 +80,8 @@ def command(model, corpus, field, top, min_freq, coverage, keep_file, scripts, p
                       scripts=[s.strip() for s in scripts.split(",") if s.strip()] if scripts else [],
                       eval_file=evaluation["eval_file"], eval_limit=evaluation["eval_limit"],
                       min_cosine=evaluation["min_cosine"], min_cosine_min=evaluation["min_cosine_min"],
-                      min_recall=evaluation["min_recall"], dry_run=dry_run, force=force,
+                      min_recall=evaluation["min_recall"], no_eval=evaluation["no_eval"],
+                      force_unsupported=evaluation["force_unsupported"], dry_run=dry_run, force=force,
                       threads=threads)
     bar = progress_bar(quiet, unit="B", desc="count")
     try:

@@ -13,7 +13,7 @@ from embtool.core.errors import InputError, Unsupported
 from embtool.core.model import FACTOR_F, FACTOR_P, Model, find_vocab_tensors, onnx_embedding_gather, open_model
 from embtool.core.model_out import copy_unchanged, metadata_json, updated_config, write_configs, write_derived_model, write_weights
 from embtool.core.writer import OutputFolder, provenance
-from embtool.jobs.fidelity import OutputRequest, evaluate_output
+from embtool.jobs.fidelity import OutputRequest, check_runnable, evaluate_output
 
 
 @dataclass
@@ -55,6 +55,8 @@ def embedding_table(m: Model, command: str = "factorize") -> tuple[str, np.ndarr
 def run_factorize(req: FactorRequest) -> dict[str, Any]:
     t0 = time.perf_counter()
     m = open_model(req.model, need_tokenizer=bool(req.eval_file))
+    notes: list[str] = []
+    checkable = check_runnable(m, req, notes)
     name, E, gather = embedding_table(m)
     V, D = E.shape
     if req.rank is not None:
@@ -66,7 +68,6 @@ def run_factorize(req: FactorRequest) -> dict[str, Any]:
     spec = FA.spectrum(E)
     k = req.rank if req.rank is not None else (
         spec.rank_for_energy(req.energy) if req.energy is not None else spec.rank_for_error(req.max_error))
-    notes = []
     if k >= D:
         notes.append(f"rank {k} = the hidden size: this factorization is lossless but saves nothing (it is larger)")
     F, P = FA.factors(E, spec, k)
@@ -98,12 +99,14 @@ def run_factorize(req: FactorRequest) -> dict[str, Any]:
             from embtool.core.onnx_out import save_onnx
 
             save_onnx(m.onnx_model, out, prov, rel=str(m.weight_path.relative_to(m.root)))
+            if m.config:  # kept as it is (it was held back from the copy above)
+                write_configs(m, out, dict(m.config))
         out.write_json("embtool.json", {**m.embtool_meta(), **prov})
         new = open_model(out.path, need_tokenizer=bool(req.eval_file))
         summary = {"model": req.model, "output": req.output, "format": req.fmt if m.format == "safetensors" else "onnx",
                    **info, "bytes_before": m.weight_bytes(), "bytes_after": new.weight_bytes(),
                    "factorize_seconds": round(t_fact, 2), "notes": notes}
-        if req.eval_file:
+        if checkable:
             evaluate_output(m, out, req, summary)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary

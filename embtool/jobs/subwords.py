@@ -28,7 +28,7 @@ from embtool.core.texts import iter_texts
 from embtool.core.tokenizer_io import TokenizerJson, encode_batch
 from embtool.core.word_vectors import WordVectors, corpus_words, read_word_vectors
 from embtool.core.writer import OutputFolder, provenance
-from embtool.jobs.fidelity import OutputRequest, evaluate_output
+from embtool.jobs.fidelity import OutputRequest, check_runnable, evaluate_output
 
 METHODS = ("ofa", "fvt", "random")
 # files that describe the source tokenizer: replaced by the target's, or dropped
@@ -309,6 +309,7 @@ def run_init_subwords(req: InitRequest, progress=None) -> dict[str, Any]:
     vt = _vocab_table(m)
     V_src, D_table = vt.table.shape
     notes: list[str] = []
+    checkable = check_runnable(m, req, notes)
     if req.rank is not None:
         if vt.factorized_source:
             raise InputError(f"{req.model} is already factorized (rank {D_table}); drop --rank (the rows are built in "
@@ -403,7 +404,7 @@ def run_init_subwords(req: InitRequest, progress=None) -> dict[str, Any]:
         out.write_json("embtool.json", {**m.embtool_meta(), **prov})
         summary.update(bytes_before=m.weight_bytes(), bytes_after=open_model(out.path).weight_bytes(),
                        plan_seconds=round(t_plan, 2))
-        if req.eval_file:
+        if checkable:
             evaluate_output(m, out, req, summary)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary

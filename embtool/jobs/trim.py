@@ -19,7 +19,7 @@ from embtool.core.model_out import (copy_unchanged, metadata_json, slice_onnx_in
 from embtool.core.texts import iter_texts, read_lines
 from embtool.core.tokenizer_io import TokenizerJson, encode_batch
 from embtool.core.writer import OutputFolder, provenance
-from embtool.jobs.fidelity import gate
+from embtool.jobs.fidelity import SAMPLE_MAX_TOKENS, check_runnable, eval_texts, gate, warn_if_low
 
 
 @dataclass
@@ -40,6 +40,8 @@ class TrimRequest:
     min_cosine: float | None = None
     min_cosine_min: float | None = None
     min_recall: float | None = None
+    no_eval: bool = False
+    force_unsupported: bool = False
     dry_run: bool = False
     force: bool = False
     threads: int = 0
@@ -136,7 +138,8 @@ def plan_trim(m: Model, req: TrimRequest, progress=None) -> dict[str, Any]:
     return {"kept": kept, "V_tok": V_tok, "rows": rows, "coverage": covered, "notes": notes, **info}
 
 
-def evaluate(orig: Model, new: Model, remap: dict[int, int], texts: list[str], threads: int, prefix: str = "") -> dict[str, Any]:
+def evaluate(orig: Model, new: Model, remap: dict[int, int], texts: list[str], threads: int, prefix: str = "",
+             max_length: int | None = None) -> dict[str, Any]:
     """Held-out fidelity of prefix + text: identical tokenization share, new unknown tokens, embedding cosine."""
     from embtool.jobs.fidelity import compare, embed_both
 
@@ -155,7 +158,7 @@ def evaluate(orig: Model, new: Model, remap: dict[int, int], texts: list[str], t
         same += mapped == y.ids
         n_tok += len(x.ids)
         new_unk += sum(1 for i in y.ids if i == unk_b) - sum(1 for i in x.ids if i == unk_a)
-    fid = compare(*embed_both(orig, new, texts, threads, prefix))
+    fid = compare(*embed_both(orig, new, texts, threads, prefix, max_length))
     return {"identical_tokenization": same / len(texts), "new_unknown_token_share": new_unk / max(n_tok, 1), **fid}
 
 
@@ -164,7 +167,10 @@ def run_trim(req: TrimRequest, progress=None) -> dict[str, Any]:
     if not req.corpus and not req.scripts and not req.keep_file:
         raise BadUsage("nothing to select by: give a corpus (-c), --script or --keep")
     m = open_model(req.model, need_tokenizer=True)
+    notes: list[str] = []
+    checkable = check_runnable(m, req, notes)
     plan = plan_trim(m, req, progress)
+    plan["notes"] = notes + plan["notes"]
     kept = plan["kept"]
     vt = find_vocab_tensors(m)
     params_before, bytes_before = _size(m)
@@ -219,13 +225,14 @@ def run_trim(req: TrimRequest, progress=None) -> dict[str, Any]:
         out.write_json("embtool.json", {**m.embtool_meta(), **prov})
         new_model = open_model(out.path, need_tokenizer=True)
         summary["bytes_after"] = new_model.weight_bytes()
-        if req.eval_file:
-            texts = read_lines(req.eval_file, req.eval_limit)
-            if not texts:
-                raise InputError(f"{req.eval_file}: no texts to evaluate on")
+        got = eval_texts(req, m, new_model, summary) if checkable else None
+        if got is not None:
+            texts, source = got
             summary["eval_prefix"] = (req.eval_prefix if req.eval_prefix is not None
                                       else eval_prefix_for(m.st, plan["prefixes"]))
-            summary["eval"] = evaluate(m, new_model, remap, texts, req.threads, summary["eval_prefix"])
+            cap = SAMPLE_MAX_TOKENS if source["source"] == "built-in sample" else None
+            summary["eval"] = {**evaluate(m, new_model, remap, texts, req.threads, summary["eval_prefix"], cap), **source}
+            warn_if_low(summary["eval"])
             gate(summary, req, out)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary

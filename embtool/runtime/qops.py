@@ -1,7 +1,7 @@
 """Emit onnxruntime's quantized operators for embtool's packed n-bit weights.
 
 Linear layers become com.microsoft.MatMulNBits (B [N, K/g, g*b/8] uint8, fp32 scales, packed zero
-points); the token-embedding table becomes com.microsoft.GatherBlockQuantized (codes fed zero-copy from
+points); the token-embedding table becomes com.microsoft.GatherBlockQuantized (codes and fp16 scales fed zero-copy from
 the memory-mapped file). 3-bit codes run as 4-bit codes (the same values, exactly).
 """
 
@@ -45,12 +45,14 @@ def emit_matmul_nbits(b, w, x: str, base: str) -> str:
 
 def emit_gather_block_quantized(b, w, ids: str, base: str) -> str:
     bits, g, V, K, packed, scales, zeros = _parts(w, base)
+    # fp16 scales as stored (half the bytes of fp32 scales in an ONNX file); the gathered rows are cast to float
     inputs = [b.feed(base + ".qweight", np.ascontiguousarray(packed)), ids,
-              b.feed(base + ".scales_f32", scales.astype(np.float32))]
+              b.feed(base + ".scales", np.ascontiguousarray(scales, dtype=np.float16))]
     if zeros is not None:
         inputs.append(b.feed(base + ".zp", np.ascontiguousarray(zeros)))
-    return b.node("GatherBlockQuantized", inputs, "gbq", domain="com.microsoft", bits=bits, block_size=g,
+    rows = b.node("GatherBlockQuantized", inputs, "gbq", domain="com.microsoft", bits=bits, block_size=g,
                   gather_axis=0, quantize_axis=1)
+    return b.node("Cast", [rows], "gbq_f32", to=1)
 
 
 def emit_dequantize_linear(b, w, base: str) -> str:
