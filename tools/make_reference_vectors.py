@@ -34,9 +34,12 @@ SENTENCES = {
 def main() -> None:
     out = {"command": "python tools/make_reference_vectors.py (torch + sentence-transformers)", "models": {}}
     for name, folder, langs, prefix in (("minilm", realmodels.minilm(), ["en"], ""),
-                                        ("e5-small", realmodels.e5_small(), ["en", "fr", "es", "pl"], "passage: ")):
+                                        ("e5-small", realmodels.e5_small(), ["en", "fr", "es", "pl"], "passage: "),
+                                        ("mpnet", realmodels.mpnet(), ["en", "fr"], "")):
         st = SentenceTransformer(str(folder), device="cpu")
         texts = [t for lang in langs for t in SENTENCES[lang]]
+        if name == "mpnet":  # real text of every length, up to past max_seq_length (384 tokens)
+            texts += corpus_lines("en", "heldout", 0, 12) + [" ".join(corpus_lines("en", "heldout", 12, 40))]
         vecs = st.encode([prefix + t for t in texts], normalize_embeddings=False)
         out["models"][name] = {"prefix": prefix, "texts": texts, "vectors": [[round(float(x), 7) for x in v] for v in vecs]}
         import sentence_transformers, torch  # noqa: E401

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from sentence_transformers import SentenceTransformer  # noqa: E402
 from sentence_transformers.models import Dense, Normalize, Pooling, Transformer  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
-from transformers import BertConfig, BertModel, BertTokenizerFast  # noqa: E402
+from transformers import BertConfig, BertModel, BertTokenizerFast, MPNetConfig, MPNetModel, MPNetTokenizerFast  # noqa: E402
 
 from embtool.core.corpora import corpus_lines  # noqa: E402
 
@@ -36,7 +36,7 @@ OUT = ROOT / "tests" / "data" / "st_formats"
 LONG = ("Vocabulary trimming keeps only the tokens a language uses, and quantization stores the weights of every "
         "layer in fewer bits, so that a model shipped to a small device still embeds sentences as before. ") * 3
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Lists files.", "a",
-         "Affiche la liste des fichiers du répertoire courant.", LONG]
+         "Affiche la liste des fichiers du répertoire courant.", LONG, LONG[:300]]
 
 # name -> (pooling_mode, include_prompt, dense, normalize, prompts, default_prompt_name, max_seq_length, tokenizer max, old)
 FIXTURES = {
@@ -61,7 +61,10 @@ FIXTURES = {
                             "query", None, 512, False),
     "new-cls-exclude-prompt": ("cls", False, None, False, {"query": "query: "}, "query", None, 512, False),
     "new-weightedmean-exclude": ("weightedmean", False, None, False, {"query": "search query: "}, None, None, 512, False),
+    # MPNet (relative position bias, RoBERTa-style positions), laid out like all-mpnet-base-v2
+    "mpnet-mean-normalize": ("mean", True, None, True, None, None, 200, 512, True),
 }
+MPNET = {"mpnet-mean-normalize"}
 OLD_TYPES = {"Transformer": "sentence_transformers.models.Transformer", "Pooling": "sentence_transformers.models.Pooling",
              "Dense": "sentence_transformers.models.Dense", "Normalize": "sentence_transformers.models.Normalize"}
 LEGACY_KEYS = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens", "mean": "pooling_mode_mean_tokens",
@@ -81,6 +84,36 @@ def tokenizer() -> Tokenizer:
         special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
     tok.decoder = decoders.WordPiece()
     return tok
+
+
+def mpnet_tokenizer() -> Tokenizer:
+    """A WordPiece tokenizer with MPNet's special tokens and template (<s> $A </s>, <pad> = 1)."""
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    texts = TEXTS + corpus_lines("en", "all", 0, 300)
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(
+        vocab_size=400, special_tokens=["<s>", "<pad>", "</s>", "[UNK]", "<mask>"]))
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    tok.decoder = decoders.WordPiece()
+    return tok
+
+
+def mpnet_base(work: Path, tok: Tokenizer) -> Path:
+    torch.manual_seed(0)
+    cfg = MPNetConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=64, max_position_embeddings=258, relative_attention_num_buckets=32)
+    model = MPNetModel(cfg, add_pooling_layer=False)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.5 if "relative_attention_bias" in name else 0.2)
+    d = work / "mpnet-base"
+    model.save_pretrained(d)
+    fast = MPNetTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
+                              unk_token="[UNK]", pad_token="<pad>", mask_token="<mask>", model_max_length=512)
+    fast.save_pretrained(d)
+    return d
 
 
 def base_model(work: Path, tok: Tokenizer, tok_max: int) -> Path:
@@ -133,7 +166,7 @@ def main() -> None:
     tok = tokenizer()
     ref: dict = {"command": "~/.cache/embtool-peers-venv/bin/python tools/make_st_fixtures.py", "texts": TEXTS, "models": {}}
     for name, (mode, include_prompt, dense, normalize, prompts, default_prompt, max_seq, tok_max, old) in FIXTURES.items():
-        base = base_model(work, tok, tok_max)
+        base = mpnet_base(work, mpnet_tokenizer()) if name in MPNET else base_model(work, tok, tok_max)
         tr = Transformer(str(base), max_seq_length=max_seq)
         mods = [tr, Pooling(32, pooling_mode=mode, include_prompt=include_prompt)]
         dim = mods[1].get_embedding_dimension()

@@ -2,7 +2,8 @@
 
 No PyTorch: the graph is written with `onnx.helper` and run by onnxruntime. Supported:
 BERT (all-MiniLM, bge, e5), RoBERTa / XLM-R / CamemBERT (positions offset by padding_idx + 1),
-DistilBERT.
+DistilBERT, MPNet (all-mpnet-base-v2: RoBERTa positions, no token types, and a relative position bias
+shared by every layer, bucketed as transformers' `MPNetEncoder.relative_position_bucket`).
 
 Large vocabulary-bound tensors are not copied into the graph: they are declared as graph inputs
 and fed at run time as OrtValues that wrap the memory-mapped safetensors data (zero copy), see
@@ -28,7 +29,7 @@ from embtool.core.model import Model
 
 OPSET = 21
 MS_OPSET = 1
-SUPPORTED = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert")
+SUPPORTED = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet")
 ROTARY = ("modernbert", "nomic_bert", "gte", "qwen3")  # built by rotary_graph.build_rotary
 SUPPORTED += ROTARY
 
@@ -48,6 +49,7 @@ class Scheme:
     ln2: str
     has_token_types: bool = True
     roberta_positions: bool = False
+    relative_bias: str | None = None  # weight of a relative position bias table [buckets, heads] (MPNet)
 
 
 BERT = Scheme("encoder.layer.{i}.", "attention.self.query", "attention.self.key", "attention.self.value",
@@ -57,6 +59,9 @@ ROBERTA = Scheme(**{**BERT.__dict__, "roberta_positions": True})
 DISTILBERT = Scheme("transformer.layer.{i}.", "attention.q_lin", "attention.k_lin", "attention.v_lin",
                     "attention.out_lin", "sa_layer_norm", "ffn.lin1", "ffn.lin2", "output_layer_norm",
                     has_token_types=False)
+MPNET = Scheme("encoder.layer.{i}.", "attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o",
+               "attention.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm",
+               has_token_types=False, roberta_positions=True, relative_bias="encoder.relative_attention_bias.weight")
 
 
 @dataclass
@@ -97,12 +102,13 @@ def detect_arch(model: Model) -> Arch:
         scheme, hidden, layers, heads = DISTILBERT, cfg.get("dim", 768), cfg.get("n_layers", 6), cfg.get("n_heads", 12)
         eps, act = 1e-12, str(cfg.get("activation", "gelu"))
     else:
-        scheme = ROBERTA if mt in ("roberta", "xlm-roberta", "camembert") else BERT
+        scheme = MPNET if mt == "mpnet" else ROBERTA if mt in ("roberta", "xlm-roberta", "camembert") else BERT
         hidden, layers = cfg.get("hidden_size"), cfg.get("num_hidden_layers")
         heads, eps, act = cfg.get("num_attention_heads"), float(cfg.get("layer_norm_eps", 1e-12)), str(cfg.get("hidden_act", "gelu"))
     if not all(isinstance(x, int) and x > 0 for x in (hidden, layers, heads)) or hidden % heads:
         raise CorruptFile(f"{model.root}: config.json sizes are inconsistent (hidden {hidden}, heads {heads}, layers {layers})")
-    return Arch(mt, scheme, prefix, hidden, layers, heads, eps, act, int(cfg.get("pad_token_id", 1) or 0))
+    pad = 1 if mt == "mpnet" else int(cfg.get("pad_token_id", 1) or 0)  # MPNetEmbeddings.padding_idx is fixed at 1
+    return Arch(mt, scheme, prefix, hidden, layers, heads, eps, act, pad)
 
 
 class WeightSource:
@@ -293,6 +299,7 @@ def build_encoder(model: Model, fused: bool = True, feed_weights: frozenset[str]
     g, bb = w.ln(p + "embeddings.LayerNorm")
     x = b.node("LayerNormalization", [x, b.const("emb_ln.w", g), b.const("emb_ln.b", bb)], "emb_ln", axis=-1, epsilon=a.eps)
 
+    pos_bias = _relative_position_bias(b, w, p + s.relative_bias, len(pos_table)) if s.relative_bias else None
     if fused:
         # onnxruntime's fused attention kernel; the key padding mask is the raw 0/1 mask as int32
         mask32 = b.node("Cast", ["attention_mask"], "mask32", to=TensorProto.INT32)
@@ -309,12 +316,16 @@ def build_encoder(model: Model, fused: bool = True, feed_weights: frozenset[str]
         L = p + s.layers.format(i=i)
         if fused:
             q, k, v = (_linear(b, w, x, L + name) for name in (s.q, s.k, s.v))
-            ctx = b.node("MultiHeadAttention", [q, k, v, "", mask32], "mha", domain="com.microsoft", num_heads=nh)
+            ctx = b.node("MultiHeadAttention", [q, k, v, "", mask32, *([pos_bias] if pos_bias else [])], "mha",
+                         domain="com.microsoft", num_heads=nh)
         else:
             q = b.node("Transpose", [b.node("Reshape", [_linear(b, w, x, L + s.q), shp_heads])], "q", perm=[0, 2, 1, 3])
             k = b.node("Transpose", [b.node("Reshape", [_linear(b, w, x, L + s.k), shp_heads])], "k", perm=[0, 2, 3, 1])
             v = b.node("Transpose", [b.node("Reshape", [_linear(b, w, x, L + s.v), shp_heads])], "v", perm=[0, 2, 1, 3])
-            sc = b.node("Add", [b.node("Mul", [b.node("MatMul", [q, k]), scale]), addmask], "scores")
+            sc = b.node("Mul", [b.node("MatMul", [q, k]), scale], "scaled")
+            if pos_bias:
+                sc = b.node("Add", [sc, pos_bias], "biased")
+            sc = b.node("Add", [sc, addmask], "scores")
             pr = b.node("Softmax", [sc], "probs", axis=-1)
             ctx = b.node("Reshape", [b.node("Transpose", [b.node("MatMul", [pr, v])], perm=[0, 2, 1, 3]), shp_hidden], "ctx")
         att = _linear(b, w, ctx, L + s.o)
@@ -340,6 +351,38 @@ def build_encoder(model: Model, fused: bool = True, feed_weights: frozenset[str]
     if b.uses_ms:
         opsets.append(helper.make_opsetid("com.microsoft", MS_OPSET))
     return BuiltGraph(graph, b.feeds, tuple(opsets), {k + ".weight": v for k, v in b.linear_inputs.items()})
+
+
+def relative_position_buckets(relative: np.ndarray, num_buckets: int = 32, max_distance: int = 128) -> np.ndarray:
+    """transformers' `MPNetEncoder.relative_position_bucket` (T5-style, bidirectional), in float32 like torch."""
+    n = -relative.astype(np.int64)
+    num_buckets //= 2
+    ret = (n < 0).astype(np.int64) * num_buckets
+    n = np.abs(n)
+    max_exact = num_buckets // 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.log(n.astype(np.float32) / np.float32(max_exact)) / np.float32(math.log(max_distance / max_exact))
+    large = max_exact + np.trunc(np.where(n < max_exact, 0, ratio * np.float32(num_buckets - max_exact))).astype(np.int64)
+    large = np.minimum(large, num_buckets - 1)
+    return ret + np.where(n < max_exact, n, large)
+
+
+def _relative_position_bias(b: GraphBuilder, w: WeightSource, name: str, max_positions: int) -> str:
+    """[1, heads, seq, seq]: table[bucket(j - i)] for query i and key j (MPNet's `compute_position_bias`:
+    plain 0..seq-1 positions, the same bias in every layer). The bias of every relative distance the
+    model can see is gathered once from the table; the [seq, seq] distances index it at run time."""
+    table = w.get_f32(name)  # [buckets, heads]
+    P = int(max_positions)
+    rel = np.arange(-(P - 1), P, dtype=np.int64)
+    per_distance = b.node("Gather", [b.const(name, table), b.const("rel_buckets", relative_position_buckets(rel, table.shape[0]))],
+                          "bias_by_distance")  # [2P-1, heads]
+    seq = b.node("Squeeze", [b.node("Shape", ["input_ids"], "seq1", start=1, end=2), b.const("axis0", np.array([0], np.int64))], "seq")
+    r = b.node("Range", [b.const("zero", np.array(0, np.int64)), seq, b.const("one_i", np.array(1, np.int64))], "range")
+    dist = b.node("Sub", [b.node("Unsqueeze", [r, b.const("ax0", np.array([0], np.int64))]),
+                          b.node("Unsqueeze", [r, b.const("ax1", np.array([1], np.int64))])], "dist")  # [i, j] = j - i
+    idx = b.node("Add", [dist, b.const("dist_offset", np.array(P - 1, np.int64))], "dist_idx")
+    bias = b.node("Transpose", [b.node("Gather", [per_distance, idx], "bias_sst")], "bias_hss", perm=[2, 0, 1])
+    return b.node("Unsqueeze", [bias, b.const("ax0b", np.array([0], np.int64))], "pos_bias")
 
 
 def _activation(b: GraphBuilder, h: str, act: str) -> str:
