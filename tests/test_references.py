@@ -477,6 +477,14 @@ def test_rescore_uses_the_float_vectors(indexes, precision, metric, sharded):
         assert all(sign * fine[qi, i] <= worst + tol for i in sure if i not in got), qi
 
 
+@pytest.mark.parametrize("metric", ["dot", "l2"])
+def test_int8_index_as_queries(indexes, metric):
+    """--query-embeddings with an int8 index file: its rows are read back as codes * scale."""
+    X, ids = _float_rows(indexes[("float32", "full")])
+    hits = _search([indexes[("float32", "full")], "--query-embeddings", indexes[("int8", "full")], "--metric", metric, "-k", 3])
+    _check_hits(hits, _scores(_as_stored(X, "int8"), X, metric), ids, 3, metric)
+
+
 def test_strict_refuses_another_model(indexes, tiny_models):
     idx = indexes[("float32", "full")]
     other = tiny_models["distilbert"]  # (the tiny bert and xlm-roberta share their weights)
