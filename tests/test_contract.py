@@ -432,3 +432,67 @@ def test_the_exit_code_table_is_documented():
         assert f"| {code} " in table or f" {code} |" in table or f"/ {code} |" in table, code
         assert f"  {code} " in help_text or f" {code} terminated" in help_text, code
         assert f"  {code} " in man or f" {code} terminated" in man, code
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. reproducible bytes and provenance
+# ----------------------------------------------------------------------------------------------
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_same_inputs_typed_differently_give_identical_bytes(tmp_path, tiny_bert, monkeypatch):
+    shutil.copytree(tiny_bert, tmp_path / "m")
+    (tmp_path / "c.txt").write_text("hello world\nthe quick brown fox\nvectors for sentences\n")
+    monkeypatch.chdir(tmp_path)
+    runs = {"a": ["m", "-c", "c.txt", "--threads", "1"],
+            "b": ["./m/", "-c", str(tmp_path / "c.txt"), "--threads", "2"]}
+    for out, (model, *rest) in runs.items():
+        assert run_cli(["trim-vocab", model, *rest, "-o", f"trim-{out}", "--quiet"]).exit_code == 0
+        assert run_cli(["quantize", model, "--bits", "4", "--threads", rest[-1], "-o", f"q-{out}", "--quiet"]).exit_code == 0
+        assert run_cli(["export-onnx", model, "-o", f"x-{out}", "--quiet"]).exit_code == 0
+        assert run_cli(["embed", model, "one", "two", "-o", f"e-{out}.safetensors", "--quiet"]).exit_code == 0
+    for kind in ("trim", "q", "x"):
+        a, b = _tree(tmp_path / f"{kind}-a"), _tree(tmp_path / f"{kind}-b")
+        assert list(a) == list(b) and all(a[k] == b[k] for k in a), (kind, [k for k in a if a[k] != b.get(k)])
+        prov = (tmp_path / f"{kind}-a" / "embtool.json").read_text()
+        assert "threads" not in prov and str(tmp_path) not in prov
+    assert (tmp_path / "e-a.safetensors").read_bytes() == (tmp_path / "e-b.safetensors").read_bytes()
+
+
+def test_provenance_keeps_the_chain_and_inspect_shows_it(tmp_path, tiny_bert):
+    (tmp_path / "c.txt").write_text("hello world\nthe quick brown fox\n")
+    t, q, x = tmp_path / "t", tmp_path / "q", tmp_path / "x"
+    assert run_cli(["trim-vocab", tiny_bert, "-c", tmp_path / "c.txt", "-o", t, "--quiet"]).exit_code == 0
+    assert run_cli(["quantize", t, "--bits", "8", "-o", q, "--quiet"]).exit_code == 0
+    assert run_cli(["export-onnx", q, "-o", x, "--quiet"]).exit_code == 0
+    d = json.loads(run_cli(["inspect", x, "--json"]).stdout)
+    assert [s["command"] for s in d["provenance"]] == ["trim-vocab", "quantize", "export-onnx"]
+    assert d["provenance"][0]["arguments"]["corpus"][0]["file"] == "c.txt"
+    assert d["provenance"][1]["arguments"]["bits"] == [8]
+    # each step names its input by fingerprint: the model the step before wrote
+    from embtool.core.model import open_model
+
+    assert d["provenance"][0]["inputs"]["model"] == open_model(tiny_bert).fingerprint()
+    assert d["provenance"][1]["inputs"]["model"] == open_model(t).fingerprint()
+    assert "made by         trim-vocab -> quantize -> export-onnx" in run_cli(["inspect", x]).stdout
+    assert json.loads(run_cli(["inspect", tiny_bert, "--json"]).stdout)["provenance"] == []
+
+
+@pytest.mark.parametrize("portable", [False, True])
+def test_inspect_reads_an_onnx_graph_without_config(tmp_path, tiny_bert, portable):
+    x = tmp_path / "x"
+    assert run_cli(["export-onnx", tiny_bert, "-o", x, "--quiet", *(["--portable"] if portable else [])]).exit_code == 0
+    (x / "config.json").unlink()
+    d = json.loads(run_cli(["inspect", x, "--json"]).stdout)
+    assert (d["hidden_size"], d["layers"], d["embedding_rows"]) == (32, 2, 300), d
+    assert "unknown" not in d["architecture"]
+    assert "hidden 32  layers 2" in run_cli(["inspect", x]).stdout
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("name,layers", [("minilm_int8_onnx", 6), ("paraphrase_onnx", 3)])
+def test_inspect_reads_real_onnx_graphs(real, name, layers):
+    d = json.loads(run_cli(["inspect", getattr(real, name)(), "--json"]).stdout)
+    assert (d["hidden_size"], d["layers"], d["embedding_rows"]) == (384, layers, 30522), d

@@ -432,7 +432,7 @@ def test_bad_input(tmp_path, tiny_bert, tiny_models, targets):
     fails([tiny_bert, "--tokenizer", t, "--method", "fvt", "--word-vectors", own, "-o", tmp_path / "o"], 2, "only used by")
     fails([tiny_bert, "--tokenizer", t, "--temperature", "0", "-o", tmp_path / "o"], 2, "temperature")
     fails([tiny_bert, "--tokenizer", t, "--rank", "32", "-o", tmp_path / "o"], 1, "--rank must be between 1 and 31")
-    fails([tiny_bert, "--tokenizer", tmp_path / "missing.json", "-o", tmp_path / "o"], 2, "missing.json")
+    fails([tiny_bert, "--tokenizer", tmp_path / "missing.json", "-o", tmp_path / "o"], 1, "missing.json")  # a missing file: an error
     fails([tiny_bert, "--tokenizer", t, "--word-vectors", tmp_path / "w.bin", "-o", tmp_path / "o"], 1, "no such word-vector file")
     (tmp_path / "w.bin").write_bytes(b"\x00\x01")
     fails([tiny_bert, "--tokenizer", t, "--word-vectors", tmp_path / "w.bin", "-o", tmp_path / "o"], 1, "binary word2vec")

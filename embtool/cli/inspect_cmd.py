@@ -28,6 +28,7 @@ def render(d: dict) -> str:
         ["pooling", f"{d['pooling'] or 'not set (mean)'}, normalize {d['normalize']}"],
         ["quantized", json.dumps(d["state"]["quantized"]) if d["state"]["quantized"] else "no"],
         ["factorized", json.dumps(d["state"]["factorized"]) if d["state"]["factorized"] else "no"],
+        ["made by", " -> ".join(s.get("command", "?") for s in d["provenance"]) or "not an embtool output"],
     ]
     vt = [[v["name"], v["role"], "x".join(map(str, v["shape"])), v["dtype"], human_bytes(v["bytes"])] for v in d["vocab_tensors"]]
     out = table(rows)

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from embtool.core.model import Model, architecture, find_vocab_tensors, num_layers, onnx_initializer_stats
+from embtool.core.writer import provenance_chain
 
 
 def describe(model: Model) -> dict[str, Any]:
@@ -36,7 +37,7 @@ def describe(model: Model) -> dict[str, Any]:
 
             name = helper.tensor_dtype_to_np_dtype(t.data_type).name
             dtypes[name] = dtypes.get(name, 0) + (int(np.prod(t.dims)) if t.dims else 1)
-        layers = model.config.get("num_hidden_layers", 0) or 0
+        layers = model.config.get("num_hidden_layers", 0) or _onnx_layers(model.onnx_model.graph)
         meta = {p.key: p.value for p in model.onnx_model.metadata_props}
         ops = {}
         for n in model.onnx_model.graph.node:
@@ -49,9 +50,11 @@ def describe(model: Model) -> dict[str, Any]:
         "format": model.format,
         "layout": model.layout.name,
         "weight_files": [str(p.relative_to(model.root)) if p.is_relative_to(model.root) else str(p) for p in model.weight_files()],
-        "architecture": architecture(model),
+        "architecture": (architecture(model) if model.config or model.format != "onnx"
+                         else "transformer encoder (read from the ONNX graph)"),
         "model_type": model.config.get("model_type"),
-        "hidden_size": model.config.get("hidden_size") or model.config.get("dim"),
+        "hidden_size": (model.config.get("hidden_size") or model.config.get("dim")
+                        or (_onnx_hidden(model.onnx_model.graph, vocab) if model.format == "onnx" else None)),
         "layers": layers,
         "config_vocab_size": model.config.get("vocab_size"),
         "tokenizer": None if tok is None else {
@@ -69,10 +72,43 @@ def describe(model: Model) -> dict[str, Any]:
         "pooling": model.st.pooling,
         "normalize": model.st.normalize,
         "state": state,
+        "provenance": provenance_chain(et),
     }
     if model.format == "onnx":
         out["onnx_ops"] = dict(sorted(ops.items(), key=lambda kv: -kv[1]))
     return out
+
+
+ATTENTION_OPS = ("Attention", "MultiHeadAttention", "GroupQueryAttention", "PackedAttention")
+NORM_OPS = ("LayerNormalization", "SkipLayerNormalization", "SimplifiedLayerNormalization",
+            "EmbedLayerNormalization", "SkipSimplifiedLayerNormalization")
+
+
+def _onnx_layers(graph) -> int:
+    """Transformer layers of an ONNX graph: its attention nodes (fused), else its Softmax nodes (one per
+    layer in an unfused export)."""
+    ops = [n.op_type for n in graph.node]
+    fused = sum(op in ATTENTION_OPS for op in ops)
+    return fused or ops.count("Softmax")
+
+
+def _onnx_hidden(graph, vocab) -> int | None:
+    """Hidden size of an ONNX graph: the length of its first layer norm's scale, else the embedding
+    table's width (a plain Gather table), else the last axis of a 3-D output."""
+    inits = {t.name: t for t in graph.initializer}
+    for n in graph.node:
+        if n.op_type in NORM_OPS:
+            for name in n.input[1:]:
+                t = inits.get(name)
+                if t is not None and len(t.dims) == 1 and t.dims[0] > 1:
+                    return int(t.dims[0])
+    if vocab and len(vocab[0].shape) == 2 and vocab[0].dtype in ("float32", "float16", "F32", "F16"):
+        return int(vocab[0].shape[1])
+    for o in graph.output:
+        dims = o.type.tensor_type.shape.dim
+        if len(dims) == 3 and dims[2].dim_value:
+            return int(dims[2].dim_value)
+    return None
 
 
 def _quant_state(model: Model, meta: dict, et: dict) -> Any:

@@ -167,17 +167,68 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
+# what does not change the output, or is identified otherwise (the input model by its fingerprint in "inputs")
+NOT_RECORDED = ("model", "output", "force", "threads", "quiet", "as_json")
+
+
 def provenance(command: str, args: dict[str, Any], inputs: dict[str, str], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The provenance record of an output: what identifies its inputs, not how they were typed. The model
+    is its fingerprint (in `inputs`); a file argument is its name and fingerprint (so `c.txt`, `./c.txt`
+    and `/abs/c.txt` give the same record); --threads and the output path are left out. So the same
+    inputs and flags give byte-identical outputs."""
     doc = {
         "tool": "embtool",
         "version": __version__,
         "command": command,
-        "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(args.items())},
+        "arguments": {k: _identity(v) for k, v in sorted(args.items()) if k not in NOT_RECORDED},
         "inputs": inputs,
     }
     if extra:
         doc.update(extra)
     return doc
+
+
+def _identity(v: Any) -> Any:
+    if isinstance(v, (list, tuple)):
+        return [_identity(x) for x in v]
+    if isinstance(v, (str, Path)) and str(v) not in ("", "-", "auto"):
+        p = Path(v)
+        try:
+            if p.is_file():
+                return {"file": p.name, "fingerprint": file_fingerprint(p)}
+            if p.is_dir():
+                return {"folder": p.resolve().name}
+        except OSError:
+            pass
+        return str(v)
+    return v
+
+
+def file_fingerprint(path: Path) -> str:
+    """A cheap identity of a file's content: sha256 over its size and its first and last MiB."""
+    import hashlib
+
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    h.update(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        if size > 2 << 20:
+            f.seek(size - (1 << 20))
+            h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+CHAIN_KEYS = ("command", "version", "arguments", "inputs")
+
+
+def provenance_chain(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The steps that made a model, oldest first, from its embtool.json: the recorded `chain` (which ends
+    with the last command), or for a record without one, its single last command."""
+    chain = doc.get("chain")
+    if isinstance(chain, list) and all(isinstance(s, dict) for s in chain):
+        return chain
+    return [{k: doc[k] for k in CHAIN_KEYS if k in doc}] if "command" in doc else []
 
 
 class OutputFolder:
@@ -217,9 +268,15 @@ class OutputFolder:
             raise
 
     def _write_manifest(self) -> None:
-        """Add the list of files (with sizes) to embtool.json: what lets a later --force replace this folder."""
+        """Complete embtool.json: the chain of commands that made this model (the input's chain, which the
+        job's record carries over from the input's embtool.json, plus this command) and the list of files
+        with their sizes (what lets a later --force replace this folder)."""
         prov = self.path / PROVENANCE
         doc = json.loads(prov.read_text(encoding="utf-8")) if prov.is_file() else {"tool": "embtool", "version": __version__}
+        if "command" in doc:
+            before = doc.get("chain") if isinstance(doc.get("chain"), list) else []
+            doc["chain"] = [*before, {k: doc[k] for k in CHAIN_KEYS if k in doc}]
+        doc.pop("files", None)
         doc["files"] = file_manifest(self.path)
         self.write_json(PROVENANCE, doc)
 
