@@ -2,7 +2,8 @@
 onnxruntime's quantizers) — never with embtool's. Each call prints one JSON object.
 
     python tools/bench_peers.py st-embed MODEL TEXTS THREADS BATCH
-    python tools/bench_peers.py faiss INDEX.npy QUERIES.npy K THREADS BLAS_THRESHOLD
+    python tools/bench_peers.py faiss INDEX.npy QUERIES.npy K THREADS BLAS_THRESHOLD [SINGLE [IDS_OUT.npy]]
+    python tools/bench_peers.py faiss-binary BITS.npy QUERY_BITS.npy K THREADS [SINGLE [IDS_OUT.npy]]
     python tools/bench_peers.py ort-dynamic MODEL.onnx OUT.onnx PER_CHANNEL
     python tools/bench_peers.py ort-nbits MODEL.onnx OUT.onnx BLOCK
     python tools/bench_peers.py ort-loop MODEL.onnx TOKENIZER.json TEXTS THREADS BATCH
@@ -33,7 +34,28 @@ def st_embed(model: str, texts: str, threads: str, batch: str) -> dict:
             "versions": {"torch": torch.__version__, "sentence_transformers": sentence_transformers.__version__}}
 
 
-def faiss_search(index: str, queries: str, k: str, threads: str, blas: str) -> dict:
+def _faiss_timed(ix, q, k: int, single: int, ids_out: str) -> dict:
+    """Search time of the whole query batch; with single = n > 0 also the median latency of n queries sent one
+    at a time (a user typing a search). The batch's ids go to ids_out when given."""
+    import numpy as np
+
+    t0 = time.perf_counter()
+    _, ids = ix.search(q, k)
+    out = {"search_s": time.perf_counter() - t0}
+    if ids_out:
+        np.save(ids_out, ids)
+    if single > 0:
+        lat = []
+        for r in range(min(single, len(q))):
+            t0 = time.perf_counter()
+            ix.search(q[r:r + 1], k)
+            lat.append(time.perf_counter() - t0)
+        out["single_p50_s"] = float(np.median(lat))
+    return out
+
+
+def faiss_search(index: str, queries: str, k: str, threads: str, blas: str, single: str = "0", ids_out: str = "") -> dict:
+    """IndexFlatIP over an .npy matrix loaded into RAM (loading is not timed)."""
     import faiss
     import numpy as np
 
@@ -44,9 +66,20 @@ def faiss_search(index: str, queries: str, k: str, threads: str, blas: str) -> d
     q = np.load(queries)
     ix = faiss.IndexFlatIP(X.shape[1])
     ix.add(X)
-    t0 = time.perf_counter()
-    ix.search(q, int(k))
-    return {"search_s": time.perf_counter() - t0, "version": faiss.__version__}
+    return {**_faiss_timed(ix, q, int(k), int(single), ids_out), "version": faiss.__version__}
+
+
+def faiss_binary(bits: str, query_bits: str, k: str, threads: str, single: str = "0", ids_out: str = "") -> dict:
+    """IndexBinaryFlat (exact Hamming) over packed sign bits [N, D/8] uint8 loaded into RAM."""
+    import faiss
+    import numpy as np
+
+    faiss.omp_set_num_threads(int(threads))
+    X = np.ascontiguousarray(np.load(bits))
+    q = np.ascontiguousarray(np.load(query_bits))
+    ix = faiss.IndexBinaryFlat(X.shape[1] * 8)
+    ix.add(X)
+    return {**_faiss_timed(ix, q, int(k), int(single), ids_out), "version": faiss.__version__}
 
 
 def ort_dynamic(src: str, dst: str, per_channel: str) -> dict:
@@ -103,5 +136,5 @@ def ort_loop(model: str, tokenizer: str, texts: str, threads: str, batch: str) -
 
 
 if __name__ == "__main__":
-    fn = {"st-embed": st_embed, "faiss": faiss_search, "ort-dynamic": ort_dynamic, "ort-nbits": ort_nbits, "ort-loop": ort_loop}[sys.argv[1]]
+    fn = {"st-embed": st_embed, "faiss": faiss_search, "faiss-binary": faiss_binary, "ort-dynamic": ort_dynamic, "ort-nbits": ort_nbits, "ort-loop": ort_loop}[sys.argv[1]]
     print(json.dumps(fn(*sys.argv[2:])))

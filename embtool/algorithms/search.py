@@ -366,22 +366,33 @@ def _widened_scores(q: np.ndarray, block: np.ndarray, metric: str, unit_rows: bo
         if block.shape[0] else np.zeros((q.shape[0], 0), np.float32)
 
 
+RESCORE_BYTES = 32 << 20  # candidate rows gathered at once while rescoring
+
+
 def rescore(q: np.ndarray, cand: np.ndarray, rows: Callable[[np.ndarray], np.ndarray], metric: str, k: int,
             unit_rows: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Re-rank candidate ids cand [Q, C] (local row numbers) with better vectors: rows(sorted ids) -> float32
-    [n, D]. Returns the best k by the exact metric (same tie rule), l2 as squared distances."""
+    """Re-rank candidate ids cand [Q, C] (local row numbers, distinct per query) with better vectors:
+    rows(sorted distinct ids) -> float32 [n, D]. Returns the best k by the exact metric (same tie rule), l2 as
+    squared distances. Queries are taken a few at a time, their candidates' rows read once, in id order."""
     qp = prepare_queries(q, metric)
-    out_s, out_i = [], []
-    for r in range(q.shape[0]):
-        ids = np.unique(cand[r])
-        s = block_scores(qp[r: r + 1], rows(ids), metric, unit_rows and metric != "dot")[0]
-        o = np.lexsort((ids, -s))[:k]
-        out_s.append(s[o])
-        out_i.append(ids[o])
-    s, i = np.stack(out_s).astype(np.float32), np.stack(out_i)
+    Q, C = cand.shape
+    unit = unit_rows and metric != "dot"
+    out_s = np.empty((Q, C), dtype=np.float32)
+    # queries per product: as many as RESCORE_BYTES of candidate rows allow (one product per chunk measured faster
+    # than a gather per query, though it scores every query of the chunk against the chunk's rows)
+    step = max(1, RESCORE_BYTES // max(1, 4 * C * (qp.shape[1] + 1)))
+    for q0 in range(0, Q, step):
+        q1 = min(Q, q0 + step)
+        uniq, inv = np.unique(cand[q0:q1], return_inverse=True)
+        inv = inv.reshape(q1 - q0, C)
+        R = np.asarray(rows(uniq), dtype=np.float32)
+        full = block_scores(qp[q0:q1], R, metric, unit)  # [q, U]: one product for the chunk's rows
+        out_s[q0:q1] = np.take_along_axis(full, inv, 1)
+    o = np.lexsort((cand, -out_s), axis=1)[:, :k]
+    s, i = np.take_along_axis(out_s, o, 1), np.take_along_axis(cand, o, 1)
     if metric == "l2":
         s = np.maximum(-s, 0)
-    return s, i
+    return s, i.astype(np.int64)
 
 
 def merge(results: list[tuple[np.ndarray, np.ndarray]], k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
