@@ -98,7 +98,8 @@ def test_quantize_output_and_inspect(tmp_path, tiny_bert):
     assert r.exit_code == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["bytes_after"] < 0.35 * s["bytes_before"] and 4 < s["bits_per_weight"] < 6
-    assert s["eval"]["texts"] == len(SENTENCES) and 0 < s["eval"]["cosine_mean"] <= 1
+    # 4 bits: close to the float model but not equal to it (measured 0.9926 with round-to-nearest, 0.999 with GPTQ)
+    assert s["eval"]["texts"] == len(SENTENCES) and 0.98 <= s["eval"]["cosine_mean"] < 0.99995
     f = SafetensorsFile(tmp_path / "q" / "model.safetensors")
     rec = json.loads(f.metadata["embtool_quantization"])
     assert rec["embeddings.word_embeddings"]["bits"] == 4
@@ -163,7 +164,14 @@ def test_mixed_precision_respects_budget_and_prefers_sensitive_tensors(tmp_path,
     assert r.exit_code == 0, r.stderr
     s = json.loads(r.stdout)
     mp = s["mixed_precision"]
-    assert mp["chosen_bytes"] <= mp["budget_bytes"]
+    # the budget holds in the written file (not only in the job's own report): packed codes, scales and zero
+    # points per quantized weight, the weights counted in the input model
+    from safetensors.numpy import load_file
+
+    out, src = load_file(str(tmp_path / "m" / "model.safetensors")), load_file(str(tiny_bert / "model.safetensors"))
+    q = sum(a.nbytes for k, a in out.items() if k.endswith((".qweight", ".scales", ".qzeros")))
+    n = sum(src[k[: -len(".qweight")] + ".weight"].size for k in out if k.endswith(".qweight"))
+    assert 4.5 <= 8 * q / n <= 5  # measured 4.93
     assert {row["bits"] for row in mp["per_tensor"]} <= {2, 4, 8}
     # a tensor the encoder never uses has zero sensitivity and gets the fewest bits... when there is one;
     # otherwise: the most sensitive tensor never gets fewer bits than the least sensitive one
@@ -213,7 +221,7 @@ def test_onnx_input_and_portable_output(tmp_path, tiny_model, portable):
     a = Encoder(open_model(tmp_path / "qo")).embed(SENTENCES)
     b = Encoder(open_model(tmp_path / "qs")).embed(SENTENCES)
     assert np.min(np.sum(a * b, 1)) >= 0.9999  # ONNX input and safetensors input quantize alike
-    assert np.min(np.sum(a * ref, 1)) > 0.5
+    assert np.min(np.sum(a * ref, 1)) > 0.97  # 4 bits (measured 0.984-0.992 across the tiny models)
     for folder in ("qo", "qs"):
         nodes = onnx.load(str(tmp_path / folder / "model.onnx")).graph.node
         domains = {n.domain or "" for n in nodes}
