@@ -134,6 +134,11 @@ def test_trim_vocab_keeps_tokenization(name, tmp_path):
         assert set(ByteLevel.alphabet()) <= set(ta.get_vocab())
         odd = "Zürich 🙂 ∑ 日本"
         assert ta.decode(ta.encode(odd).ids).strip() == odd
+        tj = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+        vocab = tj["vocab"]
+        for merge in tj["merges"]:  # merges closure: every merge's parts and result are kept tokens
+            left, right = merge.split(" ") if isinstance(merge, str) else merge
+            assert left in vocab and right in vocab and left + right in vocab, merge
     lines = train[:12]
     _assert_close(_embed(out, lines), _embed(ARCH / name, lines), f"{name} trimmed vs original")
     if name == "qwen3-untied":  # the LM head keeps the rows of the kept tokens, in order
@@ -163,6 +168,29 @@ def test_factorize_runs_and_reports(name, tmp_path):
     ev = json.loads(r.stdout)["eval"]
     assert ev["cosine_min"] > 0.9999, ev  # rank = hidden size: lossless up to float error
     _assert_close(_embed(tmp_path / "f", _texts(name)), _ref(name)["vectors"], f"{name} factorized at full rank")
+
+
+@pytest.mark.parametrize("name,target", [("modernbert", "qwen3"), ("nomic_bert", "gte"), ("gte", "nomic_bert"),
+                                         ("qwen3", "modernbert"), ("qwen3-untied", "modernbert")])
+def test_init_subwords_runs(name, target, tmp_path):
+    """A new tokenizer (another fixture's): the output's tables, config and tokenizer agree and it embeds; between
+    two byte-level BPE vocabularies (same token spelling) shared tokens keep their rows, the untied LM head's too."""
+    out = tmp_path / "init"
+    r = run_cli(["init-subwords", ARCH / name, "--tokenizer", ARCH / target / "tokenizer.json", "-o", out, "--quiet"])
+    assert r.exit_code == 0, r.stderr
+    src, new = open_model(ARCH / name), open_model(out)
+    ts, tn = src.tokenizer.runtime(), new.tokenizer.runtime()
+    V = tn.get_vocab_size()
+    tables = [v for v in ("model.embed_tokens.weight", "lm_head.weight", "embeddings.tok_embeddings.weight",
+                          "embeddings.word_embeddings.weight") if v in src.weights]
+    same_scheme = {name.split("-")[0], target} == {"qwen3", "modernbert"}
+    shared = [t for t in tn.get_vocab() if ts.token_to_id(t) is not None and len(t) > 2][:20] if same_scheme else []
+    assert shared or not same_scheme
+    for name_t in tables:
+        assert new.weights.info(name_t).shape[0] == V == new.config["vocab_size"]
+        for t in shared:
+            np.testing.assert_array_equal(new.weights.get(name_t)[tn.token_to_id(t)], src.weights.get(name_t)[ts.token_to_id(t)])
+    assert np.isfinite(_embed(out, _texts(name)[:4])).all()
 
 
 @pytest.mark.parametrize("name,change,words", [
