@@ -170,6 +170,39 @@ def test_factorize_runs_and_reports(name, tmp_path):
     _assert_close(_embed(tmp_path / "f", _texts(name)), _ref(name)["vectors"], f"{name} factorized at full rank")
 
 
+# config.json as the hub's checkpoints write it (transformers 4.x keys, the remote-code configs), and Qwen3-Embedding's
+# own layout (Qwen3Model weights without the "model." prefix, no LM head)
+HUB_CONFIGS = {
+    "modernbert": ({"global_attn_every_n_layers": 2, "global_rope_theta": 160000.0, "local_rope_theta": 10000.0},
+                   ("layer_types", "rope_parameters")),
+    "nomic_bert": ({"n_embd": 64, "n_head": 4, "n_layer": 2, "n_inner": 96, "rotary_emb_base": 1000.0, "rotary_emb_fraction": 1.0,
+                    "rotary_emb_interleaved": False, "layer_norm_epsilon": 1e-12, "activation_function": "swiglu",
+                    "prenorm": False, "causal": False},
+                   ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size", "rope_parameters",
+                    "layer_norm_eps", "hidden_act", "head_dim")),
+    "gte": ({"model_type": "new", "rope_theta": 160000.0, "rope_scaling": None, "layer_norm_type": "layer_norm",
+             "position_embedding_type": "rope", "logn_attention_scale": False}, ("rope_parameters",)),
+    "qwen3": ({"rope_theta": 1000000.0, "rope_scaling": None, "architectures": ["Qwen3Model"]}, ("layer_types", "rope_parameters")),
+}
+
+
+@pytest.mark.parametrize("name", list(HUB_CONFIGS))
+def test_hub_config_spellings(name, tmp_path):
+    d = tmp_path / name
+    shutil.copytree(ARCH / name, d)
+    add, drop = HUB_CONFIGS[name]
+    cfg = json.loads((d / "config.json").read_text())
+    cfg = {**{k: v for k, v in cfg.items() if k not in drop}, **add}
+    (d / "config.json").write_text(json.dumps(cfg))
+    if name == "qwen3":
+        from safetensors.numpy import load_file, save_file
+
+        w = load_file(d / "model.safetensors")
+        save_file({k.removeprefix("model."): v for k, v in w.items() if k != "lm_head.weight"}, d / "model.safetensors",
+                  metadata={"format": "pt"})
+    _assert_close(_embed(d, _texts(name)), _ref(name)["vectors"], f"{name} with the hub's config spelling")
+
+
 @pytest.mark.parametrize("name,target", [("modernbert", "qwen3"), ("nomic_bert", "gte"), ("gte", "nomic_bert"),
                                          ("qwen3", "modernbert"), ("qwen3-untied", "modernbert")])
 def test_init_subwords_runs(name, target, tmp_path):
@@ -198,6 +231,9 @@ def test_init_subwords_runs(name, target, tmp_path):
                                         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}, "rotary scaling"),
     ("qwen3", {"use_sliding_window": True, "sliding_window": 4}, "sliding-window"),
     ("nomic_bert", {"rotary_emb_fraction": 0.5}, "partial or interleaved rotary"),
+    ("nomic_bert", {"prenorm": True}, "prenorm"),
+    ("gte", {"model_type": "new", "rope_scaling": {"type": "ntk", "factor": 2.0}}, "rotary scaling"),
+    ("gte", {"logn_attention_scale": True}, "logn attention"),
 ])
 def test_unsupported_variants_refused(name, change, words, tmp_path):
     d = tmp_path / name

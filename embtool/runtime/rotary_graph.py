@@ -30,7 +30,6 @@ from embtool.core.model import Model
 from embtool.runtime.bert_graph import (MS_OPSET, OPSET, BuiltGraph, GraphBuilder, WeightSource, _activation,
                                         _embedding, _linear)
 
-ROTARY_TYPES = ("modernbert", "nomic_bert", "gte", "qwen3")
 
 
 @dataclass(frozen=True)
@@ -75,6 +74,7 @@ QWEN3 = Family("qwen3", "embed_tokens", "layers.{i}.", "input_layernorm", "post_
                qk_norm=("self_attn.q_norm", "self_attn.k_norm"), mlp_gate="mlp.gate_proj", mlp_up="mlp.up_proj",
                final_norm="norm", rms=True, causal=True)
 FAMILIES = {f.model_type: f for f in (MODERNBERT, NOMIC, GTE, QWEN3)}
+FAMILIES["new"] = GTE  # Alibaba's remote-code model_type for the same weights (gte-*-v1.5, gte-multilingual)
 
 
 @dataclass
@@ -135,9 +135,16 @@ def detect_rotary(model: Model) -> RotaryArch:
         raise CorruptFile(f"{where}: hidden size {hidden} is not heads {heads} x head_dim {head_dim}")
     if kv_heads <= 0 or heads % kv_heads or head_dim % 2:
         raise CorruptFile(f"{where}: {heads} attention heads cannot share {kv_heads} key/value heads of size {head_dim}")
-    if mt == "nomic_bert":
+    if mt == "nomic_bert":  # the hub's own config keys (n_embd, rotary_emb_base, ...) read as well
         if float(cfg.get("rotary_emb_fraction", 1.0)) != 1.0 or cfg.get("rotary_emb_interleaved"):
             raise Unsupported(f"{where}: partial or interleaved rotary embeddings are not supported")
+        if cfg.get("prenorm") or cfg.get("causal"):
+            raise Unsupported(f"{where}: NomicBERT with prenorm or causal attention is not supported")
+    if mt in ("gte", "new"):  # the remote-code "new" config: only its plain rotary, LayerNorm form
+        if cfg.get("logn_attention_scale") or str(cfg.get("layer_norm_type", "layer_norm")) != "layer_norm" \
+                or str(cfg.get("position_embedding_type", "rope")) != "rope":
+            raise Unsupported(f"{where}: GTE with logn attention scaling, {cfg.get('layer_norm_type')} or "
+                              f"{cfg.get('position_embedding_type')} positions is not supported")
     windows: list[int | None] = [None] * layers
     if mt == "modernbert":
         types = cfg.get("layer_types") or ["sliding_attention" if i % int(cfg.get("global_attn_every_n_layers", 3))
