@@ -35,7 +35,10 @@ def _texts_around_the_budget(budget: int) -> list[str]:
         out.append(" ".join(words[start:start + n]))
     # no whitespace for a long stretch, long words ([UNK] in WordPiece), punctuation-only runs, CJK without spaces
     out += ["x" * (3 * budget), "ab," * budget, "word " * 3 + "y" * (2 * budget) + " tail " * 50, "漢字かな" * budget,
-            "a" * (budget - 3) + " b c d e f g" * 30, ("élan " * budget)[: budget + 1]]
+            "a" * (budget - 3) + " b c d e f g" * 30, ("élan " * budget)[: budget + 1],
+            # the cut falls inside a word longer than WordPiece's 100 characters: whole, it is one [UNK]; cut, it
+            # would be pieces, so the cut must widen
+            "y" * 101 + " " + ("qzxwvkjb" * budget)[:budget] + " tail"]
     return out
 
 
