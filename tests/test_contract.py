@@ -496,3 +496,77 @@ def test_inspect_reads_an_onnx_graph_without_config(tmp_path, tiny_bert, portabl
 def test_inspect_reads_real_onnx_graphs(real, name, layers):
     d = json.loads(run_cli(["inspect", getattr(real, name)(), "--json"]).stdout)
     assert (d["hidden_size"], d["layers"], d["embedding_rows"]) == (384, layers, 30522), d
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. side effects
+# ----------------------------------------------------------------------------------------------
+
+def test_no_telemetry_files_and_no_onnxruntime_noise(tmp_path, tiny_bert):
+    home = tmp_path / "home"
+    home.mkdir()
+    for args in (["--version"], ["embed", tiny_bert, "a text"], ["inspect", tiny_bert]):
+        r = _bash(" ".join(["embtool", *map(shlex.quote, map(str, args))]), tmp_path, {"HOME": str(home)})
+        assert r.returncode == 0, r.stderr
+        assert r.stderr == "" and list(home.rglob("*")) == [], (args, r.stderr, list(home.rglob("*")))
+    # a HOME nobody can write to (not even root): onnxruntime would warn in colour that it cannot persist its id
+    r = _bash(f"embtool embed {tiny_bert} 'a text' --quiet", tmp_path, {"HOME": "/proc/self/fdinfo"})
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+def test_version_does_not_load_onnxruntime():
+    code = ("import sys; sys.argv = ['embtool', '--version']\n"
+            "from embtool.cli.main import main\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('loaded' if 'onnxruntime' in sys.modules else 'not loaded')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.stdout.splitlines() == [r.stdout.splitlines()[0], "not loaded"] and "onnxruntime 1." in r.stdout, r.stdout
+
+
+def test_threads_follow_omp_num_threads_unless_given(monkeypatch):
+    from embtool.runtime import encoder
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert encoder.resolve_threads(0) == 3 and encoder.resolve_threads(2) == 2
+    assert encoder.session_options(0).intra_op_num_threads == 3 and encoder._ORT_QUIET
+    assert encoder.session_options(1).intra_op_num_threads == 1
+    for bad in ("", "abc", "0", "-2"):
+        monkeypatch.setenv("OMP_NUM_THREADS", bad)
+        assert encoder.resolve_threads(0) == 0  # onnxruntime's default: all cores
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert encoder.session_options(0).intra_op_num_threads == 0
+
+
+def test_man_pages_are_installed_with_the_package():
+    import tomllib
+
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    globs = cfg["tool"]["setuptools"]["data-files"]["share/man/man1"]
+    shipped = {p for g in globs for p in ROOT.glob(g)}
+    assert shipped == set((ROOT / "man").glob("*.1")) and len(shipped) >= 11
+
+
+def test_compressed_corpora(tmp_path, tiny_bert):
+    import gzip
+
+    from conftest import corpus_lines
+
+    text = "\n".join(corpus_lines("en", 200)) + "\n"
+    (tmp_path / "c.txt").write_text(text)
+    (tmp_path / "c.txt.gz").write_bytes(gzip.compress(text.encode()))
+    (tmp_path / "gz-named.txt").write_bytes(gzip.compress(text.encode()))  # known by its magic bytes, not its name
+    runs = {}
+    for name in ("c.txt", "c.txt.gz", "gz-named.txt"):
+        r = run_cli(["trim-vocab", tiny_bert, "-c", tmp_path / name, "--dry-run", "--json"])
+        assert r.exit_code == 0, r.output
+        s = json.loads(r.stdout)
+        runs[name] = (s["vocab_after"], s["corpus_lines"])
+    assert len(set(runs.values())) == 1 and runs["c.txt"][1] == 200
+    r = run_cli(["embed", tiny_bert, "-i", "-"], input=gzip.compress(b"one\ntwo\n"))
+    assert r.exit_code == 0 and [json.loads(x)["text"] for x in r.stdout.splitlines()] == ["one", "two"]
+    (tmp_path / "z.txt.zst").write_bytes(b"\x28\xb5\x2f\xfd" + b"\0" * 20)
+    r = run_cli(["trim-vocab", tiny_bert, "-c", tmp_path / "z.txt.zst", "--dry-run"])
+    assert r.exit_code == 1 and "zstd-compressed: decompress it first" in r.stderr and r.stderr.count("\n") == 1
+    (tmp_path / "bad.gz").write_bytes(gzip.compress(text.encode())[:300])
+    r = run_cli(["trim-vocab", tiny_bert, "-c", tmp_path / "bad.gz", "--dry-run"])
+    assert r.exit_code == 1 and "damaged gzip data" in r.stderr and r.stderr.count("\n") == 1, r.stderr

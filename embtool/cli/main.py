@@ -14,13 +14,18 @@ from embtool.core.errors import EmbtoolError
 
 
 def _versions() -> str:
-    import numpy
-    import onnx
-    import onnxruntime
-    import tokenizers
+    """Versions from the installed packages' metadata: nothing is imported (onnxruntime would start its
+    telemetry and allocate its thread pools just to print a number)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return (f"embtool {__version__} (python {sys.version.split()[0]}, numpy {numpy.__version__}, "
-            f"onnxruntime {onnxruntime.__version__}, tokenizers {tokenizers.__version__}, onnx {onnx.__version__})")
+    def v(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return (f"embtool {__version__} (python {sys.version.split()[0]}, numpy {v('numpy')}, "
+            f"onnxruntime {v('onnxruntime')}, tokenizers {v('tokenizers')}, onnx {v('onnx')})")
 
 
 def _print_version(ctx, _param, value) -> None:
@@ -148,6 +153,10 @@ def _on_sigterm(signum, frame):
 
 def main() -> None:
     import signal
+
+    # the CLI owns its process: onnxruntime writes a telemetry device id under ~/.cache/Microsoft when it
+    # loads unless this is set (an explicit ORT_DISABLE_TELEMETRY=0 is respected)
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:

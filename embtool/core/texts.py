@@ -6,8 +6,11 @@ goes through `iter_texts`, so errors read the same everywhere: file, line, what 
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import sys
+import zlib
 from pathlib import Path
 from typing import BinaryIO, Iterable, Iterator
 
@@ -30,9 +33,27 @@ def numbered_lines(stream: BinaryIO, name: str) -> Iterator[tuple[int, str]]:
         yield no, line
 
 
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def _uncompressed(stream: BinaryIO, name: str) -> BinaryIO:
+    """The stream itself, or a streamed gzip decoder over it when it starts with gzip's magic bytes
+    (whatever the file is called); zstd, which the standard library cannot read, is named."""
+    if not hasattr(stream, "peek"):
+        stream = io.BufferedReader(stream)  # e.g. a BytesIO standing in for stdin
+    head = stream.peek(4)[:4]
+    if head.startswith(GZIP_MAGIC):
+        return gzip.GzipFile(fileobj=stream, mode="rb")
+    if head.startswith(ZSTD_MAGIC):
+        raise InputError(f"{name}: zstd-compressed: decompress it first (zstd -d {name})")
+    return stream
+
+
 def iter_file(path: str, field: str | None = None, skip_empty: bool = False) -> Iterator[str]:
-    """Texts of one file ('-' = stdin). JSONL when `field` is given or the name ends in .jsonl."""
-    jsonl = field is not None or path.endswith(".jsonl")
+    """Texts of one file ('-' = stdin), gzip-compressed or not. JSONL when `field` is given or the name ends
+    in .jsonl (or .jsonl.gz)."""
+    jsonl = field is not None or path.endswith((".jsonl", ".jsonl.gz"))
     key = field or "text"
     if path == "-":
         stream: BinaryIO = sys.stdin.buffer
@@ -51,7 +72,7 @@ def iter_file(path: str, field: str | None = None, skip_empty: bool = False) -> 
         name = path
         close = True
     try:
-        for no, line in numbered_lines(stream, name):
+        for no, line in numbered_lines(_uncompressed(stream, name), name):
             if jsonl:
                 if not line.strip():
                     continue
@@ -71,6 +92,8 @@ def iter_file(path: str, field: str | None = None, skip_empty: bool = False) -> 
                 if skip_empty and not line.strip():
                     continue
                 yield line
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise InputError(f"{name}: damaged gzip data ({e or 'truncated'})") from None
     finally:
         if close:
             stream.close()

@@ -59,7 +59,25 @@ def resolve_threads(threads: int) -> int:
     return int(env) if env.isdigit() and int(env) > 0 else 0
 
 
+_ORT_QUIET = False
+
+
+def quiet_onnxruntime() -> None:
+    """Before the first session: onnxruntime's telemetry off and its default logger at error level, so that
+    it writes nothing about this process and prints no warnings of its own past --quiet (a read-only HOME,
+    graph optimizer notes). The CLI also sets ORT_DISABLE_TELEMETRY=1 before onnxruntime loads: loading
+    it writes a device id under ~/.cache/Microsoft otherwise."""
+    global _ORT_QUIET
+    if _ORT_QUIET:
+        return
+    if hasattr(ort, "disable_telemetry_events"):
+        ort.disable_telemetry_events()
+    ort.set_default_logger_severity(3)
+    _ORT_QUIET = True
+
+
 def session_options(threads: int) -> ort.SessionOptions:
+    quiet_onnxruntime()
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.intra_op_num_threads = resolve_threads(threads)
