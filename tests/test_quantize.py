@@ -290,3 +290,24 @@ def test_onnx_output_stores_fp16_embedding_scales(tmp_path, tiny_bert):
     g = onnx.load(str(tmp_path / "oi" / "model.onnx")).graph
     gbq = next(n for n in g.node if n.op_type == "GatherBlockQuantized")
     assert {t.name: t for t in g.initializer}[gbq.input[2]].data_type == TensorProto.FLOAT16
+
+
+def test_mixed_plan_is_measured_and_never_worse_than_uniform(tmp_path, tiny_bert):
+    """Measured damage (default): the table records each tensor's measured loss; the plan is checked against
+    the uniform width that fits the budget; the token table may take a coarser group; the written model's
+    record matches the plan and onnxruntime runs it exactly like its dequantized copy."""
+    r = run_cli(["quantize", tiny_bert, "--bits", "2,4,8", "--target-bits", "5.5", "--group-size", "16", "-o", tmp_path / "m", "--json"])
+    assert r.exit_code == 0, r.stderr
+    mp = json.loads(r.stdout)["mixed_precision"]
+    assert mp["sensitivity"] == "measured" and all(row["omega"] is None for row in mp["per_tensor"])
+    u = mp["uniform_check"]
+    assert u["bits"] == 4 and u["chose"] in ("mixed", "uniform") and (u["chose"] == "uniform") == (u["uniform_loss"] <= u["mixed_loss"])
+    rec = json.loads(SafetensorsFile(tmp_path / "m" / "model.safetensors").metadata["embtool_quantization"])
+    for row in mp["per_tensor"]:
+        base = row["tensor"][: -len(".weight")]
+        assert rec[base]["bits"] == row["bits"] and rec[base]["group_size"] == row["group_size"]
+        assert row["group_size"] == 16 or (row["tensor"] == "embeddings.word_embeddings.weight" and row["group_size"] == 32)
+    _dequantized_copy(tmp_path / "m", tmp_path / "deq")
+    a = Encoder(open_model(tmp_path / "m")).embed(SENTENCES)
+    b = Encoder(open_model(tmp_path / "deq")).embed(SENTENCES)
+    assert np.min(np.sum(a * b, 1)) >= 0.99999

@@ -40,6 +40,7 @@ from embtool.core.calibration import CALIB_SENTENCES, calibration_texts  # noqa:
 from embtool.core.errors import InputError
 from embtool.core.model import Model
 
+EMB_COARSE_GROUPS = (128, 64, 32)  # the token table's alternative group size in mixed precision: the first that fits
 SIGMA_REL = 0.05  # probe size relative to the tensor's RMS (the scale of 4-bit quantization noise)
 
 
@@ -212,9 +213,13 @@ def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
     omega: dict[str, float | None] = {}
     stderr: dict[str, float | None] = {}
     counts = probe.token_counts
-    costs = np.zeros((len(names), len(bits)))
-    errs = np.zeros((len(names), len(bits)))
-    damages = np.zeros((len(names), len(bits)))
+    # options: every width at --group-size; the token table may also take a coarser group (its rows are
+    # insensitive: fewer scale bytes there pay for wider linear layers). Other tensors repeat their own options.
+    coarse = next((g for g in EMB_COARSE_GROUPS if emb is not None and g > req.group_size and ws.info(emb).shape[1] % g == 0), None)
+    options = [(b, req.group_size) for b in bits] + ([(b, coarse) for b in bits if b < 8] if coarse else [])
+    costs = np.zeros((len(names), len(options)))
+    errs = np.zeros((len(names), len(options)))
+    damages = np.zeros((len(names), len(options)))
     cache: dict[tuple[str, int], Any] = {}
     for i, k in enumerate(names):
         W = ws.get(k)
@@ -229,30 +234,33 @@ def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
             alpha = 1.0
             used = c > 0
             rows_w = (c + alpha) / (c[used].mean() + alpha) if used.any() else np.ones(W.shape[0])
-        for j, b in enumerate(bits):
-            q = QA.quantize_matrix(W, b, req.group_size, req.symmetric, grams.get(k))
-            cache[(k, b)] = q
+        for j, (b, g) in enumerate(options):
+            if g != req.group_size and k != emb:  # only the token table takes the coarse group
+                j0 = bits.index(b)
+                cache[(k, j)], costs[i, j], errs[i, j], damages[i, j] = cache[(k, j0)], costs[i, j0], errs[i, j0], damages[i, j0]
+                continue
+            q = QA.quantize_matrix(W, b, g, req.symmetric, grams.get(k))
+            cache[(k, j)] = q
             if k in grams:
                 errs[i, j] = QA.weighted_error(W, q, grams[k])
             else:
                 d = q.dequantize() - np.asarray(W, np.float32)
                 per_row = np.einsum("ij,ij->i", d, d, dtype=np.float64)
                 errs[i, j] = float((per_row * rows_w).sum()) if rows_w is not None else float(per_row.sum())
-            costs[i, j] = QA.stored_bytes(W.shape[0], W.shape[1], b, req.group_size, req.symmetric)
+            costs[i, j] = QA.stored_bytes(W.shape[0], W.shape[1], b, g, req.symmetric)
             # measured: the real loss of the pooled embedding with this tensor alone at b bits
             damages[i, j] = probe.measured_damage(k, q.dequantize()) if measured else 0.5 * omega[k] * errs[i, j]
         if progress is not None:
             progress.update(1)
     picks, chosen, total_damage = knapsack.solve(costs, damages, budget)  # feasible: checked by mixed_budget
-    plan = {k: bits[int(p)] for k, p in zip(names, picks)}
-    guard = _uniform_guard(probe, names, bits, costs, budget, plan, cache)
+    guard = _uniform_guard(probe, names, bits, costs, budget, picks, cache)
     if guard is not None and guard["chose"] == "uniform":
-        plan = {k: guard["bits"] for k in names}
         picks = np.full(len(names), bits.index(guard["bits"]))
         chosen, total_damage = float(costs[:, picks[0]].sum()), float(damages[:, picks[0]].sum())
-    report_cache = {k: cache[(k, plan[k])] for k in names}  # the chosen quantizations, reused for the output
+    plan = {k: options[int(p)][0] for k, p in zip(names, picks)}
+    report_cache = {k: cache[(k, int(p))] for k, p in zip(names, picks)}  # the chosen quantizations, reused for the output
     cache.clear()
-    table = [{"tensor": k, "omega": omega[k], "omega_stderr": stderr[k], "bits": plan[k],
+    table = [{"tensor": k, "omega": omega[k], "omega_stderr": stderr[k], "bits": plan[k], "group_size": report_cache[k].group_size,
               "rel_error": errs[i, int(picks[i])] / max(float((np.asarray(ws.get(k), np.float64) ** 2).sum()), 1e-30),
               "predicted_damage": float(damages[i, int(picks[i])]), "bytes": int(costs[i, int(picks[i])])}
              for i, k in enumerate(names)]
@@ -262,17 +270,18 @@ def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
     return plan, report, report_cache
 
 
-def _uniform_guard(probe: SensitivityProbe, names, bits, costs, budget, plan, cache) -> dict[str, Any] | None:
+def _uniform_guard(probe: SensitivityProbe, names, bits, costs, budget, picks, cache) -> dict[str, Any] | None:
     """A mixed plan must not lose more than the uniform model that fits the same budget: measure both
     (all tensors replaced at once, on the calibration texts) and keep the better. None when no uniform
     width fits, or when the plan is already uniform."""
-    fits = [j for j in range(len(bits)) if costs[:, j].sum() <= budget]
+    fits = [j for j in range(len(bits)) if costs[:, j].sum() <= budget]  # the uniform options (--group-size)
     if not fits:
         return None
-    ub = bits[max(fits)]
-    if all(plan[k] == ub for k in names):
+    ju = max(fits)
+    ub = bits[ju]
+    if all(int(p) == ju for p in picks):
         return None
-    mixed_loss = probe.loss_with({k: cache[(k, plan[k])].dequantize() for k in names})
-    uniform_loss = probe.loss_with({k: cache[(k, ub)].dequantize() for k in names})
+    mixed_loss = probe.loss_with({k: cache[(k, int(p))].dequantize() for k, p in zip(names, picks)})
+    uniform_loss = probe.loss_with({k: cache[(k, ju)].dequantize() for k in names})
     return {"bits": ub, "uniform_loss": uniform_loss, "mixed_loss": mixed_loss,
             "chose": "uniform" if uniform_loss <= mixed_loss else "mixed"}

@@ -27,7 +27,9 @@ from embtool.core.model_out import (copy_unchanged, metadata_json, updated_confi
 from embtool.core.writer import OutputFolder, provenance
 from embtool.jobs.fidelity import OutputRequest, evaluate_output
 
-SKIP = re.compile(r"(LayerNorm|layer_norm|layernorm|norm\.|position_embeddings|token_type_embeddings|position_ids|relative_attention_bias)")  # tables kept in float
+METHODS = ("auto", "rtn", "gptq")
+GPTQ_TEXTS = 256  # calibration lines read for GPTQ's input statistics
+SKIP = re.compile(r"(LayerNorm|layer_norm|layernorm|norm\.|position_embeddings|token_type_embeddings|position_ids)")
 
 
 @dataclass
@@ -37,7 +39,8 @@ class QuantRequest(OutputRequest):
     bits: list[int] = field(default_factory=lambda: [4])
     group_size: int = 32
     symmetric: bool = False
-    method: str = "rtn"  # "rtn" | "gptq" (linear layers; the embedding table is always round-to-nearest)
+    method: str = "auto"  # "auto" (gptq when the model has a tokenizer, else rtn) | "rtn" | "gptq" (linear layers;
+    # the embedding table is always round-to-nearest). GPTQ's statistics come from --calib, else the built-in sample
     include: str | None = None
     exclude: str | None = None
     embeddings_only: bool = False
@@ -48,6 +51,7 @@ class QuantRequest(OutputRequest):
     max_size: int | None = None
     calib: str | None = None
     probes: int = 2
+    sensitivity: str = "measured"  # "measured" (loss of the pooled embedding per tensor and width) | "hessian"
     seed: int = 0
     sensitivity_only: bool = False
     plan: dict[str, int] | None = None  # explicit bits per tensor (API only: used by the benchmarks' baselines)
@@ -91,13 +95,6 @@ def select_tensors(m: Model, req: QuantRequest) -> tuple[list[str], str | None]:
     return names, emb
 
 
-def quantize_one(W: np.ndarray, bits: int, group_size: int, symmetric: bool, H: np.ndarray | None) -> QA.QTensor:
-    """GPTQ when the layer's input Gram matrix is known, else round-to-nearest."""
-    if H is not None:
-        return QA.gptq(W, H, bits, group_size, symmetric)
-    return QA.quantize(W, bits, group_size, symmetric)
-
-
 def quantized_tensors(m: Model, plan: dict[str, int], group_size: int, symmetric: bool, grams: dict | None = None,
                       done: dict | None = None) -> tuple[dict, dict, list]:
     """(tensors for the output file, quantization record, per-tensor rows). `done`: tensors already
@@ -114,13 +111,13 @@ def quantized_tensors(m: Model, plan: dict[str, int], group_size: int, symmetric
             continue
         W = ws.get(k)
         bits = plan[k]
-        q = done[k] if k in done else quantize_one(W, bits, group_size, symmetric, grams.get(k))
+        q = done[k] if k in done else QA.quantize_matrix(W, bits, group_size, symmetric, grams.get(k))
         base = qbase(k)
         out[base + ".qweight"] = QA.pack(q.codes, bits)
         out[base + ".scales"] = q.scales
         if q.zeros is not None:
             out[base + ".qzeros"] = QA.pack(q.zeros, bits)
-        record[base] = {"bits": bits, "group_size": group_size, "shape": list(W.shape), "symmetric": symmetric,
+        record[base] = {"bits": bits, "group_size": q.group_size, "shape": list(W.shape), "symmetric": symmetric,
                         "method": "gptq" if k in grams else "rtn"}
         err = QA.quant_error(W, q)
         rows.append({"tensor": k, "bits": bits, "shape": list(W.shape), "bytes_before": ws.info(k).nbytes,
@@ -135,23 +132,36 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
             raise InputError(f"--bits {b} is not supported (supported: {', '.join(map(str, QA.BITS))})")
     if req.fmt == "onnx" and any(b not in QA.RUNNABLE_BITS for b in req.bits):
         say("3-bit codes run in onnxruntime as 4-bit codes; the ONNX file stores them as 4-bit")
-    m = open_model(req.model, need_tokenizer=bool(req.eval_file or req.calib or req.target_bits or req.max_size))
+    if req.method not in METHODS:
+        raise InputError(f"unknown --method {req.method!r} (choose {', '.join(METHODS)})")
+    m = open_model(req.model, need_tokenizer=bool(req.eval_file or req.calib or req.target_bits or req.max_size
+                                                  or req.method == "gptq"))
     if req.portable and req.fmt != "onnx" and m.format != "onnx":
         raise InputError("--portable describes an ONNX output: add --format onnx")
     if m.format == "onnx":
         return _run_quantize_onnx(m, req, t0)
     names, emb = select_tensors(m, req)
     ws = m.weights
-    grams = None
-    if req.method == "gptq":
-        from embtool.jobs.calibrate import gram_matrices
-        from embtool.jobs.mixed import calibration_texts
+    if req.target_bits is not None or req.max_size is not None:
+        from embtool.jobs.mixed import mixed_budget
 
-        texts = calibration_texts(req.calib, limit=256)
+        mixed_budget(m, names, req)  # an infeasible budget fails before any calibration work
+    grams = None
+    method = req.method
+    if method == "auto":  # use calibration text when there is any: the user's, else the built-in sample
+        method = "gptq" if m.tokenizer is not None and any(k != emb for k in names) else "rtn"
+    if method == "gptq":
+        from embtool.core.calibration import calibration_texts
+        from embtool.jobs.calibrate import gram_matrices
+
+        texts = calibration_texts(req.calib, limit=GPTQ_TEXTS, builtin="corpus")
         grams, n_tok = gram_matrices(m, [k for k in names if k != emb], texts, req.threads)
-        say(f"gptq: input statistics of {len(grams)} linear layers from {n_tok} calibration tokens")
+        say(f"gptq: input statistics of {len(grams)} linear layers from {n_tok} tokens of "
+            f"{'--calib' if req.calib else 'the built-in calibration sample'}")
+    elif req.calib and not (req.target_bits or req.max_size or req.sensitivity_only):
+        say("--calib is not used by --method rtn")
     summary: dict[str, Any] = {"model": req.model, "output": req.output, "group_size": req.group_size,
-                               "symmetric": req.symmetric, "method": req.method, "format": req.fmt}
+                               "symmetric": req.symmetric, "method": method, "format": req.fmt}
     if req.plan is not None:
         plan, done = {k: int(req.plan.get(k, req.bits[0])) for k in names}, {}
     elif req.target_bits is not None or req.max_size is not None or req.sensitivity_only:
@@ -247,7 +257,7 @@ def quantize_onnx_graph(m: Model, req: QuantRequest) -> tuple[Any, list[dict], s
 
     from embtool.core.model import onnx_embedding_gather
 
-    if len(req.bits) != 1 or req.target_bits is not None or req.max_size is not None or req.method != "rtn":
+    if len(req.bits) != 1 or req.target_bits is not None or req.max_size is not None or req.method == "gptq":
         raise Unsupported("an ONNX input is quantized with uniform bits and round-to-nearest only; for mixed precision "
                           "or GPTQ quantize the safetensors model and write ONNX with --format onnx")
     bits, g, sym = req.bits[0], req.group_size, req.symmetric
@@ -318,14 +328,16 @@ def quantize_onnx_graph(m: Model, req: QuantRequest) -> tuple[Any, list[dict], s
                 dq, wname = dq_nodes(q, emb_name)
                 out_nodes += dq + [helper.make_node("Gather", [wname, n.input[1]], list(n.output), name=n.name)]
             else:
-                ins = [emb_name + ".qweight", n.input[1], emb_name + ".scales_f32"]
+                ins = [emb_name + ".qweight", n.input[1], emb_name + ".scales"]
                 new_inits.append(numpy_helper.from_array(QA.pack(q.codes, bits), emb_name + ".qweight"))
-                new_inits.append(numpy_helper.from_array(q.scales.astype(np.float32), emb_name + ".scales_f32"))
+                new_inits.append(numpy_helper.from_array(q.scales, emb_name + ".scales"))  # fp16, as stored
                 if q.zeros is not None:
                     new_inits.append(numpy_helper.from_array(QA.pack(q.zeros, bits), emb_name + ".zp"))
                     ins.append(emb_name + ".zp")
-                out_nodes.append(helper.make_node("GatherBlockQuantized", ins, list(n.output), name=n.name, domain="com.microsoft",
-                                                  bits=bits, block_size=g, gather_axis=0, quantize_axis=1))
+                out_nodes.append(helper.make_node("GatherBlockQuantized", ins, [n.output[0] + ".f16"], name=n.name,
+                                                  domain="com.microsoft", bits=bits, block_size=g, gather_axis=0, quantize_axis=1))
+                out_nodes.append(helper.make_node("Cast", [n.output[0] + ".f16"], list(n.output), name=n.name + ".f32",
+                                                  to=TensorProto.FLOAT))
         else:
             out_nodes.append(n)
     if not rows:
