@@ -61,7 +61,7 @@ def embedding_options(f):
 @click.option("--binary-code", type=click.Choice(BINARY_CODES), default=BINARY_CODE, show_default=True,
               help="With binary .safetensors: bits of x (sign), of x minus the corpus mean (centred), or of the centred x "
                    "rotated to balance the bits (itq); mean and rotation are stored in the index and applied to queries.")
-@click.option("--shard", type=ShardType(), default=None, help="Embed only text numbers j with j %% N == I (ids stay global); search merges shards.")
+@click.option("--shard", type=ShardType(), default=None, help="Embed only text numbers j with j % N == I (ids stay global); search merges shards.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Embed on Ray (the ray extra): alone, a local Ray on this machine; 'auto' or an address joins a cluster. "
                    "-o names a folder that receives one index shard per --shard-rows texts (search reads them as one index).")

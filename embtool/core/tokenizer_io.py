@@ -237,3 +237,40 @@ def encode_batch(tok: Tokenizer, texts: list[str], *, add_special_tokens: bool =
                                  "probably has a pre-tokenizer regex that backtracks catastrophically on this text") from None
         quiet[0] = True
     raise InputError(f"the tokenizer fails on a batch of {len(texts)} texts ({msg}) but on none of them alone")
+
+
+# ----------------------------------------------------------------------------------------------
+# Vocabulary side files: the slow tokenizers' copies of the vocabulary beside tokenizer.json
+# ----------------------------------------------------------------------------------------------
+
+SIDE_FILES_REWRITTEN = ("vocab.txt", "vocab.json", "merges.txt", "added_tokens.json")
+SIDE_FILES_DROPPED = ("sentencepiece.bpe.model", "spiece.model", "sentencepiece.model", "tokenizer.model",
+                      "spm.model", "source.spm", "target.spm")
+
+
+def vocab_side_files(doc: dict[str, Any], present: list[str], remap: dict[int, int]) -> tuple[dict[str, str], list[str]]:
+    """New contents for the vocabulary side files in `present` after the tokenizer became `doc`
+    (old id -> new id: `remap`), and the ones that cannot be rewritten (sentencepiece models) to drop.
+
+    vocab.txt (BertTokenizer: one token a line, line number = id) and vocab.json / merges.txt
+    (GPT-2 / RoBERTa tokenizers) are written from `doc`; added_tokens.json gets its ids remapped."""
+    tj = TokenizerJson(doc)
+    out: dict[str, str] = {}
+    model = doc["model"]
+    if "vocab.txt" in present and tj.model_type == "WordPiece":
+        toks = tj.id_to_token()
+        out["vocab.txt"] = "".join((t if t is not None else f"[unused{i}]") + "\n" for i, t in enumerate(toks))
+    if "vocab.json" in present and tj.model_type == "BPE":
+        out["vocab.json"] = json.dumps(dict(sorted(model["vocab"].items(), key=lambda kv: kv[1])), ensure_ascii=False)
+    if "merges.txt" in present and tj.model_type == "BPE":
+        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
+        out["merges.txt"] = "#version: 0.2\n" + "".join(m + "\n" for m in merges)
+    drop = [f for f in present if f in SIDE_FILES_DROPPED or (f in ("vocab.txt", "vocab.json", "merges.txt") and f not in out)]
+    return out, drop
+
+
+def remap_added_tokens_json(raw: Any, remap: dict[int, int]) -> dict[str, int]:
+    """added_tokens.json ({token: id}) with the new ids; tokens whose id was dropped are left out."""
+    if not isinstance(raw, dict):
+        return {}
+    return {t: remap[i] for t, i in raw.items() if isinstance(i, int) and i in remap}

@@ -17,7 +17,8 @@ from embtool.core.st_config import counting_prefixes, eval_prefix_for
 from embtool.core.model_out import (copy_unchanged, metadata_json, slice_onnx_initializers, updated_config,
                                     write_configs, write_weights)
 from embtool.core.texts import iter_texts, read_lines
-from embtool.core.tokenizer_io import TokenizerJson, encode_batch
+from embtool.core.tokenizer_io import (SIDE_FILES_DROPPED, SIDE_FILES_REWRITTEN, TokenizerJson, encode_batch,
+                                       remap_added_tokens_json, vocab_side_files)
 from embtool.core.writer import OutputFolder, provenance
 from embtool.jobs.fidelity import SAMPLE_MAX_TOKENS, check_runnable, eval_texts, gate, warn_if_low
 
@@ -197,7 +198,9 @@ def run_trim(req: TrimRequest, progress=None) -> dict[str, Any]:
     prov = provenance("trim-vocab", {k: v for k, v in req.__dict__.items() if k not in ("output", "force")},
                       {"model": m.fingerprint()}, {"trim": {"vocab_before": plan["V_tok"], "vocab_after": int(len(kept))}})
     with OutputFolder(req.output, req.force, inputs=[m.root]) as out:
-        copy_unchanged(m, out, changed=["tokenizer.json", "config.json", "tokenizer_config.json"])
+        side = [f for f in (*SIDE_FILES_REWRITTEN, *SIDE_FILES_DROPPED) if (m.root / f).is_file()]
+        copy_unchanged(m, out, changed=["tokenizer.json", "config.json", "tokenizer_config.json", *side])
+        summary["notes"] += _rewrite_side_files(m, out, new_doc, remap, side)
         out.write_text("tokenizer.json", json.dumps(new_doc, ensure_ascii=False, indent=2))
         vocab_axes = {v.name: v.axis for v in vt}
         if m.format == "safetensors":
@@ -236,6 +239,27 @@ def run_trim(req: TrimRequest, progress=None) -> dict[str, Any]:
             gate(summary, req, out)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
+
+
+def _rewrite_side_files(m: Model, out: OutputFolder, new_doc: dict[str, Any], remap: dict[int, int],
+                        side: list[str]) -> list[str]:
+    """Vocabulary side files (vocab.txt, vocab.json + merges.txt, added_tokens.json) rewritten to the
+    trimmed vocabulary; those that cannot be (sentencepiece models) are left out, with a note, so that
+    nothing stale describes the old vocabulary."""
+    from embtool.core.model import read_json
+
+    files, drop = vocab_side_files(new_doc, side, remap)
+    for name, text in files.items():
+        out.write_text(name, text)
+    if "added_tokens.json" in side:
+        out.write_json("added_tokens.json", remap_added_tokens_json(read_json(m.root / "added_tokens.json"), remap))
+    notes = []
+    if files or "added_tokens.json" in side:
+        notes.append(f"rewritten for the trimmed vocabulary: {', '.join([*files, *(['added_tokens.json'] if 'added_tokens.json' in side else [])])}")
+    if drop:
+        notes.append(f"not copied (they describe the untrimmed vocabulary and embtool cannot rewrite them; tokenizer.json "
+                     f"is the tokenizer): {', '.join(drop)}")
+    return notes
 
 
 def _size(m: Model) -> tuple[int, int]:
