@@ -29,7 +29,7 @@ from embtool.jobs.fidelity import OutputRequest, evaluate_output
 
 METHODS = ("auto", "rtn", "gptq")
 GPTQ_TEXTS = 256  # calibration lines read for GPTQ's input statistics
-SKIP = re.compile(r"(LayerNorm|layer_norm|layernorm|norm\.|position_embeddings|token_type_embeddings|position_ids)")
+SKIP = re.compile(r"(LayerNorm|layer_norm|layernorm|norm\.|position_embeddings|token_type_embeddings|position_ids|relative_attention_bias)")  # tables kept in float
 
 
 @dataclass
