@@ -112,3 +112,18 @@ def test_git_lfs_pointer_instead_of_the_file(tmp_path, tiny_bert, exported, vict
         assert r.exit_code == 1 and r.stderr.count("\n") == 1, (args, r.stderr)
         assert f"{target}: this is a Git LFS pointer, not the " in r.stderr and "run git lfs pull" in r.stderr
     assert not (tmp_path / "q").exists()
+
+
+def test_init_subwords_takes_the_source_tokenizer_of_a_bare_onnx_file(tmp_path, tiny_models, exported):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(exported["onnx"] / "model.onnx", bare / "model.onnx")
+    (tmp_path / "short.txt").write_text("\n".join(TEXTS * 3) + "\n")
+    new_tok = tiny_models["distilbert"] / "tokenizer.json"
+    r = run_cli(["init-subwords", bare / "model.onnx", "--tokenizer", new_tok, "-o", tmp_path / "o1", "--no-eval"])
+    assert r.exit_code == 1 and "pass --tokenizer PATH" in r.stderr
+    r = run_cli(["init-subwords", bare / "model.onnx", "--source-tokenizer", exported["onnx"], "--tokenizer", new_tok,
+                 "-o", tmp_path / "o", "--eval", tmp_path / "short.txt", "--json"])
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["eval"]["cosine_mean"] > 0.5
+    assert json.loads((tmp_path / "o" / "tokenizer.json").read_text()) == json.loads(new_tok.read_text())

@@ -429,7 +429,7 @@ def open_model(path: str | os.PathLike, need_tokenizer: bool = False, tokenizer:
         tok = TokenizerJson.load(tok_path)
     elif need_tokenizer:
         raise ModelNotFound(f"{root}: no tokenizer.json beside the model; pass --tokenizer PATH "
-                            "(the model's tokenizer.json, or a folder holding it)")
+                            "(the model's tokenizer.json, or a folder holding it; --source-tokenizer for init-subwords)")
     model = Model(root=root, layout=layout, weight_path=wpath, config=config, tokenizer=tok, st=read_st_info(root, config))
     if layout.format == "safetensors":
         files = _shards(wpath) if wpath.name.endswith(".index.json") else [wpath]
