@@ -26,6 +26,7 @@ METRICS = ("cosine", "dot", "l2")
 # with 2 BLAS threads on 100 queries, as fast with 1 thread)
 CACHE_BYTES = 16 << 20
 FLOAT_BLOCK_BYTES = 16 << 20  # rows read per float block: big enough for BLAS, small enough to stay bounded
+SCORE_BYTES = 32 << 20  # the binary scan's [queries, rows] distance block
 HAMMING_TILE_BYTES = 1 << 20  # the [queries, rows] uint64 XOR tile of the binary scan stays in L2
 
 
@@ -326,11 +327,12 @@ def topk_codes(
     if precision == "binary":
         d = dim or codes.shape[1] * 8
         qb = query_bits if query_bits is not None else binarize(queries)
-        br = block_rows or default_block_rows(8 * codes.shape[1])
+        # rows are tiny: the [queries, rows] distance block, not the rows, bounds the block
+        br = block_rows or min(default_block_rows(codes.shape[1]), max(4096, SCORE_BYTES // (4 * max(1, qb.shape[0]))))
 
         def score(r0: int, r1: int) -> np.ndarray:
             h = hamming(qb, codes[r0:r1], threads).astype(np.int32)
-            return -h
+            return np.negative(h, out=h)
 
         s, i = _scan(qb.shape[0], n, score, k, "dot", br, 0, after_block, before_block)
         h = -s.astype(np.float64)
