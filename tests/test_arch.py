@@ -1,4 +1,4 @@
-"""Rotary encoders (ModernBERT, NomicBERT, GTE) and the Qwen3 decoder against transformers' own outputs.
+"""Rotary encoders (ModernBERT, NomicBERT, GTE, EmbeddingGemma's Gemma 3) and the Qwen3 decoder against transformers.
 
 The fixtures in tests/data/arch/ were written once by tools/make_arch_fixtures.py with the real transformers
 model classes (random weights, real tokenizers); reference.npz holds the token ids and the pooled last hidden
@@ -22,7 +22,7 @@ from embtool.core.model import open_model
 from embtool.runtime.encoder import EmbedSettings, Encoder, make_session
 
 ARCH = Path(__file__).parent / "data" / "arch"
-NAMES = ["modernbert", "nomic_bert", "gte", "qwen3", "qwen3-untied"]
+NAMES = ["modernbert", "nomic_bert", "gte", "gemma3_text", "qwen3", "qwen3-untied"]
 MAX_ABS, MIN_COS = 1e-4, 0.9999
 
 
@@ -82,7 +82,7 @@ def test_export_onnx_equals_transformers(name, portable, tmp_path):
     _assert_close(_embed(out, _texts(name)), _ref(name)["vectors"], f"{name} (export-onnx)")
 
 
-@pytest.mark.parametrize("name", ["qwen3", "qwen3-untied", "modernbert"])
+@pytest.mark.parametrize("name", ["qwen3", "qwen3-untied", "modernbert", "gemma3_text"])
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_padding_side(name, side):
     """The graph takes positions from the mask: a left-padded batch gives the same vectors as a right-padded one
@@ -182,6 +182,8 @@ HUB_CONFIGS = {
                     "layer_norm_eps", "hidden_act", "head_dim")),
     "gte": ({"model_type": "new", "rope_theta": 160000.0, "rope_scaling": None, "layer_norm_type": "layer_norm",
              "position_embedding_type": "rope", "logn_attention_scale": False}, ("rope_parameters",)),
+    "gemma3_text": ({"sliding_window_pattern": 2, "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "rope_scaling": None},
+                    ("layer_types", "rope_parameters")),
     "qwen3": ({"rope_theta": 1000000.0, "rope_scaling": None, "architectures": ["Qwen3Model"]}, ("layer_types", "rope_parameters")),
 }
 
@@ -203,7 +205,7 @@ def test_hub_config_spellings(name, tmp_path):
     _assert_close(_embed(d, _texts(name)), _ref(name)["vectors"], f"{name} with the hub's config spelling")
 
 
-@pytest.mark.parametrize("name,target", [("modernbert", "qwen3"), ("nomic_bert", "gte"), ("gte", "nomic_bert"),
+@pytest.mark.parametrize("name,target", [("modernbert", "qwen3"), ("nomic_bert", "gte"), ("gte", "nomic_bert"), ("gemma3_text", "gte"),
                                          ("qwen3", "modernbert"), ("qwen3-untied", "modernbert")])
 def test_init_subwords_runs(name, target, tmp_path):
     """A new tokenizer (another fixture's): the output's tables, config and tokenizer agree and it embeds; between
@@ -214,7 +216,7 @@ def test_init_subwords_runs(name, target, tmp_path):
     src, new = open_model(ARCH / name), open_model(out)
     ts, tn = src.tokenizer.runtime(), new.tokenizer.runtime()
     V = tn.get_vocab_size()
-    tables = [v for v in ("model.embed_tokens.weight", "lm_head.weight", "embeddings.tok_embeddings.weight",
+    tables = [v for v in ("model.embed_tokens.weight", "embed_tokens.weight", "lm_head.weight", "embeddings.tok_embeddings.weight",
                           "embeddings.word_embeddings.weight") if v in src.weights]
     same_scheme = {name.split("-")[0], target} == {"qwen3", "modernbert"}
     shared = [t for t in tn.get_vocab() if ts.token_to_id(t) is not None and len(t) > 2][:20] if same_scheme else []
@@ -234,6 +236,7 @@ def test_init_subwords_runs(name, target, tmp_path):
     ("nomic_bert", {"prenorm": True}, "prenorm"),
     ("gte", {"model_type": "new", "rope_scaling": {"type": "ntk", "factor": 2.0}}, "rotary scaling"),
     ("gte", {"logn_attention_scale": True}, "logn attention"),
+    ("gemma3_text", {"attn_logit_softcapping": 50.0}, "soft-capping"),
 ])
 def test_unsupported_variants_refused(name, change, words, tmp_path):
     d = tmp_path / name

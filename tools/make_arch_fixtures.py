@@ -3,7 +3,7 @@ reference vectors.
 
 Run once, in an environment that has torch and transformers (never embtool's own):
 
-    ~/.cache/embtool-peers-venv/bin/python tools/make_arch_fixtures.py
+    ~/.cache/embtool-peers-venv/bin/python tools/make_arch_fixtures.py [NAME ...]   # default: all
 
 Each fixture is built with transformers' own configuration and model classes (hidden 64, 2-3 layers), its
 weights drawn at random (norm weights and biases too, so a misplaced one shows), and saved with
@@ -14,6 +14,8 @@ trained with `tokenizers` on the repo's English corpus:
   window of 8 tokens (|i - j| <= 4), so the longer texts exercise both kinds of layer;
 - nomic_bert: NomicBertModel (rotary, SwiGLU, no biases, post-norm), WordPiece;
 - gte: GteModel (Alibaba GTE "new": rotary, GeGLU, biases), Unigram with <s>/</s>;
+- gemma3_text: Gemma3TextModel as EmbeddingGemma uses it (bidirectional, sliding + global layers, sandwich norms),
+  SentencePiece-style BPE with <bos>/<eos>;
 - qwen3 (tied lm_head) and qwen3-untied: Qwen3ForCausalLM (RMSNorm, q/k norm, grouped-query attention,
   SwiGLU), byte-level BPE with its 256 byte tokens and <|endoftext|> appended (pad = eos), and the
   sentence-transformers modules of Qwen3-Embedding (last-token pooling, Normalize).
@@ -21,7 +23,7 @@ trained with `tokenizers` on the repo's English corpus:
 reference.npz holds, for TEXTS (texts.json), the token ids and transformers' last hidden state pooled as the
 model is used: mean over real tokens for the encoders, the last real token for Qwen3 (unnormalised). Every
 vector is computed three ways — each text alone, in one right-padded batch and in one left-padded batch — and
-the script stops unless all three agree (1e-5), so the reference does not depend on the padding side.
+the script stops unless all three agree (1e-5 of the largest value), so the reference does not depend on the padding side.
 train.txt is the text the trim-vocab tests trim on.
 """
 
@@ -71,6 +73,14 @@ def train_tokenizer(kind: str, vocab: int) -> Tokenizer:
         tok.train_from_iterator(TRAIN, trainers.UnigramTrainer(vocab_size=vocab, special_tokens=specials, unk_token="<unk>"))
         s, e = tok.token_to_id("<s>"), tok.token_to_id("</s>")
         tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", s), ("</s>", e)])
+    elif kind == "bpe-sp":  # SentencePiece-style BPE (Gemma): ▁ word marks, <bos> text <eos>
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+        tok.train_from_iterator(TRAIN, trainers.BpeTrainer(vocab_size=vocab, special_tokens=specials))
+        bos, eos = tok.token_to_id("<bos>"), tok.token_to_id("<eos>")
+        tok.post_processor = processors.TemplateProcessing(single="<bos> $A <eos>", special_tokens=[("<bos>", bos), ("<eos>", eos)])
     else:  # byte-level BPE: "bpe-cls" (ModernBERT) or "bpe-eos" (Qwen3)
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -148,7 +158,7 @@ def save(name: str, model, tok: Tokenizer, pad_id: int, last: bool, st_modules: 
     right = pooled(model, tok, TEXTS, pad_id, last, "right")
     left = pooled(model, tok, TEXTS, pad_id, last, "left")
     for what, v in (("right-padded", right), ("left-padded", left)):
-        diff = float(np.abs(v - alone).max())
+        diff = float(np.abs(v - alone).max() / max(1.0, np.abs(alone).max()))  # relative to the vectors' scale
         if diff > 1e-5:
             sys.exit(f"{name}: the {what} batch differs from the texts run alone by {diff:.2e}")
     ids = [tok.encode(t).ids for t in TEXTS]
@@ -164,10 +174,7 @@ def save(name: str, model, tok: Tokenizer, pad_id: int, last: bool, st_modules: 
           f"{'last token' if last else 'mean'}; left/right padding agree")
 
 
-def main() -> None:
-    torch.manual_seed(SEED)
-    OUT.mkdir(parents=True, exist_ok=True)
-
+def modernbert() -> None:
     tok = train_tokenizer("bpe-cls", 700)
     cfg = ModernBertConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=96, num_hidden_layers=3,
                            num_attention_heads=4, max_position_embeddings=512, global_attn_every_n_layers=2,
@@ -180,6 +187,8 @@ def main() -> None:
     randomize(m)
     save("modernbert", m, tok, cfg.pad_token_id, last=False)
 
+
+def nomic_bert() -> None:
     tok = train_tokenizer("wordpiece", 600)
     cfg = NomicBertConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                           num_attention_heads=4, max_position_embeddings=512, type_vocab_size=2, hidden_act="silu",
@@ -189,6 +198,8 @@ def main() -> None:
     randomize(m)
     save("nomic_bert", m, tok, cfg.pad_token_id, last=False)
 
+
+def gte() -> None:
     tok = train_tokenizer("unigram", 600)
     cfg = GteConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                     num_attention_heads=4, max_position_embeddings=512, type_vocab_size=1, hidden_act="gelu",
@@ -198,6 +209,8 @@ def main() -> None:
     randomize(m)
     save("gte", m, tok, cfg.pad_token_id, last=False)
 
+
+def qwen3() -> None:
     tok = train_tokenizer("bpe-eos", 700)
     eos = tok.token_to_id("<|endoftext|>")
     for name, tied in (("qwen3", True), ("qwen3-untied", False)):
@@ -211,6 +224,37 @@ def main() -> None:
         if tied:
             m.tie_weights()
         save(name, m, tok, eos, last=True, st_modules=True)
+
+
+def gemma3() -> None:
+    """EmbeddingGemma's shape: Gemma3TextModel with bidirectional attention, sliding (window 8) and global layers,
+    sandwich norms, embeddings scaled by sqrt(hidden), query_pre_attn_scalar != head_dim."""
+    from transformers import Gemma3TextConfig, Gemma3TextModel
+
+    tok = train_tokenizer("bpe-sp", 600)
+    cfg = Gemma3TextConfig(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=24,
+                           max_position_embeddings=512, sliding_window=8, use_bidirectional_attention=True,
+                           layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                           rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
+                                            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+                           hidden_activation="gelu_pytorch_tanh", pad_token_id=tok.token_to_id("<pad>"),
+                           eos_token_id=tok.token_to_id("<eos>"), bos_token_id=tok.token_to_id("<bos>"),
+                           attn_implementation="eager")
+    m = Gemma3TextModel(cfg)
+    randomize(m)
+    save("gemma3_text", m, tok, cfg.pad_token_id, last=False)
+
+
+FIXTURES = {"modernbert": modernbert, "nomic_bert": nomic_bert, "gte": gte, "qwen3": qwen3, "gemma3_text": gemma3}
+
+
+def main() -> None:
+    """Every fixture, or those named on the command line (qwen3 makes both Qwen3 folders)."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name in sys.argv[1:] or FIXTURES:
+        torch.manual_seed(SEED)
+        FIXTURES[name]()
 
 
 if __name__ == "__main__":

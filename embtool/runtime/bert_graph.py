@@ -30,7 +30,7 @@ from embtool.core.model import Model
 OPSET = 21
 MS_OPSET = 1
 SUPPORTED = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet")
-ROTARY = ("modernbert", "nomic_bert", "gte", "new", "qwen3")  # built by rotary_graph.build_rotary
+ROTARY = ("modernbert", "nomic_bert", "gte", "new", "qwen3", "gemma3_text")  # built by rotary_graph.build_rotary
 SUPPORTED += ROTARY
 
 

@@ -1,6 +1,6 @@
-"""Graphs of the rotary-position families: ModernBERT, NomicBERT, GTE "new" (encoders) and Qwen3 (decoder).
+"""Graphs of the rotary-position families: ModernBERT, NomicBERT, GTE "new", EmbeddingGemma (encoders) and Qwen3 (decoder).
 
-The four share one layer shape — token embedding, rotary attention, a gated MLP — and differ in data, so each
+The five share one layer shape — token embedding, rotary attention, a gated MLP — and differ in data, so each
 is a `Family` description read by one builder (`build_rotary`); no PyTorch, standard ONNX operators, the same
 weight encodings as the BERT builder (plain, packed n-bit -> MatMulNBits / GatherBlockQuantized, OFA factors):
 
@@ -9,6 +9,7 @@ weight encodings as the BERT builder (plain, packed n-bit -> MatMulNBits / Gathe
 | modernbert | LayerNorm (bias optional) | pre-norm (none before layer 0's attention), final norm | fused Wqkv; global layers and local layers (\\|i - j\\| <= local_attention/2), each with its own rotary theta | GeGLU `act(Wi[:I]) * Wi[I:]` | `ModernBertModel` |
 | nomic_bert | LayerNorm | post-norm, norm after the embeddings | fused Wqkv, no biases | SwiGLU `fc2(act(fc12) * fc11)` | `NomicBertModel` (hub names) |
 | gte | LayerNorm | post-norm, norm after the embeddings | fused qkv_proj with bias | `down(act(gate) * up)`, up_gate_proj = [up; gate] | `GteModel` (hub names) |
+| gemma3_text | RMSNorm x (1 + w) | pre-norm plus a norm on each block's output, final norm; embeddings x sqrt(hidden) | q/k/v, q/k norm, grouped-query, sliding and global layers (own theta), bidirectional (EmbeddingGemma) or causal; scores x query_pre_attn_scalar^-1/2 | GeGLU (tanh) `down(act(gate) * up)` | `Gemma3TextModel` |
 | qwen3 | RMSNorm | pre-norm, final norm | q/k/v, RMSNorm on each head of q and k, grouped-query, causal | SwiGLU `down(silu(gate) * up)` | `Qwen3Model` / `Qwen3ForCausalLM` |
 
 Positions are `cumsum(attention_mask) - 1`, so a row may be padded on either side (rotary attention only
@@ -57,7 +58,11 @@ class Family:
     final_norm: str | None = None
     pre_norm: bool = True
     rms: bool = False
+    rms_offset: float = 0.0  # Gemma's RMSNorm scales by (offset + weight)
     causal: bool = False
+    post_attn_norm: str | None = None  # Gemma's sandwich norms: on the attention / MLP output, before the residual
+    post_mlp_norm: str | None = None
+    embed_scale: bool = False  # Gemma: token embeddings times sqrt(hidden)
 
 
 MODERNBERT = Family("modernbert", "embeddings.tok_embeddings", "layers.{i}.", "attn_norm", "mlp_norm", "attn.Wo", "mlp.Wo",
@@ -73,7 +78,12 @@ QWEN3 = Family("qwen3", "embed_tokens", "layers.{i}.", "input_layernorm", "post_
                "mlp.down_proj", q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj",
                qk_norm=("self_attn.q_norm", "self_attn.k_norm"), mlp_gate="mlp.gate_proj", mlp_up="mlp.up_proj",
                final_norm="norm", rms=True, causal=True)
-FAMILIES = {f.model_type: f for f in (MODERNBERT, NOMIC, GTE, QWEN3)}
+GEMMA3 = Family("gemma3_text", "embed_tokens", "layers.{i}.", "input_layernorm", "pre_feedforward_layernorm", "self_attn.o_proj",
+                "mlp.down_proj", q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj",
+                qk_norm=("self_attn.q_norm", "self_attn.k_norm"), mlp_gate="mlp.gate_proj", mlp_up="mlp.up_proj",
+                final_norm="norm", rms=True, rms_offset=1.0, causal=True, post_attn_norm="post_attention_layernorm",
+                post_mlp_norm="post_feedforward_layernorm", embed_scale=True)
+FAMILIES = {f.model_type: f for f in (MODERNBERT, NOMIC, GTE, QWEN3, GEMMA3)}
 FAMILIES["new"] = GTE  # Alibaba's remote-code model_type for the same weights (gte-*-v1.5, gte-multilingual)
 
 
@@ -90,6 +100,8 @@ class RotaryArch:
     act: str
     thetas: list[float]  # per layer
     windows: list[int | None]  # per layer: None = global attention, w = keys with |i - j| <= w
+    causal: bool = False
+    scaling: float = 0.0  # attention scores times this (1/sqrt(head_dim) unless the config says otherwise)
 
 
 def _cfg(cfg: dict, *keys, default=None):
@@ -146,7 +158,26 @@ def detect_rotary(model: Model) -> RotaryArch:
             raise Unsupported(f"{where}: GTE with logn attention scaling, {cfg.get('layer_norm_type')} or "
                               f"{cfg.get('position_embedding_type')} positions is not supported")
     windows: list[int | None] = [None] * layers
-    if mt == "modernbert":
+    causal, scaling = fam.causal, 1.0 / math.sqrt(head_dim)
+    if mt == "gemma3_text":  # EmbeddingGemma: Gemma 3 with bidirectional attention
+        if cfg.get("attn_logit_softcapping") is not None:
+            raise Unsupported(f"{where}: attention logit soft-capping is not supported")
+        causal = not cfg.get("use_bidirectional_attention", False)
+        pattern = int(cfg.get("sliding_window_pattern", 6))
+        types = cfg.get("layer_types") or ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(layers)]
+        if len(types) != layers or not set(types) <= {"full_attention", "sliding_attention"}:
+            raise CorruptFile(f"{where}: layer_types does not list full/sliding attention for {layers} layers")
+        sw = int(cfg.get("sliding_window") or 4096)
+        # transformers: causal layers see keys i - sw < j <= i; bidirectional ones |i - j| < sw // 2 + 1 (config.json
+        # stores the bidirectional window doubled)
+        w = sw // 2 if not causal else sw - 1
+        windows = [w if t == "sliding_attention" else None for t in types]
+        g = _theta(cfg, "full_attention", str(where), cfg.get("rope_theta", 1000000.0))
+        loc = _theta(cfg, "sliding_attention", str(where), cfg.get("rope_local_base_freq", 10000.0))
+        thetas = [g if w is None else loc for w in windows]
+        scaling = float(cfg.get("query_pre_attn_scalar", 256)) ** -0.5
+        eps, act = float(cfg.get("rms_norm_eps", 1e-6)), str(_cfg(cfg, "hidden_activation", "hidden_act", default="gelu_pytorch_tanh"))
+    elif mt == "modernbert":
         types = cfg.get("layer_types") or ["sliding_attention" if i % int(cfg.get("global_attn_every_n_layers", 3))
                                            else "full_attention" for i in range(layers)]
         if len(types) != layers or not set(types) <= {"full_attention", "sliding_attention"}:
@@ -168,7 +199,7 @@ def detect_rotary(model: Model) -> RotaryArch:
             eps = float(_cfg(cfg, "layer_norm_eps", "layer_norm_epsilon", default=1e-12))
         act = str(_cfg(cfg, "hidden_act", "activation_function", default="silu"))
         act = "silu" if act == "swiglu" else "gelu" if act == "geglu" else act
-    return RotaryArch(fam, prefix, hidden, layers, heads, kv_heads, head_dim, eps, act, thetas, windows)
+    return RotaryArch(fam, prefix, hidden, layers, heads, kv_heads, head_dim, eps, act, thetas, windows, causal, scaling)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -185,7 +216,8 @@ def _norm(b: GraphBuilder, w: WeightSource, x: str, base: str, a: RotaryArch) ->
     if a.family.rms:  # RMSNorm in float32: x / sqrt(mean(x^2) + eps) * weight
         ms = b.node("ReduceMean", [b.node("Mul", [x, x], "sq"), _k(b, "axes_last", np.array([-1], np.int64))], "ms", keepdims=1)
         inv = b.node("Reciprocal", [b.node("Sqrt", [b.node("Add", [ms, _k(b, "rms_eps", np.array(a.eps, np.float32))])])])
-        return b.node("Mul", [b.node("Mul", [x, inv], "rmsn"), b.const(base + ".weight", w.get_f32(base + ".weight"))], "rms")
+        scale = (w.get_f32(base + ".weight") + np.float32(a.family.rms_offset)).astype(np.float32)
+        return b.node("Mul", [b.node("Mul", [x, inv], "rmsn"), b.const(base + ".weight", scale)], "rms")
     g = b.const(base + ".weight", w.get_f32(base + ".weight"))
     inputs = [x, g] + ([b.const(base + ".bias", w.get_f32(base + ".bias"))] if w.has(base + ".bias") else [])
     return b.node("LayerNormalization", inputs, "ln", axis=-1, epsilon=a.eps)
@@ -246,6 +278,8 @@ def build_rotary(model: Model, fused: bool = True, feed_weights: frozenset[str] 
     groups = nh // kvh
 
     x = _embedding(b, w, "input_ids", p + f.embedding)
+    if f.embed_scale:
+        x = b.node("Mul", [x, _k(b, "embed_scale", np.array(H ** 0.5, np.float32))], "emb_scaled")
     if f.token_type and w.has(p + f.token_type):
         x = b.node("Add", [x, _k(b, "token_type_0", w.get_f32(p + f.token_type)[0])], "emb_tt")
     if f.emb_norm:
@@ -266,7 +300,7 @@ def build_rotary(model: Model, fused: bool = True, feed_weights: frozenset[str] 
 
     def additive(window: int | None) -> str:
         ok = keys_ok
-        if f.causal:
+        if a.causal:
             ok = b.node("And", [ok, b.node("LessOrEqual", [dist, _k(b, "zero_d", np.array(0, np.int64))], "causal")], "ok")
         if window is not None:
             near = b.node("LessOrEqual", [b.node("Abs", [dist]), _k(b, f"window_{window}", np.array(window, np.int64))], "near")
@@ -276,7 +310,7 @@ def build_rotary(model: Model, fused: bool = True, feed_weights: frozenset[str] 
 
     masks: dict[int | None, str] = {}
     tables: dict[float, tuple[str, str]] = {}
-    scale = _k(b, "scale", np.array(1.0 / math.sqrt(hd), np.float32))
+    scale = _k(b, "scale", np.array(a.scaling, np.float32))
     for i in range(a.layers):
         L = p + f.layers.format(i=i)
         window, theta = a.windows[i], a.thetas[i]
@@ -307,6 +341,8 @@ def build_rotary(model: Model, fused: bool = True, feed_weights: frozenset[str] 
         ctx = b.node("Reshape", [b.node("Transpose", [ctx], perm=[0, 2, 1, 3]),
                                  _k(b, "shape_ctx", np.array([0, 0, nh * hd], np.int64))], "ctx")
         att = _linear(b, w, ctx, L + f.o)
+        if f.post_attn_norm:
+            att = _norm(b, w, att, L + f.post_attn_norm, a)
         x = b.node("Add", [x, att], "res1")
         if not f.pre_norm:
             x = _norm(b, w, x, L + f.attn_norm, a)
@@ -316,7 +352,10 @@ def build_rotary(model: Model, fused: bool = True, feed_weights: frozenset[str] 
             g = b.node("Mul", [_act(b, first, a.act), second] if f.act_on_first else [first, _act(b, second, a.act)], "glu")
         else:
             g = b.node("Mul", [_act(b, _linear(b, w, h, L + f.mlp_gate), a.act), _linear(b, w, h, L + f.mlp_up)], "glu")
-        x = b.node("Add", [x, _linear(b, w, g, L + f.mlp_out)], "res2")
+        mlp = _linear(b, w, g, L + f.mlp_out)
+        if f.post_mlp_norm:
+            mlp = _norm(b, w, mlp, L + f.post_mlp_norm, a)
+        x = b.node("Add", [x, mlp], "res2")
         if not f.pre_norm:
             x = _norm(b, w, x, L + f.mlp_norm, a)
     if f.final_norm:
