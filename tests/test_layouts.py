@@ -127,3 +127,20 @@ def test_init_subwords_takes_the_source_tokenizer_of_a_bare_onnx_file(tmp_path, 
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["eval"]["cosine_mean"] > 0.5
     assert json.loads((tmp_path / "o" / "tokenizer.json").read_text()) == json.loads(new_tok.read_text())
+
+
+def test_search_embeds_queries_with_the_tokenizer_the_index_was_made_with(tmp_path, exported):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(exported["onnx"] / "model.onnx", bare / "model.onnx")
+    (tmp_path / "docs.txt").write_text("\n".join(TEXTS) + "\n")
+    r = run_cli(["embed", bare / "model.onnx", "--tokenizer", exported["onnx"], "-i", tmp_path / "docs.txt",
+                 "-o", tmp_path / "ix.safetensors", "--quiet"])
+    assert r.exit_code == 0, r.stderr
+    r = run_cli(["search", tmp_path / "ix.safetensors", TEXTS[1], "-k", "1"])  # the index records the tokenizer
+    assert r.exit_code == 0 and r.stdout.split("\t")[4].strip() == TEXTS[1], r.stderr
+    r = run_cli(["search", tmp_path / "ix.safetensors", "x", "--model", bare / "model.onnx"])
+    assert r.exit_code == 1 and "pass --tokenizer PATH" in r.stderr
+    r = run_cli(["search", tmp_path / "ix.safetensors", TEXTS[0], "-k", "1", "--model", bare / "model.onnx",
+                 "--tokenizer", exported["onnx"] / "tokenizer.json"])
+    assert r.exit_code == 0 and r.stdout.split("\t")[4].strip() == TEXTS[0], r.stderr

@@ -138,6 +138,9 @@ def command(model, texts, inputs, field, output, fmt, precision, keep_float, kee
                         "normalize": str(enc.normalize).lower(), "prefix": enc.prefix,
                         "prompt_name": enc.prompt_name or "", "max_length": str(enc.max_length),
                         "shard": f"{shard[0]}/{shard[1]}" if shard else ""}
+                tok = m.tokenizer.path if m.tokenizer is not None else None
+                if tok is not None and tok.parent.resolve() != m.root.resolve():  # given with --tokenizer: search needs it too
+                    meta["tokenizer"] = str(tok.resolve())
                 if fmt in ("safetensors", "parquet"):
                     import numpy as np
 

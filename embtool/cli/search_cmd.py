@@ -22,6 +22,9 @@ from embtool.jobs.search import SearchRequest, run_search
 @click.option("-k", "--top-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Neighbours per query.")
 @click.option("--metric", type=click.Choice(METRICS), default="cosine", show_default=True)
 @click.option("--model", "model_path", default=None, help="Embed text queries with this model (default: the one recorded in the index).")
+@click.option("--tokenizer", "tokenizer_path", type=InputPath(dir_okay=True), default=None,
+              help="The model's tokenizer.json (or a folder holding it), for a model without one beside it "
+                   "(default: the one recorded in the index, if any).")
 @click.option("--query-prefix", default=None, help="Prefix for text queries (default: the model's query prompt, else the index's prefix), e.g. 'query: ' for e5.")
 @click.option("--strict", is_flag=True, help="Refuse (instead of warn) when --model differs from the index's model.")
 @click.option("--rescore", type=click.IntRange(min=0), default=None,
@@ -33,7 +36,7 @@ from embtool.jobs.search import SearchRequest, run_search
               help="More index files (shards) searched together with INDEX. Repeatable.")
 @common_options(json_help="Print JSON Lines on stdout: one JSON object per hit (schema: docs/schema/search.json), "
                           "in query order, then rank order.")
-def command(index, queries, query_files, query_embeddings, k, metric, model_path, query_prefix, strict, rescore, block_rows,
+def command(index, queries, query_files, query_embeddings, k, metric, model_path, tokenizer_path, query_prefix, strict, rescore, block_rows,
             shards, as_json, quiet, threads) -> None:
     """Exact top-k search of an index written by `embtool embed -o X.safetensors` (or a .npy matrix),
     by blocked matrix multiplication over the memory-mapped file: an index larger than RAM works,
@@ -59,7 +62,7 @@ def command(index, queries, query_files, query_embeddings, k, metric, model_path
             raise click.UsageError("no queries: give them as arguments, with -q FILE, or with --query-embeddings")
         query_files = ("-",)
     req = SearchRequest(indexes=[index, *extra], queries=queries, query_files=list(query_files), query_embeddings=query_embeddings,
-                        k=k, metric=metric, model=model_path, query_prefix=query_prefix, strict=strict, rescore=rescore,
+                        k=k, metric=metric, model=model_path, tokenizer=tokenizer_path, query_prefix=query_prefix, strict=strict, rescore=rescore,
                         block_rows=block_rows or 0, threads=threads)
     res = run_search(req, warn=lambda msg: None if quiet else click.echo(f"warning: {msg}", err=True))
     out = sys.stdout

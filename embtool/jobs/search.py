@@ -24,6 +24,7 @@ class SearchRequest:
     k: int = 10
     metric: str = "cosine"
     model: str | None = None
+    tokenizer: str | None = None  # a tokenizer.json for a model without one beside it (default: the index's record)
     query_prefix: str | None = None
     strict: bool = False
     rescore: int | None = None  # None: a depth chosen from the index size (algorithms.search.auto_rescore); 0: off
@@ -55,7 +56,7 @@ def _query_vectors(req: SearchRequest, first: Index, warn: Callable[[str], None]
         raise InputError(f"{first.path} does not record its model; give --model to embed text queries")
     if not Path(model_path).exists():
         raise InputError(f"the index's model {model_path} is not there; give --model")
-    m = open_model(model_path, need_tokenizer=True)
+    m = open_model(model_path, need_tokenizer=True, tokenizer=req.tokenizer or (None if req.model else meta.get("tokenizer") or None))
     if req.model and meta.get("model_fingerprint") and m.fingerprint() != meta["model_fingerprint"]:
         msg = f"--model {req.model} is not the model the index was made with ({meta.get('model')})"
         if req.strict:
