@@ -281,3 +281,23 @@ def test_mpnet_trim_factorize_init_subwords_export(tmp_path):
     assert r.exit_code == 0, r.stderr
     expected = np.array(REF["models"]["mpnet-mean-normalize"]["runs"][0]["vectors"], np.float32)
     assert _cos(Encoder(open_model(tmp_path / "onnx")).embed(REF["texts"]), expected).min() >= 0.9999
+
+
+def test_init_subwords_reports_how_the_prompts_are_carried(tmp_path):
+    from conftest import train_tokenizer
+
+    trimmed, _ = _trim(tmp_path)  # a smaller vocabulary that kept the prompts' tokens
+    r = run_cli(["init-subwords", DATA / "new-prompts", "--tokenizer", trimmed / "tokenizer.json",
+                 "-o", tmp_path / "same", "--json"])
+    assert r.exit_code == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert set(s["prompts"]) == {"query: ", "passage: "}
+    assert all(set(p["rows"]) == {"copied"} for p in s["prompts"].values())
+    assert s["eval_prefix"] == "passage: " and not any("prompt" in n for n in s["notes"])
+    small = train_tokenizer("wordpiece", (CORPUS + ["passage query"]) * 20)  # whole-word tokens the model lacks
+    small.save(str(tmp_path / "small.json"))
+    r = run_cli(["init-subwords", DATA / "new-prompts", "--tokenizer", tmp_path / "small.json", "-o", tmp_path / "new", "--json"])
+    assert r.exit_code == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert any(k != "copied" for p in s["prompts"].values() for k in p["rows"])
+    assert any(n.startswith("prompt 'passage: '") for n in s["notes"])

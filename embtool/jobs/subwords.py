@@ -283,6 +283,23 @@ def plan_rows(m: Model, tgt: TokenizerJson, table: np.ndarray, req: InitRequest,
     return SW.build_recipe(len(t_tokens), parts, unused=holes), info
 
 
+def prompt_rows(m: Model, tgt: TokenizerJson, recipe: SW.Recipe, notes: list[str]) -> dict[str, dict[str, Any]]:
+    """How the new vocabulary carries each prompt of the model's sentence-transformers config: the prompt's
+    tokens under the new tokenizer and how their rows were made. A prompt whose rows are not all copied
+    shifts every prompted text; say so."""
+    out: dict[str, dict[str, Any]] = {}
+    tok = tgt.runtime()
+    for p in m.st.prompt_texts():
+        ids = tok.encode(p, add_special_tokens=False).ids
+        kinds = [SW.KIND_NAMES[recipe.kind[i]] if i < recipe.size else "unused" for i in ids]
+        out[p] = {"tokens": [tok.id_to_token(i) for i in ids], "rows": {k: kinds.count(k) for k in dict.fromkeys(kinds)}}
+        made = [f"{t} ({k})" for t, k in zip(out[p]["tokens"], kinds) if k != "copied"]
+        if made:
+            notes.append(f"prompt {p!r}: {len(made)} of its {len(ids)} tokens under the new tokenizer are not copied "
+                         f"rows ({', '.join(made[:4])}); texts embedded after it shift with them")
+    return out
+
+
 def _not_pieces(tj: TokenizerJson) -> set[int]:
     """Ids that stand for no text: the special tokens and the unknown token."""
     unk = VA.unk_id(tj.data)
@@ -327,6 +344,7 @@ def run_init_subwords(req: InitRequest, progress=None) -> dict[str, Any]:
     recipe, info = plan_rows(m, tgt, table, req, method, progress)
     t_plan = time.perf_counter() - t0
     counts = recipe.counts()
+    prompts = prompt_rows(m, tgt, recipe, notes)
     factorized_out = P is not None or req.rank is not None
     summary: dict[str, Any] = {
         "model": req.model, "tokenizer": req.tokenizer, "output": req.output, "method": method, "dry_run": req.dry_run,
@@ -337,7 +355,7 @@ def run_init_subwords(req: InitRequest, progress=None) -> dict[str, Any]:
         "embedding_params_before": int(np.prod(vt.table.shape)) + (int(np.prod(vt.P.shape)) if vt.P is not None else 0),
         "embedding_params_after": recipe.size * int(req.rank or table.shape[1])
                                   + (int(np.prod(P.shape)) if P is not None else int(req.rank or 0) * D_table),
-        "notes": notes}
+        **({"prompts": prompts} if prompts else {}), "notes": notes}
     if req.dry_run:
         summary["seconds"] = round(time.perf_counter() - t0, 2)
         return summary
@@ -405,6 +423,11 @@ def run_init_subwords(req: InitRequest, progress=None) -> dict[str, Any]:
         summary.update(bytes_before=m.weight_bytes(), bytes_after=open_model(out.path).weight_bytes(),
                        plan_seconds=round(t_plan, 2))
         if checkable:
+            if not req.eval_prefix and m.st.document_prompt():  # texts as the model is used: after its document prompt
+                from dataclasses import replace
+
+                req = replace(req, eval_prefix=m.st.document_prompt())
+            summary["eval_prefix"] = req.eval_prefix
             evaluate_output(m, out, req, summary)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
