@@ -113,7 +113,7 @@ def test_trim_vocab_keeps_tokenization(name, tmp_path):
     train = (ARCH / name / "train.txt").read_text(encoding="utf-8").splitlines()[:40]
     (tmp_path / "c.txt").write_text("\n".join(train) + "\n", encoding="utf-8")
     out = tmp_path / "trim"
-    r = run_cli(["trim-vocab", ARCH / name, "-c", tmp_path / "c.txt", "-o", out, "--json"])
+    r = run_cli(["trim-vocab", ARCH / name, "-c", tmp_path / "c.txt", "-o", out, "--json", "--eval", _texts_file(name, tmp_path)])
     assert r.exit_code == 0, r.stderr
     before, after = open_model(ARCH / name), open_model(out)
     tb, ta = before.tokenizer.runtime(), after.tokenizer.runtime()
@@ -148,7 +148,7 @@ def test_trim_vocab_keeps_tokenization(name, tmp_path):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_quantize_runs_and_reports(name, tmp_path):
-    r = run_cli(["quantize", ARCH / name, "--bits", "8", "--group-size", "16", "-o", tmp_path / "q8", "--json",
+    r = run_cli(["quantize", ARCH / name, "--bits", "8", "--group-size", "16", "--method", "rtn", "-o", tmp_path / "q8", "--json",
                  "--eval", _texts_file(name, tmp_path)])
     assert r.exit_code == 0, r.stderr
     ev = json.loads(r.stdout)["eval"]
@@ -211,7 +211,8 @@ def test_init_subwords_runs(name, target, tmp_path):
     """A new tokenizer (another fixture's): the output's tables, config and tokenizer agree and it embeds; between
     two byte-level BPE vocabularies (same token spelling) shared tokens keep their rows, the untied LM head's too."""
     out = tmp_path / "init"
-    r = run_cli(["init-subwords", ARCH / name, "--tokenizer", ARCH / target / "tokenizer.json", "-o", out, "--quiet"])
+    r = run_cli(["init-subwords", ARCH / name, "--tokenizer", ARCH / target / "tokenizer.json", "-o", out, "--quiet",
+                 "--eval", _texts_file(name, tmp_path)])
     assert r.exit_code == 0, r.stderr
     src, new = open_model(ARCH / name), open_model(out)
     ts, tn = src.tokenizer.runtime(), new.tokenizer.runtime()
