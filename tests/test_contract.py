@@ -570,3 +570,126 @@ def test_compressed_corpora(tmp_path, tiny_bert):
     (tmp_path / "bad.gz").write_bytes(gzip.compress(text.encode())[:300])
     r = run_cli(["trim-vocab", tiny_bert, "-c", tmp_path / "bad.gz", "--dry-run"])
     assert r.exit_code == 1 and "damaged gzip data" in r.stderr and r.stderr.count("\n") == 1, r.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# the README's Makefile and CI snippets, as written, on a passing and a failing gate
+# ----------------------------------------------------------------------------------------------
+
+import re  # noqa: E402
+
+
+def _readme_block(lang: str, after: str) -> str:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(f"```{lang}\n", readme.index(after)) + len(lang) + 4
+    return readme[start:readme.index("```\n", start)]
+
+
+def _workspace(tmp_path: Path) -> Path:
+    """A folder with bin/embtool (this checkout's CLI) to put first on PATH."""
+    w = tmp_path / "w"
+    (w / "bin").mkdir(parents=True)
+    (w / "bin" / "embtool").write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m embtool \"$@\"\n")
+    (w / "bin" / "embtool").chmod(0o755)
+    return w
+
+
+def _gates(text: str, trim: str, quantize: str) -> str:
+    """Set the snippet's thresholds: trim-vocab's to `trim`, quantize's to `quantize`."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        value = quantize if "quantize" in line or "--eval-prefix" in line else trim
+        out.append(re.sub(r"(--min-cosine(?:-min)?) [0-9.]+", rf"\1 {value}", line))
+    return "".join(out)
+
+
+def _env(w: Path) -> dict:
+    return {**os.environ, "PATH": f"{w / 'bin'}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="no make")
+@pytest.mark.parametrize("shell_flags", ["-ec", "-eo pipefail -c"])
+@pytest.mark.parametrize("gate", ["pass", "fail"])
+def test_readme_makefile_snippet(tmp_path, tiny_bert, shell_flags, gate):
+    from conftest import corpus_lines
+
+    w = _workspace(tmp_path)
+    make = _readme_block("make", "## Shrinking a model in a pipeline")
+    assert "--min-cosine" in make and "$(MODEL)" in make
+    shutil.copytree(tiny_bert, w / "tiny")
+    (w / "train.txt").write_text("\n".join(corpus_lines("fr", 300)) + "\n")
+    (w / "held.txt").write_text("\n".join(corpus_lines("fr", 30, 5000)) + "\n")
+    (w / "docs.txt").write_text("un document\nun autre document\n")
+    (w / "Makefile").write_text(_gates(make, "-1", "-1" if gate == "pass" else "0.99999"))
+    r = subprocess.run(["make", "docs.safetensors", "MODEL=tiny", "CORPUS=train.txt", "HELDOUT=held.txt",
+                        "SHELL=/bin/bash", f".SHELLFLAGS={shell_flags}"],
+                       cwd=w, env=_env(w), capture_output=True, text=True, timeout=600)
+    trim = json.loads((w / "trim.json").read_text())
+    assert trim["passed"] is True and trim["written"] is True and (w / "e5-fr" / "embtool.json").is_file()
+    q = json.loads((w / "quantize.json").read_text())
+    assert q["schema"] == "embtool.quantize/1" and "cosine_mean" in q["eval"]
+    if gate == "pass":
+        assert r.returncode == 0, r.stderr
+        assert q["passed"] is True and (w / "e5-fr-q" / "embtool.json").is_file() and (w / "docs.safetensors").is_file()
+        r2 = subprocess.run(["make", "docs.safetensors", "MODEL=tiny", "CORPUS=train.txt", "HELDOUT=held.txt"],
+                            cwd=w, env=_env(w), capture_output=True, text=True, timeout=600)
+        assert r2.returncode == 0 and "up to date" in r2.stdout  # nothing to rebuild
+    else:
+        assert r.returncode == 2 and "Error 3" in r.stderr, (r.returncode, r.stderr)  # make reports the gate's exit 3
+        assert q["passed"] is False and q["written"] is False and q["gate"]["failed"]
+        assert not (w / "e5-fr-q").exists() and not (w / "docs.safetensors").exists()
+        assert not list(w.glob(".embtool-tmp-*"))
+
+
+def _ci_steps(yaml: str) -> list[dict]:
+    """The steps of the README's workflow: [{'run': ..., 'if': ...}] (`uses:` steps dropped)."""
+    steps, cur = [], None
+    for line in yaml.splitlines():
+        s = line.strip()
+        if s.startswith("- "):
+            cur = {}
+            steps.append(cur)
+            s = s[2:]
+        if cur is None or ":" not in s:
+            continue
+        key, _, value = s.partition(":")
+        if key in ("run", "if", "uses"):
+            cur[key] = value.split("  #")[0].strip()
+    return [st for st in steps if "run" in st and "uses" not in st]
+
+
+@pytest.mark.skipif(shutil.which("jq") is None, reason="no jq")
+@pytest.mark.parametrize("shell", [["bash", "-e"], ["bash", "-e", "-o", "pipefail"]])
+@pytest.mark.parametrize("gate", ["pass", "fail"])
+def test_readme_ci_snippet(tmp_path, tiny_bert, shell, gate):
+    """Runs the workflow's steps as GitHub Actions does: each in `shell`, stopping at the first failure
+    except for `if: always()` steps."""
+    from conftest import corpus_lines
+
+    w = _workspace(tmp_path)
+    steps = _ci_steps(_readme_block("yaml", "## Shrinking a model in a pipeline"))
+    assert any("--min-cosine" in st["run"] for st in steps) and any(st.get("if") == "always()" for st in steps)
+    shutil.copytree(tiny_bert, w / "model")
+    (w / "data").mkdir()
+    (w / "data" / "train.txt").write_text("\n".join(corpus_lines("en", 300)) + "\n")
+    (w / "data" / "heldout.txt").write_text("\n".join(corpus_lines("en", 30, 5000)) + "\n")
+    failed, codes, log = False, [], ""
+    for st in steps:
+        if st["run"].startswith("pip install"):
+            continue
+        if failed and st.get("if") != "always()":
+            codes.append(None)  # skipped
+            continue
+        script = _gates(st["run"], "-1", "-1" if gate == "pass" else "0.99999")
+        r = subprocess.run([*shell, "-c", script], cwd=w, env=_env(w), capture_output=True, text=True, timeout=600)
+        codes.append(r.returncode)
+        log += r.stdout
+        failed = failed or r.returncode != 0
+    q = json.loads((w / "q.json").read_text())
+    assert json.loads((w / "trim.json").read_text())["passed"] is True
+    if gate == "pass":
+        assert codes == [0, 0, 0, 0] and q["passed"] is True and (w / "model-q4" / "embtool.json").is_file()
+    else:
+        assert codes == [0, 3, None, 0], codes  # the gate fails its step; the summaries are still shown
+        assert q["passed"] is False and q["written"] is False and not (w / "model-q4").exists()
+        assert '"passed": false' in log
