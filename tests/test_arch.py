@@ -155,6 +155,14 @@ def test_quantize_runs_and_reports(name, tmp_path):
     assert ev["cosine_mean"] > 0.99, ev  # 8 bits: close to the float model
     v = _embed(tmp_path / "q8", _texts(name))
     assert _cos(v, _ref(name)["vectors"]).min() > 0.98
+    for flags in ([], ["--portable"]):  # MatMulNBits / GatherBlockQuantized, or blocked DequantizeLinear
+        out = tmp_path / ("onnx" + "".join(flags))
+        assert run_cli(["export-onnx", tmp_path / "q8", "-o", out, "--quiet", *flags]).exit_code == 0
+        got = _embed(out, _texts(name))
+        if flags:  # float32 DequantizeLinear + MatMul sums in another order than MatMulNBits (max abs diff ~5e-4 here)
+            assert _cos(got, v).min() >= MIN_COS, f"{name} 8-bit exported {flags}"
+        else:
+            _assert_close(got, v, f"{name} 8-bit exported")
 
 
 @pytest.mark.parametrize("name", NAMES)
