@@ -349,7 +349,7 @@ def _bash(script: str, cwd: Path, env: dict | None = None) -> subprocess.Complet
 
 
 def test_a_closed_pipe_ends_quietly_like_unix_tools(tmp_path, tiny_bert):
-    (tmp_path / "many.txt").write_text("".join(f"text number {i}\n" for i in range(3000)))
+    (tmp_path / "many.txt").write_text("".join(f"text number {i}\n" for i in range(1000)))  # > a pipe's 64 KB
     assert run_cli(["embed", tiny_bert, "-i", tmp_path / "many.txt", "-o", tmp_path / "i.safetensors", "--quiet"]).exit_code == 0
     for cmd in (f"embtool embed {tiny_bert} -i many.txt", "embtool search i.safetensors -q many.txt -k 5 --json",
                 "yes"):  # the reference: what a Unix tool does
@@ -607,9 +607,13 @@ def _env(w: Path) -> dict:
     return {**os.environ, "PATH": f"{w / 'bin'}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
 
 
+SLOW = pytest.mark.slow  # every combination runs in `make test`; one in `make test-fast`
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make")
-@pytest.mark.parametrize("shell_flags", ["-ec", "-eo pipefail -c"])
-@pytest.mark.parametrize("gate", ["pass", "fail"])
+@pytest.mark.parametrize("gate,shell_flags", [("fail", "-ec"), pytest.param("fail", "-eo pipefail -c", marks=SLOW),
+                                              pytest.param("pass", "-ec", marks=SLOW),
+                                              pytest.param("pass", "-eo pipefail -c", marks=SLOW)])
 def test_readme_makefile_snippet(tmp_path, tiny_bert, shell_flags, gate):
     from conftest import corpus_lines
 
@@ -659,8 +663,9 @@ def _ci_steps(yaml: str) -> list[dict]:
 
 
 @pytest.mark.skipif(shutil.which("jq") is None, reason="no jq")
-@pytest.mark.parametrize("shell", [["bash", "-e"], ["bash", "-e", "-o", "pipefail"]])
-@pytest.mark.parametrize("gate", ["pass", "fail"])
+@pytest.mark.parametrize("gate,shell", [("fail", ["bash", "-e"]), pytest.param("fail", ["bash", "-e", "-o", "pipefail"], marks=SLOW),
+                                        pytest.param("pass", ["bash", "-e"], marks=SLOW),
+                                        pytest.param("pass", ["bash", "-e", "-o", "pipefail"], marks=SLOW)])
 def test_readme_ci_snippet(tmp_path, tiny_bert, shell, gate):
     """Runs the workflow's steps as GitHub Actions does: each in `shell`, stopping at the first failure
     except for `if: always()` steps."""
