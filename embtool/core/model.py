@@ -368,7 +368,7 @@ def check_config_against_weights(model: Model) -> None:
         problems.append(f"{layers[0]} = {layers[1]:,} but the weights have {found} layers")
     hidden = _first_int(cfg, "hidden_size", "dim", "d_model")
     heads = _first_int(cfg, "num_attention_heads", "n_heads")
-    if hidden and heads and (heads[1] == 0 or hidden[1] % heads[1]):
+    if hidden and heads and (heads[1] == 0 or (hidden[1] % heads[1] and "head_dim" not in cfg)):  # head_dim: sizes free
         problems.append(f"{heads[0]} = {heads[1]} does not divide {hidden[0]} = {hidden[1]}")
     vt = find_vocab_tensors(model)
     if vt:
