@@ -1,0 +1,59 @@
+"""Search quality on real embeddings (multilingual-e5-small, French paragraphs): random vectors say nothing about
+binary codes on real text, whose embeddings share a large common direction."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import corpus_lines, run_cli
+from embtool.core.embeddings_io import EmbeddingSink, Index
+
+pytestmark = pytest.mark.real
+
+
+def _ids(r, n_queries: int) -> np.ndarray:
+    assert r.exit_code == 0, r.stderr
+    hits = [json.loads(x) for x in r.stdout.splitlines()]
+    return np.array([[h["id"] for h in hits if h["query_no"] == i] for i in range(n_queries)])
+
+
+def test_int8_and_binary_recall_on_e5(e5_small, tmp_path):
+    """1,500 paragraphs, 75 half-paragraph queries: recall@10 against the float index through `embtool search`
+    (measured 0.985 int8, 0.959 binary + default rescoring, 0.40 binary alone vs 0.14 for plain sign bits)."""
+    docs = corpus_lines("fr", 1500)
+    queries = [" ".join(t.split()[: max(1, len(t.split()) // 2)]) for t in docs[::20]]
+    (tmp_path / "d.txt").write_text("\n".join(docs) + "\n", encoding="utf-8")
+    (tmp_path / "q.txt").write_text("\n".join(queries) + "\n", encoding="utf-8")
+    fl = tmp_path / "f.safetensors"
+    for args in (["-i", tmp_path / "d.txt", "--prefix", "passage: ", "-o", fl],
+                 ["-i", tmp_path / "q.txt", "--prefix", "query: ", "-o", tmp_path / "q.npy"]):
+        r = run_cli(["embed", e5_small, *args, "--quiet"])
+        assert r.exit_code == 0, r.stderr
+    src = Index(fl)
+    X = np.asarray(src.emb)
+    for name, prec, extra in (("int8", "int8", {}), ("binary", "binary", {"keep_float": True}),
+                              ("sign", "binary", {"binary_code": "sign"})):
+        sink = EmbeddingSink("safetensors", prec, **extra)  # the writer embed uses
+        try:
+            sink.add(docs, X)
+            sink.finish(tmp_path / f"{name}.safetensors", {"normalize": src.meta["normalize"]})
+        finally:
+            sink.close()
+
+    def search(index, *extra):
+        return _ids(run_cli(["search", index, "--query-embeddings", tmp_path / "q.npy", "-k", "10", "--json", "--quiet", *extra]),
+                    len(queries))
+
+    ref = search(fl)
+
+    def recall(ids):
+        return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, ref)]))
+
+    assert recall(search(tmp_path / "int8.safetensors")) >= 0.97
+    binary = recall(search(tmp_path / "binary.safetensors", "--rescore", "0"))
+    sign = recall(search(tmp_path / "sign.safetensors", "--rescore", "0"))
+    assert binary > 2 * sign
+    assert recall(search(tmp_path / "binary.safetensors")) >= 0.93  # default rescoring depth
