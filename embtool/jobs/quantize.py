@@ -25,7 +25,7 @@ from embtool.core.model import Model, find_vocab_tensors, open_model
 from embtool.core.model_out import (copy_unchanged, metadata_json, updated_config, write_configs, write_derived_model,
                                     write_weights)
 from embtool.core.writer import OutputFolder, provenance
-from embtool.jobs.fidelity import OutputRequest, evaluate_output
+from embtool.jobs.fidelity import OutputRequest, check_runnable, evaluate_output
 
 METHODS = ("auto", "rtn", "gptq")
 GPTQ_TEXTS = 256  # calibration lines read for GPTQ's input statistics
@@ -138,6 +138,8 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
                                                   or req.method == "gptq"))
     if req.portable and req.fmt != "onnx" and m.format != "onnx":
         raise InputError("--portable describes an ONNX output: add --format onnx")
+    notes: list[str] = []
+    checkable = req.sensitivity_only or check_runnable(m, req, notes)
     if m.format == "onnx":
         return _run_quantize_onnx(m, req, t0)
     names, emb = select_tensors(m, req)
@@ -149,7 +151,7 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
     grams = None
     method = req.method
     if method == "auto":  # use calibration text when there is any: the user's, else the built-in sample
-        method = "gptq" if m.tokenizer is not None and any(k != emb for k in names) else "rtn"
+        method = "gptq" if checkable and m.tokenizer is not None and any(k != emb for k in names) else "rtn"
     if method == "gptq":
         from embtool.core.calibration import calibration_texts
         from embtool.jobs.calibrate import gram_matrices
@@ -162,6 +164,8 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
         say("--calib is not used by --method rtn")
     summary: dict[str, Any] = {"model": req.model, "output": req.output, "group_size": req.group_size,
                                "symmetric": req.symmetric, "method": method, "format": req.fmt}
+    if notes:
+        summary["notes"] = notes
     if req.plan is not None:
         plan, done = {k: int(req.plan.get(k, req.bits[0])) for k in names}, {}
     elif req.target_bits is not None or req.max_size is not None or req.sensitivity_only:
@@ -203,7 +207,7 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
             new = open_model(out.path, need_tokenizer=False)
         summary["bytes_before"] = m.weight_bytes()
         summary["bytes_after"] = new.weight_bytes()
-        if req.eval_file:
+        if checkable:
             evaluate_output(m, out, req, summary)
     summary.update({
         "tensors": len(rows), "quantized_weights": n_q,
@@ -369,9 +373,8 @@ def _run_quantize_onnx(m: Model, req: QuantRequest, t0: float) -> dict[str, Any]
         new = open_model(out.path)
         summary: dict[str, Any] = {"model": req.model, "output": req.output, "group_size": req.group_size, "symmetric": req.symmetric,
                                    "method": "rtn", "format": "onnx", "bytes_before": m.weight_bytes(), "bytes_after": new.weight_bytes()}
-        if req.eval_file:
-            orig = open_model(req.model, need_tokenizer=True)  # the input graph object was rewritten in place
-            evaluate_output(orig, out, req, summary)
+        orig = open_model(req.model, need_tokenizer=bool(req.eval_file))  # the input graph object was rewritten in place
+        evaluate_output(orig, out, req, summary)
     n_q = sum(int(np.prod(r["shape"])) for r in rows)
     summary.update({"tensors": len(rows), "quantized_weights": n_q, "tensor_bytes_before": sum(r["bytes_before"] for r in rows),
                     "bits_per_weight": 8 * sum(r["bytes_after"] for r in rows) / max(n_q, 1),

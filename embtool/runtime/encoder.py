@@ -197,7 +197,12 @@ class Encoder:
             arrays["position_ids"] = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()
         for name in self.input_names:
             feeds[name] = ort.OrtValue.ortvalue_from_numpy(arrays[name])
-        out = self.sess.run_with_ort_values([self.output_name], feeds)[0].numpy()
+        try:
+            out = self.sess.run_with_ort_values([self.output_name], feeds)[0].numpy()
+        except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument) as e:
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise Unsupported(f"{self.model.weight_path}: onnxruntime cannot run it on a batch of {ids.shape[1]} tokens "
+                              f"({msg[:300]}); if the model has fewer positions, give --max-length") from None
         if self.pooled_output:
             if out.ndim != 2:
                 raise Unsupported(f"output {self.output_name!r} has shape {out.shape}, expected [batch, hidden]")
