@@ -277,7 +277,7 @@ def test_trim_cli_selection_boundaries(tmp_path, tiny_bert, flag, value, kept):
     words = _single_token_words(tiny_bert, 4)
     lines = [w for w, c in zip(words, (8, 4, 3, 1)) for _ in range(c)]
     (tmp_path / "c.txt").write_text("\n".join(lines) + "\n")
-    r = run_cli(["trim-vocab", tiny_bert, "-c", tmp_path / "c.txt", flag, value, "-o", tmp_path / "o", "--json"])
+    r = run_cli(["trim-vocab", tiny_bert, "-c", tmp_path / "c.txt", flag, value, "-o", tmp_path / "o", "--json", "--no-eval"])
     assert r.exit_code == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["corpus_tokens"] == 16
@@ -531,7 +531,7 @@ def test_script_keeps_exactly_the_tokens_of_the_script(tmp_path, scripts_model, 
     expected = {t for t in vocab if _letters_in(t, script)} | specials
     assert 30 < len(expected) < len(vocab) - 30  # the model has tokens of each script, and others
     assert {"alphaβητα", "мирpeace"} <= set(vocab) and not {"alphaβητα", "мирpeace"} & expected
-    r = run_cli(["trim-vocab", scripts_model, "--script", script, "-o", tmp_path / "o", "--json"])
+    r = run_cli(["trim-vocab", scripts_model, "--script", script, "-o", tmp_path / "o", "--json", "--no-eval"])
     assert r.exit_code == 0, r.stderr
     kept = json.loads((tmp_path / "o" / "tokenizer.json").read_text())["model"]["vocab"]
     assert set(kept) == expected
@@ -540,9 +540,10 @@ def test_script_keeps_exactly_the_tokens_of_the_script(tmp_path, scripts_model, 
         return
     # with a corpus: the corpus's tokens and the script's
     (tmp_path / "c.txt").write_text("\n".join(corpus_lines("en", 20)) + "\n")
-    r = run_cli(["trim-vocab", scripts_model, "-c", tmp_path / "c.txt", "--script", script, "-o", tmp_path / "oc", "--json"])
+    r = run_cli(["trim-vocab", scripts_model, "-c", tmp_path / "c.txt", "--script", script, "-o", tmp_path / "oc", "--no-eval"])
     assert r.exit_code == 0, r.stderr
-    r = run_cli(["trim-vocab", scripts_model, "-c", tmp_path / "c.txt", "-o", tmp_path / "onlyc", "--json"])
+    r = run_cli(["trim-vocab", scripts_model, "-c", tmp_path / "c.txt", "-o", tmp_path / "onlyc", "--no-eval"])
+    assert r.exit_code == 0, r.stderr
     both = set(json.loads((tmp_path / "oc" / "tokenizer.json").read_text())["model"]["vocab"])
     corpus_only = set(json.loads((tmp_path / "onlyc" / "tokenizer.json").read_text())["model"]["vocab"])
     assert both == corpus_only | expected
@@ -562,7 +563,7 @@ def test_max_error_picks_the_smallest_rank(tmp_path, tiny_bert):
     k = 10
     for e, rank in ((err[k] * (1 + 1e-6), k), (err[k] * (1 - 1e-6), k + 1)):
         out = tmp_path / f"r{rank}"
-        r = run_cli(["factorize", tiny_bert, "--max-error", repr(float(e)), "-o", out, "--json"])
+        r = run_cli(["factorize", tiny_bert, "--max-error", repr(float(e)), "-o", out, "--json", "--no-eval"])
         assert r.exit_code == 0, r.stderr
         s = json.loads(r.stdout)
         assert s["rank"] == rank and s["rel_frobenius_error"] == pytest.approx(err[rank], rel=1e-4)
@@ -585,7 +586,7 @@ def test_no_center_uses_the_word_vectors_as_given(tmp_path, tiny_models):
     def table(vectors, *flags):
         out = tmp_path / f"o-{vectors}-{'-'.join(flags)}"
         r = run_cli(["init-subwords", tiny_models["bert"], "--tokenizer", target, "--word-vectors", tmp_path / vectors,
-                     "--word-vocab", tmp_path / "w.vocab", "-o", out, "--json", *flags])
+                     "--word-vocab", tmp_path / "w.vocab", "-o", out, "--json", "--no-eval", *flags])
         assert r.exit_code == 0, r.stderr
         assert json.loads(r.stdout)["rows"]["neighbours"] >= 10
         return load_file(str(out / "model.safetensors"))["embeddings.word_embeddings.weight"]
@@ -613,7 +614,7 @@ def _gate(args: list, out: Path) -> None:
 
 def test_quantize_min_cosine_gate(tmp_path, tiny_bert):
     (tmp_path / "h.txt").write_text("\n".join(corpus_lines("en", 30, 2000)) + "\n")
-    _gate(["quantize", tiny_bert, "--bits", "2", "--group-size", "16", "--eval", tmp_path / "h.txt"], tmp_path)
+    _gate(["quantize", tiny_bert, "--bits", "2", "--group-size", "16", "--method", "rtn", "--eval", tmp_path / "h.txt"], tmp_path)
 
 
 def test_factorize_min_cosine_gate(tmp_path, tiny_bert):
@@ -644,7 +645,7 @@ def test_target_bits_holds_in_the_written_file(tmp_path, tiny_bert):
 
     (tmp_path / "calib.txt").write_text("\n".join(SENTENCES[:4]) + "\n")
     r = run_cli(["quantize", tiny_bert, "--bits", "2,4,8", "--target-bits", "4.0", "--group-size", "32", "--method", "rtn",
-                 "--calib", tmp_path / "calib.txt", "--probes", "1", "-o", tmp_path / "m", "--quiet"])
+                 "--calib", tmp_path / "calib.txt", "--probes", "1", "-o", tmp_path / "m", "--quiet", "--no-eval"])
     assert r.exit_code == 0, r.stderr
     q, _, record = _quantized_bytes(tmp_path / "m")
     src = load_file(str(tiny_bert / "model.safetensors"))
