@@ -147,21 +147,16 @@ def embed_to_shards(texts: Iterable[str], model: str | os.PathLike, *, workers: 
         yield np.concatenate(buf_ids), buf_txt, np.concatenate(buf_vec)
 
 
-def _score_shard(path: str, queries: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    from embtool.jobs.search import shard_topk
-
-    return shard_topk(path, queries, k, metric)
-
-
-def search_shards(paths: list[str], queries: np.ndarray, k: int = 10, metric: str = "cosine") -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k over index shards, each scored in a Ray task, merged on the driver: (scores [q, k], global ids)."""
+def search_files(paths: list[str], queries: np.ndarray, req, threads: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each index file scored in a Ray task (exact top-k of that file, rescored as locally); the caller merges
+    the per-file lists exactly as the local search does, so the hits are identical."""
     ray = _ray()
-    remote = ray.remote(_score_shard)
-    q_ref = ray.put(np.ascontiguousarray(queries, dtype=np.float32))
-    parts = ray.get([remote.options(max_retries=3).remote(str(Path(p).resolve()), q_ref, k, metric) for p in paths])
-    from embtool.algorithms.search import merge_topk
+    init(req.ray)
+    from embtool.jobs.search import search_file
 
-    return merge_topk(parts, k, metric)
+    remote = ray.remote(num_cpus=1, max_retries=3)(search_file)
+    q_ref = ray.put(np.ascontiguousarray(queries, dtype=np.float32))
+    return ray.get([remote.remote(str(Path(p).resolve()), q_ref, req, threads) for p in paths])
 
 
 def embed_to_folder(texts: Iterable[str], model: str | os.PathLike, output: str | os.PathLike, *, address: str = "local",

@@ -45,3 +45,21 @@ def test_parquet_refusals(tiny_bert, tmp_path):
 
     with pytest.raises(CorruptFile):
         ParquetIndex(tmp_path / "notes.parquet")
+
+
+def test_search_over_parquet_equals_safetensors(tiny_bert, tmp_path):
+    import json
+
+    from conftest import corpus_lines
+
+    texts = corpus_lines("fr", 120, 4000)
+    (tmp_path / "t.txt").write_text("\n".join(texts) + "\n")
+    q = tmp_path / "q.txt"
+    q.write_text("\n".join(t[: len(t) // 2] for t in texts[::10]) + "\n")
+    hits = {}
+    for ext in ("parquet", "safetensors"):
+        assert run_cli(["embed", tiny_bert, "-i", tmp_path / "t.txt", "-o", tmp_path / f"t.{ext}", "--quiet"]).exit_code == 0
+        r = run_cli(["search", tmp_path / f"t.{ext}", "-q", q, "-k", "5", "--json"])
+        assert r.exit_code == 0, r.stderr
+        hits[ext] = [(h["query_no"], h["id"], h["text"], round(h["score"], 5)) for h in map(json.loads, r.stdout.splitlines())]
+    assert hits["parquet"] == hits["safetensors"] and len(hits["parquet"]) == 5 * len(texts[::10])

@@ -89,9 +89,14 @@ def test_embed_ray_shards_search_like_one_local_index(ray_local, tiny_bert, tmp_
     assert run_cli(["embed", tiny_bert, "-i", tmp_path / "t.txt", "-o", tmp_path / "one.safetensors", "--quiet"]).exit_code == 0
     q = tmp_path / "q.txt"
     q.write_text("\n".join(t[: len(t) // 2] for t in texts[::23]) + "\n")
+    assert run_cli(["embed", tiny_bert, "-i", tmp_path / "t.txt", "--ray", "--workers", "1", "--shard-rows", "150",
+                    "--format", "parquet", "-o", tmp_path / "pq", "--quiet"]).exit_code == 0
     hits = {}
-    for name, idx in (("ray", shards), ("local", [tmp_path / "one.safetensors"])):
+    for name, idx in (("ray", shards), ("local", [tmp_path / "one.safetensors"]), ("folder", [tmp_path / "shards"]),
+                      ("ray-search", [tmp_path / "shards", "--ray"]), ("parquet", [tmp_path / "pq"])):
         r = run_cli(["search", *idx, "-q", q, "-k", "10", "--json"])
         assert r.exit_code == 0, r.stderr
         hits[name] = [(h["query_no"], h["id"], round(h["score"], 5)) for h in map(json.loads, r.stdout.splitlines())]
-    assert hits["ray"] == hits["local"] and len(hits["ray"]) == 10 * len(texts[::23])
+    assert len(hits["local"]) == 10 * len(texts[::23])
+    for name in ("ray", "folder", "ray-search", "parquet"):
+        assert hits[name] == hits["local"], name

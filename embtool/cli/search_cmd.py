@@ -14,7 +14,7 @@ from embtool.jobs.search import SearchRequest, run_search
 
 
 @click.command(name="search")
-@click.argument("index", type=InputPath())
+@click.argument("index", type=InputPath(dir_okay=True))
 @click.argument("queries", nargs=-1)
 @click.option("-q", "--queries-file", "query_files", multiple=True, help="File of query texts, one per line; '-' reads stdin.")
 @click.option("--query-embeddings", type=InputPath(), default=None,
@@ -32,13 +32,17 @@ from embtool.jobs.search import SearchRequest, run_search
                    "codes) (0: off; default: a depth chosen from the index size).")
 @click.option("--block-rows", type=click.IntRange(min=1), default=None,
               help="Index rows scored per block; bounds memory whatever the index size (default: 16 MB of rows).")
-@click.option("--shard", "shards", multiple=True, type=InputPath(),
+@click.option("--shard", "shards", multiple=True, type=InputPath(dir_okay=True),
               help="More index files (shards) searched together with INDEX. Repeatable.")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Score each index file in a Ray task (the ray extra; alone: a local Ray, 'auto' or an address: a "
+                   "cluster) and merge the top-k here; the hits are the same as without --ray.")
 @common_options(json_help="Print JSON Lines on stdout: one JSON object per hit (schema: docs/schema/search.json), "
                           "in query order, then rank order.")
 def command(index, queries, query_files, query_embeddings, k, metric, model_path, tokenizer_path, query_prefix, strict, rescore, block_rows,
-            shards, as_json, quiet, threads) -> None:
-    """Exact top-k search of an index written by `embtool embed -o X.safetensors` (or a .npy matrix),
+            shards, ray_address, as_json, quiet, threads) -> None:
+    """Exact top-k search of an index written by `embtool embed -o X.safetensors` (or .parquet, or a .npy
+    matrix; a folder stands for the index shards in it, as `embed --ray` writes them),
     by blocked matrix multiplication over the memory-mapped file: an index larger than RAM works,
     and the result is always the exact one (recall 1.0).
 
@@ -55,7 +59,8 @@ def command(index, queries, query_files, query_embeddings, k, metric, model_path
     # a leading QUERY that is an index file is an extra shard: `search a.safetensors b.safetensors "q"`
     queries = list(queries)
     extra = list(shards)
-    while queries and queries[0].endswith((".safetensors", ".npy")) and Path(queries[0]).is_file():
+    while queries and ((queries[0].endswith((".safetensors", ".npy", ".parquet")) and Path(queries[0]).is_file())
+                       or Path(queries[0]).is_dir()):
         extra.append(queries.pop(0))
     if not queries and not query_files and query_embeddings is None:
         if sys.stdin.isatty():
@@ -63,7 +68,7 @@ def command(index, queries, query_files, query_embeddings, k, metric, model_path
         query_files = ("-",)
     req = SearchRequest(indexes=[index, *extra], queries=queries, query_files=list(query_files), query_embeddings=query_embeddings,
                         k=k, metric=metric, model=model_path, tokenizer=tokenizer_path, query_prefix=query_prefix, strict=strict, rescore=rescore,
-                        block_rows=block_rows or 0, threads=threads)
+                        block_rows=block_rows or 0, threads=threads, ray=ray_address)
     res = run_search(req, warn=lambda msg: None if quiet else click.echo(f"warning: {msg}", err=True))
     out = sys.stdout
     for qi, hits in enumerate(res.hits):

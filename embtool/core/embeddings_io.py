@@ -384,3 +384,32 @@ class Index:
 
 def write_stdout_line(line: str) -> None:
     sys.stdout.write(line + "\n")
+
+
+INDEX_SUFFIXES = (".safetensors", ".parquet", ".npy")
+
+
+def open_index(path: str | os.PathLike):
+    """The one way to open a search index file: embtool .safetensors (memory-mapped), a bare .npy matrix, or a
+    Parquet embeddings file (read into RAM)."""
+    if Path(path).suffix.lower() == ".parquet":
+        from embtool.core.parquet_io import ParquetIndex
+
+        return ParquetIndex(path)
+    return Index(path)
+
+
+def expand_index_paths(paths: list[str]) -> list[str]:
+    """Index arguments with folders expanded: a folder stands for its index shards (what `embed --ray` writes),
+    sorted by name."""
+    out: list[str] = []
+    for p in paths:
+        d = Path(p)
+        if d.is_dir():
+            shards = sorted(str(x) for x in d.iterdir() if x.suffix.lower() in INDEX_SUFFIXES and x.is_file())
+            if not shards:
+                raise InputError(f"{p}: a folder without index files (.safetensors, .parquet, .npy)")
+            out.extend(shards)
+        else:
+            out.append(str(p))
+    return out

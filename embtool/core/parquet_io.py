@@ -65,6 +65,7 @@ class ParquetIndex:
     precision = "float32"
     float = None
     scales = None
+    rescore_source = None
 
     def __init__(self, path: str | os.PathLike):
         pa, pq = _pa()
@@ -106,6 +107,13 @@ class ParquetIndex:
 
     def release(self, r0: int, r1: int) -> None:
         pass
+
+    def prefetch(self, r0: int, r1: int) -> None:
+        pass
+
+    @property
+    def unit_rows(self) -> bool:
+        return self.meta.get("normalize") == "true"
 
     def text(self, i: int) -> str | None:
         return None if self._texts is None else self._texts[i]

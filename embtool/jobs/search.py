@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 
 from embtool.algorithms import search as S
-from embtool.core.embeddings_io import Index
+from embtool.core.embeddings_io import Index, expand_index_paths, open_index
 from embtool.core.errors import InputError
 from embtool.core.texts import iter_texts
 
@@ -30,6 +30,7 @@ class SearchRequest:
     rescore: int | None = None  # None: a depth chosen from the index size (algorithms.search.auto_rescore); 0: off
     block_rows: int = 0  # 0: from the row size (algorithms.search.default_block_rows)
     threads: int = 0
+    ray: str | None = None  # score each index file in a Ray task ('local', 'auto' or an address); merged here
 
 
 @dataclass
@@ -42,7 +43,7 @@ def _query_vectors(req: SearchRequest, first: Index, warn: Callable[[str], None]
     if req.query_embeddings:
         if req.queries or req.query_files:
             raise InputError("give queries either as text or with --query-embeddings, not both")
-        qi = Index(req.query_embeddings)
+        qi = open_index(req.query_embeddings)
         return qi.block(0, len(qi)), None
     texts = list(iter_texts(req.queries, req.query_files, skip_empty=True))
     if not texts:
@@ -88,7 +89,8 @@ def _query_prefix(req: SearchRequest, model, meta: dict) -> str:
 
 
 def run_search(req: SearchRequest, warn: Callable[[str], None] = lambda m: None) -> SearchResult:
-    idxs = [Index(p) for p in req.indexes]
+    paths = expand_index_paths(req.indexes)
+    idxs = [open_index(p) for p in paths]
     for ix in idxs:
         if len(ix) == 0:
             raise InputError(f"{ix.path}: the index is empty")
@@ -104,8 +106,13 @@ def run_search(req: SearchRequest, warn: Callable[[str], None] = lambda m: None)
     results = []
     offset = 0
     threads = req.threads if req.threads > 0 else min(4, os.cpu_count() or 1)
-    for ix in idxs:
-        s, i = _search_one(q, ix, req, threads, warn)
+    if req.ray is not None:
+        from embtool.distributed import search_files
+
+        parts = search_files(paths, q, req, threads)
+    else:
+        parts = [_search_one(q, ix, req, threads, warn) for ix in idxs]
+    for ix, (s, i) in zip(idxs, parts):
         gid = ix.ids[i] if ix.ids is not None else i + offset
         results.append((s, np.asarray(gid, dtype=np.int64), ix, i))
         offset += len(ix)
@@ -154,3 +161,8 @@ def _search_one(q: np.ndarray, ix: Index, req: SearchRequest, threads: int, warn
     if depth:
         s, i = S.rescore(q, i, ix.rescore_rows, req.metric, k, unit_rows=ix.unit_rows)
     return s, i
+
+
+def search_file(path: str, q: np.ndarray, req: SearchRequest, threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, local row numbers) of one index file: what a Ray task runs next to the file."""
+    return _search_one(q, open_index(path), req, threads, lambda m: None)
