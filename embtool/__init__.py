@@ -1,7 +1,7 @@
 """embtool: shrink transformer text-embedding models and run them, without PyTorch.
 
-The public API (see README "Python API"): `Encoder`, `open_model`, and, with the `ray` extra,
-`embed_dataset`. Names are imported lazily, so `import embtool` (and `embtool --version`) stay light.
+The public API (see README "Python API"): `Encoder`, `trim_vocab`, `quantize`, `factorize`, `init_subwords`,
+`inspect`, `search` (typed `Result`s), `open_model`, and, with the `ray` extra, `embed_dataset`. Names are imported lazily, so `import embtool` (and `embtool --version`) stay light.
 """
 
 __version__ = "0.1.0"
@@ -9,6 +9,13 @@ __version__ = "0.1.0"
 _LAZY = {
     "Encoder": "embtool.api",
     "open_model": "embtool.api",
+    "Result": "embtool.api",
+    "trim_vocab": "embtool.api",
+    "quantize": "embtool.api",
+    "factorize": "embtool.api",
+    "init_subwords": "embtool.api",
+    "inspect": "embtool.api",
+    "search": "embtool.api",
     "embed_dataset": "embtool.distributed",
 }
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from embtool.core.model import Model, open_model
 
-__all__ = ["Encoder", "open_model"]
+__all__ = ["Encoder", "Result", "factorize", "init_subwords", "inspect", "open_model", "quantize", "search", "trim_vocab"]
 
 
 class Encoder:
@@ -83,3 +83,139 @@ class Encoder:
 
     def __repr__(self) -> str:
         return f"Encoder({str(Path(self.model.root))!r}, pooling={self.pooling!r}, normalize={self.normalize})"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model-shrinking functions: each runs the same job as its command and returns a Result.
+# ---------------------------------------------------------------------------------------------------------------
+
+from dataclasses import dataclass, field  # noqa: E402
+from typing import Any  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a command did: `summary` is its `--json` object (schema `embtool.<command>/1`, docs/schema/); the
+    fields below are the common ones, None where the command has no such figure."""
+
+    command: str
+    summary: dict[str, Any] = field(repr=False)
+
+    def _get(self, *path: str) -> Any:
+        d: Any = self.summary
+        for key in path:
+            if not isinstance(d, dict) or key not in d:
+                return None
+            d = d[key]
+        return d
+
+    @property
+    def output(self) -> str | None:
+        return self._get("output")
+
+    @property
+    def written(self) -> bool:
+        return bool(self._get("written"))
+
+    @property
+    def passed(self) -> bool:
+        """False only when a --min-cosine / --min-cosine-min / --min-recall gate failed (then nothing is written)."""
+        return self._get("passed") is not False
+
+    @property
+    def bytes_before(self) -> int | None:
+        return self._get("bytes_before")
+
+    @property
+    def bytes_after(self) -> int | None:
+        return self._get("bytes_after")
+
+    @property
+    def cosine_mean(self) -> float | None:
+        return self._get("eval", "cosine_mean")
+
+    @property
+    def cosine_min(self) -> float | None:
+        return self._get("eval", "cosine_min")
+
+    @property
+    def recall_at_10(self) -> float | None:
+        return self._get("eval", "recall_at_10")
+
+
+def _run(command: str, request_cls, runner, model, output, options: dict[str, Any], **fixed) -> Result:
+    from embtool.core.errors import FidelityError
+    from embtool.core.summary import summary_json
+
+    fields = set(request_cls.__dataclass_fields__)
+    unknown = set(options) - fields
+    if unknown:
+        raise TypeError(f"{command}: unexpected options {', '.join(sorted(unknown))} (see {request_cls.__name__})")
+    req = request_cls(model=str(model), output=None if output is None else str(output), **fixed, **options)
+    res = Result(command, summary_json(command, runner(req)))
+    if not res.passed:
+        err = FidelityError(res._get("gate", "message") or f"{command}: a fidelity gate failed; nothing was written")
+        err.result = res  # type: ignore[attr-defined]
+        raise err
+    return res
+
+
+def trim_vocab(model, output, *, corpus: Iterable[str] | str = (), **options) -> Result:
+    """Vocabulary trimming (`embtool trim-vocab`): options are TrimRequest's fields (top, min_freq, coverage,
+    keep_file, scripts, prefixes, eval_file, min_cosine, ..., force, threads). A failed gate raises FidelityError."""
+    from embtool.jobs.trim import TrimRequest, run_trim
+
+    corpus = [corpus] if isinstance(corpus, (str, os.PathLike)) else list(corpus)
+    return _run("trim-vocab", TrimRequest, run_trim, model, output, options, corpus=[str(c) for c in corpus])
+
+
+def quantize(model, output, **options) -> Result:
+    """Group-wise quantization (`embtool quantize`): options are QuantRequest's fields (bits=[4], group_size=32,
+    method, calib, target_bits, max_size, fmt, eval_file, min_cosine, force, ...)."""
+    from embtool.jobs.quantize import QuantRequest, run_quantize
+
+    return _run("quantize", QuantRequest, run_quantize, model, output, options)
+
+
+def factorize(model, output, **options) -> Result:
+    """Low-rank embedding table (`embtool factorize`): options are FactorRequest's fields (rank, energy, max_error,
+    fmt, eval_file, min_cosine, force, ...)."""
+    from embtool.jobs.factorize import FactorRequest, run_factorize
+
+    return _run("factorize", FactorRequest, run_factorize, model, output, options)
+
+
+def init_subwords(model, output, *, tokenizer, **options) -> Result:
+    """A new vocabulary for a model (`embtool init-subwords`): options are InitRequest's fields (method,
+    word_vectors, corpus, rank, seed, ...)."""
+    from embtool.jobs.subwords import InitRequest, run_init_subwords
+
+    return _run("init-subwords", InitRequest, run_init_subwords, model, output, options, tokenizer=str(tokenizer))
+
+
+def inspect(model) -> dict[str, Any]:
+    """What `embtool inspect --json` prints: architecture, vocabulary, parameters, bytes, quantization, provenance."""
+    from embtool.core.describe import describe
+    from embtool.core.summary import summary_json
+
+    m = model if isinstance(model, Model) else open_model(str(model))
+    return summary_json("inspect", describe(m))
+
+
+def search(index_paths, queries: Iterable[str] | np.ndarray, *, k: int = 10, metric: str = "cosine",
+           ray: str | None = None, **options) -> list[list[tuple[float, int, str]]]:
+    """Exact top-k: for each query, [(score, global id, text)] best first. `queries` are texts (embedded with the
+    index's model, or `model=`) or a [q, dim] array of vectors. `ray="local"|"auto"|ADDRESS` scores each index file
+    in a Ray task; the hits are the same."""
+    import tempfile
+
+    from embtool.jobs.search import SearchRequest, run_search
+
+    paths = [str(index_paths)] if isinstance(index_paths, (str, os.PathLike)) else [str(p) for p in index_paths]
+    if isinstance(queries, np.ndarray):
+        with tempfile.TemporaryDirectory(prefix="embtool-q-") as d:
+            qfile = Path(d) / "q.npy"
+            np.save(qfile, np.asarray(queries, dtype=np.float32).reshape(len(queries), -1))
+            return run_search(SearchRequest(indexes=paths, query_embeddings=str(qfile), k=k, metric=metric, ray=ray,
+                                            **options)).hits
+    return run_search(SearchRequest(indexes=paths, queries=list(queries), k=k, metric=metric, ray=ray, **options)).hits

@@ -55,3 +55,71 @@ def test_readme_python_api_example_runs(tiny_bert):
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["vecs"].shape == (2, 32) and scope["total"] == 300
+
+
+def _strip_volatile(d):
+    """Summaries of two runs differ only in timings (and the output path, when the outputs differ)."""
+    if isinstance(d, dict):
+        return {k: _strip_volatile(v) for k, v in d.items() if k not in ("seconds", "wall_s", "output", "texts_per_second")
+                and not k.endswith("_seconds")}
+    if isinstance(d, list):
+        return [_strip_volatile(v) for v in d]
+    return d
+
+
+def test_api_functions_equal_the_cli(tiny_bert, tmp_path):
+    import json
+
+    import embtool
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(SENTENCES * 3) + "\n")
+    runs = {
+        "trim-vocab": (lambda out: embtool.trim_vocab(tiny_bert, out, corpus=corpus, no_eval=True),
+                       ["trim-vocab", tiny_bert, "-c", corpus, "--no-eval"]),
+        "quantize": (lambda out: embtool.quantize(tiny_bert, out, bits=[4], group_size=16, method="rtn", no_eval=True),
+                     ["quantize", tiny_bert, "--bits", "4", "--group-size", "16", "--method", "rtn", "--no-eval"]),
+        "factorize": (lambda out: embtool.factorize(tiny_bert, out, rank=8, no_eval=True),
+                      ["factorize", tiny_bert, "--rank", "8", "--no-eval"]),
+    }
+    for command, (api_call, argv) in runs.items():
+        res = api_call(tmp_path / f"{command}-api")
+        assert isinstance(res, embtool.Result) and res.written and res.passed and res.command == command
+        r = run_cli([*argv, "-o", tmp_path / f"{command}-cli", "--json"])
+        assert r.exit_code == 0, r.stderr
+        cli = json.loads(r.stdout.strip().splitlines()[-1])
+        assert _strip_volatile(res.summary) == _strip_volatile(cli), command
+        assert res.bytes_after == cli["bytes_after"] and res.summary["schema"] == f"embtool.{command}/1"
+        # the written models are the same bytes
+        for f in ("model.safetensors",):
+            assert (tmp_path / f"{command}-api" / f).read_bytes() == (tmp_path / f"{command}-cli" / f).read_bytes()
+
+
+def test_api_gate_raises_the_cli_error(tiny_bert, tmp_path):
+    import embtool
+    from embtool.core.errors import FidelityError
+
+    held = tmp_path / "h.txt"
+    held.write_text("\n".join(SENTENCES) + "\n")
+    with pytest.raises(FidelityError) as e:
+        embtool.quantize(tiny_bert, tmp_path / "q", bits=[2], group_size=16, method="rtn", eval_file=str(held), min_cosine=0.9999)
+    assert e.value.exit_code == 3 and e.value.result.passed is False and not (tmp_path / "q").exists()
+    assert e.value.result.cosine_mean is not None and e.value.result.cosine_mean < 0.9999
+
+
+def test_api_inspect_and_search_equal_the_cli(tiny_bert, tmp_path):
+    import json
+
+    import embtool
+
+    info = embtool.inspect(tiny_bert)
+    r = run_cli(["inspect", tiny_bert, "--json"])
+    assert info == json.loads(r.stdout)
+    (tmp_path / "t.txt").write_text("\n".join(SENTENCES) + "\n")
+    assert run_cli(["embed", tiny_bert, "-i", tmp_path / "t.txt", "-o", tmp_path / "t.safetensors", "--quiet"]).exit_code == 0
+    hits = embtool.search(tmp_path / "t.safetensors", SENTENCES[:2], k=3)
+    r = run_cli(["search", tmp_path / "t.safetensors", *SENTENCES[:2], "-k", "3", "--json"])
+    cli = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [(h["id"], h["text"]) for h in cli] == [(g, t) for row in hits for _, g, t in row]
+    vec_hits = embtool.search(tmp_path / "t.safetensors", embtool.Encoder(tiny_bert).embed(SENTENCES[:2]), k=3)
+    assert [[g for _, g, _ in row] for row in vec_hits] == [[g for _, g, _ in row] for row in hits]
