@@ -123,3 +123,16 @@ def test_api_inspect_and_search_equal_the_cli(tiny_bert, tmp_path):
     assert [(h["id"], h["text"]) for h in cli] == [(g, t) for row in hits for _, g, t in row]
     vec_hits = embtool.search(tmp_path / "t.safetensors", embtool.Encoder(tiny_bert).embed(SENTENCES[:2]), k=3)
     assert [[g for _, g, _ in row] for row in vec_hits] == [[g for _, g, _ in row] for row in hits]
+
+
+def test_readme_model_functions_example_runs(tiny_bert, tmp_path, monkeypatch):
+    blocks = [b for b in _readme_python_blocks() if "embtool.trim_vocab(" in b]
+    assert blocks, "the README's model-functions example is gone"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fr-train.txt").write_text("\n".join(SENTENCES * 3) + "\n")
+    (tmp_path / "fr-heldout.txt").write_text("\n".join(SENTENCES) + "\n")
+    assert run_cli(["embed", tiny_bert, "-i", tmp_path / "fr-heldout.txt", "-o", tmp_path / "docs.safetensors", "--quiet"]).exit_code == 0
+    scope = {"embtool": __import__("embtool"), "model": str(tiny_bert)}
+    exec(compile(blocks[0].replace("rank=128", "rank=16"), "README.md", "exec"), scope)  # the tiny model has 32 dims
+    assert scope["r"].cosine_mean > 0.999 and scope["q"].written and scope["f"].written
+    assert scope["info"]["schema"] == "embtool.inspect/1" and len(scope["hits"][0]) == 5
