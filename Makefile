@@ -19,9 +19,10 @@ models: $(STAMP)
 test: $(STAMP) models
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-# the edit-test loop: unit and tiny-model tests only; no downloads, no slow trials (< 90 s on 2 cores)
+# the edit-test loop: unit and tiny-model tests only; no downloads, no slow trials (< 90 s on 2 cores):
+# two pytest workers, one onnxruntime thread each (embtool follows OMP_NUM_THREADS when --threads is not given)
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not real and not slow"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m "not real and not slow" -n 2
 
 demo: $(STAMP) models
 	$(BIN)/python tools/demo.py

@@ -187,3 +187,18 @@ def run_cli(args: list[str], input: str | bytes | None = None):
     from embtool.cli.main import cli
 
     return CliRunner().invoke(cli, [str(a) for a in args], input=input, catch_exceptions=False)
+
+
+# Parametrized cases that only `make test` runs (marked slow at collection): the fast tier keeps one representative.
+SLOW_CASES = {
+    "test_onnxruntime_kernels_equal_numpy_dequantization":
+        lambda p: not (p["tiny_model"] == "bert" or (p["bits"] == 4 and not p["symmetric"])),
+    "test_full_rank_is_lossless_and_onnx_matches": lambda p: p.get("tiny_model") != "bert",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        rule = SLOW_CASES.get(getattr(item, "originalname", None))
+        if rule is not None and hasattr(item, "callspec") and rule(item.callspec.params):
+            item.add_marker(pytest.mark.slow)

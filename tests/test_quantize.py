@@ -73,6 +73,7 @@ def _dequantized_copy(qfolder, out):
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_onnxruntime_kernels_equal_numpy_dequantization(tmp_path, tiny_model, bits, symmetric):
+    # make test-fast runs every width and zero-point mode on BERT and 4-bit asymmetric on the others (conftest.SLOW_CASES)
     """MatMulNBits/GatherBlockQuantized on the packed codes == the float model with dequantized weights."""
     args = ["quantize", tiny_model, "--bits", str(bits), "--group-size", "16", "-o", tmp_path / "q", "--json"]
     r = run_cli(args + (["--symmetric"] if symmetric else []))
