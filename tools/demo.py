@@ -104,7 +104,8 @@ def main() -> None:
     if "quantize" in cmds:
         out = WORK / "e5-fr-q"
         args = ["quantize", current, "-o", out, "--force", "--json",
-                "--bits", "2,4,8", "--target-bits", "4.5", "--symmetric", "--calib", train, "--probes", "1"]
+                "--bits", "2,4,8", "--target-bits", "4.5", "--symmetric", "--calib", train,
+                "--method", "rtn", "--sensitivity", "hessian", "--probes", "1"]  # the quick planner: a demo, not a benchmark
         info, dt = sh(args, "quantize (mixed 2/4/8 bits, 4.5 bits on average)")
         say(f"  quantized in {dt:.1f} s")
         ins, _ = sh(["inspect", out, "--json"], "inspect quantized")
