@@ -338,15 +338,20 @@ def build_encoder(model: Model, fused: bool = True, feed_weights: frozenset[str]
         g, bb = w.ln(L + s.ln2)
         x = b.node("LayerNormalization", [b.node("Add", [x, f]), b.const(L + "ln2.w", g), b.const(L + "ln2.b", bb)],
                    "ln2", axis=-1, epsilon=a.eps)
-    b.nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"]))
+    return finish_graph(b, x, H, "embtool_encoder", capture_linear_inputs)
 
+
+def finish_graph(b: "GraphBuilder", x: str, hidden: int, name: str, capture_linear_inputs: bool = False) -> "BuiltGraph":
+    """The common tail of every builder: `x` becomes the `last_hidden_state` output [batch, sequence, hidden] of a
+    graph with inputs input_ids and attention_mask (plus the fed weights), and the opsets the nodes use."""
+    b.nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"]))
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
               helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])]
-    outputs = [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", H])]
+    outputs = [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", hidden])]
     if capture_linear_inputs:
         for x_name in sorted(set(b.linear_inputs.values())):
             outputs.append(helper.make_tensor_value_info(x_name, TensorProto.FLOAT, None))
-    graph = helper.make_graph(b.nodes, "embtool_encoder", inputs + b.feed_infos, outputs, b.inits)
+    graph = helper.make_graph(b.nodes, name, inputs + b.feed_infos, outputs, b.inits)
     opsets = [helper.make_opsetid("", OPSET)]
     if b.uses_ms:
         opsets.append(helper.make_opsetid("com.microsoft", MS_OPSET))

@@ -28,7 +28,7 @@ from onnx import TensorProto, helper
 
 from embtool.core.errors import CorruptFile, Unsupported
 from embtool.core.model import Model
-from embtool.runtime.bert_graph import (MS_OPSET, OPSET, BuiltGraph, GraphBuilder, WeightSource, _activation,
+from embtool.runtime.bert_graph import (BuiltGraph, GraphBuilder, WeightSource, _activation, finish_graph,
                                         _embedding, _linear)
 
 
@@ -360,16 +360,4 @@ def build_rotary(model: Model, fused: bool = True, feed_weights: frozenset[str] 
             x = _norm(b, w, x, L + f.mlp_norm, a)
     if f.final_norm:
         x = _norm(b, w, x, p + f.final_norm, a)
-    b.nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"]))
-
-    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
-              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "sequence"])]
-    outputs = [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", H])]
-    if capture_linear_inputs:
-        for x_name in sorted(set(b.linear_inputs.values())):
-            outputs.append(helper.make_tensor_value_info(x_name, TensorProto.FLOAT, None))
-    graph = helper.make_graph(b.nodes, f"embtool_{f.model_type}", inputs + b.feed_infos, outputs, b.inits)
-    opsets = [helper.make_opsetid("", OPSET)]
-    if b.uses_ms:
-        opsets.append(helper.make_opsetid("com.microsoft", MS_OPSET))
-    return BuiltGraph(graph, b.feeds, tuple(opsets), {k + ".weight": v for k, v in b.linear_inputs.items()})
+    return finish_graph(b, x, H, f"embtool_{f.model_type}", capture_linear_inputs)
