@@ -179,12 +179,16 @@ def bench_embed() -> None:
         portable = WORK / f"{name}-portable-onnx"
         if not portable.exists():
             embtool("export-onnx", folder, "--portable", "-o", portable, "--quiet")
+        from embtool.core.model import open_model
+        from embtool.runtime.encoder import default_max_length
+
+        max_len = str(default_max_length(open_model(folder)))  # the loop truncates where the model does
         runs = alternate(
             embtool=lambda: timed([PY, __file__, "--worker", "embed", folder, texts, "0", "1"]),  # embtool's default batching
             st=lambda: timed([peers_python(), ROOT / "tools" / "bench_peers.py", "st-embed", folder, texts, THREADS, "32"],
                              env={"HF_HUB_OFFLINE": "1"}),
             loop=lambda: timed([peers_python(), ROOT / "tools" / "bench_peers.py", "ort-loop", portable / "model.onnx",
-                                folder / "tokenizer.json", texts, THREADS, "32"]))
+                                folder / "tokenizer.json", texts, THREADS, "32", max_len]))
         e, st, loop = (median_of(runs[k]) for k in ("embtool", "st", "loop"))
         log(f"embed {name}: embtool {e['texts_per_s']:.1f}/s, st {st['texts_per_s']:.1f}/s, ORT loop {loop['texts_per_s']:.1f}/s "
             f"(medians of {RUNS})")

@@ -6,7 +6,7 @@ onnxruntime's quantizers) — never with embtool's. Each call prints one JSON ob
     python tools/bench_peers.py faiss-binary BITS.npy QUERY_BITS.npy K THREADS [SINGLE [IDS_OUT.npy]]
     python tools/bench_peers.py ort-dynamic MODEL.onnx OUT.onnx PER_CHANNEL
     python tools/bench_peers.py ort-nbits MODEL.onnx OUT.onnx BLOCK
-    python tools/bench_peers.py ort-loop MODEL.onnx TOKENIZER.json TEXTS THREADS BATCH
+    python tools/bench_peers.py ort-loop MODEL.onnx TOKENIZER.json TEXTS THREADS BATCH [MAX_LENGTH]
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def ort_nbits(src: str, dst: str, block: str) -> dict:
     return {"seconds": time.perf_counter() - t0}
 
 
-def ort_loop(model: str, tokenizer: str, texts: str, threads: str, batch: str) -> dict:
+def ort_loop(model: str, tokenizer: str, texts: str, threads: str, batch: str, max_length: str = "512") -> dict:
     """The plain way to run an ONNX embedding model: onnxruntime + tokenizers + numpy mean pooling, fixed batches
     in input order. Independent of embtool (nothing of it is imported)."""
     import numpy as np
@@ -116,7 +116,7 @@ def ort_loop(model: str, tokenizer: str, texts: str, threads: str, batch: str) -
     sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
     names = {i.name for i in sess.get_inputs()}
     tok = Tokenizer.from_file(tokenizer)
-    tok.enable_truncation(512)
+    tok.enable_truncation(int(max_length))  # the model's own limit, as sentence-transformers and embtool use it
     tok.enable_padding(pad_id=tok.token_to_id("[PAD]") or tok.token_to_id("<pad>") or 0)
     lines = open(texts, encoding="utf-8").read().splitlines()
     t1 = time.perf_counter()
