@@ -212,6 +212,15 @@ def _act(b: GraphBuilder, h: str, act: str) -> str:
     return _activation(b, h, act)
 
 
+def _residual(b, w, a, f, x: str, out: str, L: str, post_norm: str | None, norm: str, tag: str) -> str:
+    """x + sublayer output, with the family's norms: the output's own post-norm (Gemma's sandwich norms) and,
+    for post-norm families, the layer norm after the addition."""
+    if post_norm:
+        out = _norm(b, w, out, L + post_norm, a)
+    x = b.node("Add", [x, out], tag)
+    return x if f.pre_norm else _norm(b, w, x, L + norm, a)
+
+
 def _norm(b: GraphBuilder, w: WeightSource, x: str, base: str, a: RotaryArch) -> str:
     if a.family.rms:  # RMSNorm in float32: x / sqrt(mean(x^2) + eps) * weight
         ms = b.node("ReduceMean", [b.node("Mul", [x, x], "sq"), _k(b, "axes_last", np.array([-1], np.int64))], "ms", keepdims=1)
@@ -340,24 +349,14 @@ def build_rotary(model: Model, fused: bool = True, feed_weights: frozenset[str] 
         ctx = b.node("Reshape", [b.node("MatMul", [pr, v5]), _k(b, "shape_ctx4", np.array([0, nh, -1, hd], np.int64))], "ctx4")
         ctx = b.node("Reshape", [b.node("Transpose", [ctx], perm=[0, 2, 1, 3]),
                                  _k(b, "shape_ctx", np.array([0, 0, nh * hd], np.int64))], "ctx")
-        att = _linear(b, w, ctx, L + f.o)
-        if f.post_attn_norm:
-            att = _norm(b, w, att, L + f.post_attn_norm, a)
-        x = b.node("Add", [x, att], "res1")
-        if not f.pre_norm:
-            x = _norm(b, w, x, L + f.attn_norm, a)
+        x = _residual(b, w, a, f, x, _linear(b, w, ctx, L + f.o), L, f.post_attn_norm, f.attn_norm, "res1")
         h = _norm(b, w, x, L + f.mlp_norm, a) if f.pre_norm else x
         if f.mlp_fused:
             first, second = _split(b, _linear(b, w, h, L + f.mlp_fused), None)
             g = b.node("Mul", [_act(b, first, a.act), second] if f.act_on_first else [first, _act(b, second, a.act)], "glu")
         else:
             g = b.node("Mul", [_act(b, _linear(b, w, h, L + f.mlp_gate), a.act), _linear(b, w, h, L + f.mlp_up)], "glu")
-        mlp = _linear(b, w, g, L + f.mlp_out)
-        if f.post_mlp_norm:
-            mlp = _norm(b, w, mlp, L + f.post_mlp_norm, a)
-        x = b.node("Add", [x, mlp], "res2")
-        if not f.pre_norm:
-            x = _norm(b, w, x, L + f.mlp_norm, a)
+        x = _residual(b, w, a, f, x, _linear(b, w, g, L + f.mlp_out), L, f.post_mlp_norm, f.mlp_norm, "res2")
     if f.final_norm:
         x = _norm(b, w, x, p + f.final_norm, a)
     return finish_graph(b, x, H, f"embtool_{f.model_type}", capture_linear_inputs)
