@@ -1,7 +1,7 @@
 """embtool: shrink transformer text-embedding models and run them, without PyTorch.
 
 The public API (see README "Python API"): `Encoder`, `trim_vocab`, `quantize`, `factorize`, `init_subwords`,
-`inspect`, `search` (typed `Result`s), `open_model`, and, with the `ray` extra, `embed_dataset`. Names are imported lazily, so `import embtool` (and `embtool --version`) stay light.
+`inspect`, `search`, `embed`, `export_onnx`, `dequantize`, `defactorize` (typed `Result`s), `open_model`, and, with the `ray` extra, `embed_dataset`. Names are imported lazily, so `import embtool` (and `embtool --version`) stay light.
 """
 
 __version__ = "0.1.0"
@@ -16,7 +16,23 @@ _LAZY = {
     "init_subwords": "embtool.api",
     "inspect": "embtool.api",
     "search": "embtool.api",
-    "embed_dataset": "embtool.distributed",
+    "embed": "embtool.api",
+    "embed_dataset": "embtool.api",
+    "export_onnx": "embtool.api",
+    "dequantize": "embtool.api",
+    "defactorize": "embtool.api",
+    "SearchHits": "embtool.api",
+    "sample_corpus": "embtool.api",
+    "open_index": "embtool.api",
+    "rescore_depth": "embtool.api",
+    "read_embeddings": "embtool.api",
+    "write_embeddings": "embtool.api",
+    "compare_embeddings": "embtool.api",
+    "compare_models": "embtool.api",
+    "quantizable_tensors": "embtool.api",
+    "quantized_bytes": "embtool.api",
+    "frequent_words": "embtool.api",
+    "TensorInfo": "embtool.api",
 }
 
 __all__ = ["__version__", *_LAZY]

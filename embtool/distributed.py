@@ -68,9 +68,10 @@ class _EmbedActor:
     """One model per actor; `__call__` embeds a batch (a dict of numpy columns) and adds the vector column."""
 
     def __init__(self, model: str, column: str, output_column: str, options: dict[str, Any]):
-        from embtool.api import Encoder
+        from embtool.core.model import open_model
+        from embtool.runtime.encoder import open_encoder
 
-        self.enc = Encoder(model, **options)
+        self.enc = open_encoder(open_model(model, need_tokenizer=True), **options)
         self.column, self.output_column = column, output_column
         fault = os.environ.get(FAULT_ENV)
         self.fault = None if not fault else (int(fault.split(":")[0]), Path(fault.split(":", 1)[1]))
@@ -192,3 +193,36 @@ def embed_to_folder(texts: Iterable[str], model: str | os.PathLike, output: str 
         out.write_json("embtool.json", {"tool": "embtool", "command": "embed --ray", "shards": shards, "texts": count})
     return {"output": str(output), "shards": len(shards), "texts": count, "dim": dim, "workers": workers,
             "format": fmt, "precision": precision}
+
+
+def embed_request_on_ray(model: str, output, *, texts: list[str], inputs: list[str], text_field: str | None, fmt: str | None,
+                         precision: str, shard, address: str, workers: int, shard_rows: int, force: bool, threads: int,
+                         encoder_options: dict[str, Any]) -> dict[str, Any]:
+    """`embed --ray`: the texts numbered in input order, embedded by Ray actors, written as index shards
+    into the folder `output`. Returns the summary."""
+    import time
+
+    from embtool.core.errors import BadUsage
+    from embtool.core.model import open_model
+    from embtool.core.texts import iter_texts
+
+    if output is None:
+        raise BadUsage("--ray needs -o FOLDER (it receives one index shard per --shard-rows texts)")
+    if shard is not None:
+        raise BadUsage("--ray splits the work itself; --shard is for running separate processes")
+    if precision not in ("float32", "float16"):
+        raise BadUsage("--ray writes float32 or float16 shards")
+    fmt = fmt or "safetensors"
+    if fmt not in ("safetensors", "parquet"):
+        raise BadUsage("--ray writes .safetensors or .parquet shards (--format)")
+    t0 = time.perf_counter()
+    m = open_model(model, need_tokenizer=True)
+    opts = {k: v for k, v in encoder_options.items() if v not in (None, "")}
+    meta = {"model": str(Path(model).resolve()), "model_fingerprint": m.fingerprint()}
+    summary = embed_to_folder(iter_texts(texts, inputs, text_field), m.root, output, address=address, workers=workers,
+                              threads=threads or None, shard_rows=shard_rows, fmt=fmt, precision=precision, force=force,
+                              inputs=[Path(i) for i in inputs if i != "-"], metadata=meta, **opts)
+    dt = time.perf_counter() - t0
+    summary.update({"model": str(model), "output": str(output), "written": True, "seconds": round(dt, 3),
+                    "texts_per_second": round(summary["texts"] / dt, 1)})
+    return summary

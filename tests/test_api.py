@@ -136,3 +136,124 @@ def test_readme_model_functions_example_runs(tiny_bert, tmp_path, monkeypatch):
     exec(compile(blocks[0].replace("rank=128", "rank=16"), "README.md", "exec"), scope)  # the tiny model has 32 dims
     assert scope["r"].cosine_mean > 0.999 and scope["q"].written and scope["f"].written
     assert scope["info"]["schema"] == "embtool.inspect/1" and len(scope["hits"][0]) == 5
+
+
+def test_api_embed_writes_what_the_cli_writes(tiny_bert, tmp_path):
+    """`embtool.embed` is the function behind `embtool embed`: the same file, the same summary."""
+    import json
+
+    import embtool
+
+    (tmp_path / "t.txt").write_text("\n".join(SENTENCES) + "\n")
+    res = embtool.embed(tiny_bert, tmp_path / "api.safetensors", inputs=[tmp_path / "t.txt"], prefix="q: ")
+    r = run_cli(["embed", tiny_bert, "-i", tmp_path / "t.txt", "--prefix", "q: ", "-o", tmp_path / "cli.safetensors", "--json"])
+    assert r.exit_code == 0, r.stderr
+    cli = json.loads(r.stdout)
+    assert res.summary["schema"] == cli["schema"] == "embtool.embed/1"
+    drop = {"seconds", "texts_per_second", "output", "model"}
+    assert {k: v for k, v in res.summary.items() if k not in drop} == {k: v for k, v in cli.items() if k not in drop}
+    a, b = embtool.read_embeddings(tmp_path / "api.safetensors"), embtool.read_embeddings(tmp_path / "cli.safetensors")
+    assert a.shape == (len(SENTENCES), cli["dim"]) and np.array_equal(a, b)
+    assert np.array_equal(a, embtool.Encoder(tiny_bert, prefix="q: ").embed(SENTENCES))
+    # contradictory options are a usage error (exit 2 in the CLI), raised before any work
+    with pytest.raises(embtool.errors.BadUsage, match="--keep-float goes with"):
+        embtool.embed(tiny_bert, tmp_path / "x.npy", texts=["a"], keep_float=True)
+    assert not (tmp_path / "x.npy").exists()
+
+
+def test_write_read_and_compare_embeddings(tmp_path):
+    import embtool
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((50, 16)).astype(np.float32)
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    p = embtool.write_embeddings(tmp_path / "x.safetensors", X, [f"t{i}" for i in range(50)], metadata={"normalize": "true"})
+    ix = embtool.open_index(p)
+    assert len(ix) == 50 and ix.text(7) == "t7" and np.array_equal(embtool.read_embeddings(p), X)
+    with pytest.raises(embtool.errors.OutputExists):
+        embtool.write_embeddings(p, X)
+    hits = embtool.search(p, X[:3], k=1)
+    assert [h[0][1] for h in hits] == [0, 1, 2] and hits.query_texts is None
+    same = embtool.compare_embeddings(X, X)
+    assert same["cosine_mean"] == pytest.approx(1.0, abs=1e-6) and same["recall_at_10"] == 1.0
+    noisy = X + 0.3 * rng.standard_normal(X.shape).astype(np.float32)
+    worse = embtool.compare_embeddings(X, noisy)
+    cos = np.sum(X * noisy, 1) / np.linalg.norm(noisy, axis=1)
+    assert worse["cosine_mean"] == pytest.approx(float(cos.mean()), rel=1e-5)
+    assert worse["cosine_min"] == pytest.approx(float(cos.min()), rel=1e-5) and worse["recall_at_10"] < 1.0
+
+
+def test_compare_models_and_quantization_helpers(tiny_bert, tmp_path):
+    import embtool
+
+    texts = SENTENCES * 2
+    same = embtool.compare_models(tiny_bert, tiny_bert, texts)
+    assert same["cosine_min"] == pytest.approx(1.0, abs=1e-6) and same["texts"] == len(texts)
+    tensors = embtool.quantizable_tensors(tiny_bert)
+    assert sum(t.token_table for t in tensors) == 1 and all(len(t.shape) == 2 for t in tensors)
+    plan = {t.name: (8 if t.token_table else 4) for t in tensors}
+    res = embtool.quantize(tiny_bert, tmp_path / "q", bits=[4, 8], plan=plan, no_eval=True)
+    want = sum(embtool.quantized_bytes(t.shape, plan[t.name]) for t in tensors)
+    info = embtool.inspect(tmp_path / "q")
+    assert info["bytes"]["weights_file"] == res.bytes_after and res.bytes_after > want  # the packed tensors plus the float rest
+    q = embtool.compare_models(tiny_bert, tmp_path / "q", texts)
+    assert 0.9 < q["cosine_mean"] < 1.0
+    words, distinct = embtool.frequent_words(["b a b", "c b a"], 2)
+    assert words == ["b", "a"] and distinct == 3
+    assert len(embtool.sample_corpus("fr", "heldout", limit=5)) == 5
+
+
+@pytest.mark.parametrize("command", ["export-onnx", "dequantize", "defactorize"])
+def test_lossless_conversions_are_checked_and_a_broken_one_is_refused(command, tiny_bert, tmp_path, monkeypatch):
+    """export-onnx, dequantize and defactorize must not change the embeddings: each checks its output on the
+    built-in sample (min cosine >= 0.9999 unless a gate is given) and refuses (exit 3, nothing written) when a
+    conversion goes wrong — simulated here by corrupting the token table the command writes."""
+    import json
+
+    import embtool
+
+    src = tiny_bert
+    if command == "dequantize":
+        src = tmp_path / "q8"
+        embtool.quantize(tiny_bert, src, bits=[8], no_eval=True)
+    elif command == "defactorize":
+        src = tmp_path / "f"
+        embtool.factorize(tiny_bert, src, rank=8, no_eval=True)
+    r = run_cli([command, src, "-o", tmp_path / "ok", "--json"])
+    assert r.exit_code == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["passed"] and s["written"] and s["eval"]["source"] == "built-in sample"
+    assert s["eval"]["cosine_min"] >= 0.9999 and s["gate"]["min_cosine_min"] == 0.9999
+    # a conversion that goes wrong: the written token table is scrambled
+    if command == "export-onnx":
+        from onnx import numpy_helper
+
+        from embtool.jobs import export
+
+        real_save = export.save_onnx
+
+        def broken_save(onnx_model, *a, **k):
+            for t in onnx_model.graph.initializer:
+                if "word_embeddings" in t.name:
+                    t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(numpy_helper.to_array(t)[::-1]), t.name))
+            return real_save(onnx_model, *a, **k)
+
+        monkeypatch.setattr(export, "save_onnx", broken_save)
+    else:
+        from embtool.core import model_out
+
+        real_write = model_out.write_weights
+
+        def broken_write(model, out, tensors, *a, **k):
+            tensors = {n: (np.ascontiguousarray(t[::-1]) if "word_embeddings" in n else t) for n, t in tensors.items()}
+            return real_write(model, out, tensors, *a, **k)
+
+        monkeypatch.setattr(model_out, "write_weights", broken_write)
+    r = run_cli([command, src, "-o", tmp_path / "bad", "--json"])
+    assert r.exit_code == 3, r.stderr
+    s = json.loads(r.stdout)
+    assert not s["passed"] and not s["written"] and "min cosine" in s["gate"]["message"]
+    assert not (tmp_path / "bad").exists()
+    # --no-eval writes it unchecked (the user's call)
+    r = run_cli([command, src, "-o", tmp_path / "unchecked", "--json", "--no-eval"])
+    assert r.exit_code == 0 and "eval" not in json.loads(r.stdout) and (tmp_path / "unchecked").is_dir()

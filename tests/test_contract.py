@@ -200,7 +200,7 @@ def test_every_gated_command_has_the_three_gates_and_says_which_statistic(tiny_b
     from embtool.cli.main import cli
 
     gated = [name for name, c in cli.commands.items() if any(p.name == "min_cosine" for p in c.params)]
-    assert sorted(gated) == ["factorize", "init-subwords", "quantize", "trim-vocab"]
+    assert sorted(gated) == ["defactorize", "dequantize", "export-onnx", "factorize", "init-subwords", "quantize", "trim-vocab"]
     for name in gated:
         opts = {p.name: p for p in cli.commands[name].params}
         assert "mean over held-out texts" in opts["min_cosine"].help

@@ -82,23 +82,6 @@ def test_onnx_models_embed_correctly(real, minilm):
     assert _cos(mine, theirs).min() >= 0.99999
 
 
-def test_search_finds_paragraphs_by_their_first_half(e5_small, tmp_path):
-    paras = [p for p in corpus_lines("fr", 3000) if len(p.split()) >= 12][:2000]
-    (tmp_path / "fr.txt").write_text("\n".join(paras) + "\n")
-    idx = tmp_path / "fr.safetensors"
-    r = run_cli(["embed", e5_small, "-i", tmp_path / "fr.txt", "--prefix", "passage: ", "--max-length", "128",
-                 "-o", idx, "--quiet"])
-    assert r.exit_code == 0, r.stderr
-    rng = np.random.default_rng(0)
-    sample = sorted(rng.choice(len(paras), 200, replace=False).tolist())
-    (tmp_path / "q.txt").write_text("\n".join(" ".join(paras[i].split()[: len(paras[i].split()) // 2]) for i in sample) + "\n")
-    r = run_cli(["search", idx, "-q", tmp_path / "q.txt", "--query-prefix", "query: ", "-k", "3", "--json"])
-    assert r.exit_code == 0, r.stderr
-    hits = [json.loads(line) for line in r.stdout.splitlines()]
-    found = sum(1 for qi, i in enumerate(sample) if any(h["id"] == i for h in hits if h["query_no"] == qi))
-    assert found / len(sample) >= 0.95, found
-
-
 def _split(lang):
     from conftest import corpus_split
 
@@ -206,7 +189,7 @@ def test_init_subwords_e5_french_tokenizer(e5_small, real, tmp_path):
     for method, extra in (("random", []), ("fvt", []), ("ofa", ["--word-vectors", "auto", "-c", tmp_path / "train.txt",
                                                                  "--max-words", "5000"])):
         r = run_cli(["init-subwords", e5_small, "--tokenizer", tmp_path / "tok", "--method", method, *extra,
-                     "-o", tmp_path / method, "--json"])
+                     "-o", tmp_path / method, "--json", "--no-eval"])  # the test measures fidelity itself, below
         assert r.exit_code == 0, r.stderr
         s = json.loads(r.stdout)
         assert s["vocab_after"] == tok.get_vocab_size() and s["rows"]["copied"] > 5000

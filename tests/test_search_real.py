@@ -21,7 +21,8 @@ def _ids(r, n_queries: int) -> np.ndarray:
 
 
 def test_int8_and_binary_recall_on_e5(e5_small, tmp_path):
-    """1,500 paragraphs, 75 half-paragraph queries: recall@10 against the float index through `embtool search`
+    """1,500 paragraphs, 75 half-paragraph queries: recall@10 against the float index through `embtool search`;
+    then 200 text queries (first halves) must find their paragraph in the top 3
     (measured 0.985 int8, 0.959 binary + default rescoring, 0.40 binary alone vs 0.14 for plain sign bits)."""
     docs = corpus_lines("fr", 1500)
     queries = [" ".join(t.split()[: max(1, len(t.split()) // 2)]) for t in docs[::20]]
@@ -57,3 +58,15 @@ def test_int8_and_binary_recall_on_e5(e5_small, tmp_path):
     sign = recall(search(tmp_path / "sign.safetensors", "--rescore", "0"))
     assert binary > 2 * sign
     assert recall(search(tmp_path / "binary.safetensors")) >= 0.93  # default rescoring depth
+
+    # the same index answers text queries end to end: a paragraph is found from its first half (e5's `query: `)
+    rng = np.random.default_rng(0)
+    long = [i for i, t in enumerate(docs) if len(t.split()) >= 12]
+    sample = sorted(rng.choice(long, 200, replace=False).tolist())
+    (tmp_path / "half.txt").write_text("\n".join(" ".join(docs[i].split()[: len(docs[i].split()) // 2]) for i in sample) + "\n")
+    r = run_cli(["search", fl, "-q", tmp_path / "half.txt", "--query-prefix", "query: ", "-k", "3", "--json"])
+    assert r.exit_code == 0, r.stderr
+    hits = [json.loads(line) for line in r.stdout.splitlines()]
+    found = sum(1 for qi, i in enumerate(sample) if any(h["id"] == i for h in hits if h["query_no"] == qi))
+    print(f"paragraphs found from their first half in the top 3: {found}/{len(sample)}")
+    assert found / len(sample) >= 0.95, found

@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tests"))
 import realmodels  # noqa: E402  (the real-model fetcher is test infrastructure: tests/realmodels.py)
-from embtool.core.corpora import corpus_lines  # noqa: E402
+from embtool import api  # noqa: E402  (the public API only)
 
 WORK = ROOT / ".bench"
 PEERS = Path(os.environ.get("EMBTOOL_PEERS_VENV", Path.home() / ".cache" / "embtool-peers-venv"))
@@ -109,7 +109,7 @@ def peer(*args) -> tuple[dict, float, float]:
 
 
 def split(lang: str) -> tuple[list[str], list[str]]:
-    return corpus_lines(lang, "train"), corpus_lines(lang, "heldout")
+    return api.sample_corpus(lang, "train"), api.sample_corpus(lang, "heldout")
 
 
 def write_lines(name: str, lines: list[str]) -> Path:
@@ -121,12 +121,8 @@ def write_lines(name: str, lines: list[str]) -> Path:
 def worker(name: str, *args: str) -> None:
     """Measurements that must run in a fresh embtool process (started by `timed`)."""
     if name == "embed":  # model, texts, batch, sort
-        from embtool.core.model import open_model
-        from embtool.runtime.encoder import EmbedSettings, Encoder
-
         t0 = time.perf_counter()
-        enc = Encoder(open_model(args[0]), EmbedSettings(batch_size=int(args[2]) or None, threads=int(THREADS),
-                                                                sort=args[3] == "1"))
+        enc = api.Encoder(args[0], batch_size=int(args[2]) or None, threads=int(THREADS), sort=args[3] == "1")
         texts = Path(args[1]).read_text(encoding="utf-8").splitlines()
         t1 = time.perf_counter()
         enc.embed(texts)
@@ -134,16 +130,13 @@ def worker(name: str, *args: str) -> None:
         print(json.dumps({"load_s": t1 - t0, "encode_s": t2 - t1, "texts_per_s": len(texts) / (t2 - t1),
                           "tokens": enc.stats.tokens, "padding": enc.stats.padded_tokens}))
     elif name == "search":  # index(es, comma-separated), queries.npy, k, rescore (-1: default), single-query count, ids out
-        from embtool.jobs.search import SearchRequest, run_search
-
         files = args[0].split(",")
         k, rescore, single = int(args[2]), int(args[3]), int(args[4])
-        req = SearchRequest(indexes=files, query_embeddings=args[1], k=k, rescore=None if rescore < 0 else rescore,
-                            threads=int(THREADS))
+        opts = {"k": k, "rescore": None if rescore < 0 else rescore, "threads": int(THREADS)}
         t0 = time.perf_counter()
-        res = run_search(req)  # what `embtool search --query-embeddings` runs: memory-mapped, blocked
+        hits = api.search(files, query_embeddings=args[1], **opts)  # what `embtool search --query-embeddings` runs
         dt = time.perf_counter() - t0
-        np.save(args[5], np.array([[h[1] for h in row] for row in res.hits], dtype=np.int64))
+        np.save(args[5], np.array([[h[1] for h in row] for row in hits], dtype=np.int64))
         out = {"search_s": dt}
         if single > 0:
             q = np.load(args[1])
@@ -152,8 +145,7 @@ def worker(name: str, *args: str) -> None:
             for r in range(single):
                 np.save(one, q[r:r + 1])
                 t0 = time.perf_counter()
-                run_search(SearchRequest(indexes=files, query_embeddings=str(one), k=k,
-                                         rescore=req.rescore, threads=int(THREADS)))
+                api.search(files, query_embeddings=str(one), **opts)
                 lat.append(time.perf_counter() - t0)
             out["single_p50_s"] = float(np.median(lat))
         print(json.dumps(out))
@@ -173,16 +165,15 @@ def worker(name: str, *args: str) -> None:
 def bench_embed() -> None:
     """embtool vs sentence-transformers vs an independent onnxruntime loop, alternating, RUNS runs each, medians."""
     train, _ = split("en")
-    texts = write_lines("embed-en-2000.txt", train[:2000])
     rows = []
-    for name, folder in (("all-MiniLM-L6-v2", realmodels.minilm()), ("multilingual-e5-small", realmodels.e5_small())):
+    # all-mpnet-base-v2 (110M parameters, about 5x MiniLM's work per text) on the first 500 of the same paragraphs
+    for name, folder, n in (("all-MiniLM-L6-v2", realmodels.minilm(), 2000), ("multilingual-e5-small", realmodels.e5_small(), 2000),
+                            ("all-mpnet-base-v2", realmodels.mpnet(), 500)):
+        texts = write_lines(f"embed-en-{n}.txt", train[:n])
         portable = WORK / f"{name}-portable-onnx"
         if not portable.exists():
             embtool("export-onnx", folder, "--portable", "-o", portable, "--quiet")
-        from embtool.core.model import open_model
-        from embtool.runtime.encoder import default_max_length
-
-        max_len = str(default_max_length(open_model(folder)))  # the loop truncates where the model does
+        max_len = str(api.Encoder(folder).max_length)  # the loop truncates where the model does
         runs = alternate(
             embtool=lambda: timed([PY, __file__, "--worker", "embed", folder, texts, "0", "1"]),  # embtool's default batching
             st=lambda: timed([peers_python(), ROOT / "tools" / "bench_peers.py", "st-embed", folder, texts, THREADS, "32"],
@@ -192,7 +183,7 @@ def bench_embed() -> None:
         e, st, loop = (median_of(runs[k]) for k in ("embtool", "st", "loop"))
         log(f"embed {name}: embtool {e['texts_per_s']:.1f}/s, st {st['texts_per_s']:.1f}/s, ORT loop {loop['texts_per_s']:.1f}/s "
             f"(medians of {RUNS})")
-        rows.append({"model": name, "runs": RUNS, "embtool_tps": e["texts_per_s"], "embtool_rss": e["rss_mb"],
+        rows.append({"model": name, "texts": n, "runs": RUNS, "embtool_tps": e["texts_per_s"], "embtool_rss": e["rss_mb"],
                      "embtool_load_s": e["load_s"], "naive_tps": loop["texts_per_s"], "naive_rss": loop["rss_mb"],
                      "st_tps": st["texts_per_s"], "st_rss": st["rss_mb"], "st_load_s": st["load_s"],
                      "ratio_runs": [a["texts_per_s"] / b["texts_per_s"] for a, b in zip(runs["embtool"], runs["st"])],
@@ -207,8 +198,6 @@ SEARCH_SINGLE = 20  # queries sent one at a time for the latency p50
 def _search_files(n: int, d: int) -> dict[str, Path]:
     """n x d (1M x 384) random unit vectors as the float32 .npy (for faiss) and embtool indexes: float32, int8, binary with
     int8 rescoring codes (written by embtool's own index writer); the binary bits also as .npy for IndexBinaryFlat."""
-    from embtool.core.embeddings_io import EmbeddingSink
-
     rng = np.random.default_rng(0)
     tag = f"search-{n}x{d}"
     files = {"npy": WORK / f"{tag}.npy", "float32": WORK / f"{tag}-float32.safetensors", "int8": WORK / f"{tag}-int8.safetensors",
@@ -221,16 +210,8 @@ def _search_files(n: int, d: int) -> dict[str, Path]:
         X[r0 : r0 + len(b)] = b / np.linalg.norm(b, axis=1, keepdims=True)
     X.flush()
     for prec, extra in (("float32", {}), ("int8", {}), ("binary", {"keep_int8": True, "binary_code": "centred"})):
-        sink = EmbeddingSink("safetensors", prec, **extra)
-        try:
-            for r0 in range(0, n, 65536):
-                sink.add([""] * len(X[r0 : r0 + 65536]), np.asarray(X[r0 : r0 + 65536]))
-            sink.finish(files[prec], {"normalize": "true"})
-        finally:
-            sink.close()
-    from embtool.core.embeddings_io import Index
-
-    np.save(files["bits"], np.asarray(Index(files["binary"]).emb))
+        api.write_embeddings(files[prec], X, [""] * n, precision=prec, metadata={"normalize": "true"}, force=True, **extra)
+    np.save(files["bits"], np.asarray(api.open_index(files["binary"]).emb))
     return files
 
 
@@ -246,9 +227,7 @@ def _search_speed(res: dict) -> None:
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     qf = WORK / "search-q.npy"
     np.save(qf, q)
-    from embtool.core.embeddings_io import Index
-
-    np.save(WORK / "search-q-bits.npy", Index(files["binary"]).query_bits(q))  # the queries' bits as embtool takes them
+    np.save(WORK / "search-q-bits.npy", api.open_index(files["binary"]).query_bits(q))  # the queries' bits as embtool takes them
     single = str(SEARCH_SINGLE)
 
     def ours(name, index, rescore):
@@ -285,12 +264,10 @@ def _search_speed(res: dict) -> None:
 def _search_recall(res: dict) -> None:
     """recall@10 against the float index on real embeddings, through `embtool search`: 6,000 paragraphs and 300
     half-paragraph queries (the first half of the words of every 20th paragraph)."""
-    from embtool.core.embeddings_io import EmbeddingSink, Index
-
     rows = []
     for name, folder, lang, pp, qp in (("multilingual-e5-small", realmodels.e5_small(), "fr", "passage: ", "query: "),
                                        ("all-MiniLM-L6-v2", realmodels.minilm(), "en", "", "")):
-        docs = corpus_lines(lang, "all", limit=6000)
+        docs = api.sample_corpus(lang, "all", limit=6000)
         queries = [" ".join(t.split()[: max(1, len(t.split()) // 2)]) for t in docs[::20][:300]]
         base = WORK / f"recall-{name}"
         fl = Path(f"{base}-float32.safetensors")
@@ -301,19 +278,16 @@ def _search_recall(res: dict) -> None:
         if not qf.exists():
             embtool("embed", folder, "-i", write_lines(f"recall-{name}-q.txt", queries), "--prefix", qp, "-o", qf, "--quiet",
                     "--threads", THREADS)
-        src = Index(fl)
+        src = api.open_index(fl)
         X = np.asarray(src.emb)
         variants = {"int8": ("int8", {"keep_float": True}), "binary": ("binary", {"keep_float": True}),
                     "binary-int8": ("binary", {"keep_int8": True})}
         for v, (prec, extra) in variants.items():
             out = Path(f"{base}-{v}.safetensors")
             if not out.exists():
-                sink = EmbeddingSink("safetensors", prec, **extra)
-                try:
-                    sink.add([src.text(i) for i in range(len(src))], X)
-                    sink.finish(out, {k: src.meta[k] for k in ("model", "pooling", "normalize", "prefix", "max_length") if k in src.meta})
-                finally:
-                    sink.close()
+                api.write_embeddings(out, X, [src.text(i) for i in range(len(src))], precision=prec, **extra,
+                                         metadata={k: src.meta[k] for k in ("model", "pooling", "normalize", "prefix", "max_length")
+                                                   if k in src.meta})
 
         def search(index, *extra):
             out, _, _ = timed([PY, "-m", "embtool", "search", index, "--query-embeddings", qf, "-k", "10", "--json", "--quiet", *extra])
@@ -322,9 +296,7 @@ def _search_recall(res: dict) -> None:
 
         ref = search(fl)
         n = len(X)
-        from embtool.algorithms.search import auto_rescore
-
-        row = {"model": name, "rows": n, "queries": len(queries), "default_depth": auto_rescore(n, 10, "binary"),
+        row = {"model": name, "rows": n, "queries": len(queries), "default_depth": api.rescore_depth(n, 10, "binary"),
                "mean_pairwise_cosine": float(np.linalg.norm(X.astype(np.float64).mean(0)) ** 2),
                "int8": _recall(search(f"{base}-int8.safetensors", "--rescore", "0"), ref),
                "int8_rescore": _recall(search(f"{base}-int8.safetensors"), ref),
@@ -371,11 +343,9 @@ def bench_trim() -> None:
 
 
 def _fidelity(ref_model: Path, model: Path, held: Path, prefix: str = "") -> dict:
-    from embtool.core.model import open_model
-    from embtool.core.texts import read_lines
-    from embtool.jobs.fidelity import compare, embed_both
-
-    return compare(*embed_both(open_model(ref_model), open_model(model), read_lines(str(held), 1000), int(THREADS), prefix))
+    texts = [t for t in Path(held).read_text(encoding="utf-8").splitlines() if t.strip()][:1000]
+    f = api.compare_models(ref_model, model, texts, prefix=prefix, threads=int(THREADS))
+    return {**f, "recall@10": f["recall_at_10"]}
 
 
 def _size(folder: Path) -> int:
@@ -440,15 +410,13 @@ def bench_quantize() -> None:
 
 def bench_mixed() -> None:
     """Issue 7: at equal bytes, Hessian-aware bits vs bits by position and by weight magnitude."""
-    from embtool.core.model import open_model
-    from embtool.jobs.quantize import QuantRequest, run_quantize, select_tensors
-
     minilm = realmodels.minilm()
     train, held = split("en")
     calib = write_lines("q-calib.txt", train[:256])
     he = write_lines("q-held.txt", held[:1000])
-    m = open_model(minilm)
-    names, emb = select_tensors(m, QuantRequest(model="", output=None))
+    tensors = {t.name: t for t in api.quantizable_tensors(minilm)}
+    names = list(tensors)
+    emb = next((t.name for t in tensors.values() if t.token_table), None)
     t0 = time.perf_counter()
     s, wall, rss = embtool("quantize", minilm, "--bits", "2,4,8", "--target-bits", "3", "--calib", calib, "--sensitivity", "hessian",
                            "-o", WORK / "mixed-hessian", "--force", "--json", "--quiet")
@@ -456,10 +424,8 @@ def bench_mixed() -> None:
     budget = s["mixed_precision"]["budget_bytes"]
     rows = [{"method": "Hessian-aware (embtool --target-bits 3)", "bytes": s["bytes_after"], **_fidelity(minilm, WORK / "mixed-hessian", he),
              "calibration_s": s["mixed_precision"]["seconds"]}]
-    from embtool.algorithms.quantize import stored_bytes
-
     def cost(p):
-        return sum(stored_bytes(*m.weights.info(k).shape, p[k], 32, False) for k in names)
+        return sum(api.quantized_bytes(tensors[k].shape, p[k], 32) for k in names)
 
     # position: the first layers get more bits than the last, filled greedily to the same budget
     order = sorted(names, key=lambda k: (k != emb, int(k.split("layer.")[1].split(".")[0]) if "layer." in k else 99))
@@ -469,7 +435,8 @@ def bench_mixed() -> None:
             trial = {**pos, k: b}
             if cost(trial) <= budget:
                 pos = trial
-    mag_order = sorted(names, key=lambda k: -float(np.abs(m.weights.get(k)).mean()))
+    weights = api.open_model(minilm).weights
+    mag_order = sorted(names, key=lambda k: -float(np.abs(weights.get(k)).mean()))
     mag = {k: 2 for k in names}
     for k in mag_order:
         for b in (4, 8):
@@ -482,8 +449,8 @@ def bench_mixed() -> None:
                  **_fidelity(minilm, WORK / "mixed-measured", he), "calibration_s": s["mixed_precision"]["seconds"]})
     for label, p in (("bits by position (early layers first)", pos), ("bits by weight magnitude", mag)):
         out = WORK / ("mixed-" + label.split()[2])
-        r = run_quantize(QuantRequest(model=str(minilm), output=str(out), bits=[2, 4, 8], plan=p, force=True))
-        rows.append({"method": label, "bytes": r["bytes_after"], **_fidelity(minilm, out, he)})
+        r = api.quantize(minilm, out, bits=[2, 4, 8], plan=p, force=True, no_eval=True)
+        rows.append({"method": label, "bytes": r.bytes_after, **_fidelity(minilm, out, he)})
     RESULTS["mixed"] = {"rows": rows, "plan_hessian": plan, "wall_s": time.perf_counter() - t0}
     log("mixed: " + ", ".join(f"{r['method']}: {r['cosine_mean']:.4f}" for r in rows))
 
@@ -518,10 +485,7 @@ def bench_init() -> None:
     tok = realmodels.train_unigram_tokenizer(train, WORK / "init-tok")
     train_s = time.perf_counter() - t0
     # the documented recipe: the corpus' most frequent words, embedded by the model itself
-    from embtool.core.texts import iter_texts
-    from embtool.core.word_vectors import corpus_words
-
-    words, distinct = corpus_words(iter_texts((), [str(tr)]), 50000)
+    words, distinct = api.frequent_words(train, 50000)
     wl = write_lines("init-words.txt", words)
     _, embed_wall, embed_rss = embtool("embed", e5, "-i", wl, "-o", WORK / "init-words.vec", "--force", "--quiet", "--threads", THREADS)
     rows = []
@@ -547,6 +511,102 @@ def bench_init() -> None:
     RESULTS["init"] = {"rows": rows, "train_s": train_s, "vocab": tok.get_vocab_size(), "words": len(words),
                        "distinct_words": distinct, "embed_words_s": embed_wall, "embed_words_rss_mb": embed_rss,
                        "auto_wall_s": auto_wall, "auto_rss_mb": auto_rss, "auto_rows": s["rows"]}
+
+
+def _ray_peak_rss(stop, peaks: dict) -> None:
+    """Poll /proc for Ray's embedding actors (`ray::MapWorker...`) and keep each one's peak RSS (VmHWM, MB)."""
+    while not stop.is_set():
+        for d in Path("/proc").iterdir():
+            if not d.name.isdigit():
+                continue
+            try:
+                cmd = (d / "cmdline").read_bytes()
+                if not cmd.startswith(b"ray::") or b"MapWorker" not in cmd:
+                    continue
+                hwm = [ln for ln in (d / "status").read_text().splitlines() if ln.startswith("VmHWM:")]
+            except OSError:
+                continue
+            if hwm:
+                peaks[d.name] = max(peaks.get(d.name, 0.0), int(hwm[0].split()[1]) / 1024)
+        stop.wait(0.2)
+
+
+def bench_ray() -> None:
+    """embed --ray with 1 and 2 workers vs one embtool process, same texts, alternating; per-worker peak RSS."""
+    import threading
+
+    minilm = realmodels.minilm()
+    train, _ = split("en")
+    texts = write_lines("ray-en-2000.txt", train[:2000])
+    peaks: dict[str, list[float]] = {"ray1": [], "ray2": []}
+
+    def ray_run(workers: int):
+        seen: dict = {}
+        stop = threading.Event()
+        t = threading.Thread(target=_ray_peak_rss, args=(stop, seen), daemon=True)
+        t.start()
+        try:
+            r = timed([PY, "-m", "embtool", "embed", minilm, "-i", texts, "--ray", "--workers", workers, "--threads",
+                       str(int(THREADS) // workers), "-o", WORK / f"ray-{workers}", "--force", "--json", "--quiet"])
+        finally:
+            stop.set()
+            t.join()
+        peaks[f"ray{workers}"].append(sorted(seen.values()))
+        return r
+
+    runs = alternate(
+        single=lambda: timed([PY, "-m", "embtool", "embed", minilm, "-i", texts, "--threads", THREADS,
+                              "-o", WORK / "ray-single.npy", "--force", "--json", "--quiet"]),
+        ray1=lambda: ray_run(1), ray2=lambda: ray_run(2))
+    rows = []
+    for k, label in (("single", "one process (`embtool embed`)"), ("ray1", "`embed --ray --workers 1`"),
+                     ("ray2", "`embed --ray --workers 2`")):
+        m = median_of(runs[k])
+        workers = [max(w) for w in zip(*peaks[k])] if peaks.get(k) and all(peaks[k]) else []
+        rows.append({"setting": label, "wall_s": m["wall_s"], "texts_per_s": 2000 / m["wall_s"], "driver_rss_mb": m["rss_mb"],
+                     "worker_rss_mb": [float(np.median([run[i] for run in peaks[k] if len(run) > i])) for i in range(len(workers))]
+                     if workers else []})
+        log(f"ray {label}: {rows[-1]['texts_per_s']:.1f} texts/s (whole process), workers {rows[-1]['worker_rss_mb']}")
+    RESULTS["ray"] = {"rows": rows, "texts": 2000, "runs": RUNS}
+
+
+def bench_mpnet() -> None:
+    """all-mpnet-base-v2 beside all-MiniLM: trim for English, 4-bit, mixed, and onnxruntime's 4-bit in the same run."""
+    mpnet = realmodels.mpnet()
+    train, held = split("en")
+    tr = write_lines("mpnet-en-train.txt", train)
+    he = write_lines("mpnet-held.txt", held[:500])
+    calib = write_lines("q-calib.txt", train[:256])
+    fp32 = _size(mpnet)
+    s, wall, rss = embtool("trim-vocab", mpnet, "-c", tr, "-o", WORK / "mpnet-en", "--force", "--json", "--quiet")
+    ev, _, _ = embtool("trim-vocab", mpnet, "-c", tr, "-o", WORK / "mpnet-en", "--force", "--json", "--quiet", "--eval", he,
+                       "--eval-limit", "300")
+    trim = {"vocab_before": s["vocab_before"], "vocab_after": s["vocab_after"], "bytes_before": s["bytes_before"],
+            "bytes_after": s["bytes_after"], "wall_s": wall, "rss_mb": rss, "eval": ev["eval"]}
+    log(f"mpnet trim: {s['vocab_before']} -> {s['vocab_after']} tokens, cos {ev['eval']['cosine_mean']:.5f}")
+    rows = []
+    portable = WORK / "all-mpnet-base-v2-portable-onnx"
+    if not portable.exists():
+        embtool("export-onnx", mpnet, "--portable", "-o", portable, "--quiet")
+    import shutil
+
+    out = WORK / "mpnet-ort-nbits32"
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(portable, out, ignore=lambda d, names: [n for n in names if n.startswith("model.onnx")])
+    r, wall, rss = peer("ort-nbits", portable / "model.onnx", out / "model.onnx", "32")
+    rows.append({"method": "onnxruntime MatMulNBits 4-bit block 32 (+Gather)", "bytes": _size(out), "share": _size(out) / fp32,
+                 **_fidelity(mpnet, out, he), "seconds": r["seconds"]})
+    ort4 = rows[0]["bytes"]
+    for label, args in (("embtool 4-bit g32 (default: GPTQ, built-in sample)", ["--bits", "4"]),
+                        ("embtool 4-bit g32 RTN (no data)", ["--bits", "4", "--method", "rtn"]),
+                        ("embtool mixed {2,4,8} --calib, onnxruntime 4-bit size", ["--bits", "2,4,8", "--max-size", str(ort4),
+                                                                                   "--calib", calib])):
+        out = WORK / ("mpnet-q-" + "".join(c for c in label if c.isalnum()))
+        s, wall, rss = embtool("quantize", mpnet, *args, "-o", out, "--force", "--json", "--quiet")
+        rows.append({"method": label, "bytes": _size(out), "share": _size(out) / fp32, **_fidelity(mpnet, out, he),
+                     "seconds": wall, "rss_mb": rss})
+        log(f"mpnet quantize {label}: {rows[-1]['share']:.3f} cos {rows[-1]['cosine_mean']:.4f}")
+    RESULTS["mpnet"] = {"fp32_bytes": fp32, "trim": trim, "rows": rows}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -628,7 +688,7 @@ def report(cmd: str) -> None:
     if "embed" in R:
         v = R["embed"][0]["versions"]
         L += ["## embed throughput", "",
-              f"2,000 English paragraphs (first lines of the training split), 2 threads, encode time after loading; each tool at its "
+              f"English paragraphs (the first lines of the training split: 2,000, or 500 for MPNet), 2 threads, encode time after loading; each tool at its "
               "default batching: embtool about 1,024 padded tokens per onnxruntime call (length-sorted), sentence-transformers 32 "
               "texts per batch (length-sorted). "
               f"Peers: sentence-transformers {v['sentence_transformers']} on torch {v['torch']} (same model, same machine, same run), and an "
@@ -636,11 +696,11 @@ def report(cmd: str) -> None:
               "`tokenizers` and numpy mean pooling, no embtool code) over embtool's standard-ops export of the same model, 32 texts per "
               "batch in input order (no length sorting). "
               f"The three alternate, {R['embed'][0].get('runs', 1)} runs each; every figure is the median.", "",
-              "| model | embtool (texts/s) | sentence-transformers | ratio | ratio per run | ORT loop unsorted | embtool peak RSS | ST peak RSS |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| model | texts | embtool (texts/s) | sentence-transformers | ratio | ratio per run | ORT loop unsorted | embtool peak RSS | ST peak RSS |",
+              "|---|---|---|---|---|---|---|---|---|"]
         for r in R["embed"]:
             per_run = ", ".join(f"{x:.2f}" for x in r.get("ratio_runs", []))
-            L.append(f"| {r['model']} | {r['embtool_tps']:.1f} | {r['st_tps']:.1f} | {r['embtool_tps'] / r['st_tps']:.2f}× | {per_run} | "
+            L.append(f"| {r['model']} | {r.get('texts', 2000):,} | {r['embtool_tps']:.1f} | {r['st_tps']:.1f} | {r['embtool_tps'] / r['st_tps']:.2f}× | {per_run} | "
                      f"{r['naive_tps']:.1f} | {r['embtool_rss']:.0f} MB | {r['st_rss']:.0f} MB |")
         L += ["", "![throughput](embed-throughput.png)", ""]
     if "search" in R and "recall" in R["search"]:
@@ -752,11 +812,39 @@ def report(cmd: str) -> None:
               f"`--word-vectors auto -c train.txt` (the words embedded inside the same command): {i['auto_wall_s']:.0f} s, "
               f"peak RSS {i['auto_rss_mb']:.0f} MB. No peer ran: FOCUS and WECHSEL need torch, the Hugging Face hub and "
               "external fastText vectors; FVT, their data-free baseline, is the `fvt` row.", ""]
+    if "mpnet" in R:
+        m = R["mpnet"]
+        t = m["trim"]
+        e = t["eval"]
+        L += ["## all-mpnet-base-v2 (MPNet): trim for English, 4-bit, mixed", "",
+              f"The same protocol as all-MiniLM above (fp32 = {m['fp32_bytes'] / 1e6:.0f} MB): trim to the English training split, "
+              "held-out 300 English paragraphs for the trim, 500 for quantization; cosine and recall@10 against the fp32 model. "
+              "onnxruntime's MatMulNBits quantizer runs on embtool's standard-ops export in the same run.", "",
+              f"trim-vocab: {t['vocab_before']:,} → {t['vocab_after']:,} tokens, {t['bytes_before'] / 1e6:.0f} → {t['bytes_after'] / 1e6:.0f} MB "
+              f"({100 * t['bytes_after'] / t['bytes_before']:.1f}%), held-out identical tokenization {100 * e['identical_tokenization']:.1f}%, "
+              f"mean cosine {e['cosine_mean']:.5f}, min {e['cosine_min']:.5f}; {t['wall_s']:.1f} s, peak RSS {t['rss_mb']:.0f} MB.", "",
+              "| method | bytes | % of fp32 | mean cosine | min cosine | recall@10 | time (s) |", "|---|---|---|---|---|---|---|"]
+        for r in m["rows"]:
+            L.append(f"| {r['method']} | {r['bytes'] / 1e6:.1f} MB | {100 * r['share']:.1f}% | {r['cosine_mean']:.4f} | "
+                     f"{r['cosine_min']:.4f} | {r['recall@10']:.3f} | {r['seconds']:.1f} |")
+        L.append("")
+    if "ray" in R:
+        r = R["ray"]
+        L += ["## embed on Ray (this 2-core machine)", "",
+              f"{r['texts']:,} English paragraphs with all-MiniLM-L6-v2, whole processes (Ray start-up included), {r['runs']} runs each "
+              "alternating, medians. `--ray` starts a local Ray; each worker is one actor holding one model with 2/workers "
+              "onnxruntime threads. On two cores Ray cannot be faster than one process: the point is the recipe and that the "
+              "output is the same (tests/test_ray.py); the figures say what Ray costs.", "",
+              "| setting | wall | texts/s | driver peak RSS | peak RSS per worker |", "|---|---|---|---|---|"]
+        for x in r["rows"]:
+            w = ", ".join(f"{v:.0f} MB" for v in x["worker_rss_mb"]) or "-"
+            L.append(f"| {x['setting']} | {x['wall_s']:.1f} s | {x['texts_per_s']:.1f} | {x['driver_rss_mb']:.0f} MB | {w} |")
+        L.append("")
     (ROOT / "docs" / "benchmarks.md").write_text("\n".join(L) + "\n", encoding="utf-8")
 
 
 SECTIONS = {"embed": bench_embed, "search": bench_search, "trim": bench_trim, "quantize": bench_quantize,
-            "mixed": bench_mixed, "factorize": bench_factorize, "init": bench_init}
+            "mixed": bench_mixed, "factorize": bench_factorize, "init": bench_init, "mpnet": bench_mpnet, "ray": bench_ray}
 
 
 def main() -> None:

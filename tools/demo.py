@@ -9,7 +9,6 @@ left out of the table, not faked.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 sys.path.insert(0, str(ROOT / "tests"))
 import realmodels  # noqa: E402  (the real-model fetcher is test infrastructure: tests/realmodels.py)
-from embtool.core.corpora import corpus_lines  # noqa: E402
+import embtool  # noqa: E402  (the public API only)
 
 WORK = ROOT / ".demo"
 EMBTOOL = [sys.executable, "-m", "embtool"]
@@ -55,26 +54,23 @@ def available() -> set[str]:
 
 def split(lang: str) -> tuple[Path, Path]:
     train, held = WORK / f"{lang}.train.txt", WORK / f"{lang}.heldout.txt"
-    train.write_text("\n".join(corpus_lines(lang, "train")) + "\n", encoding="utf-8")
-    held.write_text("\n".join(corpus_lines(lang, "heldout", limit=500)) + "\n", encoding="utf-8")
+    train.write_text("\n".join(embtool.sample_corpus(lang, "train")) + "\n", encoding="utf-8")
+    held.write_text("\n".join(embtool.sample_corpus(lang, "heldout", limit=500)) + "\n", encoding="utf-8")
     return train, held
 
 
 def fidelity(model: Path, ref_index: Path, held: Path, name: str, prefix: str = "passage: ") -> dict:
     """Embed held-out texts with `model`; cosine to the reference index and recall@10 agreement."""
-    from embtool.core.embeddings_io import Index
-    from embtool.jobs.fidelity import compare
-
     idx = WORK / f"{name}.safetensors"
     info, dt = sh(["embed", model, "-i", held, "--prefix", prefix, "-o", idx, "--force", "--json"],
                   f"embed the held-out texts with {name}")
-    a, b = Index(ref_index), Index(idx)
-    c = compare(a.block(0, len(a)), b.block(0, len(b)))
+    b = embtool.read_embeddings(idx)
+    c = embtool.compare_embeddings(embtool.read_embeddings(ref_index), b)
     if Path(ref_index) != idx:
-        say(f"  {name}: cosine to the original {c['cosine_mean']:.4f}, recall@10 agreement {c['recall@10']:.3f} ({dt:.1f} s)")
+        say(f"  {name}: cosine to the original {c['cosine_mean']:.4f}, recall@10 agreement {c['recall_at_10']:.3f} ({dt:.1f} s)")
     else:
         say(f"  {name}: {len(b)} texts embedded in {dt:.1f} s")
-    return {"cosine": c["cosine_mean"], "recall@10": c["recall@10"], "embed_s": dt, "texts_per_s": info.get("texts_per_second")}
+    return {"cosine": c["cosine_mean"], "recall@10": c["recall_at_10"], "embed_s": dt, "texts_per_s": info.get("texts_per_second")}
 
 
 def main() -> None:

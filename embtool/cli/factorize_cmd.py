@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import click
 
+from embtool import api
 from embtool.cli.options import (bytes_line, common_options, emit_summary, eval_line, eval_options, force_option,
                                  human_bytes, model_argument)
 
 
 def render(s: dict) -> str:
     lines = [f"rank         {s['rank']} of {s['hidden']} (energy kept {100 * s['energy']:.3f}%, relative Frobenius error {s['rel_frobenius_error']:.4f})",
-             f"embedding    {s['params_before']:,} -> {s['params_after']:,} parameters ({100 * s['params_after'] / s['params_before']:.1f}%)",
+             f"embedding    {s['embedding_parameters_before']:,} -> {s['embedding_parameters_after']:,} parameters "
+             f"({100 * s['embedding_parameters_after'] / s['embedding_parameters_before']:.1f}%)",
              bytes_line(s["bytes_before"], s["bytes_after"])]
     if "eval" in s:
         lines.append(eval_line(s["eval"]))
@@ -42,28 +44,27 @@ def command(model, rank, energy, max_error, fmt, evaluation, output, force, as_j
       embtool factorize e5-small/ --rank 128 -o e5-f128/ --eval heldout.txt --eval-prefix "passage: "
       embtool factorize minilm/ --energy 0.95 --format onnx -o minilm-f-onnx/
     """
-    from embtool.jobs.factorize import FactorRequest, run_factorize
-
     if sum(x is not None for x in (rank, energy, max_error)) != 1:
         raise click.UsageError("give exactly one of --rank, --energy, --max-error")
-    s = run_factorize(FactorRequest(model=model, output=output, rank=rank, energy=energy, max_error=max_error, fmt=fmt,
-                                    **evaluation, force=force, threads=threads))
-    emit_summary(s, as_json, quiet, render)
+    res = api.factorize(model, output, rank=rank, energy=energy, max_error=max_error, fmt=fmt, **evaluation, force=force,
+                        threads=threads, check=False)
+    emit_summary(res.summary, as_json, quiet, render)
 
 
 @click.command(name="defactorize")
 @model_argument
 @click.option("-o", "--output", required=True, help="Output model folder.")
+@eval_options()
 @force_option
 @common_options
-def defactorize_command(model, output, force, as_json, quiet, threads) -> None:
+def defactorize_command(model, output, evaluation, force, as_json, quiet, threads) -> None:
     """Turn a factorized model back into a plain token-embedding matrix E = F·P, for tools that need it.
+    The output is checked to embed as the factorized model does (min cosine 0.9999 on the built-in
+    sample unless a gate is given).
 
     \b
     Example:
       embtool defactorize e5-f128/ -o e5-f128-dense/
     """
-    from embtool.jobs.factorize import run_defactorize
-
-    s = run_defactorize(model, output, force)
+    s = api.defactorize(model, output, **evaluation, force=force, threads=threads, check=False).summary
     emit_summary(s, as_json, quiet, lambda s: f"E = F·P: {human_bytes(s['bytes_before'])} -> {human_bytes(s['bytes_after'])} -> {s['output']} ({s['seconds']} s)")

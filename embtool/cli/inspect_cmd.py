@@ -7,16 +7,15 @@ import sys
 
 import click
 
-from embtool.cli.options import human_bytes, model_argument, summary_json, table
-from embtool.core.describe import describe
-from embtool.core.model import open_model
+from embtool import api
+from embtool.cli.options import human_bytes, model_argument, table
 
 
 def render(d: dict) -> str:
     p, b = d["parameters"], d["bytes"]
     tok = d["tokenizer"]
     rows = [
-        ["path", d["path"]],
+        ["path", d["model"]],
         ["format", f"{d['format']} ({d['layout']}: {', '.join(d['weight_files'])})"],
         ["architecture", f"{d['architecture']}  hidden {_or(d['hidden_size'], 'unknown')}  layers {_or(d['layers'], 'unknown')}"],
         ["tokenizer", "none" if tok is None else f"{tok['type']}, {tok['vocab_size']:,} tokens"],
@@ -98,9 +97,9 @@ def factorized_text(f) -> str:
     if not isinstance(f, dict):
         return _plain(f)
     text = f"rank {f['rank']}" if "rank" in f else "yes"
-    if f.get("table"):
-        text += f" ({f['table']} = F·P)"
-    rest = {k: v for k, v in f.items() if k not in ("rank", "table", "F", "P")}
+    if f.get("per_tensor"):
+        text += f" ({f['per_tensor']} = F·P)"
+    rest = {k: v for k, v in f.items() if k not in ("rank", "per_tensor", "F", "P")}
     return text + (f", {_plain(rest)}" if rest else "")
 
 
@@ -119,8 +118,8 @@ def command(model: str, as_json: bool) -> None:
       embtool inspect all-MiniLM-L6-v2/
       embtool inspect model-fr/ --json | jq .parameters.total
     """
-    d = describe(open_model(model))
+    d = api.inspect(model)
     if as_json:
-        sys.stdout.write(json.dumps(summary_json("inspect", d), ensure_ascii=False) + "\n")
+        sys.stdout.write(json.dumps(d, ensure_ascii=False) + "\n")
     else:
         click.echo(render(d))

@@ -10,7 +10,7 @@ import traceback
 import click
 
 from embtool import __version__
-from embtool.core.errors import EmbtoolError
+from embtool.errors import EmbtoolError
 
 
 def _versions() -> str:

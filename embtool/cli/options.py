@@ -55,7 +55,7 @@ def model_argument(f: Callable | None = None, *, tokenizer_flag: str = "--tokeni
     def deco(f: Callable) -> Callable:
         @functools.wraps(f)
         def inner(*a, model, model_tokenizer=None, onnx_file=None, **k):
-            from embtool.core.model import ModelRef
+            from embtool.api import ModelRef
 
             if model_tokenizer is not None or onnx_file is not None:
                 model = ModelRef(model, model_tokenizer, onnx_file)
@@ -140,22 +140,28 @@ def force_option(f: Callable) -> Callable:
                              "else is refused.")(f)
 
 
+def progress_bar(quiet: bool, total: int | None = None, unit: str = "text", desc: str | None = None):
+    """A tqdm bar on stderr, shown only on a terminal and without --quiet (the API takes any object with
+    update() as `progress`)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, disable=quiet or not sys.stderr.isatty(),
+                dynamic_ncols=True, leave=False)
+
+
 def emit_summary(summary: dict, as_json: bool, quiet: bool, render: Callable[[dict], str]) -> None:
     """JSON on stdout with --json; else a human summary on stderr (unless --quiet). A failed gate
     (summary["passed"] false) is then raised, after the summary: exit 3, with the reason on stderr."""
     if as_json:
-        command = click.get_current_context().command.name
-        sys.stdout.write(json.dumps(summary_json(command, summary), ensure_ascii=False) + "\n")
+        sys.stdout.write(json.dumps(summary, ensure_ascii=False) + "\n")  # the API's summary: already in the JSON vocabulary
         sys.stdout.flush()
     elif not quiet:
         click.echo(render(summary), err=True)
     if summary.get("passed") is False:
-        from embtool.core.errors import FidelityError
+        from embtool.errors import FidelityError
 
         raise FidelityError(summary["gate"]["message"])
 
-
-from embtool.core.summary import JSON_KEYS, MODEL_WRITERS, SIGNIFICANT_DIGITS, summary_json  # noqa: E402,F401
 
 
 def table(rows: list[list[Any]], header: list[str] | None = None) -> str:
@@ -179,7 +185,7 @@ def bytes_line(before: int, after: int) -> str:
 def eval_line(e: dict, what: str = "") -> str:
     """The `held-out` line of a summary from an --eval result (fidelity.compare)."""
     return (f"held-out     {e['texts']} texts{eval_source(e)}{what}: cosine mean {e['cosine_mean']:.5f}, min {e['cosine_min']:.5f}; "
-            f"recall@10 agreement {e['recall@10']:.3f}")
+            f"recall@10 agreement {e['recall_at_10']:.3f}")
 
 
 def eval_source(e: dict) -> str:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
+from embtool import api
 from embtool.cli.options import (InputPath, bytes_line, common_options, emit_summary, eval_line, eval_options, force_option,
-                                 human_bytes, model_argument, parse_size, table)
+                                 human_bytes, model_argument, parse_size, progress_bar, table)
 
 
 class BitsList(click.ParamType):
@@ -42,7 +43,7 @@ def render(s: dict) -> str:
     if "mixed_precision" in s:
         mp = s["mixed_precision"]
         rows = [[r["tensor"], "-" if r["omega"] is None else f"{r['omega']:.3g}", r["bits"], f"{r['rel_error']:.2e}",
-                 f"{r['predicted_damage']:.3g}", human_bytes(r["bytes"])] for r in mp["table"]]
+                 f"{r['predicted_damage']:.3g}", human_bytes(r["bytes"])] for r in mp["per_tensor"]]
         lines.append(table(rows, ["tensor", "Ω (tr H / n)", "bits", "rel. error", "damage", "bytes"]))
         lines.append(f"budget {human_bytes(mp['budget_bytes'])}: chosen {human_bytes(mp['chosen_bytes'])}, "
                      f"predicted damage {mp['predicted_damage']:.4g}; {mp['probes']} probes x {mp['calib_texts']} calibration texts "
@@ -120,9 +121,6 @@ def command(model, bits, group_size, symmetric, method, include, exclude, embedd
       embtool quantize e5-small-fr/ --bits 8 --embeddings-only --format onnx -o e5-fr-q8-onnx/
       embtool quantize model-onnx/ --bits 4 --portable -o model-q4-dq/     # an ONNX input, standard ops out
     """
-    from embtool.jobs.quantize import QuantRequest, run_quantize
-    from embtool.runtime.encoder import progress_bar
-
     mixed = target_bits is not None or max_size is not None
     if target_bits is not None and max_size is not None:
         raise click.UsageError("give --target-bits or --max-size, not both")
@@ -130,32 +128,30 @@ def command(model, bits, group_size, symmetric, method, include, exclude, embedd
         raise click.UsageError("several --bits need --target-bits or --max-size")
     if not sensitivity_only and not output:
         raise click.UsageError("give -o OUTPUT (or --sensitivity-only)")
-    req = QuantRequest(model=model, output=output, bits=bits, group_size=group_size, symmetric=symmetric, method=method, include=include,
-                       exclude=exclude, embeddings_only=embeddings_only, fmt=fmt, portable=portable, **evaluation, force=force, threads=threads, target_bits=target_bits,
-                       max_size=max_size, calib=calib, sensitivity=sensitivity, probes=probes, seed=seed, sensitivity_only=sensitivity_only)
-    bar = progress_bar(quiet, unit="probe", desc="sensitivity")
-    try:
-        summary = run_quantize(req, bar, say=lambda msg: None if quiet else click.echo(f"note: {msg}", err=True))
-    finally:
-        bar.close()
-    emit_summary(summary, as_json, quiet, render)
+    with progress_bar(quiet, unit="probe", desc="sensitivity") as bar:
+        res = api.quantize(model, output, bits=bits, group_size=group_size, symmetric=symmetric, method=method, include=include,
+                           exclude=exclude, embeddings_only=embeddings_only, fmt=fmt, portable=portable, **evaluation, force=force,
+                           threads=threads, target_bits=target_bits, max_size=max_size, calib=calib, sensitivity=sensitivity,
+                           probes=probes, seed=seed, sensitivity_only=sensitivity_only, progress=bar, check=False,
+                           say=(lambda msg: None) if quiet else (lambda msg: click.echo(f"note: {msg}", err=True)))
+    emit_summary(res.summary, as_json, quiet, render)
 
 
 @click.command(name="dequantize")
 @model_argument
 @click.option("-o", "--output", required=True, help="Output model folder (float32 safetensors).")
+@eval_options()
 @force_option
 @common_options
-def dequantize_command(model, output, force, as_json, quiet, threads) -> None:
+def dequantize_command(model, output, evaluation, force, as_json, quiet, threads) -> None:
     """Turn an embtool-quantized safetensors model back into a plain float32 model (the dequantized
-    values, not the original ones) for tools that only read float weights.
+    values, not the original ones) for tools that only read float weights. The output is checked to
+    embed as the quantized model does (min cosine 0.9999 on the built-in sample unless a gate is given).
 
     \b
     Example:
       embtool dequantize minilm-q4/ -o minilm-q4-float/
     """
-    from embtool.jobs.quantize import run_dequantize
-
-    s = run_dequantize(model, output, force)
+    s = api.dequantize(model, output, **evaluation, force=force, threads=threads, check=False).summary
     emit_summary(s, as_json, quiet, lambda s: f"dequantized {s['tensors']} tensors: {human_bytes(s['bytes_before'])} -> "
                  f"{human_bytes(s['bytes_after'])} -> {s['output']} ({s['seconds']} s)")

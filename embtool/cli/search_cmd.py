@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
-from embtool.algorithms.search import METRICS
+from embtool import api
+from embtool.api import METRICS
 from embtool.cli.options import InputPath, common_options
-from embtool.jobs.search import SearchRequest, run_search
 
 
 @click.command(name="search")
@@ -66,15 +66,16 @@ def command(index, queries, query_files, query_embeddings, k, metric, model_path
         if sys.stdin.isatty():
             raise click.UsageError("no queries: give them as arguments, with -q FILE, or with --query-embeddings")
         query_files = ("-",)
-    req = SearchRequest(indexes=[index, *extra], queries=queries, query_files=list(query_files), query_embeddings=query_embeddings,
-                        k=k, metric=metric, model=model_path, tokenizer=tokenizer_path, query_prefix=query_prefix, strict=strict, rescore=rescore,
-                        block_rows=block_rows or 0, threads=threads, ray=ray_address)
-    res = run_search(req, warn=lambda msg: None if quiet else click.echo(f"warning: {msg}", err=True))
+    hits_per_query = api.search([index, *extra], queries, query_files=list(query_files), query_embeddings=query_embeddings,
+                                k=k, metric=metric, model=model_path, tokenizer=tokenizer_path, query_prefix=query_prefix,
+                                strict=strict, rescore=rescore, block_rows=block_rows or 0, threads=threads, ray=ray_address,
+                                warn=(lambda msg: None) if quiet else (lambda msg: click.echo(f"warning: {msg}", err=True)))
+    query_texts = hits_per_query.query_texts
     out = sys.stdout
-    for qi, hits in enumerate(res.hits):
+    for qi, hits in enumerate(hits_per_query):
         for rank, (score, gid, text) in enumerate(hits, 1):
             if as_json:
-                out.write(json.dumps({"schema": "embtool.search/1", "query_no": qi, "query": res.query_texts[qi] if res.query_texts else None, "rank": rank,
+                out.write(json.dumps({"schema": "embtool.search/1", "query_no": qi, "query": query_texts[qi] if query_texts else None, "rank": rank,
                                       "score": round(float(score), 6), "id": int(gid), "text": text}, ensure_ascii=False) + "\n")
             else:
                 clean = text.replace("\t", " ").replace("\n", " ")

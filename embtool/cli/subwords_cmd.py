@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import click
 
+from embtool import api
 from embtool.cli.options import (InputPath, bytes_line, common_options, emit_summary, eval_line, eval_options, force_option,
-                                 model_argument)
+                                 model_argument, progress_bar)
 
 
 def render(s: dict) -> str:
@@ -22,7 +21,7 @@ def render(s: dict) -> str:
         lines.append(f"word vectors {w['words']:,} words, dim {w['dim']} ({w['source']}); subwords with a vector: "
                      f"source {w['source_subwords_with_vector']:,}, target {w['target_subwords_with_vector']:,}; "
                      f"k={w['neighbors']}, τ={w['temperature']}")
-    lines.append(f"embedding    {s['embedding_params_before']:,} -> {s['embedding_params_after']:,} parameters"
+    lines.append(f"embedding    {s['embedding_parameters_before']:,} -> {s['embedding_parameters_after']:,} parameters"
                  + (f" (factorized, rank {s['rank']})" if s.get("factorized") else ""))
     if s.get("dry_run"):
         lines += [f"note         {x}" for x in s["notes"]]
@@ -87,24 +86,15 @@ def command(model, tokenizer, method, word_vectors, word_vocab, corpus, max_word
       embtool init-subwords e5-small/ --tokenizer fr-32k/ --word-vectors auto -c fr.txt \\
           --rank 100 -o e5-fr-ofa/ --eval fr-heldout.txt --eval-prefix "query: "
     """
-    from embtool.core.errors import InputError
-    from embtool.jobs.subwords import InitRequest, check_request, run_init_subwords
-    from embtool.runtime.encoder import progress_bar
-
     if not dry_run and not output:
         raise click.UsageError("give -o OUTPUT (or --dry-run)")
     if dry_run and evaluation["eval_file"]:
         raise click.UsageError("--eval needs an output model; it does not go with --dry-run")
     if rank is None and rank_basis != "output":
         raise click.UsageError("--rank-basis goes with --rank")
-    req = InitRequest(model=model, output=output, tokenizer=tokenizer, method=method, word_vectors=word_vectors,
-                      word_vocab=word_vocab, corpus=list(corpus), max_words=max_words, neighbors=neighbors,
-                      temperature=temperature, center=center, rank=rank, rank_basis=rank_basis, seed=seed, **evaluation,
-                      force=force, threads=threads, dry_run=dry_run)
-    try:
-        check_request(req)  # flag combinations: usage errors (exit 2)
-    except InputError as e:
-        raise click.UsageError(str(e)) from None
-    with progress_bar(quiet, unit="word", desc="word vectors") if word_vectors == "auto" else nullcontext() as bar:
-        s = run_init_subwords(req, bar)
-    emit_summary(s, as_json, quiet, render)
+    with progress_bar(quiet or word_vectors != "auto", unit="word", desc="word vectors") as bar:
+        res = api.init_subwords(model, output, tokenizer=tokenizer, method=method, word_vectors=word_vectors,
+                                word_vocab=word_vocab, corpus=list(corpus), max_words=max_words, neighbors=neighbors,
+                                temperature=temperature, center=center, rank=rank, rank_basis=rank_basis, seed=seed,
+                                **evaluation, force=force, threads=threads, dry_run=dry_run, progress=bar, check=False)
+    emit_summary(res.summary, as_json, quiet, render)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
-from embtool.algorithms.vocab import SCRIPTS
+from embtool import api
+from embtool.api import SCRIPTS
 from embtool.cli.options import (InputPath, common_options, emit_summary, eval_options, eval_source, force_option, human_bytes,
-                                 model_argument)
+                                 model_argument, progress_bar)
 
 
 def render(s: dict) -> str:
@@ -69,23 +70,16 @@ def command(model, corpus, field, top, min_freq, coverage, keep_file, scripts, p
       embtool trim-vocab e5-small/ --script Latin -o e5-small-latin/
       embtool trim-vocab e5-small/ -c fr.txt --coverage 0.9995 --dry-run
     """
-    from embtool.jobs.trim import TrimRequest, run_trim
-    from embtool.runtime.encoder import progress_bar
-
     if not dry_run and not output:
         raise click.UsageError("give -o OUTPUT (or --dry-run)")
-    req = TrimRequest(model=model, output=output, corpus=list(corpus), text_field=field, top=top, min_freq=min_freq,
-                      coverage=coverage, keep_file=keep_file, prefixes=list(prefixes) or None,
-                      eval_prefix=evaluation["eval_prefix"],  # None unless --eval-prefix
-                      scripts=[s.strip() for s in scripts.split(",") if s.strip()] if scripts else [],
-                      eval_file=evaluation["eval_file"], eval_limit=evaluation["eval_limit"],
-                      min_cosine=evaluation["min_cosine"], min_cosine_min=evaluation["min_cosine_min"],
-                      min_recall=evaluation["min_recall"], no_eval=evaluation["no_eval"],
-                      force_unsupported=evaluation["force_unsupported"], dry_run=dry_run, force=force,
-                      threads=threads)
-    bar = progress_bar(quiet, unit="B", desc="count")
-    try:
-        summary = run_trim(req, bar)
-    finally:
-        bar.close()
-    emit_summary(summary, as_json, quiet, render)
+    with progress_bar(quiet, unit="B", desc="count") as bar:
+        res = api.trim_vocab(model, output, corpus=list(corpus), text_field=field, top=top, min_freq=min_freq,
+                             coverage=coverage, keep_file=keep_file, prefixes=list(prefixes) or None,
+                             eval_prefix=evaluation["eval_prefix"],  # None unless --eval-prefix
+                             scripts=[s.strip() for s in scripts.split(",") if s.strip()] if scripts else [],
+                             eval_file=evaluation["eval_file"], eval_limit=evaluation["eval_limit"],
+                             min_cosine=evaluation["min_cosine"], min_cosine_min=evaluation["min_cosine_min"],
+                             min_recall=evaluation["min_recall"], no_eval=evaluation["no_eval"],
+                             force_unsupported=evaluation["force_unsupported"], dry_run=dry_run, force=force,
+                             threads=threads, progress=bar, check=False)
+    emit_summary(res.summary, as_json, quiet, render)

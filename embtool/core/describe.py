@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 
+from embtool.core.errors import CorruptFile
+from embtool.core.qrecord import KEY, has_record, read_record, record_metadata
 from embtool.core.model import Model, architecture, find_vocab_tensors, num_layers, onnx_initializer_stats
 from embtool.core.writer import provenance_chain
 
@@ -112,7 +114,7 @@ def _onnx_hidden(graph, vocab) -> int | None:
 
 
 def _quant_state(model: Model, meta: dict, et: dict) -> Any:
-    q = et.get("quantization") or (meta.get("embtool_quantization") and {"scheme": meta["embtool_quantization"]})
+    q = et.get("quantization") or (has_record(meta) and {"scheme": record_metadata(read_record(meta, str(model.root)))[KEY]})
     if q:
         return q
     if model.format == "onnx":
@@ -140,11 +142,9 @@ def _factor_state(model: Model, meta: dict, et: dict) -> Any:
 
 def _logical_weights(ws, numel: dict[str, int]) -> None:
     """Quantized tensors count as the weights they encode (rows x K), not as packed bytes and scales."""
-    import json
-
     try:
-        rec = json.loads(ws.metadata.get("embtool_quantization", "{}"))
-    except json.JSONDecodeError:
+        rec = read_record(ws.metadata)
+    except CorruptFile:
         return
     for base, info in rec.items():
         if base + ".qweight" in numel and isinstance(info.get("shape"), list):

@@ -191,9 +191,15 @@ def _onnx_files(folder: Path) -> list[str]:
     return found
 
 
+# the safetensors architectures embtool's runtime builds (config.json model_type): the BERT family
+# (runtime/bert_graph.py) and the rotary families (runtime/rotary_graph.py)
+BERT_FAMILY = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet")
+ROTARY = ("modernbert", "nomic_bert", "gte", "new", "qwen3", "gemma3_text")
+SUPPORTED = BERT_FAMILY + ROTARY
+
+
 def _buildable(folder: Path) -> tuple[bool, str]:
     """(whether embtool's runtime builds this safetensors architecture, its model_type)."""
-    from embtool.runtime.bert_graph import SUPPORTED  # lazy: the runtime imports this module
 
     cfg_p = folder / "config.json"
     if not cfg_p.is_file():

@@ -67,9 +67,10 @@ def write_weights(model: Model, out: OutputFolder, tensors: dict[str, np.ndarray
 
 
 def write_derived_model(model: Model, output: str, force: bool, tensors: dict[str, np.ndarray], prov: dict[str, Any],
-                        drop: str, keep_input_metadata: bool = True) -> int:
+                        drop: str, keep_input_metadata: bool = True, check=None) -> int:
     """A safetensors model folder from the input's files and `tensors`, with the `drop` state (e.g.
-    "quantization", "factorization") removed from config.json and embtool.json. Returns the weights' bytes."""
+    "quantization", "factorization") removed from config.json and embtool.json. Returns the weights' bytes.
+    `check(out)` runs on the finished folder before it is published (it may discard it: a failed fidelity gate)."""
     cfg = {k: v for k, v in model.config.items() if k not in (f"{drop}_config", f"embtool_{drop}")}
     meta = {k: v for k, v in model.embtool_meta().items() if k != drop}
     with OutputFolder(output, force, inputs=[model.root]) as out:
@@ -77,7 +78,10 @@ def write_derived_model(model: Model, output: str, force: bool, tensors: dict[st
         write_weights(model, out, tensors, {"embtool": metadata_json(prov)}, keep_input_metadata)
         write_configs(model, out, cfg if model.config else None)
         out.write_json("embtool.json", {**meta, **prov})
-        return (out.path / "model.safetensors").stat().st_size
+        size = (out.path / "model.safetensors").stat().st_size
+        if check is not None:
+            check(out)
+        return size
 
 
 def updated_config(model: Model, vocab_size: int | None = None, remap: dict[int, int] | None = None,

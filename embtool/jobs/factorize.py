@@ -13,7 +13,7 @@ from embtool.core.errors import InputError, Unsupported
 from embtool.core.model import FACTOR_F, FACTOR_P, Model, find_vocab_tensors, onnx_embedding_gather, open_model
 from embtool.core.model_out import copy_unchanged, metadata_json, updated_config, write_configs, write_derived_model, write_weights
 from embtool.core.writer import OutputFolder, provenance
-from embtool.jobs.fidelity import OutputRequest, check_runnable, evaluate_output
+from embtool.jobs.fidelity import ConvertRequest, OutputRequest, check_conversion, check_runnable, evaluate_output
 
 
 @dataclass
@@ -90,7 +90,7 @@ def run_factorize(req: FactorRequest) -> dict[str, Any]:
             write_configs(m, out, cfg)
             if req.fmt == "onnx":
                 from embtool.core.onnx_out import save_onnx
-                from embtool.runtime.bert_graph import build_encoder
+                from embtool.runtime.graphs import build_encoder
 
                 save_onnx(build_encoder(open_model(out.path)).to_model(embed_feeds=True), out, prov)
                 (out.path / "model.safetensors").unlink()
@@ -128,8 +128,10 @@ def rewrite_onnx_gather(m: Model, gather, name: str, F: np.ndarray, P: np.ndarra
     g.node.insert(pos + 1, helper.make_node("MatMul", [rows, name + ".factor_P"], [out_name], name="embtool_factor_P"))
 
 
-def run_defactorize(model: str, output: str, force: bool = False) -> dict[str, Any]:
+def run_defactorize(req: ConvertRequest) -> dict[str, Any]:
+    """F·P back to one float32 embedding table, checked to embed as the factorized model does."""
     t0 = time.perf_counter()
+    model, output = req.model, req.output
     m = open_model(model)
     ws = m.weights
     if ws is None:
@@ -144,7 +146,9 @@ def run_defactorize(model: str, output: str, force: bool = False) -> dict[str, A
         base = f[: -len(".factor_F")]
         tensors[base + ".weight"] = np.asarray(ws.get(f), np.float32) @ np.asarray(ws.get(base + ".factor_P"), np.float32)
     prov = provenance("defactorize", {"model": model}, {"model": m.fingerprint()})
-    size = write_derived_model(m, output, force, tensors, prov, drop="factorization")
-    return {"model": model, "output": output, "bytes_before": m.weight_bytes(), "bytes_after": size,
-            "seconds": round(time.perf_counter() - t0, 2)}
+    summary: dict[str, Any] = {"model": model, "output": output, "bytes_before": m.weight_bytes()}
+    summary["bytes_after"] = write_derived_model(m, output, req.force, tensors, prov, drop="factorization",
+                                                 check=lambda out: check_conversion(m, out, req, summary))
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    return summary
 

@@ -28,6 +28,14 @@ class OutputRequest:
     threads: int = 0
 
 
+@dataclass
+class ConvertRequest(OutputRequest):
+    """A command that rewrites a model without changing what it computes (dequantize, defactorize)."""
+
+    model: str
+    output: str | None
+
+
 def neighbour_agreement(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
     """Mean overlap of the k nearest neighbours (self excluded) of each text among the texts, a vs b."""
     n = a.shape[0]
@@ -103,6 +111,22 @@ def evaluate_output(orig: Model, out, req, summary: dict[str, Any]) -> dict[str,
     warn_if_low(summary["eval"])
     gate(summary, req, out)
     return summary["eval"]
+
+
+EXACT = 0.9999  # the default --min-cosine-min of a lossless conversion (export-onnx, dequantize, defactorize)
+
+
+def check_conversion(orig: Model, out, req, summary: dict[str, Any]) -> None:
+    """The fidelity check of a command that must not change the embeddings (export-onnx, dequantize,
+    defactorize): as `evaluate_output`, with --min-cosine-min EXACT unless a gate is given, so that a
+    conversion that went wrong is refused (exit 3) instead of written. --no-eval skips it."""
+    from dataclasses import replace
+
+    if not req.no_eval and all(getattr(req, opt) is None for opt, _, _ in GATES):
+        req = replace(req, min_cosine_min=EXACT)
+    if evaluate_output(orig, out, req, summary) is None:
+        summary.setdefault("passed", True)
+    summary.setdefault("written", summary.get("passed", True))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -209,7 +233,7 @@ def check_runnable(m: Model, req, notes: list[str]) -> bool:
     if m.format != "safetensors":
         return True
     from embtool.core.errors import CorruptFile, Unsupported
-    from embtool.runtime.bert_graph import detect_arch
+    from embtool.runtime.graphs import detect_arch
 
     try:
         detect_arch(m)

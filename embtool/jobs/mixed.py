@@ -31,7 +31,6 @@ import time
 from typing import Any, Callable
 
 import numpy as np
-import onnxruntime as ort
 
 from embtool.algorithms import knapsack
 from embtool.algorithms import pooling as P
@@ -49,30 +48,19 @@ class SensitivityProbe:
 
     def __init__(self, model: Model, names: list[str], emb: str | None, texts: list[str], threads: int = 0,
                  max_length: int = 64):
-        from embtool.runtime.bert_graph import build_encoder
-        from embtool.runtime.encoder import EmbedSettings, Encoder, session_options
+        from embtool.runtime.graphs import build_encoder
+        from embtool.runtime.encoder import EmbedSettings, Encoder, default_max_length, graph_session
 
         self.model = model
         self.emb = emb
         linears = frozenset(n for n in names if n != emb)
         built = build_encoder(model, feed_weights=linears)
-        sess = ort.InferenceSession(built.to_model(embed_feeds=False).SerializeToString(), session_options(threads),
-                                    providers=["CPUExecutionProvider"])
-        # writable copies: a probe perturbs them in place; the OrtValues wrap the same memory
+        # writable copies: a probe perturbs them in place; the session reads the same memory
         self.arrays: dict[str, np.ndarray] = {k: np.array(v, dtype=v.dtype, copy=True) for k, v in built.feeds.items()}
-        self.ov = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in self.arrays.items()}
-        from embtool.runtime.encoder import default_max_length
-
-        enc = Encoder(model, EmbedSettings(max_length=min(max_length, default_max_length(model)), normalize=True),
-                      session=(sess, self.ov))
-        self.enc = enc
-        seqs = enc.tokenize(texts)
-        L = max(len(s) for s in seqs)
-        self.ids = np.full((len(seqs), L), enc._pad_id(), np.int64)
-        self.mask = np.zeros((len(seqs), L), np.int64)
-        for i, s in enumerate(seqs):
-            self.ids[i, : len(s)] = s
-            self.mask[i, : len(s)] = 1
+        session = graph_session(built, threads, feeds=self.arrays)
+        self.enc = Encoder(model, EmbedSettings(max_length=min(max_length, default_max_length(model)), normalize=True),
+                           session=session)
+        self.ids, self.mask = self.enc.padded(self.enc.tokenize(texts))
         self.token_counts = np.bincount(self.ids[self.mask > 0].ravel())
         self.f0 = self._embed()
         self.runs = 0
@@ -81,7 +69,7 @@ class SensitivityProbe:
         return weight if weight == self.emb else weight[: -len(".weight")] + ".weight_T"
 
     def _embed(self) -> np.ndarray:
-        x = self.enc._run(self.ids, self.mask)
+        x = self.enc.run_batch(self.ids, self.mask)
         return P.normalize(x)
 
     def loss(self) -> float:

@@ -4,14 +4,13 @@ Output (safetensors, embtool's packed format; see README "Quantized format"): fo
 [rows, K] the file holds `X.qweight` (uint8 [rows, ceil(K*bits/8)], codes packed low bits first),
 `X.scales` (float16 [rows, K/group]) and, when asymmetric, `X.qzeros` (zero points, packed the same
 way: uint8 [rows, ceil(K/group*bits/8)]);
-`__metadata__["embtool_quantization"]` records bits, group size and shape per tensor. This is
+the quantization record (embtool.core.qrecord) records bits, group size and shape per tensor. This is
 onnxruntime's MatMulNBits / GatherBlockQuantized layout, so embtool's runtime feeds the codes to
 those kernels without a dequantized copy.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -22,10 +21,11 @@ import numpy as np
 from embtool.algorithms import quantize as QA
 from embtool.core.errors import InputError, Unsupported
 from embtool.core.model import Model, find_vocab_tensors, open_model
+from embtool.core.qrecord import has_record, read_record, record_metadata
 from embtool.core.model_out import (copy_unchanged, metadata_json, updated_config, write_configs, write_derived_model,
                                     write_weights)
 from embtool.core.writer import OutputFolder, provenance
-from embtool.jobs.fidelity import OutputRequest, check_runnable, evaluate_output
+from embtool.jobs.fidelity import ConvertRequest, OutputRequest, check_conversion, check_runnable, evaluate_output
 
 METHODS = ("auto", "rtn", "gptq")
 GPTQ_TEXTS = 256  # calibration lines read for GPTQ's input statistics
@@ -65,7 +65,7 @@ def select_tensors(m: Model, req: QuantRequest) -> tuple[list[str], str | None]:
     """Names of the float matrices to quantize, and which one is the token-embedding table."""
     ws = m.weights
     assert ws is not None
-    if any(k.endswith(".qweight") for k in ws.keys()) or "embtool_quantization" in ws.metadata:
+    if any(k.endswith(".qweight") for k in ws.keys()) or has_record(ws.metadata):
         raise InputError(f"{m.root} is already quantized (embtool packed weights); quantize the float model instead, "
                          "or `embtool dequantize` it first")
     vt = find_vocab_tensors(m)
@@ -188,7 +188,7 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
     prov = provenance("quantize", {k: v for k, v in req.__dict__.items() if k not in ("output", "force")},
                       {"model": m.fingerprint()}, {"quantization": {"group_size": req.group_size, "symmetric": req.symmetric,
                                                                    "bits": sorted({r["bits"] for r in rows})}})
-    meta = {"embtool_quantization": json.dumps(record, sort_keys=True), "embtool": metadata_json(prov)}
+    meta = {**record_metadata(record), "embtool": metadata_json(prov)}
     cfg = updated_config(m, extra={"quantization_config": {"quant_method": "embtool-groupwise", "group_size": req.group_size,
                                                             "symmetric": req.symmetric,
                                                             "bits": {k: v["bits"] for k, v in record.items()}}}) if m.config else None
@@ -200,7 +200,7 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
         new = open_model(out.path, need_tokenizer=False)
         if req.fmt == "onnx":
             from embtool.core.onnx_out import save_onnx
-            from embtool.runtime.bert_graph import build_encoder
+            from embtool.runtime.graphs import build_encoder
 
             save_onnx(build_encoder(new, fused=not req.portable).to_model(embed_feeds=True), out, prov)
             (out.path / "model.safetensors").unlink()
@@ -223,17 +223,18 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
     return summary
 
 
-def run_dequantize(model: str, output: str, force: bool = False) -> dict[str, Any]:
-    """embtool's packed n-bit weights back to float32 `X.weight` tensors (for tools that read only float)."""
+def run_dequantize(req: ConvertRequest) -> dict[str, Any]:
+    """embtool's packed n-bit weights back to float32 `X.weight` tensors (for tools that read only float);
+    checked to embed as the quantized model does (`check_conversion`)."""
     t0 = time.perf_counter()
+    model, output = req.model, req.output
     m = open_model(model)
     ws = m.weights
     if ws is None:
         raise Unsupported("dequantize reads embtool's quantized safetensors models; this is an ONNX model")
-    try:
-        record = json.loads(ws.metadata.get("embtool_quantization", ""))
-    except json.JSONDecodeError:
-        raise InputError(f"{model} is not an embtool-quantized model (no quantization record)") from None
+    if not has_record(ws.metadata):
+        raise InputError(f"{model} is not an embtool-quantized model (no quantization record)")
+    record = read_record(ws.metadata, model)
     tensors: dict[str, np.ndarray] = {}
     skip = set()
     for base, info in record.items():
@@ -248,9 +249,11 @@ def run_dequantize(model: str, output: str, force: bool = False) -> dict[str, An
         if k not in skip:
             tensors[k] = ws.get(k)
     prov = provenance("dequantize", {"model": model}, {"model": m.fingerprint()})
-    size = write_derived_model(m, output, force, tensors, prov, drop="quantization", keep_input_metadata=False)
-    return {"model": model, "output": output, "tensors": len(record), "bytes_before": m.weight_bytes(), "bytes_after": size,
-            "seconds": round(time.perf_counter() - t0, 2)}
+    summary: dict[str, Any] = {"model": model, "output": output, "tensors": len(record), "bytes_before": m.weight_bytes()}
+    summary["bytes_after"] = write_derived_model(m, output, req.force, tensors, prov, drop="quantization", keep_input_metadata=False,
+                                                 check=lambda out: check_conversion(m, out, req, summary))
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    return summary
 
 
 def quantize_onnx_graph(m: Model, req: QuantRequest) -> tuple[Any, list[dict], str | None]:

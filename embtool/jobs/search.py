@@ -11,7 +11,7 @@ import numpy as np
 
 from embtool.algorithms import search as S
 from embtool.core.embeddings_io import Index, expand_index_paths, open_index
-from embtool.core.errors import InputError
+from embtool.core.errors import BadUsage, InputError
 from embtool.core.texts import iter_texts
 
 
@@ -88,7 +88,9 @@ def _query_prefix(req: SearchRequest, model, meta: dict) -> str:
     return meta.get("prefix", "")
 
 
-def run_search(req: SearchRequest, warn: Callable[[str], None] = lambda m: None) -> SearchResult:
+def run_search(req: SearchRequest, warn: Callable[[str], None] = lambda m: None, score_files: Callable | None = None) -> SearchResult:
+    """Exact top-k over every index file, merged. `score_files(paths, queries, req, threads)` scores the files
+    elsewhere (embtool.distributed.search_files on Ray, for `ray=`) and returns what `search_file` returns per file."""
     paths = expand_index_paths(req.indexes)
     idxs = [open_index(p) for p in paths]
     for ix in idxs:
@@ -107,9 +109,9 @@ def run_search(req: SearchRequest, warn: Callable[[str], None] = lambda m: None)
     offset = 0
     threads = req.threads if req.threads > 0 else min(4, os.cpu_count() or 1)
     if req.ray is not None:
-        from embtool.distributed import search_files
-
-        parts = search_files(paths, q, req, threads)
+        if score_files is None:
+            raise BadUsage("ray= needs the Ray scorer: call embtool.search (the API), which provides it")
+        parts = score_files(paths, q, req, threads)
     else:
         parts = [_search_one(q, ix, req, threads, warn) for ix in idxs]
     for ix, (s, i) in zip(idxs, parts):

@@ -21,7 +21,7 @@ import numpy as np
 from embtool.algorithms import factorize as FA
 from embtool.algorithms import subwords as SW
 from embtool.algorithms import vocab as VA
-from embtool.core.errors import InputError, Unsupported
+from embtool.core.errors import BadUsage, InputError, Unsupported
 from embtool.core.model import FACTOR_F, FACTOR_P, Model, find_vocab_tensors, open_model, read_json
 from embtool.core.model_out import copy_unchanged, metadata_json, updated_config, write_configs, write_weights
 from embtool.core.texts import iter_texts
@@ -69,26 +69,26 @@ def load_target(path: str) -> tuple[TokenizerJson, Path]:
 
 
 def check_request(req: InitRequest) -> str:
-    """The method to use; InputError on flag combinations that make no sense."""
+    """The method to use; BadUsage (exit 2) on flag combinations that make no sense."""
     method = req.method or ("ofa" if req.word_vectors else "fvt")
     if method not in METHODS:
-        raise InputError(f"unknown --method {method!r} (choose {', '.join(METHODS)})")
+        raise BadUsage(f"unknown --method {method!r} (choose {', '.join(METHODS)})")
     if method == "ofa" and not req.word_vectors:
-        raise InputError("--method ofa needs word vectors: --word-vectors FILE, or --word-vectors auto with --corpus")
+        raise BadUsage("--method ofa needs word vectors: --word-vectors FILE, or --word-vectors auto with --corpus")
     if method != "ofa" and req.word_vectors:
-        raise InputError(f"--word-vectors is only used by --method ofa (not {method})")
+        raise BadUsage(f"--word-vectors is only used by --method ofa (not {method})")
     if req.word_vectors == "auto" and not req.corpus:
-        raise InputError("--word-vectors auto takes its words from a corpus: give -c/--corpus")
+        raise BadUsage("--word-vectors auto takes its words from a corpus: give -c/--corpus")
     if req.corpus and req.word_vectors != "auto":
-        raise InputError("--corpus is only used with --word-vectors auto")
+        raise BadUsage("--corpus is only used with --word-vectors auto")
     if req.rank_basis not in ("output", "source"):
-        raise InputError(f"--rank-basis must be output or source, not {req.rank_basis!r}")
+        raise BadUsage(f"--rank-basis must be output or source, not {req.rank_basis!r}")
     if req.word_vocab and not req.word_vectors:
-        raise InputError("--word-vocab goes with --word-vectors FILE.npy")
+        raise BadUsage("--word-vocab goes with --word-vectors FILE.npy")
     if req.neighbors < 1:
-        raise InputError("--neighbors must be at least 1")
+        raise BadUsage("--neighbors must be at least 1")
     if not req.temperature > 0:
-        raise InputError("--temperature must be positive")
+        raise BadUsage("--temperature must be positive")
     return method
 
 

@@ -13,6 +13,7 @@ from embtool.algorithms import vocab as VA
 from embtool.core.counting import count_corpus
 from embtool.core.errors import BadUsage, CorruptFile, InputError, Unsupported
 from embtool.core.model import Model, find_vocab_tensors, open_model
+from embtool.core.qrecord import has_record, read_record, record_metadata, with_rows
 from embtool.core.st_config import counting_prefixes, eval_prefix_for
 from embtool.core.model_out import (copy_unchanged, metadata_json, slice_onnx_initializers, updated_config,
                                     write_configs, write_weights)
@@ -210,12 +211,9 @@ def run_trim(req: TrimRequest, progress=None) -> dict[str, Any]:
                 arr = ws.get(k)
                 tensors[k] = np.take(arr, keep_idx, axis=vocab_axes[k]) if k in vocab_axes else arr
             meta = {"embtool": metadata_json(prov)}
-            if "embtool_quantization" in ws.metadata:  # sliced quantized tables: record their new row count
-                rec = json.loads(ws.metadata["embtool_quantization"])
-                for base, info in rec.items():
-                    if base + ".qweight" in vocab_axes:
-                        info["shape"][0] = int(len(keep_idx))
-                meta["embtool_quantization"] = json.dumps(rec, sort_keys=True)
+            if has_record(ws.metadata):  # sliced quantized tables: record their new row count
+                rec = read_record(ws.metadata, str(m.root))
+                meta.update(record_metadata(with_rows(rec, {b for b in rec if b + ".qweight" in vocab_axes}, len(keep_idx))))
             write_weights(m, out, tensors, meta)
         else:
             om = m.onnx_model

@@ -25,13 +25,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from embtool.core.errors import CorruptFile, Unsupported
-from embtool.core.model import Model
+from embtool.core.model import BERT_FAMILY, SUPPORTED, Model
 
 OPSET = 21
 MS_OPSET = 1
-SUPPORTED = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet")
-ROTARY = ("modernbert", "nomic_bert", "gte", "new", "qwen3", "gemma3_text")  # built by rotary_graph.build_rotary
-SUPPORTED += ROTARY
 
 
 @dataclass(frozen=True)
@@ -77,16 +74,13 @@ class Arch:
     pad_id: int
 
 
-def detect_arch(model: Model) -> Arch:
+def detect_bert(model: Model) -> Arch:
+    """The BERT-family layout of a model (embtool.runtime.graphs.detect_arch dispatches every architecture)."""
     cfg = model.config
     mt = str(cfg.get("model_type", "")).lower()
     if not mt:
         raise Unsupported(f"{model.root}: config.json has no model_type; supported: {', '.join(SUPPORTED)}")
-    if mt in ROTARY:
-        from embtool.runtime.rotary_graph import detect_rotary
-
-        return detect_rotary(model)  # type: ignore[return-value]
-    if mt not in SUPPORTED:
+    if mt not in BERT_FAMILY:
         raise Unsupported(f"architecture {mt!r} is not supported for safetensors models "
                           f"(supported: {', '.join(SUPPORTED)}); export it to ONNX and give embtool the .onnx")
     ws = model.weights
@@ -115,14 +109,11 @@ class WeightSource:
     """Resolves weight names to arrays; also knows embtool's quantized/factorized encodings."""
 
     def __init__(self, model: Model):
-        import json
+        from embtool.core.qrecord import read_record
 
         self.ws = model.weights
         assert self.ws is not None
-        try:
-            self.qmeta: dict = json.loads(self.ws.metadata.get("embtool_quantization", "{}"))
-        except json.JSONDecodeError as e:
-            raise CorruptFile(f"{model.root}: the embtool_quantization metadata is not valid JSON") from e
+        self.qmeta: dict = read_record(self.ws.metadata, str(model.root))
 
     def has(self, name: str) -> bool:
         return name in self.ws
@@ -256,7 +247,7 @@ def _embedding(b: GraphBuilder, w: WeightSource, ids: str, base: str) -> str:
     return y
 
 
-def build_encoder(model: Model, fused: bool = True, feed_weights: frozenset[str] = frozenset(),
+def build_bert(model: Model, fused: bool = True, feed_weights: frozenset[str] = frozenset(),
                   capture_linear_inputs: bool = False) -> BuiltGraph:
     """The encoder graph: inputs input_ids, attention_mask [batch, seq] int64;
     output last_hidden_state [batch, seq, hidden] float32.
@@ -268,11 +259,7 @@ def build_encoder(model: Model, fused: bool = True, feed_weights: frozenset[str]
     (transposed), so that one session can run with perturbed copies of them.
     capture_linear_inputs: also output every Linear's input (for calibration statistics);
     `BuiltGraph.linear_inputs` maps `X.weight` to the output name."""
-    if str(model.config.get("model_type", "")).lower() in ROTARY:
-        from embtool.runtime.rotary_graph import build_rotary
-
-        return build_rotary(model, fused, feed_weights, capture_linear_inputs)
-    a = detect_arch(model)
+    a = detect_bert(model)
     w = WeightSource(model)
     b = GraphBuilder(frozenset(feed_weights), portable=not fused)
     p, s = a.prefix, a.scheme

@@ -7,7 +7,6 @@ batches carry little padding, run, pooled, and put back in input order.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -98,18 +97,25 @@ def make_session(model: Model, threads: int = 0, build=None):
                 ort.capi.onnxruntime_pybind11_state.InvalidArgument, ort.capi.onnxruntime_pybind11_state.NotImplemented) as e:
             raise Unsupported(f"{model.weight_path}: onnxruntime cannot load it: {str(e).splitlines()[0]}") from e
         return sess, {}
-    from embtool.runtime.bert_graph import build_encoder
+    from embtool.runtime.graphs import build_encoder
 
-    built = (build or build_encoder)(model)
-    feeds = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for k, v in built.feeds.items()}
+    return graph_session((build or build_encoder)(model), threads)
+
+
+def graph_session(built, threads: int = 0, feeds: dict[str, np.ndarray] | None = None):
+    """(session, feeds as OrtValues) for a graph built in memory (`BuiltGraph`). The weights fed as graph inputs
+    are wrapped without a copy: `feeds` (default: the graph's own) are the numpy buffers the session reads, so a
+    caller that owns them (the sensitivity probe) can change a weight in place between runs."""
+    arrays = built.feeds if feeds is None else feeds
+    ov = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
     # keep one copy of the graph's weights at a time: proto -> bytes -> session
     m = built.to_model(embed_feeds=False)
     del built
     blob = m.SerializeToString()
     del m
-    sess = ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(blob, session_options(threads), providers=["CPUExecutionProvider"])
     del blob
-    return sess, feeds
+    return sess, ov
 
 
 def default_max_length(model: Model) -> int:
@@ -123,6 +129,14 @@ def default_max_length(model: Model) -> int:
     if model.st.max_seq_length:
         limits.append(model.st.max_seq_length)
     return min(limits) if limits else 512
+
+
+def open_encoder(model: Model, **options) -> "Encoder":
+    """An Encoder from EmbedSettings fields given by name; an unknown name is a TypeError (a caller's typo)."""
+    unknown = set(options) - set(EmbedSettings.__dataclass_fields__)
+    if unknown:
+        raise TypeError(f"Encoder() got unexpected options: {', '.join(sorted(unknown))}")
+    return Encoder(model, EmbedSettings(**options))
 
 
 class Encoder:
@@ -190,7 +204,8 @@ class Encoder:
                          f"({', '.join(f'{o.name}{list(o.shape)}' for o in outs)})")
 
     # ------------------------------------------------------------------------------------------
-    def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def run_outputs(self, names: list[str], ids: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
+        """The graph's outputs `names` for one padded batch (token ids and attention mask, [batch, seq] int64)."""
         feeds = dict(self.feeds)
         arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
         if "position_ids" in self.input_names:
@@ -198,11 +213,25 @@ class Encoder:
         for name in self.input_names:
             feeds[name] = ort.OrtValue.ortvalue_from_numpy(arrays[name])
         try:
-            out = self.sess.run_with_ort_values([self.output_name], feeds)[0].numpy()
+            return [v.numpy() for v in self.sess.run_with_ort_values(names, feeds)]
         except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument) as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise Unsupported(f"{self.model.weight_path}: onnxruntime cannot run it on a batch of {ids.shape[1]} tokens "
                               f"({msg[:300]}); if the model has fewer positions, give --max-length") from None
+
+    def padded(self, seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """(token ids, attention mask) [len(seqs), longest] int64, right-padded with the model's pad id."""
+        L = max(1, max((len(s) for s in seqs), default=1))
+        ids = np.full((len(seqs), L), self.pad_id(), dtype=np.int64)
+        mask = np.zeros((len(seqs), L), dtype=np.int64)
+        for r, s in enumerate(seqs):
+            ids[r, : len(s)] = s
+            mask[r, : len(s)] = 1
+        return ids, mask
+
+    def run_batch(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Pooled (and head-applied) embeddings of one padded batch, before normalisation and --dim."""
+        out = self.run_outputs([self.output_name], ids, mask)[0]
         if self.pooled_output:
             if out.ndim != 2:
                 raise Unsupported(f"output {self.output_name!r} has shape {out.shape}, expected [batch, hidden]")
@@ -246,17 +275,9 @@ class Encoder:
             longest = max(1, max(len(seqs[i]) for i in order[b0 : b0 + bs]))
             idx = order[b0 : b0 + min(bs, max(1, budget // longest))]
             b0 += len(idx)
-            L = max(1, max(len(seqs[i]) for i in idx))
-            ids = np.zeros((len(idx), L), dtype=np.int64)
-            pad_id = self._pad_id()
-            ids.fill(pad_id)
-            mask = np.zeros((len(idx), L), dtype=np.int64)
-            for r, i in enumerate(idx):
-                s = seqs[i]
-                ids[r, : len(s)] = s
-                mask[r, : len(s)] = 1
+            ids, mask = self.padded([seqs[i] for i in idx])
             self.stats.padded_tokens += int(mask.size - mask.sum())
-            vec = self._finish(self._run(ids, mask))
+            vec = self._finish(self.run_batch(ids, mask))
             if out is None:
                 out = np.empty((n, vec.shape[1]), dtype=np.float32)
             out[idx] = vec
@@ -264,7 +285,7 @@ class Encoder:
             out = np.empty((0, self.s.dim or 0), dtype=np.float32)
         return out
 
-    def _pad_id(self) -> int:
+    def pad_id(self) -> int:
         if not hasattr(self, "_pad"):
             pad = None
             for name in ("<pad>", "[PAD]", "<|endoftext|>"):
@@ -344,13 +365,6 @@ class Encoder:
             yield buf, self.embed(buf)
             if progress is not None:
                 progress.update(len(buf))
-
-
-def progress_bar(quiet: bool, total: int | None = None, unit: str = "text", desc: str | None = None):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, disable=quiet or not sys.stderr.isatty(),
-                dynamic_ncols=True, leave=False)
 
 
 def run_embed(encoder: Encoder, texts: Iterable[str], sink, progress=None, shard: tuple[int, int] | None = None) -> list[int]:
