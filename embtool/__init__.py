@@ -17,6 +17,7 @@ _LAZY = {
     "inspect": "embtool.api",
     "search": "embtool.api",
     "embed": "embtool.api",
+    "shrink": "embtool.api",
     "embed_dataset": "embtool.api",
     "export_onnx": "embtool.api",
     "dequantize": "embtool.api",

@@ -23,7 +23,7 @@ from embtool.errors import (BadUsage, CorruptFile, EmbtoolError, FidelityError, 
 __all__ = ["BINARY_CODE", "BINARY_CODES", "Encoder", "FORMATS", "METRICS", "POOLINGS", "PRECISIONS", "Result", "SCRIPTS",
            "SearchHits", "TensorInfo", "compare_embeddings", "compare_models", "defactorize", "dequantize", "embed",
            "embed_dataset", "export_onnx", "factorize", "frequent_words", "init_subwords", "inspect", "open_index", "open_model",
-           "quantizable_tensors", "quantize", "quantized_bytes", "read_embeddings", "rescore_depth", "sample_corpus", "search", "trim_vocab",
+           "quantizable_tensors", "quantize", "quantized_bytes", "read_embeddings", "rescore_depth", "sample_corpus", "search", "shrink", "trim_vocab",
            "write_embeddings"]
 
 from embtool.algorithms.pooling import ALL_POOLINGS as POOLINGS, PRECISIONS  # noqa: E402  (the choices the CLI offers)
@@ -156,7 +156,6 @@ def _path(model):
 
 def _run(command: str, request_cls, runner, model, output, options: dict[str, Any], *, check: bool = True,
          run_kwargs: dict[str, Any] | None = None, **fixed) -> Result:
-    from embtool.core.errors import FidelityError
     from embtool.core.summary import summary_json
 
     fields = set(request_cls.__dataclass_fields__)
@@ -193,6 +192,18 @@ def quantize(model, output, *, progress=None, say: Callable[[str], None] | None 
 
     return _run("quantize", QuantRequest, run_quantize, model, output, options, check=check,
                 run_kwargs={"progress": progress, "say": say})
+
+
+def shrink(model, output, *, corpus: Iterable[str] | str, max_size: int, progress=None, say: Callable[[str], None] | None = None,
+           check: bool = True, **options) -> Result:
+    """The whole pipeline (`embtool shrink`): trim to the corpus, quantize to `max_size` bytes if still over it,
+    measure against the original on held-out corpus lines. Options are ShrinkRequest's fields (bits, group_size,
+    holdout, prefixes, eval_prefix, quick, min_cosine, min_cosine_min, min_recall, force, threads)."""
+    from embtool.jobs.shrink import ShrinkRequest, run_shrink
+
+    corpus = [corpus] if isinstance(corpus, (str, os.PathLike)) else list(corpus)
+    return _run("shrink", ShrinkRequest, run_shrink, model, output, options, check=check,
+                run_kwargs={"progress": progress, "say": say}, corpus=[os.fspath(c) for c in corpus], max_size=max_size)
 
 
 def dequantize(model, output, *, check: bool = True, **options) -> Result:

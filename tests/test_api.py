@@ -138,6 +138,24 @@ def test_readme_model_functions_example_runs(tiny_bert, tmp_path, monkeypatch):
     assert scope["info"]["schema"] == "embtool.inspect/1" and len(scope["hits"][0]) == 5
 
 
+def test_readme_shrink_and_helpers_example_runs(tiny_bert, tmp_path, monkeypatch):
+    from conftest import corpus_lines
+
+    blocks = [b for b in _readme_python_blocks() if "embtool.shrink(" in b]
+    assert blocks, "the README's shrink / helpers example is gone"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fr.txt").write_text("\n".join(corpus_lines("fr", 300)) + "\n")
+    (tmp_path / "docs.txt").write_text("\n".join(SENTENCES) + "\n")
+    size = __import__("embtool").inspect(tiny_bert)["bytes"]["weights_file"]
+    code = blocks[0].replace("max_size=16_000_000, min_cosine=0.98", f"max_size={int(0.6 * size)}, min_cosine=0.5")
+    code = code.replace('prompt_name="passage"', 'prefix="passage: "')  # the tiny model has no prompts
+    scope = {"embtool": __import__("embtool"), "model": str(tiny_bert)}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert scope["s"].bytes_after <= int(0.6 * size) and scope["s"].summary["steps"][-1]["step"] == "quantize"
+    assert scope["vecs"].shape == (len(SENTENCES), 32) and (tmp_path / "mine.safetensors").exists()
+    assert (tmp_path / "model-plan" / "model.safetensors").exists()
+
+
 def test_api_embed_writes_what_the_cli_writes(tiny_bert, tmp_path):
     """`embtool.embed` is the function behind `embtool embed`: the same file, the same summary."""
     import json

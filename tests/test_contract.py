@@ -200,13 +200,17 @@ def test_every_gated_command_has_the_three_gates_and_says_which_statistic(tiny_b
     from embtool.cli.main import cli
 
     gated = [name for name, c in cli.commands.items() if any(p.name == "min_cosine" for p in c.params)]
-    assert sorted(gated) == ["defactorize", "dequantize", "export-onnx", "factorize", "init-subwords", "quantize", "trim-vocab"]
+    assert sorted(gated) == ["defactorize", "dequantize", "export-onnx", "factorize", "init-subwords", "quantize", "shrink",
+                             "trim-vocab"]
     for name in gated:
         opts = {p.name: p for p in cli.commands[name].params}
         assert "mean over held-out texts" in opts["min_cosine"].help
         assert "minimum over held-out texts" in opts["min_cosine_min"].help
         assert "recall@10" in opts["min_recall"].help
         assert all("exit 3" in opts[o].help for o in ("min_cosine", "min_cosine_min", "min_recall"))
+        if name == "shrink":  # always measured on its held-out lines: it has no --no-eval
+            assert "no_eval" not in opts
+            continue
         extra = ["--tokenizer", tiny_bert / "tokenizer.json"] if name == "init-subwords" else []
         r = run_cli([name, tiny_bert, *extra, "--min-recall", "0.5", "--no-eval", "-o", "x"])  # the gates need a check
         assert r.exit_code == 2 and "--min-recall needs the fidelity check" in r.stderr
@@ -310,6 +314,7 @@ def test_every_command_json_matches_its_schema(tmp_path, tiny_bert, corpus_files
                            "--eval", h, "--json"]],
         "embed": [["embed", tiny_bert, "-i", h, "-o", t / "e.safetensors", "--json"]],
         "search": [["search", t / "e.safetensors", "a query", "another", "-k", "3", "--json"]],
+        "shrink": [["shrink", tiny_bert, "-c", c, "--max-size", "100KB", "-o", t / "sh", "--json"]],
     }
     assert sorted(runs) == sorted(cli.commands)  # every command is covered
     assert sorted(p.stem for p in SCHEMA_DIR.glob("*.json")) == sorted(cli.commands)

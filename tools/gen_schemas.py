@@ -25,7 +25,8 @@ EVAL = {"type": "object", "description": "The output vs the input model on --eva
         "properties": {"texts": INT, "cosine_mean": COSINE, "cosine_min": COSINE,
                        "recall_at_10": {**SHARE, "description": "mean overlap of each text's 10 nearest held-out neighbours, input vs output"},
                        "identical_tokenization": SHARE, "new_unknown_token_share": NUM,
-                       "source": {**STR, "description": "the --eval file, or \"built-in sample\""},
+                       "source": {**STR, "description": "the --eval file, \"built-in sample\", or (shrink) \"held-out corpus lines\""},
+                       "prefix": {**STR, "description": "shrink: the prefix the held-out lines were embedded with"},
                        "languages": {"type": "array", "items": STR}},
         "additionalProperties": False}
 GATE = {"type": "object", "description": "The --min-* thresholds given and those that failed.",
@@ -100,6 +101,14 @@ SCHEMAS = {
         "rank": INT, "hidden": INT, "rows": INT, "energy": SHARE, "rel_frobenius_error": NUM,
         "embedding_parameters_before": INT, "embedding_parameters_after": INT,
     }, ["rank", "embedding_parameters_before", "embedding_parameters_after", "bytes_before", "bytes_after"]),
+    "shrink": summary("shrink", "Trim to a corpus, quantize to a size budget, measure on held-out corpus lines.", {
+        "max_size": INT, "share": {"type": "number", "minimum": 0}, "training_lines": INT, "eval_seconds": NUM,
+        "steps": {"type": "array", "items": {"type": "object", "required": ["step", "bytes_after", "seconds"],
+                                             "properties": {"step": {"enum": ["trim-vocab", "quantize"]}, "bytes_after": INT,
+                                                            "seconds": NUM, "vocab_before": INT, "vocab_after": INT,
+                                                            "bits": {"type": "array", "items": INT}, "bits_per_weight": NUM,
+                                                            "method": STR}}},
+    }, ["max_size", "bytes_before", "bytes_after", "steps", "eval", "passed"]),
     "defactorize": summary("defactorize", "A factorized table multiplied back out.", {}, ["bytes_before", "bytes_after"]),
     "init-subwords": summary("init-subwords", "A new vocabulary's embedding rows from the source model.", {
         "tokenizer": STR, "method": STR, "vocab_before": INT, "vocab_after": INT, "dry_run": BOOL,

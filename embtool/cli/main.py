@@ -96,10 +96,10 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from embtool.cli import (embed_cmd, export_cmd, factorize_cmd, inspect_cmd, quantize_cmd, search_cmd, subwords_cmd,
-                             trim_cmd)
+    from embtool.cli import (embed_cmd, export_cmd, factorize_cmd, inspect_cmd, quantize_cmd, search_cmd, shrink_cmd,
+                             subwords_cmd, trim_cmd)
 
-    for mod in (inspect_cmd, embed_cmd, export_cmd, search_cmd, trim_cmd, quantize_cmd, factorize_cmd, subwords_cmd):
+    for mod in (inspect_cmd, embed_cmd, export_cmd, search_cmd, shrink_cmd, trim_cmd, quantize_cmd, factorize_cmd, subwords_cmd):
         cli.add_command(mod.command)
     cli.add_command(quantize_cmd.dequantize_command)
     cli.add_command(factorize_cmd.defactorize_command)

@@ -87,7 +87,7 @@ def render(s: dict) -> str:
 @click.option("--portable", is_flag=True, help="ONNX output (--format onnx, or an ONNX input): standard operators only (opset-21 blocked DequantizeLinear "
               "of uint4/uint8 codes), for runtimes without onnxruntime's contrib kernels.")
 @click.option("--target-bits", type=click.FloatRange(1, 16), default=None, help="Mixed precision: average bits per quantized weight (scales included).")
-@click.option("--max-size", type=Size(), default=None, help="Mixed precision: total size of the quantized tensors, e.g. 15MB.")
+@click.option("--max-size", type=Size(), default=None, help="Mixed precision: the size of the weights file (every tensor and the file's header), e.g. 15MB.")
 @click.option("--calib", type=InputPath(), default=None,
               help="Calibration texts (one a line) for GPTQ and the sensitivities (default: built-in multilingual samples).")
 @click.option("--sensitivity", type=click.Choice(["measured", "hessian"]), default="measured", show_default=True,

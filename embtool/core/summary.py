@@ -11,7 +11,7 @@ JSON_KEYS = {
     "embedding_params_before": "embedding_parameters_before", "embedding_params_after": "embedding_parameters_after",
     "recall@10": "recall_at_10", "table": "per_tensor",
 }
-MODEL_WRITERS = ("trim-vocab", "quantize", "dequantize", "factorize", "defactorize", "init-subwords", "export-onnx")
+MODEL_WRITERS = ("trim-vocab", "quantize", "dequantize", "factorize", "defactorize", "init-subwords", "export-onnx", "shrink")
 SIGNIFICANT_DIGITS = 6
 
 

@@ -147,6 +147,18 @@ def _sizes(m: Model, names: list[str], bits, group_size: int, symmetric: bool) -
     return [sum(QA.stored_bytes(*ws.info(k).shape, b, group_size, symmetric) for k in names) for b in bits]
 
 
+def header_bytes(tensors: list[str], quantized: list[str]) -> int:
+    """An upper estimate of the safetensors header of a quantized model (8-byte length, the JSON index of
+    every tensor, the quantization record and embtool's provenance), so that --max-size holds for the file:
+    per entry its name and about 80 bytes of dtype/shape/offsets; a quantized tensor has three entries
+    (qweight, scales, qzeros) and a record entry (escaped inside the metadata string)."""
+    q = set(quantized)
+    n = 8 + 8192  # length prefix; provenance and other metadata
+    for k in tensors:
+        n += (3 * (len(k) + 90) + 2 * (len(k) + 110)) if k in q else len(k) + 90
+    return n
+
+
 def mixed_budget(m: Model, names: list[str], req) -> float:
     """The byte budget of the quantized tensors (--target-bits or --max-size; --sensitivity-only alone:
     everything at the widest bits). Checked from the shapes only, before any calibration work: a
@@ -154,7 +166,7 @@ def mixed_budget(m: Model, names: list[str], req) -> float:
     ws = m.weights
     bits = sorted(req.bits)
     n_weights = sum(ws.info(k).numel for k in names)
-    rest = sum(ws.info(k).nbytes for k in ws.keys() if k not in names)
+    rest = sum(ws.info(k).nbytes for k in ws.keys() if k not in names) + header_bytes(list(ws.keys()), names)
     if req.target_bits is not None:
         budget = req.target_bits * n_weights / 8
         what = f"--target-bits {req.target_bits}"
