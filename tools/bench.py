@@ -632,6 +632,15 @@ def bench_shrink() -> None:
     RESULTS["shrink"] = rows
 
 
+def bench_fused() -> None:
+    """onnxruntime's fused CPU operators vs the standard-op subgraphs of the rotary builder (tools/fused_ops.py)."""
+    out, _, _ = timed([PY, ROOT / "tools" / "fused_ops.py", "--json"])
+    import onnxruntime
+
+    RESULTS["fused"] = {"rows": json.loads(out.strip().splitlines()[-1]), "onnxruntime": onnxruntime.__version__}
+    log("fused ops: " + ", ".join(f"{r['op']} {r['speedup']:.2f}x" for r in RESULTS["fused"]["rows"]))
+
+
 # ---------------------------------------------------------------------------------------------
 def plots() -> list[str]:
     import matplotlib
@@ -871,6 +880,20 @@ def report(cmd: str) -> None:
                      + f" | {e['cosine_mean']:.4f} / {e['recall_at_10']:.3f} | {f['cosine_mean']:.4f} ({f['cosine_min']:.3f}) / "
                      f"{f['recall_at_10']:.3f} | {r['wall_s']:.0f} s | {r['rss_mb']:.0f} MB |")
         L.append("")
+    if "fused" in R:
+        sys.path.insert(0, str(ROOT / "tools"))
+        import fused_ops
+
+        L += ["## onnxruntime's fused operators in the rotary builder", "",
+              f"Each fused CPU operator of onnxruntime {R['fused']['onnxruntime']} against the standard-op subgraph "
+              "runtime/rotary_graph.py emits for it, same inputs (hidden states [8, 256, 1024], heads [8, 16, 256, 64], "
+              f"2 threads, ORT_ENABLE_ALL); the two alternate, {fused_ops.RUNS} rounds of {fused_ops.CALLS} calls, median "
+              "per call (`python tools/fused_ops.py`).", "", *fused_ops.table(R["fused"]["rows"]), "",
+              "Adopted: SimplifiedLayerNormalization for every RMSNorm (Qwen3, EmbeddingGemma; `--portable` keeps the "
+              "standard ops). Not adopted: RotaryEmbedding (a small share of a layer's time, and it needs integer "
+              "positions and a cache sized to the model's longest input), and GroupQueryAttention, whose CPU kernel "
+              "attends causally to keys given by per-row lengths, which cannot express the bidirectional encoders nor "
+              "a left-padded batch.", ""]
     if "ray" in R:
         r = R["ray"]
         L += ["## embed on Ray (this 2-core machine)", "",
@@ -887,7 +910,7 @@ def report(cmd: str) -> None:
 
 
 SECTIONS = {"embed": bench_embed, "search": bench_search, "trim": bench_trim, "quantize": bench_quantize,
-            "mixed": bench_mixed, "factorize": bench_factorize, "init": bench_init, "mpnet": bench_mpnet, "shrink": bench_shrink, "ray": bench_ray}
+            "mixed": bench_mixed, "factorize": bench_factorize, "init": bench_init, "mpnet": bench_mpnet, "shrink": bench_shrink, "ray": bench_ray, "fused": bench_fused}
 
 
 def main() -> None:
