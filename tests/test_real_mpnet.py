@@ -46,7 +46,8 @@ def test_mpnet_equals_sentence_transformers(mpnet, reference_embeddings):
 
 
 def test_mpnet_portable_graph_and_export_onnx(mpnet, tmp_path, reference_embeddings):
-    r = run_cli(["export-onnx", mpnet, "-o", tmp_path / "onnx", "--quiet"])
+    # the export's own check is tested on all-MiniLM (test_real.py); here the reference vectors check it
+    r = run_cli(["export-onnx", mpnet, "-o", tmp_path / "onnx", "--quiet", "--no-eval"])
     assert r.exit_code == 0, r.stderr
     got = Encoder(open_model(tmp_path / "onnx")).embed(REF["texts"])
     assert _cos(got, np.array(REF["vectors"], np.float32)).min() >= 0.9999

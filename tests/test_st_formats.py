@@ -301,3 +301,28 @@ def test_init_subwords_reports_how_the_prompts_are_carried(tmp_path):
     s = json.loads(r.stdout)
     assert any(k != "copied" for p in s["prompts"].values() for k in p["rows"])
     assert any(n.startswith("prompt 'passage: '") for n in s["notes"])
+
+
+def test_do_lower_case_of_the_old_layout_lowercases_the_text(tmp_path):
+    """sentence-transformers 6 bakes do_lower_case into tokenizer.json (the new-lowercase fixture, above); releases
+    before it kept a cased tokenizer and lowercased the text when sentence_bert_config.json says do_lower_case.
+    The same model laid out the old way: on the ASCII texts (where lowercasing the text and lowercasing in the
+    normalizer agree) embtool must give sentence-transformers' reference vectors, and without the flag it must not."""
+    import shutil
+
+    ref = REF["models"]["new-lowercase"]
+    expected = np.array(ref["runs"][0]["vectors"], np.float32)
+    ascii_rows = [i for i, t in enumerate(REF["texts"]) if t.isascii() and t != t.lower()]
+    assert len(ascii_rows) >= 2
+    d = tmp_path / "old-lowercase"
+    shutil.copytree(DATA / "new-lowercase", d)
+    tok = json.loads((d / "tokenizer.json").read_text(encoding="utf-8"))
+    tok["normalizer"] = {"type": "BertNormalizer", "clean_text": True, "handle_chinese_chars": True, "strip_accents": False,
+                         "lowercase": False}
+    (d / "tokenizer.json").write_text(json.dumps(tok), encoding="utf-8")
+    texts = [REF["texts"][i] for i in ascii_rows]
+    for flag, same in ((True, True), (False, False)):
+        (d / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128, "do_lower_case": flag}))
+        got = Encoder(open_model(d)).embed(texts)
+        close = _cos(got, expected[ascii_rows]).min() >= 0.9999
+        assert close == same, (flag, _cos(got, expected[ascii_rows]))

@@ -63,8 +63,11 @@ FIXTURES = {
     "new-weightedmean-exclude": ("weightedmean", False, None, False, {"query": "search query: "}, None, None, 512, False),
     # MPNet (relative position bias, RoBERTa-style positions), laid out like all-mpnet-base-v2
     "mpnet-mean-normalize": ("mean", True, None, True, None, None, 200, 512, True),
+    # a cased tokenizer under sentence_bert_config.json's do_lower_case: true (sentence-transformers lowercases the text)
+    "new-lowercase": ("mean", True, None, True, None, None, None, 512, False),
 }
 MPNET = {"mpnet-mean-normalize"}
+LOWERCASE = {"new-lowercase"}
 OLD_TYPES = {"Transformer": "sentence_transformers.models.Transformer", "Pooling": "sentence_transformers.models.Pooling",
              "Dense": "sentence_transformers.models.Dense", "Normalize": "sentence_transformers.models.Normalize"}
 LEGACY_KEYS = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens", "mean": "pooling_mode_mean_tokens",
@@ -72,9 +75,9 @@ LEGACY_KEYS = {"cls": "pooling_mode_cls_token", "max": "pooling_mode_max_tokens"
                "weightedmean": "pooling_mode_weightedmean_tokens", "lasttoken": "pooling_mode_lasttoken"}
 
 
-def tokenizer() -> Tokenizer:
+def tokenizer(lowercase: bool = True) -> Tokenizer:
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     texts = TEXTS + corpus_lines("en", "all", 0, 300) + corpus_lines("fr", "all", 0, 100)
     tok.train_from_iterator(texts, trainers.WordPieceTrainer(
@@ -116,7 +119,7 @@ def mpnet_base(work: Path, tok: Tokenizer) -> Path:
     return d
 
 
-def base_model(work: Path, tok: Tokenizer, tok_max: int) -> Path:
+def base_model(work: Path, tok: Tokenizer, tok_max: int, tag: str = "") -> Path:
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=tok.get_vocab_size(), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                      intermediate_size=64, max_position_embeddings=128, type_vocab_size=2)
@@ -125,7 +128,7 @@ def base_model(work: Path, tok: Tokenizer, tok_max: int) -> Path:
         for p in model.parameters():
             if p.dim() > 1:
                 p.normal_(0, 0.2)
-    d = work / f"base-{tok_max}"
+    d = work / f"base-{tok_max}{tag}"
     model.save_pretrained(d)
     fast = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                              sep_token="[SEP]", mask_token="[MASK]", model_max_length=tok_max)
@@ -164,10 +167,16 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     tok = tokenizer()
+    cased = tokenizer(lowercase=False)
     ref: dict = {"command": "~/.cache/embtool-peers-venv/bin/python tools/make_st_fixtures.py", "texts": TEXTS, "models": {}}
     for name, (mode, include_prompt, dense, normalize, prompts, default_prompt, max_seq, tok_max, old) in FIXTURES.items():
-        base = mpnet_base(work, mpnet_tokenizer()) if name in MPNET else base_model(work, tok, tok_max)
-        tr = Transformer(str(base), max_seq_length=max_seq)
+        if name in MPNET:
+            base = mpnet_base(work, mpnet_tokenizer())
+        elif name in LOWERCASE:
+            base = base_model(work, cased, tok_max, "-cased")
+        else:
+            base = base_model(work, tok, tok_max)
+        tr = Transformer(str(base), max_seq_length=max_seq, do_lower_case=name in LOWERCASE)
         mods = [tr, Pooling(32, pooling_mode=mode, include_prompt=include_prompt)]
         dim = mods[1].get_embedding_dimension()
         if dense:
