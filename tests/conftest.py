@@ -116,14 +116,14 @@ def tiny_weights(model_type: str, vocab: int, seed: int = 0, H: int = 32, L: int
     return w, cfg
 
 
-def make_tiny_model(folder: Path, arch: str, texts: list[str] | None = None, st: bool = True) -> Path:
+def make_tiny_model(folder: Path, arch: str, texts: list[str] | None = None, st: bool = True, hidden: int = 32) -> Path:
     from embtool.core.safetensors_io import write_safetensors
 
     model_type, kind = ARCHS[arch]
     tok = train_tokenizer(kind, texts or (SENTENCES * 3 + corpus_lines("en", 200) + corpus_lines("fr", 200)))
     folder.mkdir(parents=True, exist_ok=True)
     tok.save(str(folder / "tokenizer.json"))
-    w, cfg = tiny_weights(model_type, tok.get_vocab_size())
+    w, cfg = tiny_weights(model_type, tok.get_vocab_size(), H=hidden)
     write_safetensors(folder / "model.safetensors", w, {"format": "pt"})
     (folder / "config.json").write_text(json.dumps(cfg, indent=2))
     if st:

@@ -312,3 +312,22 @@ def test_mixed_plan_is_measured_and_never_worse_than_uniform(tmp_path, tiny_bert
     a = Encoder(open_model(tmp_path / "m")).embed(SENTENCES)
     b = Encoder(open_model(tmp_path / "deq")).embed(SENTENCES)
     assert np.min(np.sum(a * b, 1)) >= 0.99999
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_portable_output_with_an_odd_number_of_groups_per_row(tmp_path, symmetric):
+    """K = 96 with groups of 32 gives 3 zero points a row: the UINT4 tensors of the standard-ops form are packed
+    over the flattened tensor as ONNX requires (a per-row packing made onnxruntime reject the file)."""
+    from conftest import make_tiny_model
+    from embtool.core.model import open_model
+    from embtool.runtime.encoder import Encoder
+
+    src = make_tiny_model(tmp_path / "h96", "bert", hidden=96)
+    sym = ["--symmetric"] if symmetric else []
+    for name, extra in (("st", []), ("dq", ["--format", "onnx", "--portable"])):
+        r = run_cli(["quantize", src, "--bits", "4", "--method", "rtn", "--group-size", "32", *sym, *extra, "--no-eval",
+                     "-o", tmp_path / name, "--quiet"])
+        assert r.exit_code == 0, r.stderr
+    a = Encoder(open_model(tmp_path / "st")).embed(SENTENCES)
+    b = Encoder(open_model(tmp_path / "dq")).embed(SENTENCES)
+    assert np.abs(a - b).max() < 1e-4

@@ -66,7 +66,9 @@ def emit_dequantize_linear(b, w, base: str) -> str:
     codes = unpack(w.get(base + ".qweight"), bits, K)
     zeros = (unpack(w.get(base + ".qzeros"), bits, K // g) if w.has(base + ".qzeros")
              else np.full((rows, K // g), 2 ** (bits - 1), np.uint8))
-    dt, enc = (TensorProto.UINT8, lambda a: a) if bits == 8 else (TensorProto.UINT4, lambda a: pack(a, 4))
+    # ONNX packs a UINT4 tensor as one run of nibbles over the flattened tensor (not per row): a row of an odd
+    # number of values (e.g. 3 zero points for K = 96, group 32) shares its last byte with the next row
+    dt, enc = (TensorProto.UINT8, lambda a: a) if bits == 8 else (TensorProto.UINT4, lambda a: pack(a.reshape(1, -1), 4))
     b.inits.append(helper.make_tensor(base + ".codes", dt, [rows, K], np.ascontiguousarray(enc(codes)).tobytes(), raw=True))
     b.inits.append(helper.make_tensor(base + ".zero_points", dt, [rows, K // g], np.ascontiguousarray(enc(zeros)).tobytes(), raw=True))
     scales = b.const(base + ".scales_f32", w.get(base + ".scales").astype(np.float32))
