@@ -499,6 +499,24 @@ def test_strict_refuses_another_model(indexes, tiny_models):
     assert r.exit_code == 0 and r.stderr == "" and json.loads(r.stdout)["id"] == INDEX_TEXTS.index(SENTENCES[4])
 
 
+
+def test_strict_refuses_the_same_weights_with_another_tokenizer(indexes, tiny_models, tmp_path):
+    """The index records the tokenizer's fingerprint too: the same weights under another tokenizer.json embed
+    differently, so --strict refuses them (and without it a warning says so)."""
+    import shutil
+
+    idx = indexes[("float32", "full")]
+    other = tmp_path / "retokenized"
+    shutil.copytree(tiny_models["bert"], other)
+    tok = json.loads((other / "tokenizer.json").read_text())
+    tok["normalizer"] = {"type": "BertNormalizer", "clean_text": True, "handle_chinese_chars": True, "strip_accents": False,
+                         "lowercase": False}
+    (other / "tokenizer.json").write_text(json.dumps(tok))
+    r = run_cli(["search", idx, "a query", "--model", other, "--strict"])
+    assert r.exit_code == 1 and "not the one the index was made with" in r.stderr and r.stdout == ""
+    r = run_cli(["search", idx, "a query", "--model", other, "-k", "1"])
+    assert r.exit_code == 0 and "warning:" in r.stderr and "another tokenizer.json" in r.stderr
+
 # ----------------------------------------------------------------------------------------------
 # flags that had no test: --script, --max-error, --no-center, the --min-cosine gates
 # ----------------------------------------------------------------------------------------------

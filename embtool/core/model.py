@@ -119,6 +119,13 @@ class Model:
                     h.update(f.read(1 << 20))
         return h.hexdigest()[:16]
 
+    def tokenizer_fingerprint(self) -> str | None:
+        """sha256 of the tokenizer.json in use (None without one): two models with the same weights and another
+        tokenizer embed differently, and `search --strict` must tell them apart."""
+        if self.tokenizer is None or self.tokenizer.path is None:
+            return None
+        return hashlib.sha256(Path(self.tokenizer.path).read_bytes()).hexdigest()[:16]
+
     def embtool_meta(self) -> dict[str, Any]:
         """What an earlier embtool command recorded (embtool.json), if any."""
         p = self.root / "embtool.json"

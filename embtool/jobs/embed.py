@@ -77,7 +77,8 @@ def run_embed_file(req: EmbedRequest, progress=None, say: Callable[[str], None] 
                 if sink.count == 0:
                     raise InputError("no texts to embed (the input is empty)")
                 meta = {"model": str(Path(req.model).resolve()),
-                        "model_fingerprint": m.fingerprint(), "pooling": enc.pooling,
+                        "model_fingerprint": m.fingerprint(), "tokenizer_fingerprint": m.tokenizer_fingerprint() or "",
+                        "pooling": enc.pooling,
                         "normalize": str(enc.normalize).lower(), "prefix": enc.prefix,
                         "prompt_name": enc.prompt_name or "", "max_length": str(enc.max_length),
                         "shard": f"{req.shard[0]}/{req.shard[1]}" if req.shard else ""}

@@ -58,11 +58,17 @@ def _query_vectors(req: SearchRequest, first: Index, warn: Callable[[str], None]
     if not Path(model_path).exists():
         raise InputError(f"the index's model {model_path} is not there; give --model")
     m = open_model(model_path, need_tokenizer=True, tokenizer=req.tokenizer or (None if req.model else meta.get("tokenizer") or None))
-    if req.model and meta.get("model_fingerprint") and m.fingerprint() != meta["model_fingerprint"]:
-        msg = f"--model {req.model} is not the model the index was made with ({meta.get('model')})"
-        if req.strict:
+    if req.model or req.tokenizer:
+        msg = None
+        if meta.get("model_fingerprint") and m.fingerprint() != meta["model_fingerprint"]:
+            msg = f"--model {req.model} is not the model the index was made with ({meta.get('model')})"
+        elif meta.get("tokenizer_fingerprint") and m.tokenizer_fingerprint() != meta["tokenizer_fingerprint"]:
+            msg = (f"the tokenizer of {req.model or meta.get('model')} is not the one the index was made with "
+                   "(same weights, another tokenizer.json)")
+        if msg and req.strict:
             raise InputError(msg)
-        warn(msg + "; scores may be meaningless")
+        if msg:
+            warn(msg + "; scores may be meaningless")
     dim = int(meta["dim"]) if meta.get("dim") else None
     settings = EmbedSettings(pooling=meta.get("pooling", "auto"),
                              normalize={"true": True, "false": False}.get(meta.get("normalize", ""), None),
