@@ -224,7 +224,7 @@ def _residual(b, w, a, f, x: str, out: str, L: str, post_norm: str | None, norm:
 def _norm(b: GraphBuilder, w: WeightSource, x: str, base: str, a: RotaryArch) -> str:
     if a.family.rms and not b.portable:
         # onnxruntime's SimplifiedLayerNormalization computes the same x / sqrt(mean(x^2) + eps) * weight in one
-        # kernel: measured 12x faster than the seven standard ops at [8, 256, 1024] (tools/fused_ops.py)
+        # kernel: measured 2.1x faster than the seven standard ops at [8, 256, 1024] (tools/fused_ops.py, docs/benchmarks.md)
         scale = (w.get_f32(base + ".weight") + np.float32(a.family.rms_offset)).astype(np.float32)
         return b.node("SimplifiedLayerNormalization", [x, b.const(base + ".weight", scale)], "rms", axis=-1, epsilon=a.eps)
     if a.family.rms:  # RMSNorm in float32 with standard operators (--portable): x / sqrt(mean(x^2) + eps) * weight
