@@ -1,8 +1,8 @@
 """`make bench`: every benchmark, embtool and its peers measured in the same run; writes docs/benchmarks.md
 and the plots in docs/.
 
-    python tools/bench.py                 # everything (about 30-40 minutes on 2 cores)
-    python tools/bench.py --only quantize # sections: embed, search, trim, quantize, mixed, factorize, init
+    python tools/bench.py                 # everything (about 100 minutes on 2 cores)
+    python tools/bench.py --only quantize # sections: embed, search, trim, quantize, mixed, factorize, init, mpnet, shrink, ray, fused
 
 Every measurement runs in its own process under /usr/bin/time (wall time and peak RSS). Peers run with a
 separate venv (~/.cache/embtool-peers-venv: torch 2.13.0 CPU, sentence-transformers, faiss-cpu, onnx_ir),
