@@ -241,13 +241,9 @@ def defactorize(model, output, *, check: bool = True, **options) -> Result:
 def init_subwords(model, output, *, tokenizer, progress=None, check: bool = True, **options) -> Result:
     """A new vocabulary for a model (`embtool init-subwords`): options are InitRequest's fields (method,
     word_vectors, corpus, rank, seed, dry_run, ...). Contradictory options raise BadUsage before any work."""
-    from embtool.jobs.subwords import InitRequest, check_request, run_init_subwords
+    from embtool.jobs.subwords import InitRequest, run_init_subwords  # run_init_subwords checks the options first
 
-    def run(req, **kw):
-        check_request(req)
-        return run_init_subwords(req, **kw)
-
-    return _run("init-subwords", InitRequest, run, model, output, options, check=check, run_kwargs={"progress": progress},
+    return _run("init-subwords", InitRequest, run_init_subwords, model, output, options, check=check, run_kwargs={"progress": progress},
                 tokenizer=os.fspath(tokenizer))
 
 

@@ -343,8 +343,7 @@ def bench_trim() -> None:
 
 
 def _fidelity(ref_model: Path, model: Path, held: Path, prefix: str = "") -> dict:
-    texts = [t for t in Path(held).read_text(encoding="utf-8").splitlines() if t.strip()][:1000]
-    f = api.compare_models(ref_model, model, texts, prefix=prefix, threads=int(THREADS))
+    f = api.compare_models(ref_model, model, held, prefix=prefix, threads=int(THREADS))  # held: at most 1,000 lines
     return {**f, "recall@10": f["recall_at_10"]}
 
 
@@ -708,6 +707,15 @@ def _runs_text() -> str:
                                     for n in names)
 
 
+QUANT_HEADER = ["| method | bytes | % of fp32 | mean cosine | min cosine | recall@10 | time (s) |", "|---|---|---|---|---|---|---|"]
+
+
+def _quant_row(r: dict) -> str:
+    """A row of the quantization tables (all-MiniLM and MPNet)."""
+    return (f"| {r['method']} | {r['bytes'] / 1e6:.1f} MB | {100 * r['share']:.1f}% | {r['cosine_mean']:.4f} | "
+            f"{r['cosine_min']:.4f} | {r['recall@10']:.3f} | {r['seconds']:.1f} |")
+
+
 def report(cmd: str) -> None:
     import onnxruntime
     import tokenizers
@@ -793,10 +801,8 @@ def report(cmd: str) -> None:
               f"1,000 held-out English sentences (not the calibration texts; GPTQ and mixed precision calibrate on 256 training-split "
               f"paragraphs). Cosine and recall@10 agreement are against the fp32 model (fp32 = {q['fp32_bytes'] / 1e6:.1f} MB). "
               "The onnxruntime rows quantize embtool's standard-ops fp32 export with onnxruntime's own tools, in the same run.", "",
-              "| method | bytes | % of fp32 | mean cosine | min cosine | recall@10 | time (s) |", "|---|---|---|---|---|---|---|"]
-        for r in q["rows"]:
-            L.append(f"| {r['method']} | {r['bytes'] / 1e6:.1f} MB | {100 * r['share']:.1f}% | {r['cosine_mean']:.4f} | "
-                     f"{r['cosine_min']:.4f} | {r['recall@10']:.3f} | {r['seconds']:.1f} |")
+              *QUANT_HEADER]
+        L += [_quant_row(r) for r in q["rows"]]
         L += ["", "![size vs cosine](quantize-size-vs-cosine.png)", ""]
     if "quantize_speed" in R:
         L += ["Quantize time and embed throughput of the 4-bit (RTN, group 32) model vs float (2,000 English paragraphs, batch 32, 2 threads):", "",
@@ -858,10 +864,8 @@ def report(cmd: str) -> None:
               f"trim-vocab: {t['vocab_before']:,} → {t['vocab_after']:,} tokens, {t['bytes_before'] / 1e6:.0f} → {t['bytes_after'] / 1e6:.0f} MB "
               f"({100 * t['bytes_after'] / t['bytes_before']:.1f}%), held-out identical tokenization {100 * e['identical_tokenization']:.1f}%, "
               f"mean cosine {e['cosine_mean']:.5f}, min {e['cosine_min']:.5f}; {t['wall_s']:.1f} s, peak RSS {t['rss_mb']:.0f} MB.", "",
-              "| method | bytes | % of fp32 | mean cosine | min cosine | recall@10 | time (s) |", "|---|---|---|---|---|---|---|"]
-        for r in m["rows"]:
-            L.append(f"| {r['method']} | {r['bytes'] / 1e6:.1f} MB | {100 * r['share']:.1f}% | {r['cosine_mean']:.4f} | "
-                     f"{r['cosine_min']:.4f} | {r['recall@10']:.3f} | {r['seconds']:.1f} |")
+              *QUANT_HEADER]
+        L += [_quant_row(r) for r in m["rows"]]
         L.append("")
     if "shrink" in R:
         L += ["## shrink: one command to a size budget", "",
