@@ -108,6 +108,56 @@ def test_padding_side(name, side):
     _assert_close(got, ref["vectors"], f"{name} ({side} padding)")
 
 
+def _padded(seqs: list[list[int]], pad: int, side: str, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    L = length or max(map(len, seqs))
+    ids = np.full((len(seqs), L), pad, np.int64)
+    mask = np.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        sl = slice(L - len(s), L) if side == "left" else slice(0, len(s))
+        ids[i, sl], mask[i, sl] = s, 1
+    return ids, mask
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fused_rotary_equals_portable(name):
+    """The default graph rotates q and k with onnxruntime's RotaryEmbedding (integer positions, a cos/sin cache
+    per theta); --portable keeps the standard ops. Both give the same hidden states on right- and left-padded
+    batches, and on a batch longer than the model's max_position_embeddings (the cache follows the batch length)."""
+    from embtool.runtime.encoder import graph_session
+    from embtool.runtime.graphs import build_encoder
+    from embtool.runtime.rotary_graph import detect_rotary
+
+    m = open_model(ARCH / name)
+    a = detect_rotary(m)
+    fused, portable = build_encoder(m, fused=True), build_encoder(m, fused=False)
+    rope = [n for n in fused.graph.node if n.op_type == "RotaryEmbedding"]
+    assert len(rope) == 2 * a.layers and {n.domain for n in rope} == {"com.microsoft"}
+    assert not [n for n in portable.graph.node if n.op_type == "RotaryEmbedding" or n.domain not in ("", "ai.onnx")]
+    caches = {n.output[0] for n in fused.graph.node if n.op_type == "Cos"}
+    assert len(caches) == len(set(a.thetas))  # one cache per theta, shared by the layers
+    (sf, ff), (sp, fp) = graph_session(fused), graph_session(portable)
+    ref = _ref(name)
+    seqs = [list(r[r >= 0]) for r in ref["ids"]]
+    pad = int(m.config.get("pad_token_id") or 0)
+    longer = int(m.config["max_position_embeddings"]) + 40
+    for side, length in (("right", None), ("left", None), ("left", longer)):
+        rows = seqs if length is None else seqs + [(max(seqs, key=len) * length)[:length]]  # positions past the limit
+        ids, mask = _padded(rows, pad, side, length)
+        x = {"input_ids": ort.OrtValue.ortvalue_from_numpy(ids), "attention_mask": ort.OrtValue.ortvalue_from_numpy(mask)}
+        hf = sf.run_with_ort_values(["last_hidden_state"], {**ff, **x})[0].numpy()
+        hp = sp.run_with_ort_values(["last_hidden_state"], {**fp, **x})[0].numpy()
+        real = mask.astype(bool)
+        diff = float(np.abs(hf[real] - hp[real]).max())
+        assert diff < 1e-4, f"{name} ({side} padding, {ids.shape[1]} columns): fused vs portable max abs diff {diff:.2e}"
+        if length is None:  # and the reference: mean pooling, or the last real token for Qwen3
+            if name.startswith("qwen3"):
+                last = [ids.shape[1] - 1 if side == "left" else len(s) - 1 for s in seqs]
+                got = hf[np.arange(len(seqs)), last]
+            else:
+                got = (hf * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+            _assert_close(got, ref["vectors"], f"{name} fused ({side} padding)")
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_trim_vocab_keeps_tokenization(name, tmp_path):
     train = (ARCH / name / "train.txt").read_text(encoding="utf-8").splitlines()[:40]

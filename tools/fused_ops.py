@@ -1,5 +1,5 @@
 """Do onnxruntime's fused CPU operators help the rotary builder? Each fused op against the standard-op subgraph
-embtool's runtime/rotary_graph.py emits, on the same inputs at an embedding model's shapes: the largest difference
+embtool's runtime/rotary_graph.py emits under --portable, on the same inputs at an embedding model's shapes: the largest difference
 of the outputs, and the time per call (onnxruntime sessions with the graph optimizations embtool uses,
 ORT_ENABLE_ALL, 2 threads; the two variants alternate, RUNS rounds of CALLS calls each, median per call).
 
