@@ -303,10 +303,13 @@ def test_mixed_plan_is_measured_and_never_worse_than_uniform(tmp_path, tiny_bert
     assert mp["sensitivity"] == "measured" and all(row["omega"] is None for row in mp["per_tensor"])
     u = mp["uniform_check"]
     assert u["bits"] == 4 and u["chose"] in ("mixed", "uniform") and (u["chose"] == "uniform") == (u["uniform_loss"] <= u["mixed_loss"])
-    rec = json.loads(SafetensorsFile(tmp_path / "m" / "model.safetensors").metadata["embtool_quantization"])
+    sf = SafetensorsFile(tmp_path / "m" / "model.safetensors")
+    rec, keys = json.loads(sf.metadata["embtool_quantization"]), set(sf.keys())
     for row in mp["per_tensor"]:
         base = row["tensor"][: -len(".weight")]
         assert rec[base]["bits"] == row["bits"] and rec[base]["group_size"] == row["group_size"]
+        assert rec[base]["symmetric"] == row["symmetric"] == (base + ".qzeros" not in keys)
+        assert not row["symmetric"] or row["bits"] >= 4  # zero-point-free codes are an option at 4 and 8 bits
         assert row["group_size"] == 16 or (row["tensor"] == "embeddings.word_embeddings.weight" and row["group_size"] == 32)
     _dequantized_copy(tmp_path / "m", tmp_path / "deq")
     a = Encoder(open_model(tmp_path / "m")).embed(SENTENCES)

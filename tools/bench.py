@@ -896,9 +896,9 @@ def report(cmd: str) -> None:
               "runtime/rotary_graph.py emits for it, same inputs (hidden states [8, 256, 1024], heads [8, 16, 256, 64], "
               f"2 threads, ORT_ENABLE_ALL); the two alternate, {fused_ops.RUNS} rounds of {fused_ops.CALLS} calls, median "
               "per call (`python tools/fused_ops.py`).", "", *fused_ops.table(R["fused"]["rows"]), "",
-              "Adopted: SimplifiedLayerNormalization for every RMSNorm (Qwen3, EmbeddingGemma; `--portable` keeps the "
-              "standard ops). Not adopted: RotaryEmbedding (a small share of a layer's time, and it needs integer "
-              "positions and a cache sized to the model's longest input), and GroupQueryAttention, whose CPU kernel "
+              "Adopted: SimplifiedLayerNormalization for every RMSNorm (Qwen3, EmbeddingGemma) and RotaryEmbedding for "
+              "the rotation of q and k in every rotary family (int64 positions, a cos/sin cache per theta computed for "
+              "the batch's length); `--portable` keeps the standard ops. Not adopted: GroupQueryAttention, whose CPU kernel "
               "attends causally to keys given by per-row lengths, which cannot express the bidirectional encoders nor "
               "a left-padded batch.", ""]
     if "ray" in R:

@@ -42,7 +42,7 @@ def render(s: dict) -> str:
     lines = []
     if "mixed_precision" in s:
         mp = s["mixed_precision"]
-        rows = [[r["tensor"], "-" if r["omega"] is None else f"{r['omega']:.3g}", r["bits"], f"{r['rel_error']:.2e}",
+        rows = [[r["tensor"], "-" if r["omega"] is None else f"{r['omega']:.3g}", f"{r['bits']}{' sym' if r.get('symmetric') else ''}", f"{r['rel_error']:.2e}",
                  f"{r['predicted_damage']:.3g}", human_bytes(r["bytes"])] for r in mp["per_tensor"]]
         lines.append(table(rows, ["tensor", "Ω (tr H / n)", "bits", "rel. error", "damage", "bytes"]))
         lines.append(f"budget {human_bytes(mp['budget_bytes'])}: chosen {human_bytes(mp['chosen_bytes'])}, "
@@ -50,7 +50,7 @@ def render(s: dict) -> str:
                      f"in {mp['seconds']} s ({mp.get('sensitivity', 'hessian')} damage)")
         u = mp.get("uniform_check")
         if u:
-            lines.append(f"check        uniform {u['bits']} bits loses {u['uniform_loss']:.3g}, the mixed plan {u['mixed_loss']:.3g} "
+            lines.append(f"check        uniform {u['bits']} bits{' (symmetric)' if u.get('symmetric') else ''} loses {u['uniform_loss']:.3g}, the mixed plan {u['mixed_loss']:.3g} "
                          f"on the calibration texts: kept the {u['chose']} one")
         if s.get("bytes_before") is None:
             return "\n".join(lines + ["sensitivity only: nothing written"])

@@ -216,7 +216,11 @@ def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
     # options: every width at --group-size; the token table may also take a coarser group (its rows are
     # insensitive: fewer scale bytes there pay for wider linear layers). Other tensors repeat their own options.
     coarse = next((g for g in EMB_COARSE_GROUPS if emb is not None and g > req.group_size and ws.info(emb).shape[1] % g == 0), None)
-    options = [(b, req.group_size) for b in bits] + ([(b, coarse) for b in bits if b < 8] if coarse else [])
+    # symmetric codes (no zero points: 4 bits fewer per group at 4-bit) are a cheaper option of each width >= 4;
+    # the measured damage decides where they pay (weights already on a symmetric grid, e.g. Q4_0, lose nothing)
+    sym_opts = [] if req.symmetric else [(b, req.group_size, True) for b in bits if b >= 4]
+    options = ([(b, req.group_size, req.symmetric) for b in bits] + ([(b, coarse, req.symmetric) for b in bits if b < 8] if coarse else [])
+               + sym_opts)
     costs = np.zeros((len(names), len(options)))
     errs = np.zeros((len(names), len(options)))
     damages = np.zeros((len(names), len(options)))
@@ -234,12 +238,12 @@ def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
             alpha = 1.0
             used = c > 0
             rows_w = (c + alpha) / (c[used].mean() + alpha) if used.any() else np.ones(W.shape[0])
-        for j, (b, g) in enumerate(options):
+        for j, (b, g, sym) in enumerate(options):
             if g != req.group_size and k != emb:  # only the token table takes the coarse group
                 j0 = bits.index(b)
                 cache[(k, j)], costs[i, j], errs[i, j], damages[i, j] = cache[(k, j0)], costs[i, j0], errs[i, j0], damages[i, j0]
                 continue
-            q = QA.quantize_matrix(W, b, g, req.symmetric, grams.get(k))
+            q = QA.quantize_matrix(W, b, g, sym, grams.get(k))
             cache[(k, j)] = q
             if k in grams:
                 errs[i, j] = QA.weighted_error(W, q, grams[k])
@@ -247,20 +251,23 @@ def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
                 d = q.dequantize() - np.asarray(W, np.float32)
                 per_row = np.einsum("ij,ij->i", d, d, dtype=np.float64)
                 errs[i, j] = float((per_row * rows_w).sum()) if rows_w is not None else float(per_row.sum())
-            costs[i, j] = QA.stored_bytes(W.shape[0], W.shape[1], b, g, req.symmetric)
+            costs[i, j] = QA.stored_bytes(W.shape[0], W.shape[1], b, g, sym)
             # measured: the real loss of the pooled embedding with this tensor alone at b bits
             damages[i, j] = probe.measured_damage(k, q.dequantize()) if measured else 0.5 * omega[k] * errs[i, j]
         if progress is not None:
             progress.update(1)
     picks, chosen, total_damage = knapsack.solve(costs, damages, budget)  # feasible: checked by mixed_budget
-    guard = _uniform_guard(probe, names, bits, costs, budget, picks, cache)
+    guard = _uniform_guard(probe, names, options, req.group_size, costs, budget, picks, cache)
     if guard is not None and guard["chose"] == "uniform":
-        picks = np.full(len(names), bits.index(guard["bits"]))
+        picks = np.full(len(names), guard.pop("option"))
         chosen, total_damage = float(costs[:, picks[0]].sum()), float(damages[:, picks[0]].sum())
+    elif guard is not None:
+        guard.pop("option")
     plan = {k: options[int(p)][0] for k, p in zip(names, picks)}
     report_cache = {k: cache[(k, int(p))] for k, p in zip(names, picks)}  # the chosen quantizations, reused for the output
     cache.clear()
     table = [{"tensor": k, "omega": omega[k], "omega_stderr": stderr[k], "bits": plan[k], "group_size": report_cache[k].group_size,
+              "symmetric": report_cache[k].zeros is None,
               "rel_error": errs[i, int(picks[i])] / max(float((np.asarray(ws.get(k), np.float64) ** 2).sum()), 1e-30),
               "predicted_damage": float(damages[i, int(picks[i])]), "bytes": int(costs[i, int(picks[i])])}
              for i, k in enumerate(names)]
@@ -270,18 +277,20 @@ def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
     return plan, report, report_cache
 
 
-def _uniform_guard(probe: SensitivityProbe, names, bits, costs, budget, picks, cache) -> dict[str, Any] | None:
+def _uniform_guard(probe: SensitivityProbe, names, options, group_size, costs, budget, picks, cache) -> dict[str, Any] | None:
     """A mixed plan must not lose more than the uniform model that fits the same budget: measure both
-    (all tensors replaced at once, on the calibration texts) and keep the better. None when no uniform
-    width fits, or when the plan is already uniform."""
-    fits = [j for j in range(len(bits)) if costs[:, j].sum() <= budget]  # the uniform options (--group-size)
+    (all tensors replaced at once, on the calibration texts) and keep the better. The uniform models are the
+    widest width at --group-size that fits, with and without zero points when both are options. None when no
+    uniform width fits, or when the plan is already uniform."""
+    fits = [j for j, (b, g, _) in enumerate(options) if g == group_size and costs[:, j].sum() <= budget]
     if not fits:
         return None
-    ju = max(fits)
-    ub = bits[ju]
-    if all(int(p) == ju for p in picks):
+    widest = max(options[j][0] for j in fits)
+    candidates = [j for j in fits if options[j][0] == widest]
+    if len(candidates) == 1 and all(int(p) == candidates[0] for p in picks):
         return None
     mixed_loss = probe.loss_with({k: cache[(k, int(p))].dequantize() for k, p in zip(names, picks)})
-    uniform_loss = probe.loss_with({k: cache[(k, ju)].dequantize() for k in names})
-    return {"bits": ub, "uniform_loss": uniform_loss, "mixed_loss": mixed_loss,
-            "chose": "uniform" if uniform_loss <= mixed_loss else "mixed"}
+    losses = {j: probe.loss_with({k: cache[(k, j)].dequantize() for k in names}) for j in candidates}
+    ju = min(candidates, key=lambda j: (losses[j], j))
+    return {"bits": widest, "symmetric": bool(options[ju][2]), "uniform_loss": losses[ju], "mixed_loss": mixed_loss,
+            "chose": "uniform" if losses[ju] <= mixed_loss else "mixed", "option": ju}

@@ -117,7 +117,7 @@ def quantized_tensors(m: Model, plan: dict[str, int], group_size: int, symmetric
         out[base + ".scales"] = q.scales
         if q.zeros is not None:
             out[base + ".qzeros"] = QA.pack(q.zeros, bits)
-        record[base] = {"bits": bits, "group_size": q.group_size, "shape": list(W.shape), "symmetric": symmetric,
+        record[base] = {"bits": bits, "group_size": q.group_size, "shape": list(W.shape), "symmetric": q.zeros is None,
                         "method": "gptq" if k in grams else "rtn"}
         err = QA.quant_error(W, q)
         rows.append({"tensor": k, "bits": bits, "shape": list(W.shape), "bytes_before": ws.info(k).nbytes,
