@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import SENTENCES, corpus_lines, run_cli
+from test_contract import validate
 from embtool.algorithms import factorize as FA
 from embtool.core.model import open_model
 from embtool.core.safetensors_io import SafetensorsFile
@@ -96,3 +98,66 @@ def test_factorize_needs_an_embedding_table(tmp_path, tiny_bert):
     assert run_cli(["factorize", tiny_bert, "--rank", "8", "-o", tmp_path / "f", "--quiet"]).exit_code == 0
     r = run_cli(["factorize", tmp_path / "f", "--rank", "4", "-o", tmp_path / "ff"])
     assert r.exit_code == 1 and "already" in r.stderr
+
+
+def test_weighted_spectrum_minimises_the_weighted_error():
+    """The basis of Eᵀ·diag(w)·E is the best rank-k basis for the w-weighted error (it beats the plain SVD
+    basis there), all-ones weights give the plain spectrum, and bad weights are refused."""
+    rng = np.random.default_rng(1)
+    E = (rng.standard_normal((400, 16)) @ np.diag(np.linspace(3, 0.1, 16))).astype(np.float32)
+    E[:40] = (rng.standard_normal((40, 16)) * np.linspace(0.1, 3, 16)).astype(np.float32)  # used rows: other directions
+    w = FA.row_weights(np.r_[np.full(40, 50), np.zeros(360)], 400)
+    assert w[0] == 51 and w[-1] == 1
+    plain, weighted = FA.spectrum(E), FA.spectrum(E, w)
+    Gw = FA.gram(E, w)
+    for k in (2, 4, 8):
+        assert FA.kept_energy(Gw, weighted.vectors[:, :k]) == pytest.approx(weighted.energy(k), rel=1e-9)
+        assert weighted.energy(k) > FA.kept_energy(Gw, plain.vectors[:, :k]) + 0.05
+        F, P = FA.factors(E, weighted, k)
+        err_w = (w * np.sum((F @ P - E) ** 2, 1)).sum() / (w * np.sum(E.astype(np.float64) ** 2, 1)).sum()
+        assert err_w == pytest.approx(1 - weighted.energy(k), rel=1e-4)
+    np.testing.assert_allclose(FA.spectrum(E, np.ones(400)).eigenvalues, plain.eigenvalues, rtol=1e-9)
+    for bad in (np.ones(399), -np.ones(400), np.zeros(400), np.full(400, np.nan)):
+        with pytest.raises(ValueError):
+            FA.spectrum(E, bad)
+
+
+def test_corpus_weighted_factorization_keeps_the_corpus_rows(tmp_path, tiny_bert):
+    """--corpus: the rows the corpus looks up are reconstructed better than by the plain factorization of
+    the same rank, the summary reports both energies, and the model still embeds."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(corpus_lines("en", 40)) + "\n")
+    r = run_cli(["factorize", tiny_bert, "--rank", "6", "-o", tmp_path / "plain", "--quiet"])
+    assert r.exit_code == 0, r.stderr
+    r = run_cli(["factorize", tiny_bert, "--rank", "6", "-c", corpus, "-o", tmp_path / "w", "--json"])
+    assert r.exit_code == 0, r.stderr
+    s = json.loads(r.stdout)
+    schema = json.loads((Path(__file__).resolve().parent.parent / "docs" / "schema" / "factorize.json").read_text())
+    assert validate(s, schema) == []
+    cw = s["corpus_weighted"]
+    assert cw["rows_used"] > 20 and cw["corpus_lines"] == 40 and cw["corpus_tokens"] > cw["rows_used"]
+    assert 0 < s["energy"] < 1 and 0 < cw["energy"] < 1
+    E = SafetensorsFile(tiny_bert / "model.safetensors").get("embeddings.word_embeddings.weight")
+    tok = open_model(tiny_bert).tokenizer.runtime()
+    ids = np.concatenate([tok.encode(t, add_special_tokens=False).ids for t in corpus_lines("en", 40)])  # every lookup
+
+    def corpus_rows_error(folder):  # the squared error summed over the corpus' token occurrences
+        t = SafetensorsFile(folder / "model.safetensors")
+        approx = t.get("embeddings.word_embeddings.factor_F") @ t.get("embeddings.word_embeddings.factor_P")
+        return float(np.sum((approx[ids] - E[ids]) ** 2))
+
+    assert corpus_rows_error(tmp_path / "w") < 0.9 * corpus_rows_error(tmp_path / "plain")
+    assert np.all(np.isfinite(_emb(tmp_path / "w")))
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--field", "text"], 2, "describe a --corpus"),
+    (["-c", "MISSING.txt"], 1, "MISSING.txt"),
+    (["-c", "EMPTY"], 1, "empty"),
+])
+def test_factorize_corpus_errors(tmp_path, tiny_bert, args, code, message):
+    (tmp_path / "empty.txt").write_text("")
+    args = [str(tmp_path / "empty.txt") if a == "EMPTY" else a for a in args]
+    r = run_cli(["factorize", tiny_bert, "--rank", "4", *args, "-o", tmp_path / "out"])
+    assert r.exit_code == code and message in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()

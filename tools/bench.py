@@ -458,19 +458,22 @@ def bench_factorize() -> None:
     rows = []
     for name, folder, lang, prefix in (("multilingual-e5-small", realmodels.e5_small(), "fr", "passage: "),
                                        ("all-MiniLM-L6-v2", realmodels.minilm(), "en", "")):
-        _, held = split(lang)
+        train, held = split(lang)
         he = write_lines(f"f-held-{lang}.txt", held[:300])
-        for k in (32, 64, 128, 192, 256):
+        tr = write_lines(f"f-train-{lang}.txt", train)
+        # plain (the whole table's spectrum) at every rank; weighted by the training split's token counts (--corpus)
+        for k, weighting in [(k, "plain") for k in (32, 64, 128, 192, 256)] + [(k, "corpus") for k in (64, 128, 192)]:
             out = WORK / f"f-{name}-{k}"
-            s, wall, rss = embtool("factorize", folder, "--rank", k, "-o", out, "--force", "--json", "--quiet",
+            extra = ("-c", tr) if weighting == "corpus" else ()
+            s, wall, rss = embtool("factorize", folder, "--rank", k, *extra, "-o", out, "--force", "--json", "--quiet",
                                    "--eval", he, "--eval-limit", "300", "--eval-prefix", prefix)
-            s2, wall2, rss2 = embtool("factorize", folder, "--rank", k, "-o", out, "--force", "--json", "--quiet")
-            rows.append({"model": name, "rank": k, "rel_error": s["rel_frobenius_error"], "energy": s["energy"],
+            s2, wall2, rss2 = embtool("factorize", folder, "--rank", k, *extra, "-o", out, "--force", "--json", "--quiet")
+            rows.append({"model": name, "rank": k, "weighting": weighting, "rel_error": s["rel_frobenius_error"], "energy": s["energy"],
                          "cosine": s["eval"]["cosine_mean"], "recall@10": s["eval"]["recall_at_10"],
                          "params_share": s["embedding_parameters_after"] / s["embedding_parameters_before"],
                          "bytes_after": s["bytes_after"], "bytes_before": s["bytes_before"], "factorize_s": s2["factorize_seconds"],
                          "wall_s": wall2, "rss_mb": rss2})
-            log(f"factorize {name} k={k}: err {s['rel_frobenius_error']:.3f} cos {s['eval']['cosine_mean']:.4f}")
+            log(f"factorize {name} k={k} {weighting}: err {s['rel_frobenius_error']:.3f} cos {s['eval']['cosine_mean']:.4f}")
     RESULTS["factorize"] = rows
 
 
@@ -669,9 +672,10 @@ def plots() -> list[str]:
         plt.close(fig)
     if "factorize" in RESULTS:
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for name in sorted({r["model"] for r in RESULTS["factorize"]}):
-            rs = [r for r in RESULTS["factorize"] if r["model"] == name]
-            ax.plot([r["params_share"] * 100 for r in rs], [r["cosine"] for r in rs], "o-", label=name)
+        for name, w in sorted({(r["model"], r.get("weighting", "plain")) for r in RESULTS["factorize"]}):
+            rs = [r for r in RESULTS["factorize"] if r["model"] == name and r.get("weighting", "plain") == w]
+            ax.plot([r["params_share"] * 100 for r in rs], [r["cosine"] for r in rs], "o-" if w == "plain" else "s--",
+                    label=name + (" (--corpus)" if w == "corpus" else ""))
             for r in rs:
                 ax.annotate(f"k={r['rank']}", (r["params_share"] * 100, r["cosine"]), fontsize=7, xytext=(3, 2), textcoords="offset points")
         ax.set_xlabel("embedding parameters, % of the original")
@@ -821,11 +825,13 @@ def report(cmd: str) -> None:
     if "factorize" in R:
         L += ["## factorize", "",
               "Rank-k factorization of the embedding table, no continued pretraining (OFA continues pretraining after it; without that, "
-              "low ranks cost fidelity). Held-out: 300 texts (e5: French with `passage: `; MiniLM: English).", "",
-              "| model | rank | embedding params | rel. Frobenius error | energy kept | mean cosine | recall@10 | factorize time | peak RSS |",
-              "|---|---|---|---|---|---|---|---|---|"]
-        for r in R["factorize"]:
-            L.append(f"| {r['model']} | {r['rank']} | {100 * r['params_share']:.1f}% | {r['rel_error']:.3f} | {100 * r['energy']:.1f}% | "
+              "low ranks cost fidelity). Held-out: 300 texts (e5: French with `passage: `; MiniLM: English). `--corpus`: the basis "
+              "weights each row by its token's count in the training split (+1); energy and error are of the whole, unweighted table.", "",
+              "| model | rank | basis | embedding params | rel. Frobenius error | energy kept | mean cosine | recall@10 | factorize time | peak RSS |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in sorted(R["factorize"], key=lambda r: (r["model"], r["rank"], r.get("weighting", "plain"))):
+            basis = "`--corpus` (training split)" if r.get("weighting") == "corpus" else "plain"
+            L.append(f"| {r['model']} | {r['rank']} | {basis} | {100 * r['params_share']:.1f}% | {r['rel_error']:.3f} | {100 * r['energy']:.1f}% | "
                      f"{r['cosine']:.4f} | {r['recall@10']:.3f} | {r['factorize_s']:.2f} s | {r['rss_mb']:.0f} MB |")
         L += ["", "![rank vs cosine](factorize-rank-vs-cosine.png)", ""]
     if "init" in R:

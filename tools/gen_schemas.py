@@ -100,6 +100,12 @@ SCHEMAS = {
     "factorize": summary("factorize", "The embedding table as F (V x k) times P (k x D).", {
         "rank": INT, "hidden": INT, "rows": INT, "energy": SHARE, "rel_frobenius_error": NUM,
         "embedding_parameters_before": INT, "embedding_parameters_after": INT,
+        "corpus_weighted": {"type": "object", "description": "--corpus: the basis weighted each row by its token's count + 1; "
+                            "energy and rel_error under that weighting (the top-level ones are unweighted).",
+                            "required": ["corpus_lines", "corpus_tokens", "rows_used", "energy", "rel_error"],
+                            "properties": {"corpus_lines": INT, "corpus_tokens": INT, "rows_used": INT, "energy": SHARE,
+                                           "rel_error": NUM, "smoothing": NUM, "prefixes": {"type": "array", "items": STR}},
+                            "additionalProperties": False},
     }, ["rank", "embedding_parameters_before", "embedding_parameters_after", "bytes_before", "bytes_after"]),
     "shrink": summary("shrink", "Trim to a corpus, quantize to a size budget, measure on held-out corpus lines.", {
         "max_size": INT, "share": {"type": "number", "minimum": 0}, "training_lines": INT, "eval_seconds": NUM,

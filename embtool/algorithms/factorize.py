@@ -5,6 +5,12 @@ far cheaper to eigendecompose the D×D Gram matrix G = EᵀE = U Λ Uᵀ (accumu
 blocks, so memory stays bounded): with U_k the top-k eigenvectors, P = U_kᵀ and F = E U_k, and
 F·P = E U_k U_kᵀ is exactly the SVD truncation. Energy kept = Σ_{i<k} λ_i / Σ λ_i and the relative
 Frobenius error is sqrt(1 − energy).
+
+Corpus-aware (`factorize --corpus`): with a weight w_i ≥ 0 per row (its token's frequency in the corpus,
+add-one smoothed), the basis comes from G_w = Eᵀ diag(w) E instead. U_k then minimises the weighted error
+Σ_i w_i ‖e_i − e_i U_k U_kᵀ‖², the expected squared error of the rows the corpus' text actually looks up,
+so a language's frequent tokens keep their precision and unused rows give way. F = E U_k as before (the
+projection onto the chosen basis is still each row's best approximation in it).
 """
 
 from __future__ import annotations
@@ -37,15 +43,39 @@ class Spectrum:
         return self.rank_for_energy(1.0 - max_error**2)
 
 
-def spectrum(E: np.ndarray) -> Spectrum:
+def gram(E: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Eᵀ diag(w) E in float64, over row blocks (w = 1 when None)."""
     D = E.shape[1]
     G = np.zeros((D, D), np.float64)
     for r0 in range(0, E.shape[0], BLOCK):
         B = np.asarray(E[r0 : r0 + BLOCK], dtype=np.float64)
-        G += B.T @ B
-    lam, U = np.linalg.eigh(G)
+        G += (B.T * weights[r0 : r0 + BLOCK]) @ B if weights is not None else B.T @ B
+    return G
+
+
+def spectrum(E: np.ndarray, weights: np.ndarray | None = None) -> Spectrum:
+    """The eigendecomposition of Eᵀ diag(weights) E (plain EᵀE without weights), eigenvalues descending."""
+    if weights is not None:
+        weights = np.asarray(weights, np.float64)
+        if weights.shape != (E.shape[0],) or not np.all(np.isfinite(weights)) or weights.min() < 0 or weights.sum() <= 0:
+            raise ValueError("row weights must be one finite non-negative number per row, not all zero")
+    lam, U = np.linalg.eigh(gram(E, weights))
     order = np.argsort(lam)[::-1]
     return Spectrum(lam[order], U[:, order])
+
+
+def kept_energy(G: np.ndarray, basis: np.ndarray) -> float:
+    """Share of tr(G) that the columns of `basis` (orthonormal [D, k]) keep: tr(UᵀGU)/tr(G), so that
+    1 − kept_energy is the squared relative error of projecting onto the basis under G's weighting."""
+    return float(np.einsum("ij,ij->", basis, G @ basis) / max(np.trace(G), 1e-300))
+
+
+def row_weights(counts: np.ndarray, rows: int, smoothing: float = 1.0) -> np.ndarray:
+    """Per-row weights from token counts (ids beyond `counts` count 0): count + smoothing."""
+    w = np.full(rows, smoothing, np.float64)
+    n = min(rows, len(counts))
+    w[:n] += np.asarray(counts[:n], np.float64)
+    return w
 
 
 def factors(E: np.ndarray, spec: Spectrum, k: int) -> tuple[np.ndarray, np.ndarray]:

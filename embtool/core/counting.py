@@ -19,6 +19,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from tokenizers import Tokenizer
 
+from embtool.core.texts import iter_texts
 from embtool.core.tokenizer_io import encode_batch
 
 VERIFY_LINES = 400
@@ -156,3 +157,18 @@ def count_corpus(tok: Tokenizer, open_lines: Callable[[], Iterator[str]], V: int
             batch = []
     counts += _count_lines(tok, batch, V, n - len(batch) + 1)
     return Counts(counts, n, nbytes, "lines")
+
+
+def count_model_corpus(tok: Tokenizer, corpus: list[str], text_field: str | None, prefixes: list[str], V: int,
+                       progress=None) -> Counts:
+    """Token-id counts of corpus files as the model sees them: each text after each prefix (a model with
+    query/document prompts reads its texts after them). `lines`/`bytes` count each text once."""
+    prefixes = prefixes or [""]
+
+    def lines() -> Iterator[str]:
+        for t in iter_texts((), corpus, text_field):
+            for p in prefixes:
+                yield p + t
+
+    c = count_corpus(tok, lines, V, progress)
+    return Counts(c.counts, c.lines // len(prefixes), c.bytes // len(prefixes), c.mode)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,9 @@ class FactorRequest(OutputRequest):
     energy: float | None = None
     max_error: float | None = None
     fmt: str = "safetensors"
+    corpus: list[str] = field(default_factory=list)  # weight each row by its token's frequency in these texts
+    text_field: str | None = None
+    prefixes: list[str] | None = None  # count the corpus after these prefixes (default: the model's prompts)
 
 
 def embedding_table(m: Model, command: str = "factorize") -> tuple[str, np.ndarray, Any]:
@@ -54,7 +57,7 @@ def embedding_table(m: Model, command: str = "factorize") -> tuple[str, np.ndarr
 
 def run_factorize(req: FactorRequest) -> dict[str, Any]:
     t0 = time.perf_counter()
-    m = open_model(req.model, need_tokenizer=bool(req.eval_file))
+    m = open_model(req.model, need_tokenizer=bool(req.eval_file or req.corpus))
     notes: list[str] = []
     checkable = check_runnable(m, req, notes)
     name, E, gather = embedding_table(m)
@@ -65,15 +68,21 @@ def run_factorize(req: FactorRequest) -> dict[str, Any]:
         if req.rank > D:
             raise InputError(f"--rank {req.rank} > the hidden size {D}: a factorization of rank {D} or more saves nothing "
                              f"(F·P would have {V * req.rank + req.rank * D:,} parameters instead of {V * D:,})")
-    spec = FA.spectrum(E)
+    weights, weighting = corpus_weights(m, req, V) if req.corpus else (None, None)
+    spec = FA.spectrum(E, weights)
     k = req.rank if req.rank is not None else (
         spec.rank_for_energy(req.energy) if req.energy is not None else spec.rank_for_error(req.max_error))
     if k >= D:
         notes.append(f"rank {k} = the hidden size: this factorization is lossless but saves nothing (it is larger)")
     F, P = FA.factors(E, spec, k)
     t_fact = time.perf_counter() - t0
-    info = {"rank": int(k), "hidden": int(D), "rows": int(V), "energy": spec.energy(k), "rel_frobenius_error": spec.rel_error(k),
+    # energy / rel_frobenius_error: of the whole table, unweighted, whatever chose the basis
+    energy = spec.energy(k) if weights is None else FA.kept_energy(FA.gram(E), spec.vectors[:, :k])
+    info = {"rank": int(k), "hidden": int(D), "rows": int(V), "energy": energy, "rel_frobenius_error": float(np.sqrt(max(0.0, 1 - energy))),
             "params_before": int(V * D), "params_after": int(V * k + k * D)}
+    if weighting is not None:
+        weighting.update(energy=spec.energy(k), rel_error=spec.rel_error(k))
+        info["corpus_weighted"] = weighting
     prov = provenance("factorize", {k_: v for k_, v in req.__dict__.items() if k_ not in ("output", "force")},
                       {"model": m.fingerprint()}, {"factorization": {"rank": int(k), "table": name}})
     with OutputFolder(req.output, req.force, inputs=[m.root]) as out:
@@ -110,6 +119,27 @@ def run_factorize(req: FactorRequest) -> dict[str, Any]:
             evaluate_output(m, out, req, summary)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
+
+
+def corpus_weights(m: Model, req: FactorRequest, rows: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """Row weights from the corpus (each token's count + 1) and what they were made of."""
+    from embtool.algorithms import vocab as VA
+    from embtool.core.counting import count_model_corpus
+    from embtool.core.st_config import counting_prefixes
+
+    assert m.tokenizer is not None
+    if any(c == "-" for c in req.corpus) and req.eval_file == "-":
+        raise InputError("--corpus and --eval cannot both read stdin")
+    V_tok = max(VA.tokenizer_ids(m.tokenizer.data).values()) + 1
+    prefixes = counting_prefixes(m.st, req.prefixes)
+    c = count_model_corpus(m.tokenizer.runtime(), req.corpus, req.text_field, prefixes, V_tok)
+    if c.counts.sum() == 0:
+        raise InputError("the corpus is empty (no tokens): " + ", ".join(req.corpus))
+    if V_tok > rows:
+        raise InputError(f"{m.root}: the tokenizer has ids up to {V_tok - 1} but the embedding table only {rows} rows")
+    info = {"corpus_lines": c.lines, "corpus_tokens": int(c.counts.sum()), "rows_used": int((c.counts > 0).sum()),
+            "prefixes": prefixes, "smoothing": 1.0}
+    return FA.row_weights(c.counts, rows), info
 
 
 def rewrite_onnx_gather(m: Model, gather, name: str, F: np.ndarray, P: np.ndarray) -> None:

@@ -10,14 +10,14 @@ from typing import Any
 import numpy as np
 
 from embtool.algorithms import vocab as VA
-from embtool.core.counting import count_corpus
+from embtool.core.counting import count_model_corpus
 from embtool.core.errors import BadUsage, CorruptFile, InputError, Unsupported
 from embtool.core.model import Model, find_vocab_tensors, open_model
 from embtool.core.qrecord import has_record, read_record, record_metadata, with_rows
 from embtool.core.st_config import counting_prefixes, eval_prefix_for
 from embtool.core.model_out import (copy_unchanged, metadata_json, slice_onnx_initializers, updated_config,
                                     write_configs, write_weights)
-from embtool.core.texts import iter_texts, read_lines
+from embtool.core.texts import read_lines
 from embtool.core.tokenizer_io import (SIDE_FILES_DROPPED, SIDE_FILES_REWRITTEN, TokenizerJson, encode_batch,
                                        remap_added_tokens_json, vocab_side_files)
 from embtool.core.writer import OutputFolder, provenance
@@ -84,12 +84,7 @@ def plan_trim(m: Model, req: TrimRequest, progress=None) -> dict[str, Any]:
     if req.corpus:
         t_count = time.perf_counter()
 
-        def lines():  # the corpus as the model sees it: each text after each prefix
-            for t in iter_texts((), req.corpus, req.text_field):
-                for p in prefixes:
-                    yield p + t
-
-        c = count_corpus(tok, lines, V_tok, progress)
+        c = count_model_corpus(tok, req.corpus, req.text_field, prefixes, V_tok, progress)
         info["count_seconds"] = round(time.perf_counter() - t_count, 3)
         if c.counts.sum() == 0:
             raise InputError("the corpus is empty (no tokens): " + ", ".join(req.corpus))
@@ -99,7 +94,7 @@ def plan_trim(m: Model, req: TrimRequest, progress=None) -> dict[str, Any]:
             raise InputError(f"{100 * counts[unk] / counts.sum():.0f}% of the corpus tokens are unknown to this tokenizer "
                              "(a script the model does not cover?); trimming to it would keep almost nothing useful")
         keep |= VA.select_by_counts(counts, req.top, req.min_freq, req.coverage)
-        info.update(corpus_lines=c.lines // len(prefixes), corpus_bytes=c.bytes // len(prefixes), counting=c.mode,
+        info.update(corpus_lines=c.lines, corpus_bytes=c.bytes, counting=c.mode,
                     corpus_tokens=int(counts.sum()))
     if req.scripts:
         unknown = [s for s in req.scripts if s not in VA.SCRIPTS]
