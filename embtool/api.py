@@ -380,8 +380,9 @@ def write_embeddings(path, vectors: np.ndarray, texts: Iterable[str] | None = No
 
 def open_index(path):
     """An embeddings file or index opened for reading, memory-mapped: `len(ix)`, `ix.dim`, `ix.precision`,
-    `ix.meta` (what embed recorded), `ix.text(i)`, `ix.block(r0, r1)` (float32 rows), `ix.emb` (the stored rows:
-    float, int8 codes or packed bits), `ix.query_bits(q)` (a binary index: the bits it compares queries by)."""
+    `ix.meta` (what embed recorded), `ix.text(i)`, `ix.block(r0, r1)` (float32 rows, decoded), `ix.emb` (the stored
+    rows: float, int8 codes or packed bits; int8 codes are of the rows minus `ix.int8_mean` when it is not None),
+    `ix.query_bits(q)` (a binary index: the bits it compares queries by)."""
     from embtool.core.embeddings_io import open_index as _open
 
     return _open(os.fspath(path))

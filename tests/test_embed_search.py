@@ -147,3 +147,39 @@ def test_search_shards_and_errors(tmp_path, tiny_bert):
     assert r.exit_code == 1 and "7 dimensions but the index has 32" in r.stderr
     r = run_cli(["search", tmp_path / "s0.safetensors", "x", "-k", "1000"])
     assert r.exit_code == 0 and "larger than the index" in r.stderr
+
+
+def test_embed_int8_codes_centred_in_the_index_plain_in_npy(tmp_path, tiny_bert):
+    """`embed --precision int8`: the index stores codes of x - int8_mean (the corpus mean) and reads back as
+    int8_mean + codes * scales; a .npy output has no room for the mean and keeps the plain codes rint(x / scale).
+    Search over the index equals brute force over the decoded rows, with q . int8_mean added back."""
+    from safetensors.numpy import load_file
+
+    import embtool
+
+    texts = [f"{s} ({i})" for i, s in enumerate(SENTENCES * 3)]
+    X = Encoder(open_model(tiny_bert)).embed(texts).astype(np.float64)
+    idx, npy = tmp_path / "i.safetensors", tmp_path / "i.npy"
+    for out in (idx, npy):
+        r = run_cli(["embed", tiny_bert, *texts, "-o", out, "--precision", "int8", "--quiet"])
+        assert r.exit_code == 0, r.stderr
+    t = load_file(str(idx))
+    mean = t["int8_mean"].astype(np.float64)
+    np.testing.assert_allclose(mean, X.mean(0), atol=1e-5)
+    rows = mean + t["embeddings"].astype(np.float64) * t["scales"].astype(np.float64)[:, None]
+    assert np.all(np.abs(rows - X) <= t["scales"][:, None] / 2 + 1e-6)  # within half a step of each row's grid
+    np.testing.assert_allclose(embtool.read_embeddings(idx), rows, rtol=1e-6, atol=1e-6)
+    plain = np.load(npy)
+    X32 = X.astype(np.float32)  # in float32, as written, so that every code matches exactly
+    assert plain.dtype == np.int8
+    np.testing.assert_array_equal(plain, np.rint(X32 / (np.abs(X32).max(1, keepdims=True) / np.float32(127))))
+    q = np.concatenate([X[4:5] + 0.1, np.random.default_rng(3).standard_normal((2, X.shape[1]))]).astype(np.float32)
+    np.save(tmp_path / "q.npy", q)
+    for metric in S.METRICS:
+        r = run_cli(["search", idx, "--query-embeddings", tmp_path / "q.npy", "-k", "5", "--metric", metric, "--json"])
+        assert r.exit_code == 0, r.stderr
+        hits = [json.loads(x) for x in r.stdout.splitlines()]
+        rs, ri = _reference(q.astype(np.float64), rows, 5, metric)
+        np.testing.assert_array_equal([[h["id"] for h in hits if h["query_no"] == i] for i in range(3)], ri)
+        np.testing.assert_allclose([[h["score"] for h in hits if h["query_no"] == i] for i in range(3)], rs,
+                                   rtol=1e-4, atol=1e-4)

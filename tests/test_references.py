@@ -327,13 +327,24 @@ def _float_rows(path) -> tuple[np.ndarray, np.ndarray]:
     return t["embeddings"].astype(np.float64), t["ids"]
 
 
-def _as_stored(x: np.ndarray, precision: str) -> np.ndarray:
-    """What an index of `precision` holds for float rows x, computed here from the documented format."""
+def _as_stored(x: np.ndarray, precision: str, files: list | None = None) -> np.ndarray:
+    """What an index of `precision` holds for float rows x (by global id), computed here from the documented format.
+    int8: each file's rows are int8_mean + codes * scales, with that file's own mean (read from `files`)."""
     if precision == "float32":
         return x
     if precision == "int8":
-        scale = np.abs(x).max(1, keepdims=True) / 127
-        return np.clip(np.rint(x / scale), -127, 127) * scale
+        from safetensors.numpy import load_file
+
+        out = np.full_like(x, np.nan)
+        for f in files:
+            t = load_file(str(f))
+            own = x[t["ids"]]
+            mean = t["int8_mean"].astype(np.float64)
+            np.testing.assert_allclose(mean, own.mean(0), atol=1e-6)  # the file's own corpus mean
+            scale = np.abs(own - mean).max(1, keepdims=True) / 127
+            out[t["ids"]] = mean + np.clip(np.rint((own - mean) / scale), -127, 127) * scale
+        assert not np.isnan(out).any()
+        return out
     return np.where(x > 0, 1.0, -1.0) / np.sqrt(x.shape[1])  # binary: sign bits
 
 
@@ -407,7 +418,7 @@ def test_search_equals_brute_force(indexes, precision, metric, sharded):
     if precision == "binary":
         ref = _binary_scores(q, files, len(ids), metric)
     else:
-        ref = _scores(q, _as_stored(X, precision), metric)
+        ref = _scores(q, _as_stored(X, precision, files), metric)
     k = 7
     hits = _search([*args, "--query-embeddings", indexes["queries"], "--metric", metric, "-k", k, "--rescore", 0,
                     "--block-rows", 5])
@@ -425,15 +436,24 @@ def test_search_equals_brute_force(indexes, precision, metric, sharded):
 
 
 def test_int8_index_stores_the_documented_scales(indexes):
-    """int8 rows: codes = rint(x / s) with s = max|x| / 127, read back as codes * s (format docstring)."""
+    """int8 rows: codes = rint((x - m) / s) with m = int8_mean, the file's corpus mean, and s = max|x - m| / 127;
+    read back as m + codes * s (format docstring)."""
     from safetensors.numpy import load_file
+
+    import embtool
 
     X, _ = _float_rows(indexes[("float32", "full")])
     t = load_file(str(indexes[("int8", "full")]))
-    s = np.abs(X).max(1) / 127
+    m = t["int8_mean"]
+    assert m.dtype == np.float32 and m.shape == (X.shape[1],)
+    np.testing.assert_allclose(m, X.mean(0), atol=1e-6)
+    d = X.astype(np.float32) - m  # in float32, as written, so that every code matches exactly
+    s = np.abs(d).max(1) / np.float32(127)
     np.testing.assert_allclose(t["scales"], s, rtol=1e-6)
-    np.testing.assert_array_equal(t["embeddings"], np.rint(X / s[:, None]).astype(np.int8))
+    np.testing.assert_array_equal(t["embeddings"], np.rint(d / s[:, None]).astype(np.int8))
     np.testing.assert_allclose(t["embeddings_float"], X, rtol=1e-3, atol=1e-3)
+    decoded = m.astype(np.float64) + t["embeddings"].astype(np.float64) * t["scales"].astype(np.float64)[:, None]
+    np.testing.assert_allclose(embtool.read_embeddings(indexes[("int8", "full")]), decoded, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("sharded", [False, True])
@@ -450,7 +470,7 @@ def test_rescore_uses_the_float_vectors(indexes, precision, metric, sharded):
     if precision == "binary":
         coarse = _binary_scores(q, files, len(ids), metric)
     else:
-        coarse = _scores(q, _as_stored(X, precision), metric)
+        coarse = _scores(q, _as_stored(X, precision, files), metric)
     k = 4
     common = [*args, "--query-embeddings", indexes["queries"], "--metric", metric, "-k", k]
     _check_hits(_search([*common, "--rescore", len(ids)]), fine, ids, k, metric)
@@ -479,10 +499,10 @@ def test_rescore_uses_the_float_vectors(indexes, precision, metric, sharded):
 
 @pytest.mark.parametrize("metric", ["dot", "l2"])
 def test_int8_index_as_queries(indexes, metric):
-    """--query-embeddings with an int8 index file: its rows are read back as codes * scale."""
+    """--query-embeddings with an int8 index file: its rows are read back as int8_mean + codes * scale."""
     X, ids = _float_rows(indexes[("float32", "full")])
     hits = _search([indexes[("float32", "full")], "--query-embeddings", indexes[("int8", "full")], "--metric", metric, "-k", 3])
-    _check_hits(hits, _scores(_as_stored(X, "int8"), X, metric), ids, 3, metric)
+    _check_hits(hits, _scores(_as_stored(X, "int8", [indexes[("int8", "full")]]), X, metric), ids, 3, metric)
 
 
 def test_strict_refuses_another_model(indexes, tiny_models):

@@ -127,12 +127,17 @@ def to_precision(x: np.ndarray, precision: str) -> tuple[np.ndarray, np.ndarray 
     raise ValueError(f"unknown precision {precision!r}")
 
 
-def from_precision(codes: np.ndarray, scale: np.ndarray | None, precision: str, dim: int) -> np.ndarray:
-    """Approximate float32 rows back from stored codes (binary -> ±1/sqrt(dim))."""
+def from_precision(codes: np.ndarray, scale: np.ndarray | None, precision: str, dim: int,
+                   mean: np.ndarray | None = None) -> np.ndarray:
+    """Approximate float32 rows back from stored codes (binary -> ±1/sqrt(dim)). int8 codes of centred rows
+    (x - mean, see embeddings_io's int8_mean) get `mean` added back."""
     if precision in ("float32", "float16"):
         return np.asarray(codes, dtype=np.float32)  # no copy when already float32
     if precision == "int8":
-        return codes.astype(np.float32) * scale[:, None]
+        rows = np.asarray(codes, dtype=np.float32) * np.asarray(scale, dtype=np.float32)[:, None]
+        if mean is not None:
+            rows += np.asarray(mean, dtype=np.float32)[None, :]
+        return rows
     if precision == "binary":
         bits = np.unpackbits(codes, axis=1, count=dim).astype(np.float32)
         return (bits * 2 - 1) / np.sqrt(dim)

@@ -2,10 +2,13 @@
 
 The index format is plain safetensors, readable with `safetensors.numpy.load_file`:
   embeddings    [N, D] float32 | float16 | int8, or [N, ceil(D/8)] uint8 sign bits (binary)
-  scales        [N] float32            (int8 only: row i = embeddings[i] * scales[i])
+  scales        [N] float32            (int8 only: row i = int8_mean + embeddings[i] * scales[i])
+  int8_mean     [D] float32            (int8 codes, of embeddings or embeddings_int8: the corpus mean they are centred
+                                        by; codes = rint((x - int8_mean) / scale), scale = max|x - int8_mean| / 127)
   embeddings_float [N, D] float16      (optional, --keep-float: used by search to rescore)
   embeddings_int8 [N, D] int8, scales_int8 [N] float32
-                                       (optional, binary with --keep-int8: rescoring at 1 byte per dimension)
+                                       (optional, binary with --keep-int8: rescoring at 1 byte per dimension;
+                                        row i = int8_mean + embeddings_int8[i] * scales_int8[i])
   binary_mean   [D] float32            (binary: the corpus mean, subtracted before taking signs)
   binary_rotation [D, D] float32       (binary, optional: bits = sign((x - mean) @ rotation))
   texts         [bytes] uint8          UTF-8 of all texts, concatenated
@@ -14,6 +17,17 @@ The index format is plain safetensors, readable with `safetensors.numpy.load_fil
                 prefix, max_length, count, id_offset (first id of this shard), binary_code (sign | centred | itq)
 
 Older binary indexes have no binary_mean: their bits are the plain signs, and search binarizes queries the same way.
+int8 codes without int8_mean (older indexes; the rescoring codes of a binary index with the plain `sign` code) are
+of x itself: the mean is 0. A .npy output has no room for a mean: int8 .npy files hold plain codes rint(x / scale).
+Each file has its own mean (shards written apart too); its search scores are those of its decoded rows, so scores
+of several files compare and merge as they are.
+
+Why centred int8 codes: real sentence embeddings share a large common direction (multilingual-e5-small paragraphs:
+mean pairwise cosine 0.83) that takes much of each row's range max|x|; codes of x - mean spend the 255 levels on
+what tells rows apart. On 6,000 e5-small paragraphs, recall@10 of `embtool search` over the int8 index against the
+float index: cosine 0.989 -> 0.991 (300 half-paragraph queries), 0.990 -> 0.995 (2,000 paragraphs as queries); dot
+0.977 -> 0.988 and 0.979 -> 0.990. Per-row asymmetric codes (min..max, a zero point per row) measured no better
+than symmetric centred ones (2,000 queries: +0.0006 ± 0.0006 cosine), so the codes stay symmetric.
 
 Writers spool rows to temporary files so that any number of texts streams in bounded memory.
 """
@@ -37,6 +51,7 @@ FORMATS = ("npy", "safetensors", "jsonl", "word2vec", "parquet")
 BINARY_CODES = ("sign", "centred", "itq")  # how float rows become bits: plain signs, minus the corpus mean, + ITQ rotation
 BINARY_CODE = "itq"
 ROTATION_SAMPLE = 20000  # rows the ITQ rotation is fitted on (the first ones)
+SPOOL_BLOCK_BYTES = 32 << 20  # spooled float rows quantized at a time at finish() (a few such temporaries)
 
 
 def format_for(path: str | None, fmt: str | None) -> str:
@@ -94,8 +109,11 @@ class EmbeddingSink:
         if binary_code not in BINARY_CODES:
             raise InputError(f"unknown binary code {binary_code!r} ({', '.join(BINARY_CODES)})")
         self.fmt, self.precision, self.keep_float, self.keep_int8 = fmt, precision, keep_float, keep_int8
-        # a .npy file has no room for the mean and rotation: it keeps the plain signs
+        # a .npy file has no room for the mean and rotation: it keeps the plain signs (and plain int8 codes)
         self.binary_code = binary_code if precision == "binary" and fmt == "safetensors" else "sign"
+        # int8 codes of x - the corpus mean (int8_mean): the index's own codes, or a centred binary index's
+        # rescoring codes (by the same mean as its bits)
+        self.centre_int8 = fmt == "safetensors" and (precision == "int8" or (keep_int8 and self.binary_code != "sign"))
         self.stream = stream  # jsonl to stdout: written as it comes
         self.count = 0
         self.dim: int | None = None
@@ -105,9 +123,9 @@ class EmbeddingSink:
         self._flt = open(d / "flt.bin", "wb") if keep_float else None
         self._i8 = open(d / "i8.bin", "wb") if keep_int8 else None
         self._i8s = open(d / "i8s.bin", "wb") if keep_int8 else None
-        # binary codes that depend on the whole corpus (its mean, a fitted rotation): the float rows are
-        # spooled and binarized at finish()
-        self._raw = open(d / "raw.bin", "wb") if self.binary_code != "sign" else None
+        # codes that depend on the whole corpus (its mean, a fitted rotation): the float rows are spooled and
+        # quantized at finish()
+        self._raw = open(d / "raw.bin", "wb") if self.binary_code != "sign" or self.centre_int8 else None
         self._sum: np.ndarray | None = None
         self._sample: list[np.ndarray] = []
         self._scl = open(d / "scale.bin", "wb")
@@ -133,9 +151,12 @@ class EmbeddingSink:
             s = v32.sum(0, dtype=np.float64)
             self._sum = s if self._sum is None else self._sum + s
             have = sum(len(x) for x in self._sample)
-            if have < ROTATION_SAMPLE:
+            if self.binary_code == "itq" and have < ROTATION_SAMPLE:
                 self._sample.append(v32[: ROTATION_SAMPLE - have].copy())
-            self._codes_dtype, self._codes_cols = np.dtype(np.uint8), -(-vecs.shape[1] // 8)
+            if self.precision == "binary":
+                self._codes_dtype, self._codes_cols = np.dtype(np.uint8), -(-vecs.shape[1] // 8)
+            else:
+                self._codes_dtype, self._codes_cols = np.dtype(np.int8), vecs.shape[1]
         else:
             codes, scale = P.to_precision(vecs, self.precision)
             self._codes_dtype, self._codes_cols = codes.dtype, codes.shape[1]
@@ -144,7 +165,7 @@ class EmbeddingSink:
                 self._scl.write(scale.astype(np.float32).tobytes())
         if self._flt is not None:
             self._flt.write(vecs.astype(np.float16).tobytes())
-        if self._i8 is not None:
+        if self._i8 is not None and not self.centre_int8:
             c8, s8 = P.to_precision(vecs, "int8")
             self._i8.write(np.ascontiguousarray(c8).tobytes())
             self._i8s.write(s8.astype(np.float32).tobytes())
@@ -154,8 +175,9 @@ class EmbeddingSink:
             self._offsets.append(self._offsets[-1] + len(b))
         self.count += len(texts)
 
-    def _binarize_spooled(self, out: dict[str, np.ndarray]) -> None:
-        """Binary codes of the spooled float rows: centred by the corpus mean, rotated (ITQ) when asked."""
+    def _quantize_spooled(self, out: dict[str, np.ndarray]) -> None:
+        """Codes of the spooled float rows, by the corpus mean: binary bits centred (and rotated, ITQ, when asked);
+        int8 codes of x - mean (the index's own, or a binary index's rescoring codes)."""
         from embtool.algorithms.search import binarize, fit_rotation
 
         self._raw.flush()
@@ -163,20 +185,31 @@ class EmbeddingSink:
         n, dim = self.count, self.dim or 0
         mean = (self._sum / max(1, n)).astype(np.float32)
         rot = None
-        if self.binary_code == "itq" and dim > 1:
+        if self.precision == "binary" and self.binary_code == "itq" and dim > 1:
             rot = fit_rotation(np.concatenate(self._sample), mean)
         raw = np.memmap(d / "raw.bin", dtype=np.float32, mode="r", shape=(n, dim))
-        for r0 in range(0, n, 65536):
-            self._vec.write(np.ascontiguousarray(binarize(raw[r0:r0 + 65536], mean, rot)).tobytes())
+        step = max(1024, SPOOL_BLOCK_BYTES // (4 * max(1, dim)))
+        for r0 in range(0, n, step):
+            x = np.asarray(raw[r0:r0 + step])
+            if self.precision == "binary":
+                self._vec.write(np.ascontiguousarray(binarize(x, mean, rot)).tobytes())
+            if self.centre_int8:
+                c8, s8 = P.to_precision(x - mean[None, :], "int8")
+                codes, scales = (self._vec, self._scl) if self.precision == "int8" else (self._i8, self._i8s)
+                codes.write(np.ascontiguousarray(c8).tobytes())
+                scales.write(s8.astype(np.float32).tobytes())
         del raw
-        out["binary_mean"] = mean
+        if self.precision == "binary":
+            out["binary_mean"] = mean
         if rot is not None:
             out["binary_rotation"] = rot
+        if self.centre_int8:
+            out["int8_mean"] = mean
 
     def _arrays(self) -> dict[str, np.ndarray]:
         out: dict[str, np.ndarray] = {}
         if self._raw is not None and self.count:
-            self._binarize_spooled(out)
+            self._quantize_spooled(out)
         for f in (self._vec, self._scl, self._txt, self._flt, self._i8, self._i8s):
             if f is not None:
                 f.flush()
@@ -264,7 +297,7 @@ class Index:
             if arr.ndim != 2:
                 raise CorruptFile(f"{self.path}: expected a 2-D matrix, got shape {arr.shape}")
             self.emb, self.scales, self.float, self.meta = arr, None, None, {"precision": str(arr.dtype)}
-            self.int8 = self.int8_scales = self.binary_mean = self.binary_rotation = None
+            self.int8 = self.int8_scales = self.int8_mean = self.binary_mean = self.binary_rotation = None
             self.precision = "float16" if arr.dtype == np.float16 else "float32"
             self._texts = None
             self.ids = None
@@ -291,9 +324,11 @@ class Index:
         n = self.emb.shape[0]
         get = lambda name: self.file.get(name) if name in self.file.tensors else None  # noqa: E731
         self.int8, self.int8_scales = get("embeddings_int8"), get("scales_int8")
+        self.int8_mean = get("int8_mean")  # None: older int8 codes, of the rows themselves (mean 0)
         self.binary_mean, self.binary_rotation = get("binary_mean"), get("binary_rotation")
         for name, arr, shape in (("embeddings_float", self.float, (n, self.dim)), ("embeddings_int8", self.int8, (n, self.dim)),
-                                 ("scales_int8", self.int8_scales, (n,)), ("binary_mean", self.binary_mean, (self.dim,)),
+                                 ("scales_int8", self.int8_scales, (n,)), ("int8_mean", self.int8_mean, (self.dim,)),
+                                 ("binary_mean", self.binary_mean, (self.dim,)),
                                  ("binary_rotation", self.binary_rotation, (self.dim, self.dim))):
             if arr is not None and tuple(arr.shape) != shape:
                 raise CorruptFile(f"{self.path}: '{name}' has shape {list(arr.shape)}, expected {list(shape)}")
@@ -329,7 +364,7 @@ class Index:
         """float32 rows `ids` (sorted local row numbers) from the rescoring vectors."""
         if self.float is not None:
             return np.asarray(self.float[ids], dtype=np.float32)
-        return self.int8[ids].astype(np.float32) * np.asarray(self.int8_scales[ids], dtype=np.float32)[:, None]
+        return P.from_precision(self.int8[ids], self.int8_scales[ids], "int8", self.dim, self.int8_mean)
 
     def prefetch(self, r0: int, r1: int) -> None:
         """Ask the OS to read rows r0..r1 ahead (MADV_WILLNEED), so reading overlaps the scoring of the block before."""
@@ -370,10 +405,10 @@ class Index:
         return self._texts is not None
 
     def block(self, r0: int, r1: int) -> np.ndarray:
-        """Rows r0..r1 as float32 (dequantized for int8; ±1 for binary)."""
+        """Rows r0..r1 as float32 (dequantized for int8: int8_mean + codes * scale; ±1/sqrt(D) for binary)."""
         codes = self.emb[r0:r1]
         scale = self.scales[r0:r1] if self.scales is not None else None
-        return P.from_precision(codes, scale, self.precision, self.dim)
+        return P.from_precision(codes, scale, self.precision, self.dim, self.int8_mean if self.precision == "int8" else None)
 
     def text(self, i: int) -> str:
         if self._texts is None:

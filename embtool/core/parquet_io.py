@@ -65,6 +65,7 @@ class ParquetIndex:
     precision = "float32"
     float = None
     scales = None
+    int8_mean = None
     rescore_source = None
 
     def __init__(self, path: str | os.PathLike):
