@@ -51,6 +51,29 @@ def test_gptq_reduces_output_error():
     assert Q.weighted_error(W, gq, H) < 0.8 * Q.weighted_error(W, rtn, H)
 
 
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_gptq_act_order_keeps_the_format_and_lowers_the_error(symmetric):
+    """Act-order with static groups: the group parameters are those of round-to-nearest on the original
+    weights (stored the same way); with inputs of very unequal energy the output-space error summed over
+    8 layers is lower than GPTQ's in column order (not on every layer: static groups give a little up),
+    and lower than round-to-nearest's on each."""
+    totals = np.zeros(2)
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        X = rng.standard_normal((2000, 128)) * np.exp(rng.standard_normal(128))  # unequal input energies
+        H = X.T @ X
+        W = rng.standard_normal((64, 128)).astype(np.float32)
+        ao, plain = Q.gptq(W, H, 4, 32, symmetric, act_order=True), Q.gptq(W, H, 4, 32, symmetric)
+        static = Q.quantize(W, 4, 32, symmetric)
+        np.testing.assert_array_equal(ao.scales, static.scales)
+        assert (ao.zeros is None) == symmetric and (symmetric or np.array_equal(ao.zeros, static.zeros))
+        assert ao.codes.max() <= 15 and ao.codes.shape == W.shape
+        errs = [Q.weighted_error(W, q, H) for q in (ao, plain)]
+        assert max(errs) < Q.weighted_error(W, static, H)
+        totals += errs
+    assert totals[0] < 0.995 * totals[1]
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.integers(1, 5), st.integers(2, 3), st.integers(0, 2**31))
 def test_knapsack_is_exact(items, options, seed):
