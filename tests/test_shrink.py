@@ -7,6 +7,7 @@ import os
 import tempfile
 
 import numpy as np
+import pytest
 
 from conftest import corpus_lines, run_cli
 
@@ -16,6 +17,16 @@ def _corpus(tmp_path, n=400):
     p = tmp_path / "corpus.txt"
     p.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return p, lines
+
+
+@pytest.fixture(autouse=True)
+def private_tmp(tmp_path, monkeypatch):
+    """A temp folder of this test's own: the leftover check must not see another xdist worker's (or another
+    process's) shrink running at the same time."""
+    d = tmp_path / "sys-tmp"
+    d.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(d))
+    return d
 
 
 def _leftovers() -> set[str]:
@@ -74,7 +85,7 @@ def test_shrink_gate_infeasible_budget_and_bad_input_write_nothing(tiny_bert, tm
     r = run_cli(["shrink", tiny_bert, "--max-size", "1MB", "-o", tmp_path / "t"])
     assert r.exit_code == 2 and "--corpus" in r.stderr
     assert _leftovers() == before
-    np.testing.assert_equal(sorted(os.listdir(tmp_path)), ["corpus.txt", "tiny.txt"])
+    np.testing.assert_equal(sorted(os.listdir(tmp_path)), ["corpus.txt", "sys-tmp", "tiny.txt"])
 
 
 def test_max_size_holds_for_the_file_header_included(tiny_bert, tmp_path):
