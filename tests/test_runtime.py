@@ -88,3 +88,21 @@ def test_unsupported_architecture(tmp_path, tiny_bert):
     (d / "config.json").write_text(json.dumps(cfg))
     r = run_cli(["embed", d, "hello"])
     assert r.exit_code == 1 and "not supported" in r.stderr and "bert" in r.stderr
+
+
+def test_large_float_linears_are_fed_zero_copy_and_embed_the_same(tiny_model, monkeypatch):
+    """Above FEED_LINEARS_ABOVE the float Linear weights are session inputs fed from numpy (no protobuf and
+    serialized copies while the session is made); the embeddings equal those of the constant graph."""
+    from embtool.runtime import encoder as E
+
+    m = open_model(tiny_model)
+    assert E.fed_linears(m) == frozenset()  # a tiny model keeps its weights as prepacked constants
+    const = Encoder(m)
+    assert not any(i.name.endswith(".weight_T") for i in const.sess.get_inputs())
+    monkeypatch.setattr(E, "FEED_LINEARS_ABOVE", 0)
+    fed = E.fed_linears(m)
+    assert fed and all(k.endswith(".weight") for k in fed)
+    enc = Encoder(open_model(tiny_model))
+    inputs = {i.name for i in enc.sess.get_inputs()}
+    assert {k[: -len(".weight")] + ".weight_T" for k in fed if "embeddings" not in k} <= inputs
+    np.testing.assert_allclose(enc.embed(SENTENCES), const.embed(SENTENCES), atol=2e-6)
