@@ -707,7 +707,7 @@ def plots() -> list[str]:
 
 
 def _runs_text() -> str:
-    runs = RESULTS.get("_runs", {})
+    runs = {**_old_runs(), **RESULTS.get("_runs", {})}  # sections kept from the existing report keep their dates
     names = [n for n in SECTIONS if n in RESULTS or n in runs]
     return "measured: " + ", ".join(f"{n} {runs[n]['date']} by `{runs[n]['command']}`" if n in runs else f"{n} by `make bench`"
                                     for n in names)
@@ -922,7 +922,53 @@ def report(cmd: str) -> None:
             w = ", ".join(f"{v:.0f} MB" for v in x["worker_rss_mb"]) or "-"
             L.append(f"| {x['setting']} | {x['wall_s']:.1f} s | {x['texts_per_s']:.1f} | {x['driver_rss_mb']:.0f} MB | {w} |")
         L.append("")
-    (ROOT / "docs" / "benchmarks.md").write_text("\n".join(L) + "\n", encoding="utf-8")
+    text = "\n".join(L) + "\n"
+    (ROOT / "docs" / "benchmarks.md").write_text(_keep_unmeasured(text), encoding="utf-8")
+
+
+# the heading each section writes, in report order: a section whose results are not in .bench/results.json (a fresh
+# clone that re-measured only some sections) keeps its text from the existing docs/benchmarks.md, unchanged
+HEADINGS = [("embed", "## embed throughput"), ("search", "## search"), ("trim", "## trim-vocab"), ("quantize", "## quantize"),
+            ("mixed", "## mixed precision"), ("factorize", "## factorize"), ("init", "## init-subwords"),
+            ("mpnet", "## all-mpnet-base-v2"), ("shrink", "## shrink"), ("fused", "## onnxruntime's fused"),
+            ("ray", "## embed on Ray")]
+
+
+def _blocks(text: str) -> tuple[str, dict[str, str]]:
+    """(the text before the first section, {section: its block}) of a benchmarks.md."""
+    parts = text.split("\n## ")
+    head, blocks = parts[0], {}
+    for part in parts[1:]:
+        part = "## " + part
+        key = next((k for k, h in HEADINGS if part.startswith(h)), None)
+        if key is not None:
+            blocks[key] = part.rstrip("\n") + "\n"
+    return head, blocks
+
+
+def _keep_unmeasured(new: str) -> str:
+    old_path = ROOT / "docs" / "benchmarks.md"
+    if not old_path.exists():
+        return new
+    head, fresh = _blocks(new)
+    _, old = _blocks(old_path.read_text(encoding="utf-8"))
+    kept = [k for k, _ in HEADINGS if k not in fresh and k in old]
+    if not kept:
+        return new
+    body = [fresh.get(k) or old.get(k) for k, _ in HEADINGS if k in fresh or k in old]
+    return head.rstrip("\n") + "\n\n" + "\n".join(b for b in body if b)
+
+
+def _old_runs() -> dict[str, dict[str, str]]:
+    """{section: {date, command}} from the header of the existing docs/benchmarks.md ("name DATE by `cmd`")."""
+    import re
+
+    p = ROOT / "docs" / "benchmarks.md"
+    if not p.exists():
+        return {}
+    first = p.read_text(encoding="utf-8").split("\n## ")[0]
+    return {m.group(1): {"date": m.group(2), "command": m.group(3)}
+            for m in re.finditer(r"(\w+) (\d{4}-\d\d-\d\d) by `([^`]+)`", first)}
 
 
 SECTIONS = {"embed": bench_embed, "search": bench_search, "trim": bench_trim, "quantize": bench_quantize,
