@@ -118,11 +118,18 @@ def _padded(seqs: list[list[int]], pad: int, side: str, length: int | None = Non
     return ids, mask
 
 
+def _ops(graph, op: str) -> list:
+    return [n for n in graph.node if n.op_type == op]
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_fused_rotary_equals_portable(name):
+def test_fused_rotary_equals_portable(name, monkeypatch):
     """The default graph rotates q and k with onnxruntime's RotaryEmbedding (integer positions, a cos/sin cache
-    per theta); --portable keeps the standard ops. Both give the same hidden states on right- and left-padded
-    batches, and on a batch longer than the model's max_position_embeddings (the cache follows the batch length)."""
+    per theta) and, in the RMS families, fuses each residual add with the RMSNorm of its sum into one
+    SkipSimplifiedLayerNormalization (rotary_graph.FUSE_SKIP_RMSNORM); --portable keeps the standard ops. Both give
+    the same hidden states on right- and left-padded batches, and on a batch longer than the model's
+    max_position_embeddings (the cache follows the batch length)."""
+    from embtool.runtime import rotary_graph
     from embtool.runtime.encoder import graph_session
     from embtool.runtime.graphs import build_encoder
     from embtool.runtime.rotary_graph import detect_rotary
@@ -130,9 +137,27 @@ def test_fused_rotary_equals_portable(name):
     m = open_model(ARCH / name)
     a = detect_rotary(m)
     fused, portable = build_encoder(m, fused=True), build_encoder(m, fused=False)
-    rope = [n for n in fused.graph.node if n.op_type == "RotaryEmbedding"]
+    rope = _ops(fused.graph, "RotaryEmbedding")
     assert len(rope) == 2 * a.layers and {n.domain for n in rope} == {"com.microsoft"}
     assert not [n for n in portable.graph.node if n.op_type == "RotaryEmbedding" or n.domain not in ("", "ai.onnx")]
+    # residual add + RMSNorm: both adds of every layer (attention -> MLP norm, MLP -> next layer's or the final norm)
+    skip = _ops(fused.graph, "SkipSimplifiedLayerNormalization")
+    if a.family.rms and rotary_graph.FUSE_SKIP_RMSNORM:
+        assert len(skip) == 2 * a.layers and {n.domain for n in skip} == {"com.microsoft"}
+        assert {n.attribute[0].f for n in skip} == {np.float32(a.eps)} and all(len(n.input) == 3 for n in skip)
+        made_by = {o: n.op_type for n in fused.graph.node for o in n.output}
+        # no residual add is left before an RMSNorm (the remaining ones norm q/k heads, the embeddings, Gemma's block outputs)
+        assert not [n for n in _ops(fused.graph, "SimplifiedLayerNormalization") if made_by.get(n.input[0]) == "Add"]
+        # each sum feeds the next one (or nothing after the last layer): the residual stream goes through input_skip_bias_sum
+        sums = [n.output[3] for n in skip]
+        assert [n.input[0] for n in skip[1:]] == sums[:-1]
+        monkeypatch.setattr(rotary_graph, "FUSE_SKIP_RMSNORM", False)  # switched off: Add + SimplifiedLayerNormalization again
+        off = build_encoder(m, fused=True)
+        assert not _ops(off.graph, "SkipSimplifiedLayerNormalization")
+        assert len(_ops(off.graph, "SimplifiedLayerNormalization")) == len(_ops(fused.graph, "SimplifiedLayerNormalization")) + len(skip)
+    else:
+        assert not skip
+    assert not _ops(portable.graph, "SkipSimplifiedLayerNormalization")
     caches = {n.output[0] for n in fused.graph.node if n.op_type == "Cos"}
     assert len(caches) == len(set(a.thetas))  # one cache per theta, shared by the layers
     (sf, ff), (sp, fp) = graph_session(fused), graph_session(portable)

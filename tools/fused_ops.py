@@ -4,9 +4,16 @@ of the outputs, and the time per call (onnxruntime sessions with the graph optim
 ORT_ENABLE_ALL, 2 threads; the two variants alternate, RUNS rounds of CALLS calls each, median per call).
 
     python tools/fused_ops.py            # prints a Markdown table; `make bench` writes it into docs/benchmarks.md
+    python tools/fused_ops.py --only Skip   # time only the rows whose name contains "Skip" (any substring of the op name)
+    python tools/fused_ops.py --check    # no timing: build every pair, run each once (1 thread), print the largest
+                                         # difference of the outputs, exit 1 if one is above CHECK_TOL
 
 - RMSNorm: Mul, ReduceMean, Add, Sqrt, Reciprocal, Mul, Mul  vs  SimplifiedLayerNormalization.
 - rotary: Split, Neg, Concat, Mul, Mul, Add with cos/sin tables  vs  com.microsoft RotaryEmbedding.
+- residual add + RMSNorm (pre-norm: the sum is normed and also kept for the next residual), both outputs compared:
+  Add and the seven RMSNorm ops (--portable)  vs  com.microsoft SkipSimplifiedLayerNormalization, and
+  Add + SimplifiedLayerNormalization (the default graph before FUSE_SKIP_RMSNORM)  vs  SkipSimplifiedLayerNormalization:
+  the second row is the one that decides rotary_graph.FUSE_SKIP_RMSNORM.
 GroupQueryAttention is not compared: onnxruntime's CPU kernel attends causally to keys given by per-row lengths
 (right padding, a KV cache), which cannot express the bidirectional encoders (ModernBERT, NomicBERT, GTE,
 EmbeddingGemma) nor a left-padded batch; embtool's attention is a masked MatMul/Softmax/MatMul for every family.
@@ -24,6 +31,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 RUNS, CALLS, THREADS = 5, 20, 2
+CHECK_TOL = 1e-4  # --check: largest allowed difference of any output of a pair
 B, S, H, NH = 8, 256, 1024, 16  # a Qwen3-0.6B-sized hidden state: 8 texts of 256 tokens
 HD = H // NH
 
@@ -88,6 +96,64 @@ def rotary_pair(theta: float = 1e6):
     return std, fused, {"q": q}, {"pos": np.broadcast_to(np.arange(S, dtype=np.int64), (B, S)).copy()}
 
 
+def _rms_std_ops(x: str, eps: float) -> list:
+    """The seven standard ops of RMSNorm on `x` (weight "w", constants "axes", "eps") into "y", as --portable emits them."""
+    return [helper.make_node("Mul", [x, x], ["sq"]),
+            helper.make_node("ReduceMean", ["sq", "axes"], ["ms"], keepdims=1),
+            helper.make_node("Add", ["ms", "eps"], ["mse"]),
+            helper.make_node("Sqrt", ["mse"], ["rt"]),
+            helper.make_node("Reciprocal", ["rt"], ["inv"]),
+            helper.make_node("Mul", [x, "inv"], ["n"]),
+            helper.make_node("Mul", ["n", "w"], ["y"])]
+
+
+def skip_rmsnorm_pairs(eps: float = 1e-6):
+    """Residual add then RMSNorm of the sum, the sum kept (outputs y, sum): the standard ops, and Add +
+    SimplifiedLayerNormalization, each against one com.microsoft SkipSimplifiedLayerNormalization (inputs input, skip,
+    gamma; outputs output, mean and inv_std_var left out, input_skip_bias_sum)."""
+    w = np.random.default_rng(4).standard_normal(H).astype(np.float32)
+    ins, outs = [vi("x", [B, S, H]), vi("r", [B, S, H])], [vi("y", [B, S, H]), vi("sum", [B, S, H])]
+    add = helper.make_node("Add", ["x", "r"], ["sum"])
+    std = session([add, *_rms_std_ops("sum", eps)], ins, outs,
+                  [c("axes", np.array([-1], np.int64)), c("eps", np.array(eps, np.float32)), c("w", w)])
+    simplified = session([add, helper.make_node("SimplifiedLayerNormalization", ["sum", "w"], ["y"], axis=-1, epsilon=eps)],
+                         ins, outs, [c("w", w)])
+    fused = session([helper.make_node("SkipSimplifiedLayerNormalization", ["x", "r", "w"], ["y", "", "", "sum"],
+                                      domain="com.microsoft", epsilon=eps)], ins, outs, [c("w", w)], ms=True)
+    rng = np.random.default_rng(5)
+    feeds = {"x": rng.standard_normal((B, S, H)).astype(np.float32), "r": rng.standard_normal((B, S, H)).astype(np.float32)}
+    return std, simplified, fused, feeds
+
+
+def pairs() -> list[tuple]:
+    """(name, standard session, fused session, feeds, extra feeds of the fused one) for every compared subgraph."""
+    out = [("RMSNorm → SimplifiedLayerNormalization", *rmsnorm_pair(), None)]
+    std, fused, feeds, extra = rotary_pair()
+    out.append(("rotary → com.microsoft RotaryEmbedding", std, fused, feeds, extra))
+    std, simplified, fused, feeds = skip_rmsnorm_pairs()
+    out.append(("Add + RMSNorm → com.microsoft SkipSimplifiedLayerNormalization", std, fused, feeds, None))
+    out.append(("Add + SimplifiedLayerNormalization → com.microsoft SkipSimplifiedLayerNormalization", simplified, fused, feeds, None))
+    return out
+
+
+def max_diff(std, fused, feeds, extra=None) -> float:
+    """The largest absolute difference over all outputs of the two graphs, one run each."""
+    a = std.run(None, feeds)
+    b = fused.run(None, {**feeds, **(extra or {})})
+    assert len(a) == len(b)
+    return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
+
+
+def check() -> int:
+    """Every pair built and run once, no timing."""
+    bad = 0
+    for name, std, fused, feeds, extra in pairs():
+        d = max_diff(std, fused, feeds, extra)
+        bad += d > CHECK_TOL
+        print(f"{name}: max abs diff {d:.1e}{'' if d <= CHECK_TOL else f' > {CHECK_TOL:g}'}")
+    return 1 if bad else 0
+
+
 def timed(sess, feeds) -> float:
     sess.run(None, feeds)  # warm-up
     t0 = time.perf_counter()
@@ -97,22 +163,18 @@ def timed(sess, feeds) -> float:
 
 
 def compare(name: str, std, fused, feeds, extra=None) -> dict:
-    a = std.run(None, feeds)[0]
-    b = fused.run(None, {**feeds, **(extra or {})})[0]
+    diff = max_diff(std, fused, feeds, extra)
     ts, tf = [], []
     for _ in range(RUNS):
         ts.append(timed(std, feeds))
         tf.append(timed(fused, {**feeds, **(extra or {})}))
     ms, mf = float(np.median(ts)), float(np.median(tf))
-    return {"op": name, "max_abs_diff": float(np.abs(a - b).max()), "standard_ms": 1000 * ms, "fused_ms": 1000 * mf,
+    return {"op": name, "max_abs_diff": diff, "standard_ms": 1000 * ms, "fused_ms": 1000 * mf,
             "speedup": ms / mf, "ratios": [s / f for s, f in zip(ts, tf)]}
 
 
-def measure() -> list[dict]:
-    out = [compare("RMSNorm → SimplifiedLayerNormalization", *rmsnorm_pair())]
-    std, fused, feeds, extra = rotary_pair()
-    out.append(compare("rotary → com.microsoft RotaryEmbedding", std, fused, feeds, extra))
-    return out
+def measure(only: str | None = None) -> list[dict]:
+    return [compare(*p) for p in pairs() if only is None or only.lower() in p[0].lower()]
 
 
 def table(rows: list[dict]) -> list[str]:
@@ -125,7 +187,10 @@ def table(rows: list[dict]) -> list[str]:
 
 
 if __name__ == "__main__":
-    rows = measure()
+    if "--check" in sys.argv:
+        THREADS = 1
+        sys.exit(check())
+    rows = measure(sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else None)
     if "--json" in sys.argv:
         print(json.dumps(rows))
     else:

@@ -17,12 +17,19 @@ sees position differences); the attention mask is the key-padding mask combined 
 (causal, or the local window). The graph outputs `last_hidden_state`; pooling (mean, or the last real token
 for Qwen3 through its sentence-transformers config) is the encoder's.
 
-Operators: by default two of onnxruntime's fused CPU kernels, each checked against the standard-op subgraph it
-replaces (tools/fused_ops.py): SimplifiedLayerNormalization for RMSNorm, and com.microsoft RotaryEmbedding for
+Operators: by default three of onnxruntime's fused CPU kernels, each checked against the standard-op subgraph it
+replaces (tools/fused_ops.py): SimplifiedLayerNormalization for RMSNorm; com.microsoft SkipSimplifiedLayerNormalization
+where a residual add is followed by the RMSNorm of its sum (the RMS families, Qwen3 and EmbeddingGemma: each layer's
+attention residual then the MLP's pre-norm, the MLP residual then the next layer's input norm or the final norm; one
+kernel gives the normed sum and, through its input_skip_bias_sum output, the sum itself for the next residual; the
+other RMSNorms — the first layer's input norm, q/k norms, Gemma's post-norms of a block's output, which norm no sum —
+stay SimplifiedLayerNormalization); and com.microsoft RotaryEmbedding for
 the rotation of q and k (heads [B, n, S, hd], non-interleaved, int64 positions clipped to >= 0 for padding, a
 cos/sin cache [S, hd/2] per rotary theta computed from the batch's length, so any length the standard ops take
-runs, as before). `fused=False` (`export-onnx --portable`) keeps standard ONNX operators only: RMSNorm as seven
-ops, rotary as x * cos + rotate_half(x) * sin with cos/sin tables [B, 1, S, hd] from float positions.
+runs, as before). `FUSE_SKIP_RMSNORM = False` (module constant) goes back to Add + SimplifiedLayerNormalization for
+the residual adds, should onnxruntime's fused kernel not pay (compare with `tools/fused_ops.py --only Skip`).
+`fused=False` (`export-onnx --portable`) keeps standard ONNX operators only: RMSNorm as seven ops after a plain Add,
+rotary as x * cos + rotate_half(x) * sin with cos/sin tables [B, 1, S, hd] from float positions.
 """
 
 from __future__ import annotations
@@ -38,6 +45,9 @@ from embtool.core.model import Model
 from embtool.runtime.bert_graph import (BuiltGraph, GraphBuilder, WeightSource, _activation, finish_graph,
                                         _embedding, _linear)
 
+# residual add + RMSNorm of the sum as one com.microsoft SkipSimplifiedLayerNormalization (fused graphs, RMS families);
+# False: a plain Add, then SimplifiedLayerNormalization (see the module docstring)
+FUSE_SKIP_RMSNORM = True
 
 
 @dataclass(frozen=True)
@@ -219,26 +229,44 @@ def _act(b: GraphBuilder, h: str, act: str) -> str:
     return _activation(b, h, act)
 
 
-def _residual(b, w, a, f, x: str, out: str, L: str, post_norm: str | None, norm: str, tag: str) -> str:
+def _residual(b, w, a, f, x: str, out: str, L: str, post_norm: str | None, norm: str, tag: str,
+              then: str | None = None) -> tuple[str, str | None]:
     """x + sublayer output, with the family's norms: the output's own post-norm (Gemma's sandwich norms) and,
-    for post-norm families, the layer norm after the addition."""
+    for post-norm families, the layer norm after the addition. `then` (pre-norm families): the weight base of the
+    norm the next sublayer applies to this sum. Returns (the residual stream, its norm `then` or None); an RMS
+    family's add and norm `then` are one SkipSimplifiedLayerNormalization in a fused graph (FUSE_SKIP_RMSNORM)."""
+    assert then is None or f.pre_norm
     if post_norm:
         out = _norm(b, w, out, L + post_norm, a)
+    if then is not None and f.rms and not b.portable and FUSE_SKIP_RMSNORM:
+        # inputs input, skip, gamma (no bias); outputs output, mean and inv_std_var (training only: left out),
+        # input_skip_bias_sum = x + out, the residual stream the next add starts from
+        normed, total = b.tmp("rms"), b.tmp(tag)
+        b.uses_ms = True
+        b.nodes.append(helper.make_node("SkipSimplifiedLayerNormalization", [x, out, b.const(then + ".weight", _rms_scale(w, then, a))],
+                                        [normed, "", "", total], domain="com.microsoft", epsilon=a.eps))
+        return total, normed
     x = b.node("Add", [x, out], tag)
-    return x if f.pre_norm else _norm(b, w, x, L + norm, a)
+    if not f.pre_norm:
+        return _norm(b, w, x, L + norm, a), None
+    return x, (_norm(b, w, x, then, a) if then is not None else None)
+
+
+def _rms_scale(w: WeightSource, base: str, a: RotaryArch) -> np.ndarray:
+    """An RMSNorm's weight as the kernels take it: Gemma's (1 + w) folded in."""
+    return (w.get_f32(base + ".weight") + np.float32(a.family.rms_offset)).astype(np.float32)
 
 
 def _norm(b: GraphBuilder, w: WeightSource, x: str, base: str, a: RotaryArch) -> str:
     if a.family.rms and not b.portable:
         # onnxruntime's SimplifiedLayerNormalization computes the same x / sqrt(mean(x^2) + eps) * weight in one
         # kernel: measured 2.1x faster than the seven standard ops at [8, 256, 1024] (tools/fused_ops.py, docs/benchmarks.md)
-        scale = (w.get_f32(base + ".weight") + np.float32(a.family.rms_offset)).astype(np.float32)
-        return b.node("SimplifiedLayerNormalization", [x, b.const(base + ".weight", scale)], "rms", axis=-1, epsilon=a.eps)
+        return b.node("SimplifiedLayerNormalization", [x, b.const(base + ".weight", _rms_scale(w, base, a))], "rms", axis=-1,
+                      epsilon=a.eps)
     if a.family.rms:  # RMSNorm in float32 with standard operators (--portable): x / sqrt(mean(x^2) + eps) * weight
         ms = b.node("ReduceMean", [b.node("Mul", [x, x], "sq"), _k(b, "axes_last", np.array([-1], np.int64))], "ms", keepdims=1)
         inv = b.node("Reciprocal", [b.node("Sqrt", [b.node("Add", [ms, _k(b, "rms_eps", np.array(a.eps, np.float32))])])])
-        scale = (w.get_f32(base + ".weight") + np.float32(a.family.rms_offset)).astype(np.float32)
-        return b.node("Mul", [b.node("Mul", [x, inv], "rmsn"), b.const(base + ".weight", scale)], "rms")
+        return b.node("Mul", [b.node("Mul", [x, inv], "rmsn"), b.const(base + ".weight", _rms_scale(w, base, a))], "rms")
     g = b.const(base + ".weight", w.get_f32(base + ".weight"))
     inputs = [x, g] + ([b.const(base + ".bias", w.get_f32(base + ".bias"))] if w.has(base + ".bias") else [])
     return b.node("LayerNormalization", inputs, "ln", axis=-1, epsilon=a.eps)
@@ -360,6 +388,7 @@ def build_rotary(model: Model, fused: bool = True, feed_weights: frozenset[str] 
     masks: dict[int | None, str] = {}
     tables: dict[float, tuple[str, str]] = {}
     scale = _k(b, "scale", np.array(a.scaling, np.float32))
+    normed: str | None = None  # pre-norm families: the previous residual add's norm for what comes next (`_residual`)
     for i in range(a.layers):
         L = p + f.layers.format(i=i)
         window, theta = a.windows[i], a.thetas[i]
@@ -369,7 +398,9 @@ def build_rotary(model: Model, fused: bool = True, feed_weights: frozenset[str] 
             tables[theta] = _rope_cache(b, r, theta, hd) if fused else _rope_tables(b, pos, theta, hd)
         cos, sin = tables[theta]
         h = x
-        if f.pre_norm and w.has(L + f.attn_norm + ".weight"):  # ModernBERT layer 0 has no attention norm
+        if normed is not None:  # this layer's attention norm, made with the residual add before it
+            h = normed
+        elif f.pre_norm and w.has(L + f.attn_norm + ".weight"):  # ModernBERT layer 0 has no attention norm
             h = _norm(b, w, x, L + f.attn_norm, a)
         if f.qkv:
             q, k, v = _split(b, _linear(b, w, h, L + f.qkv), [nh * hd, kvh * hd, kvh * hd])
@@ -392,14 +423,18 @@ def build_rotary(model: Model, fused: bool = True, feed_weights: frozenset[str] 
         ctx = b.node("Reshape", [b.node("MatMul", [pr, v5]), _k(b, "shape_ctx4", np.array([0, nh, -1, hd], np.int64))], "ctx4")
         ctx = b.node("Reshape", [b.node("Transpose", [ctx], perm=[0, 2, 1, 3]),
                                  _k(b, "shape_ctx", np.array([0, 0, nh * hd], np.int64))], "ctx")
-        x = _residual(b, w, a, f, x, _linear(b, w, ctx, L + f.o), L, f.post_attn_norm, f.attn_norm, "res1")
-        h = _norm(b, w, x, L + f.mlp_norm, a) if f.pre_norm else x
+        x, h = _residual(b, w, a, f, x, _linear(b, w, ctx, L + f.o), L, f.post_attn_norm, f.attn_norm, "res1",
+                         then=L + f.mlp_norm if f.pre_norm else None)
+        h = h or x  # post-norm families: the normed sum itself
         if f.mlp_fused:
             first, second = _split(b, _linear(b, w, h, L + f.mlp_fused), None)
             g = b.node("Mul", [_act(b, first, a.act), second] if f.act_on_first else [first, _act(b, second, a.act)], "glu")
         else:
             g = b.node("Mul", [_act(b, _linear(b, w, h, L + f.mlp_gate), a.act), _linear(b, w, h, L + f.mlp_up)], "glu")
-        x = _residual(b, w, a, f, x, _linear(b, w, g, L + f.mlp_out), L, f.post_mlp_norm, f.mlp_norm, "res2")
+        # the next norm of this sum: the next layer's attention norm, or the final norm after the last layer
+        nxt = p + f.layers.format(i=i + 1) + f.attn_norm if i + 1 < a.layers else (p + f.final_norm if f.final_norm else None)
+        x, normed = _residual(b, w, a, f, x, _linear(b, w, g, L + f.mlp_out), L, f.post_mlp_norm, f.mlp_norm, "res2",
+                              then=nxt if f.pre_norm and nxt and w.has(nxt + ".weight") else None)
     if f.final_norm:
-        x = _norm(b, w, x, p + f.final_norm, a)
+        x = normed if normed is not None else _norm(b, w, x, p + f.final_norm, a)
     return finish_graph(b, x, H, f"embtool_{f.model_type}", capture_linear_inputs)
