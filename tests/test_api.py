@@ -190,6 +190,9 @@ def test_write_read_and_compare_embeddings(tmp_path):
     assert len(ix) == 50 and ix.text(7) == "t7" and np.array_equal(embtool.read_embeddings(p), X)
     with pytest.raises(embtool.errors.OutputExists):
         embtool.write_embeddings(p, X)
+    with pytest.raises(embtool.errors.BadUsage, match="--keep-int8 goes with --precision binary"):
+        embtool.write_embeddings(tmp_path / "i8.safetensors", X, precision="int8", keep_int8=True)
+    assert not (tmp_path / "i8.safetensors").exists()
     hits = embtool.search(p, X[:3], k=1)
     assert [h[0][1] for h in hits] == [0, 1, 2] and hits.query_texts is None
     same = embtool.compare_embeddings(X, X)

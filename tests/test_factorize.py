@@ -133,20 +133,22 @@ def test_corpus_weighted_factorization_keeps_the_corpus_rows(tmp_path, tiny_bert
     assert r.exit_code == 0, r.stderr
     s = json.loads(r.stdout)
     schema = json.loads((Path(__file__).resolve().parent.parent / "docs" / "schema" / "factorize.json").read_text())
-    assert validate(s, schema) == []
+    assert validate(s, schema) == [], validate(s, schema)
     cw = s["corpus_weighted"]
-    assert cw["rows_used"] > 20 and cw["corpus_lines"] == 40 and cw["corpus_tokens"] > cw["rows_used"]
-    assert 0 < s["energy"] < 1 and 0 < cw["energy"] < 1
+    assert cw["rows_used"] > 20 and cw["corpus_lines"] == 40 and cw["corpus_tokens"] > cw["rows_used"], cw
+    assert 0 < s["energy"] < 1 and 0 < cw["energy"] < 1, (s["energy"], cw)
     E = SafetensorsFile(tiny_bert / "model.safetensors").get("embeddings.word_embeddings.weight")
     tok = open_model(tiny_bert).tokenizer.runtime()
     ids = np.concatenate([tok.encode(t, add_special_tokens=False).ids for t in corpus_lines("en", 40)])  # every lookup
+    w = np.bincount(ids, minlength=E.shape[0]) + 1.0  # the weights the basis is optimal for
 
-    def corpus_rows_error(folder):  # the squared error summed over the corpus' token occurrences
+    def corpus_rows_error(folder):  # the squared error of each row, weighted by its token's count + 1
         t = SafetensorsFile(folder / "model.safetensors")
         approx = t.get("embeddings.word_embeddings.factor_F") @ t.get("embeddings.word_embeddings.factor_P")
-        return float(np.sum((approx[ids] - E[ids]) ** 2))
+        return float(np.sum(w * np.sum((approx - E) ** 2, 1)))
 
-    assert corpus_rows_error(tmp_path / "w") < 0.9 * corpus_rows_error(tmp_path / "plain")
+    ratio = corpus_rows_error(tmp_path / "w") / corpus_rows_error(tmp_path / "plain")
+    assert ratio < 0.95, ratio  # optimal for this objective, so never above 1; measured 0.90
     assert np.all(np.isfinite(_emb(tmp_path / "w")))
 
 
@@ -161,3 +163,22 @@ def test_factorize_corpus_errors(tmp_path, tiny_bert, args, code, message):
     r = run_cli(["factorize", tiny_bert, "--rank", "4", *args, "-o", tmp_path / "out"])
     assert r.exit_code == code and message in r.stderr, r.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_factorize_corpus_from_stdin_counts_every_line(tmp_path, tiny_bert, monkeypatch):
+    """A corpus on standard input is read once into a spool file: the counting's second pass (when its fast
+    path fails its check, forced here) must not lose the lines the first pass consumed. Same weights as from a file."""
+    import embtool.core.counting as counting
+
+    monkeypatch.setattr(counting, "_count_words", lambda *a, **k: np.zeros(1, np.int64))  # the check fails: line by line
+    lines = corpus_lines("en", 30)
+    (tmp_path / "c.txt").write_text("\n".join(lines) + "\n")
+    a = run_cli(["factorize", tiny_bert, "--rank", "6", "-c", tmp_path / "c.txt", "-o", tmp_path / "f", "--json", "--no-eval"])
+    b = run_cli(["factorize", tiny_bert, "--rank", "6", "-c", "-", "-o", tmp_path / "s", "--json", "--no-eval"],
+                input="\n".join(lines) + "\n")
+    assert a.exit_code == 0 and b.exit_code == 0, a.stderr + b.stderr
+    wa, wb = json.loads(a.stdout)["corpus_weighted"], json.loads(b.stdout)["corpus_weighted"]
+    assert wa["corpus_lines"] == wb["corpus_lines"] == 30 and wa["corpus_tokens"] == wb["corpus_tokens"]
+    fa = SafetensorsFile(tmp_path / "f" / "model.safetensors").get("embeddings.word_embeddings.factor_P")
+    fb = SafetensorsFile(tmp_path / "s" / "model.safetensors").get("embeddings.word_embeddings.factor_P")
+    np.testing.assert_array_equal(fa, fb)

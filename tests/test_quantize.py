@@ -359,3 +359,15 @@ def test_portable_output_with_an_odd_number_of_groups_per_row(tmp_path, symmetri
     # the same codes, computed by DequantizeLinear + MatMul instead of MatMulNBits: float32 rounding only
     # (measured up to 1.1e-4 on normalized 96-dim vectors)
     assert np.abs(a - b).max() < 5e-4 and ((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min() > 0.9999
+
+
+def test_a_budget_only_zero_point_free_codes_meet_is_planned_not_refused(tmp_path, tiny_bert):
+    """--bits 4,8 --target-bits 4.5 at group 32: asymmetric 4-bit needs 4.625 bits a weight, zero-point-free
+    4-bit exactly 4.5. The feasibility check counts the cheapest option the planner has, so the plan is made
+    (every tensor at symmetric 4 bits) instead of refused as infeasible."""
+    r = run_cli(["quantize", tiny_bert, "--bits", "4,8", "--target-bits", "4.5", "--group-size", "32", "-o", tmp_path / "m", "--json"])
+    assert r.exit_code == 0, r.stderr
+    s = json.loads(r.stdout)
+    rows = s["mixed_precision"]["per_tensor"]
+    assert rows and all(row["bits"] == 4 and row["symmetric"] for row in rows)
+    assert s["bits_per_weight"] <= 4.5 + 1e-9

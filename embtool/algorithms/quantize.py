@@ -195,6 +195,10 @@ def gptq(W: np.ndarray, H: np.ndarray, bits: int, group_size: int, symmetric: bo
     H[dead, dead] = 1.0
     W[:, dead] = 0.0
     H[np.diag_indices(K)] += damp * np.mean(np.diag(H))
+    # act-order: columns with the largest input energy first (H and W are permuted before the factorization)
+    perm = np.argsort(-np.diag(H), kind="stable") if act_order else np.arange(K)
+    if act_order:
+        H = H[np.ix_(perm, perm)]
     try:
         Hinv = np.linalg.cholesky(np.linalg.inv(H)).T  # upper Cholesky factor of H^-1
     except np.linalg.LinAlgError:
@@ -209,18 +213,14 @@ def gptq(W: np.ndarray, H: np.ndarray, bits: int, group_size: int, symmetric: bo
     qmax = 2**bits - 1
     grid = np.asarray(clip_grid, np.float32)
     block = max(group_size, block - block % group_size)
-    perm = np.arange(K)
     if act_order:
-        # columns with the largest input energy first; the groups keep their places (static groups: their
-        # scales and zero points come from the original weights), so the stored format does not change
+        # the groups keep their places (static groups: their scales and zero points come from the original
+        # weights), so the stored format does not change
         static = quantize(W, bits, group_size, symmetric, clip_grid)
         scales[:] = static.scales
         if zeros is not None:
             zeros[:] = static.zeros
-        perm = np.argsort(-np.diag(H), kind="stable")
-        H = H[np.ix_(perm, perm)]
         W = W[:, perm]
-        Hinv = np.linalg.cholesky(np.linalg.inv(H)).T.astype(np.float32)
     for i1 in range(0, K, block):
         i2 = min(i1 + block, K)
         W1 = W[:, i1:i2].copy()

@@ -12,6 +12,10 @@ otherwise the corpus is tokenized line by line. Memory is bounded by the number 
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
@@ -164,11 +168,17 @@ def count_model_corpus(tok: Tokenizer, corpus: list[str], text_field: str | None
     """Token-id counts of corpus files as the model sees them: each text after each prefix (a model with
     query/document prompts reads its texts after them). `lines`/`bytes` count each text once."""
     prefixes = prefixes or [""]
+    with tempfile.TemporaryDirectory(prefix="embtool-stdin-") as tmp:
+        if "-" in corpus:  # count_corpus may read the corpus twice: standard input is spooled to a file once
+            spool = os.path.join(tmp, "stdin")
+            with open(spool, "wb") as f:  # the bytes as they come (plain, JSONL or compressed: read as any file)
+                shutil.copyfileobj(sys.stdin.buffer, f, 1 << 20)
+            corpus = [spool if c == "-" else c for c in corpus]
 
-    def lines() -> Iterator[str]:
-        for t in iter_texts((), corpus, text_field):
-            for p in prefixes:
-                yield p + t
+        def lines() -> Iterator[str]:
+            for t in iter_texts((), corpus, text_field):
+                for p in prefixes:
+                    yield p + t
 
-    c = count_corpus(tok, lines, V, progress)
+        c = count_corpus(tok, lines, V, progress)
     return Counts(c.counts, c.lines // len(prefixes), c.bytes // len(prefixes), c.mode)

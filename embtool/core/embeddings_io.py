@@ -44,7 +44,7 @@ from typing import IO
 import numpy as np
 
 from embtool.algorithms import pooling as P
-from embtool.core.errors import CorruptFile, InputError
+from embtool.core.errors import BadUsage, CorruptFile, InputError
 from embtool.core.safetensors_io import SafetensorsFile, write_safetensors
 
 FORMATS = ("npy", "safetensors", "jsonl", "word2vec", "parquet")
@@ -106,6 +106,8 @@ class EmbeddingSink:
                  keep_int8: bool = False, binary_code: str = BINARY_CODE):
         if fmt in ("jsonl", "word2vec", "parquet") and precision not in ("float32", "float16"):
             raise InputError(f"--precision {precision} is only stored in .npy or .safetensors outputs")
+        if keep_int8 and precision != "binary":
+            raise BadUsage("--keep-int8 goes with --precision binary (rescoring codes of a binary index)")
         if binary_code not in BINARY_CODES:
             raise InputError(f"unknown binary code {binary_code!r} ({', '.join(BINARY_CODES)})")
         self.fmt, self.precision, self.keep_float, self.keep_int8 = fmt, precision, keep_float, keep_int8

@@ -132,11 +132,11 @@ def corpus_weights(m: Model, req: FactorRequest, rows: int) -> tuple[np.ndarray,
         raise InputError("--corpus and --eval cannot both read stdin")
     V_tok = max(VA.tokenizer_ids(m.tokenizer.data).values()) + 1
     prefixes = counting_prefixes(m.st, req.prefixes)
+    if V_tok > rows:  # before reading the corpus
+        raise InputError(f"{m.root}: the tokenizer has ids up to {V_tok - 1} but the embedding table only {rows} rows")
     c = count_model_corpus(m.tokenizer.runtime(), req.corpus, req.text_field, prefixes, V_tok)
     if c.counts.sum() == 0:
         raise InputError("the corpus is empty (no tokens): " + ", ".join(req.corpus))
-    if V_tok > rows:
-        raise InputError(f"{m.root}: the tokenizer has ids up to {V_tok - 1} but the embedding table only {rows} rows")
     info = {"corpus_lines": c.lines, "corpus_tokens": int(c.counts.sum()), "rows_used": int((c.counts > 0).sum()),
             "prefixes": prefixes, "smoothing": 1.0}
     return FA.row_weights(c.counts, rows), info

@@ -159,7 +159,18 @@ def header_bytes(tensors: list[str], quantized: list[str]) -> int:
     return n
 
 
-def mixed_budget(m: Model, names: list[str], req) -> float:
+def mixed_options(shape: tuple[int, ...], req, is_table: bool) -> list[tuple[int, int, bool]]:
+    """(bits, group size, symmetric) choices of one tensor: every width at --group-size; zero-point-free codes
+    at widths >= 4 (4 bits fewer per group at 4-bit; the measured damage decides where they pay, and weights
+    already on a symmetric grid, e.g. Q4_0, lose nothing); the token table also a coarser group (its rows are
+    insensitive: fewer scale bytes there pay for wider linear layers)."""
+    bits = sorted(req.bits)
+    coarse = next((g for g in EMB_COARSE_GROUPS if is_table and g > req.group_size and shape[1] % g == 0), None)
+    return ([(b, req.group_size, req.symmetric) for b in bits] + ([(b, coarse, req.symmetric) for b in bits if b < 8] if coarse else [])
+            + ([] if req.symmetric else [(b, req.group_size, True) for b in bits if b >= 4]))
+
+
+def mixed_budget(m: Model, names: list[str], req, emb: str | None = None) -> float:
     """The byte budget of the quantized tensors (--target-bits or --max-size; --sensitivity-only alone:
     everything at the widest bits). Checked from the shapes only, before any calibration work: a
     budget no choice of --bits can meet is an error that names the widths that would meet it."""
@@ -177,7 +188,10 @@ def mixed_budget(m: Model, names: list[str], req) -> float:
         to_unit = lambda b: f"{(b + rest) / 1e6:.2f} MB in all"  # noqa: E731
     else:
         return float(_sizes(m, names, bits[-1:], req.group_size, req.symmetric)[0])
-    need = _sizes(m, names, bits[:1], req.group_size, req.symmetric)[0]
+    # the cheapest plan the planner can make: every tensor at its cheapest option (zero-point-free codes at
+    # 4 and 8 bits, the token table's coarser group), so a budget only those options meet is not refused
+    need = sum(min(QA.stored_bytes(*ws.info(k).shape, b, g, sym) for b, g, sym in mixed_options(ws.info(k).shape, req, k == emb))
+               for k in names)
     if budget < need:
         fits = [b for b in QA.BITS if _sizes(m, names, [b], req.group_size, req.symmetric)[0] <= budget]
         if fits:
@@ -203,7 +217,7 @@ def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
     t0 = time.perf_counter()
     ws = m.weights
     bits = sorted(req.bits)
-    budget = mixed_budget(m, names, req)  # before any heavy work: an infeasible target fails at once
+    budget = mixed_budget(m, names, req, emb)  # before any heavy work: an infeasible target fails at once
     texts = calibration_texts(req.calib)
     probe = SensitivityProbe(m, names, emb, texts, req.threads)
     measured = getattr(req, "sensitivity", "measured") == "measured"
@@ -213,14 +227,9 @@ def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
     omega: dict[str, float | None] = {}
     stderr: dict[str, float | None] = {}
     counts = probe.token_counts
-    # options: every width at --group-size; the token table may also take a coarser group (its rows are
-    # insensitive: fewer scale bytes there pay for wider linear layers). Other tensors repeat their own options.
-    coarse = next((g for g in EMB_COARSE_GROUPS if emb is not None and g > req.group_size and ws.info(emb).shape[1] % g == 0), None)
-    # symmetric codes (no zero points: 4 bits fewer per group at 4-bit) are a cheaper option of each width >= 4;
-    # the measured damage decides where they pay (weights already on a symmetric grid, e.g. Q4_0, lose nothing)
-    sym_opts = [] if req.symmetric else [(b, req.group_size, True) for b in bits if b >= 4]
-    options = ([(b, req.group_size, req.symmetric) for b in bits] + ([(b, coarse, req.symmetric) for b in bits if b < 8] if coarse else [])
-               + sym_opts)
+    # one option list for every tensor (the token table's); a coarse-group option of another tensor repeats its
+    # own --group-size option of the same width
+    options = mixed_options(ws.info(emb).shape if emb is not None else (0, 1), req, emb is not None)
     costs = np.zeros((len(names), len(options)))
     errs = np.zeros((len(names), len(options)))
     damages = np.zeros((len(names), len(options)))

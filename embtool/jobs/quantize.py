@@ -147,7 +147,7 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
     if req.target_bits is not None or req.max_size is not None:
         from embtool.jobs.mixed import mixed_budget
 
-        mixed_budget(m, names, req)  # an infeasible budget fails before any calibration work
+        mixed_budget(m, names, req, emb)  # an infeasible budget fails before any calibration work
     grams = None
     method = req.method
     if method == "auto":  # use calibration text when there is any: the user's, else the built-in sample
