@@ -125,8 +125,8 @@ def _ops(graph, op: str) -> list:
 @pytest.mark.parametrize("name", NAMES)
 def test_fused_rotary_equals_portable(name, monkeypatch):
     """The default graph rotates q and k with onnxruntime's RotaryEmbedding (integer positions, a cos/sin cache
-    per theta) and, in the RMS families, fuses each residual add with the RMSNorm of its sum into one
-    SkipSimplifiedLayerNormalization (rotary_graph.FUSE_SKIP_RMSNORM); --portable keeps the standard ops. Both give
+    per theta) and, in the RMS families with rotary_graph.FUSE_SKIP_RMSNORM, fuses each residual add with the RMSNorm of
+    its sum into one SkipSimplifiedLayerNormalization; --portable keeps the standard ops. Both give
     the same hidden states on right- and left-padded batches, and on a batch longer than the model's
     max_position_embeddings (the cache follows the batch length)."""
     from embtool.runtime import rotary_graph
@@ -136,13 +136,16 @@ def test_fused_rotary_equals_portable(name, monkeypatch):
 
     m = open_model(ARCH / name)
     a = detect_rotary(m)
+    # the Skip fusion is off by default (measured no faster than Add + SimplifiedLayerNormalization); switched on
+    # here so that the fused form stays checked against the standard ops and the reference vectors
+    monkeypatch.setattr(rotary_graph, "FUSE_SKIP_RMSNORM", True)
     fused, portable = build_encoder(m, fused=True), build_encoder(m, fused=False)
     rope = _ops(fused.graph, "RotaryEmbedding")
     assert len(rope) == 2 * a.layers and {n.domain for n in rope} == {"com.microsoft"}
     assert not [n for n in portable.graph.node if n.op_type == "RotaryEmbedding" or n.domain not in ("", "ai.onnx")]
     # residual add + RMSNorm: both adds of every layer (attention -> MLP norm, MLP -> next layer's or the final norm)
     skip = _ops(fused.graph, "SkipSimplifiedLayerNormalization")
-    if a.family.rms and rotary_graph.FUSE_SKIP_RMSNORM:
+    if a.family.rms:
         assert len(skip) == 2 * a.layers and {n.domain for n in skip} == {"com.microsoft"}
         assert {n.attribute[0].f for n in skip} == {np.float32(a.eps)} and all(len(n.input) == 3 for n in skip)
         made_by = {o: n.op_type for n in fused.graph.node for o in n.output}

@@ -907,7 +907,9 @@ def report(cmd: str) -> None:
               "per call (`python tools/fused_ops.py`).", "", *fused_ops.table(R["fused"]["rows"]), "",
               "Adopted: SimplifiedLayerNormalization for every RMSNorm (Qwen3, EmbeddingGemma) and RotaryEmbedding for "
               "the rotation of q and k in every rotary family (int64 positions, a cos/sin cache per theta computed for "
-              "the batch's length); `--portable` keeps the standard ops. Not adopted: GroupQueryAttention, whose CPU kernel "
+              "the batch's length); `--portable` keeps the standard ops. Not adopted: SkipSimplifiedLayerNormalization, no faster "
+              "than the Add + SimplifiedLayerNormalization the graph already has (the last row; 0.85x, 0.95x and 1.04x in three "
+              "runs on 2026-11-30; built behind rotary_graph.FUSE_SKIP_RMSNORM and tested), and GroupQueryAttention, whose CPU kernel "
               "attends causally to keys given by per-row lengths, which cannot express the bidirectional encoders nor "
               "a left-padded batch.", ""]
     if "ray" in R:
