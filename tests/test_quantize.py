@@ -371,3 +371,7 @@ def test_a_budget_only_zero_point_free_codes_meet_is_planned_not_refused(tmp_pat
     rows = s["mixed_precision"]["per_tensor"]
     assert rows and all(row["bits"] == 4 and row["symmetric"] for row in rows)
     assert s["bits_per_weight"] <= 4.5 + 1e-9
+    # what the folder says of itself follows the tensors, not the request (--symmetric was not given)
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["quantization_config"]["symmetric"] is True
+    r = run_cli(["inspect", tmp_path / "m"])
+    assert r.exit_code == 0 and "symmetric" in r.stdout and "asymmetric" not in r.stdout, r.stdout

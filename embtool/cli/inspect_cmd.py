@@ -81,7 +81,7 @@ def quantized_text(q) -> str:
     if q.get("group_size"):
         parts.append(f"groups of {q['group_size']}")
     if "symmetric" in q:
-        parts.append("symmetric" if q["symmetric"] else "asymmetric")
+        parts.append("zero points on some tensors" if q["symmetric"] == "mixed" else "symmetric" if q["symmetric"] else "asymmetric")
     if q.get("portable"):
         parts.append("standard ONNX operators")
     rest = {k: v for k, v in q.items() if k not in ("bits", "group_size", "symmetric", "portable")}

@@ -185,12 +185,14 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
     total_before = sum(ws.info(k).nbytes for k in ws.keys())
     q_before = sum(r["bytes_after"] for r in rows)
     n_q = sum(int(np.prod(r["shape"])) for r in rows)
+    flags = {bool(v["symmetric"]) for v in record.values()}
+    sym: bool | str = flags.pop() if len(flags) == 1 else ("mixed" if flags else req.symmetric)  # mixed plans may differ per tensor
     prov = provenance("quantize", {k: v for k, v in req.__dict__.items() if k not in ("output", "force")},
-                      {"model": m.fingerprint()}, {"quantization": {"group_size": req.group_size, "symmetric": req.symmetric,
+                      {"model": m.fingerprint()}, {"quantization": {"group_size": req.group_size, "symmetric": sym,
                                                                    "bits": sorted({r["bits"] for r in rows})}})
     meta = {**record_metadata(record), "embtool": metadata_json(prov)}
     cfg = updated_config(m, extra={"quantization_config": {"quant_method": "embtool-groupwise", "group_size": req.group_size,
-                                                            "symmetric": req.symmetric,
+                                                            "symmetric": sym,
                                                             "bits": {k: v["bits"] for k, v in record.items()}}}) if m.config else None
     with OutputFolder(req.output, req.force, inputs=[m.root]) as out:
         copy_unchanged(m, out, changed=["config.json"])
