@@ -190,6 +190,11 @@ def test_write_read_and_compare_embeddings(tmp_path):
     assert len(ix) == 50 and ix.text(7) == "t7" and np.array_equal(embtool.read_embeddings(p), X)
     with pytest.raises(embtool.errors.OutputExists):
         embtool.write_embeddings(p, X)
+    q8 = embtool.write_embeddings(tmp_path / "q8.safetensors", X * 3 + 1, precision="int8")  # with a shared direction
+    ix8 = embtool.open_index(q8)
+    dec = ix8.block(0, 50).astype(np.float64)
+    np.testing.assert_allclose(ix8.int8_sqnorms, (dec * dec).sum(1), rtol=1e-5)  # stored: search reads no norms
+    assert [h[0][1] for h in embtool.search(q8, (X * 3 + 1)[:3], k=1)] == [0, 1, 2]
     with pytest.raises(embtool.errors.BadUsage, match="--keep-int8 goes with --precision binary"):
         embtool.write_embeddings(tmp_path / "i8.safetensors", X, precision="int8", keep_int8=True)
     assert not (tmp_path / "i8.safetensors").exists()

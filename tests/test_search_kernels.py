@@ -193,6 +193,14 @@ def test_int8_scores_of_centred_codes_are_those_of_the_decoded_rows(metric, unit
     else:
         want = qd @ rows.T
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    # the index's stored squared norms of the decoded rows give the same scores (one query too), and are used
+    sqn = (rows * rows).sum(1).astype(np.float32)
+    np.testing.assert_allclose(S.int8_scores(q, codes, scales, metric, unit_rows, mean, sqn), want, rtol=1e-5,
+                               atol=1e-5 * np.abs(want).max())
+    np.testing.assert_allclose(S.int8_scores(q[:1], codes, scales, metric, unit_rows, mean, sqn), want[:1], rtol=1e-5,
+                               atol=1e-5 * np.abs(want).max())
+    if metric != "dot" and not unit_rows:
+        assert not np.allclose(S.int8_scores(q, codes, scales, metric, unit_rows, mean, 4 * sqn), want, rtol=1e-3)
     if unit_rows:
         return
     plain = S.int8_scores(q, codes, scales, metric, unit_rows)  # the same codes without their mean: other scores

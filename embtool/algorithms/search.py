@@ -54,7 +54,7 @@ def block_scores(q: np.ndarray, block: np.ndarray, metric: str, unit_rows: bool 
 
 
 def int8_scores(q: np.ndarray, codes: np.ndarray, scales: np.ndarray, metric: str, unit_rows: bool = False,
-                mean: np.ndarray | None = None) -> np.ndarray:
+                mean: np.ndarray | None = None, sqnorms: np.ndarray | None = None) -> np.ndarray:
     """block_scores of the dequantized rows mean + codes * scales[:, None] (mean None: 0, the plain codes of older
     indexes), without a float32 copy of the block: int8 -> float32 tiles of about CACHE_BYTES, one product each;
     the scales multiply the scores.
@@ -62,10 +62,13 @@ def int8_scores(q: np.ndarray, codes: np.ndarray, scales: np.ndarray, metric: st
     The mean costs no pass over the scores: each tile carries one more column, 1 / scale, against q . mean, so the
     product gives q . c + q . mean / scale and the scaling makes it q . (mean + c * scale). Cosine and l2 need the
     decoded rows' norms, |mean + c s|^2 = |mean|^2 + 2 s mean . c + s^2 |c|^2: mean . c is one more query row of
-    the same product (a separate matrix-vector product per tile measured 9% of the product's time)."""
+    the same product (a separate matrix-vector product per tile measured 9% of the product's time). `sqnorms`
+    (the index's stored |mean + c s|^2 of each row, with a mean) spares both: for one query the extra row doubled
+    the product."""
     Q, B, D = q.shape[0], codes.shape[0], codes.shape[1]
     sc = np.asarray(scales, dtype=np.float32)
-    norms = None if unit_rows or metric == "dot" else np.empty(B, dtype=np.float32)
+    stored = sqnorms is not None and mean is not None and not unit_rows and metric != "dot"
+    norms = None if unit_rows or metric == "dot" or stored else np.empty(B, dtype=np.float32)
     tile = max(64, CACHE_BYTES // (4 * max(1, D + (mean is not None))))
     qa = q
     if mean is not None:
@@ -90,7 +93,7 @@ def int8_scores(q: np.ndarray, codes: np.ndarray, scales: np.ndarray, metric: st
         s_all[:, t0:t1] = qa @ f.T
         if norms is not None:
             norms[t0:t1] = np.einsum("ij,ij->i", c, c)
-    sq = None  # the decoded rows' squared norms
+    sq = np.asarray(sqnorms, dtype=np.float32) if stored else None  # the decoded rows' squared norms
     if norms is not None:
         if mean is None:
             sq = norms * sc * sc
@@ -98,7 +101,7 @@ def int8_scores(q: np.ndarray, codes: np.ndarray, scales: np.ndarray, metric: st
             sc64, mc = sc.astype(np.float64), s_all[Q].astype(np.float64)
             sq = (float(mu.astype(np.float64) @ mu) + 2 * sc64 * mc + sc64 * sc64 * norms).astype(np.float32)
     if metric == "cosine":
-        if norms is None:
+        if norms is None and not stored:
             s *= sc[None, :]
         elif mean is None:
             # cos(q, c * scale) = q.c / |c|: the scale cancels
@@ -348,10 +351,11 @@ def topk_codes(
     after_block: Callable[[int, int], None] | None = None,
     before_block: Callable[[int, int], None] | None = None,
     mean: np.ndarray | None = None,
+    sqnorms: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of queries [Q, D] over stored rows `codes` (possibly memory-mapped) in their precision:
     float32/float16 [N, D]; int8 [N, D] with `scales` [N] (and `mean` [D] when the codes are of rows minus it:
-    row i = mean + codes[i] * scales[i]); binary [N, ceil(D/8)] packed sign bits, searched by
+    row i = mean + codes[i] * scales[i], and optionally `sqnorms` [N], their stored squared norms); binary [N, ceil(D/8)] packed sign bits, searched by
     Hamming distance of `query_bits` (the queries binarized as the rows were; default: their plain signs).
 
     Binary scores are the similarity of the sign codes: cosine/dot 1 - 2h/D, l2 4h/D (h = Hamming distance),
@@ -385,7 +389,8 @@ def topk_codes(
             raise ValueError("int8 rows need their scales")
 
         def score(r0: int, r1: int) -> np.ndarray:
-            return int8_scores(q, codes[r0:r1], scales[r0:r1], metric, unit, mean)
+            return int8_scores(q, codes[r0:r1], scales[r0:r1], metric, unit, mean,
+                               None if sqnorms is None else sqnorms[r0:r1])
     else:
         def score(r0: int, r1: int) -> np.ndarray:
             block = codes[r0:r1]

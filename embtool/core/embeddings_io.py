@@ -3,6 +3,8 @@
 The index format is plain safetensors, readable with `safetensors.numpy.load_file`:
   embeddings    [N, D] float32 | float16 | int8, or [N, ceil(D/8)] uint8 sign bits (binary)
   scales        [N] float32            (int8 only: row i = int8_mean + embeddings[i] * scales[i])
+  int8_sqnorms  [N] float32            (int8 with int8_mean: |row i|^2 of the decoded rows, so cosine and l2 search
+                                        need no pass over the codes for norms; computed when absent)
   int8_mean     [D] float32            (int8 codes, of embeddings or embeddings_int8: the corpus mean they are centred
                                         by; codes = rint((x - int8_mean) / scale), scale = max|x - int8_mean| / 127)
   embeddings_float [N, D] float16      (optional, --keep-float: used by search to rescore)
@@ -191,6 +193,7 @@ class EmbeddingSink:
             rot = fit_rotation(np.concatenate(self._sample), mean)
         raw = np.memmap(d / "raw.bin", dtype=np.float32, mode="r", shape=(n, dim))
         step = max(1024, SPOOL_BLOCK_BYTES // (4 * max(1, dim)))
+        sqnorms: list[np.ndarray] = []  # [N] float32 in all: small next to the codes
         for r0 in range(0, n, step):
             x = np.asarray(raw[r0:r0 + step])
             if self.precision == "binary":
@@ -200,7 +203,12 @@ class EmbeddingSink:
                 codes, scales = (self._vec, self._scl) if self.precision == "int8" else (self._i8, self._i8s)
                 codes.write(np.ascontiguousarray(c8).tobytes())
                 scales.write(s8.astype(np.float32).tobytes())
+                if self.precision == "int8":  # the decoded rows' squared norms: cosine and l2 search read them
+                    dec = P.from_precision(c8, s8, "int8", x.shape[1], mean)
+                    sqnorms.append(np.einsum("ij,ij->i", dec, dec, dtype=np.float64).astype(np.float32))
         del raw
+        if sqnorms:
+            out["int8_sqnorms"] = np.concatenate(sqnorms)
         if self.precision == "binary":
             out["binary_mean"] = mean
         if rot is not None:
@@ -299,7 +307,7 @@ class Index:
             if arr.ndim != 2:
                 raise CorruptFile(f"{self.path}: expected a 2-D matrix, got shape {arr.shape}")
             self.emb, self.scales, self.float, self.meta = arr, None, None, {"precision": str(arr.dtype)}
-            self.int8 = self.int8_scales = self.int8_mean = self.binary_mean = self.binary_rotation = None
+            self.int8 = self.int8_scales = self.int8_mean = self.int8_sqnorms = self.binary_mean = self.binary_rotation = None
             self.precision = "float16" if arr.dtype == np.float16 else "float32"
             self._texts = None
             self.ids = None
@@ -327,9 +335,11 @@ class Index:
         get = lambda name: self.file.get(name) if name in self.file.tensors else None  # noqa: E731
         self.int8, self.int8_scales = get("embeddings_int8"), get("scales_int8")
         self.int8_mean = get("int8_mean")  # None: older int8 codes, of the rows themselves (mean 0)
+        self.int8_sqnorms = get("int8_sqnorms") if self.precision == "int8" else None  # None: computed when searching
         self.binary_mean, self.binary_rotation = get("binary_mean"), get("binary_rotation")
         for name, arr, shape in (("embeddings_float", self.float, (n, self.dim)), ("embeddings_int8", self.int8, (n, self.dim)),
                                  ("scales_int8", self.int8_scales, (n,)), ("int8_mean", self.int8_mean, (self.dim,)),
+                                 ("int8_sqnorms", self.int8_sqnorms, (n,)),
                                  ("binary_mean", self.binary_mean, (self.dim,)),
                                  ("binary_rotation", self.binary_rotation, (self.dim, self.dim))):
             if arr is not None and tuple(arr.shape) != shape:

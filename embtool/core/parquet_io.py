@@ -66,6 +66,7 @@ class ParquetIndex:
     float = None
     scales = None
     int8_mean = None
+    int8_sqnorms = None
     rescore_source = None
 
     def __init__(self, path: str | os.PathLike):

@@ -166,7 +166,8 @@ def _search_one(q: np.ndarray, ix: Index, req: SearchRequest, threads: int, warn
     s, i = S.topk_codes(q, ix.emb, max(k, depth), req.metric, ix.precision, scales=ix.scales, dim=ix.dim,
                         unit_rows=ix.unit_rows, query_bits=ix.query_bits(q) if ix.precision == "binary" else None,
                         block_rows=req.block_rows, threads=threads, after_block=ix.release, before_block=ix.prefetch,
-                        mean=ix.int8_mean if ix.precision == "int8" else None)
+                        mean=ix.int8_mean if ix.precision == "int8" else None,
+                        sqnorms=ix.int8_sqnorms if ix.precision == "int8" else None)
     if depth:
         s, i = S.rescore(q, i, ix.rescore_rows, req.metric, k, unit_rows=ix.unit_rows)
     return s, i
