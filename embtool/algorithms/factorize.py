@@ -43,25 +43,46 @@ class Spectrum:
         return self.rank_for_energy(1.0 - max_error**2)
 
 
+def _blocks(E: np.ndarray):
+    for r0 in range(0, E.shape[0], BLOCK):
+        yield r0, np.asarray(E[r0 : r0 + BLOCK], dtype=np.float64)
+
+
+def _checked(weights: np.ndarray, rows: int) -> np.ndarray:
+    weights = np.asarray(weights, np.float64)
+    if weights.shape != (rows,) or not np.all(np.isfinite(weights)) or weights.min() < 0 or weights.sum() <= 0:
+        raise ValueError("row weights must be one finite non-negative number per row, not all zero")
+    return weights
+
+
 def gram(E: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """Eᵀ diag(w) E in float64, over row blocks (w = 1 when None)."""
-    D = E.shape[1]
-    G = np.zeros((D, D), np.float64)
-    for r0 in range(0, E.shape[0], BLOCK):
-        B = np.asarray(E[r0 : r0 + BLOCK], dtype=np.float64)
-        G += (B.T * weights[r0 : r0 + BLOCK]) @ B if weights is not None else B.T @ B
+    G = np.zeros((E.shape[1],) * 2, np.float64)
+    for r0, B in _blocks(E):
+        G += (B.T * weights[r0 : r0 + len(B)]) @ B if weights is not None else B.T @ B
     return G
+
+
+def grams(E: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(EᵀE, Eᵀ diag(w) E) in one pass over E: the corpus-weighted basis, and the whole table's energy it keeps."""
+    weights = _checked(weights, E.shape[0])
+    G, Gw = np.zeros((E.shape[1],) * 2, np.float64), np.zeros((E.shape[1],) * 2, np.float64)
+    for r0, B in _blocks(E):
+        G += B.T @ B
+        Gw += (B.T * weights[r0 : r0 + len(B)]) @ B
+    return G, Gw
+
+
+def decompose(G: np.ndarray) -> Spectrum:
+    """The eigendecomposition of a Gram matrix, eigenvalues descending."""
+    lam, U = np.linalg.eigh(G)
+    order = np.argsort(lam)[::-1]
+    return Spectrum(lam[order], U[:, order])
 
 
 def spectrum(E: np.ndarray, weights: np.ndarray | None = None) -> Spectrum:
     """The eigendecomposition of Eᵀ diag(weights) E (plain EᵀE without weights), eigenvalues descending."""
-    if weights is not None:
-        weights = np.asarray(weights, np.float64)
-        if weights.shape != (E.shape[0],) or not np.all(np.isfinite(weights)) or weights.min() < 0 or weights.sum() <= 0:
-            raise ValueError("row weights must be one finite non-negative number per row, not all zero")
-    lam, U = np.linalg.eigh(gram(E, weights))
-    order = np.argsort(lam)[::-1]
-    return Spectrum(lam[order], U[:, order])
+    return decompose(gram(E, None if weights is None else _checked(weights, E.shape[0])))
 
 
 def kept_energy(G: np.ndarray, basis: np.ndarray) -> float:

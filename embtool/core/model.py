@@ -200,6 +200,10 @@ def _onnx_files(folder: Path) -> list[str]:
 
 # the safetensors architectures embtool's runtime builds (config.json model_type): the BERT family
 # (runtime/bert_graph.py) and the rotary families (runtime/rotary_graph.py)
+# weights that are not Linear layers nor the token table: norms, position/type tables, MPNet's relative attention
+# bias. quantize keeps them in float; the runtime never feeds them as Linear weights
+NOT_LINEAR = re.compile(r"(LayerNorm|layer_norm|layernorm|norm\.|position_embeddings|token_type_embeddings|position_ids|relative_attention_bias)")
+
 BERT_FAMILY = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet")
 ROTARY = ("modernbert", "nomic_bert", "gte", "new", "qwen3", "gemma3_text")
 SUPPORTED = BERT_FAMILY + ROTARY

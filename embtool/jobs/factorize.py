@@ -69,7 +69,11 @@ def run_factorize(req: FactorRequest) -> dict[str, Any]:
             raise InputError(f"--rank {req.rank} > the hidden size {D}: a factorization of rank {D} or more saves nothing "
                              f"(F·P would have {V * req.rank + req.rank * D:,} parameters instead of {V * D:,})")
     weights, weighting = corpus_weights(m, req, V) if req.corpus else (None, None)
-    spec = FA.spectrum(E, weights)
+    if weights is None:
+        spec, G = FA.spectrum(E), None
+    else:  # the weighted basis, and the whole table's Gram for the energy it keeps: one pass over E
+        G, Gw = FA.grams(E, weights)
+        spec = FA.decompose(Gw)
     k = req.rank if req.rank is not None else (
         spec.rank_for_energy(req.energy) if req.energy is not None else spec.rank_for_error(req.max_error))
     if k >= D:
@@ -77,7 +81,7 @@ def run_factorize(req: FactorRequest) -> dict[str, Any]:
     F, P = FA.factors(E, spec, k)
     t_fact = time.perf_counter() - t0
     # energy / rel_frobenius_error: of the whole table, unweighted, whatever chose the basis
-    energy = spec.energy(k) if weights is None else FA.kept_energy(FA.gram(E), spec.vectors[:, :k])
+    energy = spec.energy(k) if G is None else FA.kept_energy(G, spec.vectors[:, :k])
     info = {"rank": int(k), "hidden": int(D), "rows": int(V), "energy": energy, "rel_frobenius_error": float(np.sqrt(max(0.0, 1 - energy))),
             "params_before": int(V * D), "params_after": int(V * k + k * D)}
     if weighting is not None:

@@ -20,7 +20,7 @@ import numpy as np
 
 from embtool.algorithms import quantize as QA
 from embtool.core.errors import InputError, Unsupported
-from embtool.core.model import Model, find_vocab_tensors, open_model
+from embtool.core.model import NOT_LINEAR, Model, find_vocab_tensors, open_model
 from embtool.core.qrecord import has_record, read_record, record_metadata
 from embtool.core.model_out import (copy_unchanged, metadata_json, updated_config, write_configs, write_derived_model,
                                     write_weights)
@@ -29,7 +29,6 @@ from embtool.jobs.fidelity import ConvertRequest, OutputRequest, check_conversio
 
 METHODS = ("auto", "rtn", "gptq")
 GPTQ_TEXTS = 256  # calibration lines read for GPTQ's input statistics
-SKIP = re.compile(r"(LayerNorm|layer_norm|layernorm|norm\.|position_embeddings|token_type_embeddings|position_ids|relative_attention_bias)")  # tables kept in float
 
 
 @dataclass
@@ -79,7 +78,7 @@ def select_tensors(m: Model, req: QuantRequest) -> tuple[list[str], str | None]:
             continue
         if k == emb:
             names.append(k)
-        elif not req.embeddings_only and k.endswith(".weight") and not SKIP.search(k) and "embeddings" not in k.split(".")[-2:][0]:
+        elif not req.embeddings_only and k.endswith(".weight") and not NOT_LINEAR.search(k) and "embeddings" not in k.split(".")[-2:][0]:
             names.append(k)
     if req.include:
         names = [k for k in names if re.search(req.include, k)]

@@ -7,7 +7,6 @@ batches carry little padding, run, pooled, and put back in input order.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -17,7 +16,7 @@ from tokenizers import Tokenizer
 
 from embtool.algorithms import pooling as P
 from embtool.core.errors import InputError, Unsupported
-from embtool.core.model import Model
+from embtool.core.model import NOT_LINEAR, Model, find_vocab_tensors
 from embtool.core.st_config import prompt_length, resolve_prompt
 from embtool.core.tokenizer_io import encode_batch
 
@@ -117,16 +116,12 @@ def fed_linears(model: Model) -> frozenset[str]:
     """The float Linear weights (2-D `.weight` tensors other than the vocabulary, position and type tables, which
     are fed or kept as they are anyway) to feed zero-copy: all of them when their float32 copies exceed
     FEED_LINEARS_ABOVE, else none."""
-    from embtool.core.model import find_vocab_tensors
-
     ws = model.weights
     vocab = {v.name for v in find_vocab_tensors(model)}
     names = [k for k in ws.keys() if k.endswith(".weight") and len(ws.info(k).shape) == 2 and k not in vocab
-             and ws.info(k).dtype in ("F32", "F16", "BF16", "F64") and not _NOT_LINEAR.search(k)]
+             and ws.info(k).dtype in ("F32", "F16", "BF16", "F64") and not NOT_LINEAR.search(k)]
     return frozenset(names) if sum(4 * ws.info(k).numel for k in names) > FEED_LINEARS_ABOVE else frozenset()
 
-
-_NOT_LINEAR = re.compile(r"(position_embeddings|token_type_embeddings|relative_attention_bias|norm)")
 
 
 def graph_session(built, threads: int = 0, feeds: dict[str, np.ndarray] | None = None):
