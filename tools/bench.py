@@ -925,7 +925,9 @@ def report(cmd: str) -> None:
             L.append(f"| {x['setting']} | {x['wall_s']:.1f} s | {x['texts_per_s']:.1f} | {x['driver_rss_mb']:.0f} MB | {w} |")
         L.append("")
     text = "\n".join(L) + "\n"
-    (ROOT / "docs" / "benchmarks.md").write_text(_keep_unmeasured(text), encoding="utf-8")
+    by_hand = ROOT / "docs" / "benchmarks-by-hand.md"  # single runs measured by hand, each with its command: kept verbatim
+    text = _keep_unmeasured(text) + ("\n" + by_hand.read_text(encoding="utf-8") if by_hand.exists() else "")
+    (ROOT / "docs" / "benchmarks.md").write_text(text, encoding="utf-8")
 
 
 # the heading each section writes, in report order: a section whose results are not in .bench/results.json (a fresh
