@@ -114,6 +114,40 @@ def test_hamming_kernel_matches_unpacked_bits():
             np.testing.assert_array_equal(S.hamming(a, b, threads), want)
 
 
+def test_sign_product_kernel_is_popcount_minus_hamming():
+    """onnxruntime's uint8 x int8 product of 0/1 rows and the queries' ±1 signs = popcount(q) - Hamming, exactly, for
+    bit counts that are and are not a multiple of 8 and 16 (the kernel's tiles)."""
+    from embtool.runtime.kernels import SignProduct
+
+    rng = np.random.default_rng(2)
+    for d, nq in ((8, 1), (40, 9), (384, 33), (1000, 16)):
+        q01 = rng.integers(0, 2, (nq, d), dtype=np.uint8)
+        rows = rng.integers(0, 2, (777, d), dtype=np.uint8)
+        h = (q01[:, None, :] != rows[None, :, :]).sum(-1)
+        np.testing.assert_array_equal(SignProduct(q01)(rows).T, q01.sum(1)[:, None] - h)
+
+
+@pytest.mark.parametrize("block_rows", [1, 7, 300, 0])
+def test_binary_topk_by_product_equals_popcount_and_reference(block_rows):
+    """The binary scan through the integer product returns the same ids and distances as XOR + popcount and the
+    brute-force reference, with many exact ties (smaller id first), from PRODUCT_MIN_QUERIES queries on."""
+    from embtool.jobs.search import _sign_product
+
+    rng = np.random.default_rng(3)
+    d, n = 24, 2000  # 24 bits: distances tie often
+    X = rng.integers(0, 2, (n, d)).astype(np.uint8)
+    X[1500] = X[10]
+    q = rng.integers(0, 2, (S.PRODUCT_MIN_QUERIES + 3, d)).astype(np.uint8)
+    q[0] = X[10]
+    bits, qb = np.packbits(X, axis=1), np.packbits(q, axis=1)
+    want_h, want_i = ref_hamming(q.astype(np.int64), X.astype(np.int64), 15)
+    for sp in (None, _sign_product(1)):
+        s, i = S.topk_codes(None, bits, 15, "dot", "binary", dim=d, query_bits=qb, block_rows=block_rows, sign_product=sp)
+        np.testing.assert_array_equal(i, want_i)
+        np.testing.assert_allclose(s, 1 - 2 * want_h / d, atol=1e-6)
+    assert list(i[0, :2]) == [10, 1500]
+
+
 def test_popcount_table_fallback_matches(monkeypatch):
     """numpy < 2 has no bitwise_count: the byte-table popcount gives the same distances."""
     rng = np.random.default_rng(1)
@@ -278,10 +312,11 @@ def test_cli_float_int8_reference_across_shards(tmp_path, metric, precision):
 
 @pytest.mark.parametrize("metric", S.METRICS)
 @pytest.mark.parametrize("code", ["sign", "centred", "itq"])
-def test_cli_binary_hamming_reference_across_shards(tmp_path, metric, code):
+@pytest.mark.parametrize("nq", [4, S.PRODUCT_MIN_QUERIES + 4])  # XOR + popcount; onnxruntime's integer product
+def test_cli_binary_hamming_reference_across_shards(tmp_path, metric, code, nq):
     d = 40  # 5 bytes: not a whole uint64 word
     X = _vectors(400, d, 9)
-    q = np.concatenate([_vectors(3, d, 10, dup=False), X[3:4]])
+    q = np.concatenate([_vectors(nq - 1, d, 10, dup=False), X[3:4]])
     np.save(tmp_path / "q.npy", q)
     a = _write(tmp_path / "a.safetensors", X[:150], "binary", code=code)
     b = _write(tmp_path / "b.safetensors", X[150:], "binary", code=code)

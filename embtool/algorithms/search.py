@@ -30,6 +30,11 @@ SCORE_BYTES = 32 << 20  # the binary scan's [queries, rows] distance block
 HAMMING_TILE_BYTES = 1 << 20  # the [queries, rows] uint64 XOR tile of the binary scan stays in L2
 
 
+# from this many queries on, a binary scan is one integer matrix product per block (SignProduct) instead of
+# XOR + popcount per query and word
+PRODUCT_MIN_QUERIES = 8
+
+
 def prepare_queries(q: np.ndarray, metric: str) -> np.ndarray:
     q = np.asarray(q, dtype=np.float32)
     if metric == "cosine":
@@ -44,7 +49,9 @@ def block_scores(q: np.ndarray, block: np.ndarray, metric: str, unit_rows: bool 
     """Similarity (higher is better) of prepared queries q [Q, D] to float rows block [B, D]; l2 gives
     -||q - x||^2. `unit_rows`: the rows are known to be unit vectors (no norms computed)."""
     block = np.asarray(block, dtype=np.float32)
-    s = q @ block.T
+    # [rows, D] @ [D, Q], returned as its [Q, rows] transpose: measured 0.71 s against 0.80 s for q @ block.T on
+    # 1M x 384 rows and 100 queries (OpenBLAS, 2 threads)
+    s = (block @ q.T).T
     if metric == "cosine" and not unit_rows:
         s /= np.maximum(np.linalg.norm(block, axis=1), 1e-12)[None, :]
     elif metric == "l2":
@@ -243,12 +250,31 @@ def _select(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np
     return np.take_along_axis(scores, o, 1), np.take_along_axis(ids, o, 1)
 
 
+def _nonzero(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.nonzero(keep) of a 2-D mask (row-major order) that skips its all-false stretches eight bytes at a time:
+    after the first block of a scan only a few entries beat the running k-th score, and np.nonzero over the
+    whole [queries, rows] mask measured 6 ms per 100 x 32,768 block, a third of a float search's time. A mask
+    laid out column-major (the scores of a [rows, queries] product, transposed) is read in its own order."""
+    if keep.flags.f_contiguous and not keep.flags.c_contiguous:
+        c, r = _nonzero(keep.T)
+        o = np.lexsort((c, r))
+        return r[o], c[o]
+    flat = np.ascontiguousarray(keep).reshape(-1)
+    pad = (-flat.size) % 8
+    if pad:
+        flat = np.concatenate([flat, np.zeros(pad, dtype=bool)])
+    words = np.flatnonzero(flat.view(np.uint64))
+    j, b = np.nonzero(flat.reshape(-1, 8)[words])
+    idx = words[j] * 8 + b
+    return np.divmod(idx, keep.shape[1])
+
+
 def _gather(keep: np.ndarray, scores: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The kept entries of each row, left-aligned and padded with -inf to the widest row."""
     Q = keep.shape[0]
-    cnt = keep.sum(1)
-    width = max(1, int(cnt.max()))
-    rows, cols = np.nonzero(keep)
+    rows, cols = _nonzero(keep)
+    cnt = np.bincount(rows, minlength=Q)
+    width = max(1, int(cnt.max()) if rows.size else 1)
     slot = np.arange(rows.size) - np.r_[0, np.cumsum(cnt)[:-1]][rows]
     out_s = np.full((Q, width), -np.inf, dtype=np.float64 if scores.dtype.kind != "f" else scores.dtype)
     out_i = np.full((Q, width), np.iinfo(np.int64).max, dtype=np.int64)
@@ -273,7 +299,12 @@ class RunningTopK:
         ids = np.arange(first_id, first_id + B, dtype=np.int64)
         if self.s.shape[1] == self.k:
             # a later row ties with the k-th only at a larger id, so it must beat it strictly
-            keep = s > self.s[:, -1][:, None]
+            # compared in the block's own type (the k-th score is one of its type's values, so this is exact):
+            # an int32 or float32 block against float64 thresholds measured 4x slower
+            thr = self.s[:, -1]
+            if s.dtype.kind in "iu":
+                thr = np.clip(thr, np.iinfo(s.dtype).min, np.iinfo(s.dtype).max)
+            keep = s > thr.astype(s.dtype)[:, None]
             n = int(np.count_nonzero(keep))
             if n == 0:
                 return
@@ -352,6 +383,7 @@ def topk_codes(
     before_block: Callable[[int, int], None] | None = None,
     mean: np.ndarray | None = None,
     sqnorms: np.ndarray | None = None,
+    sign_product: Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of queries [Q, D] over stored rows `codes` (possibly memory-mapped) in their precision:
     float32/float16 [N, D]; int8 [N, D] with `scales` [N] (and `mean` [D] when the codes are of rows minus it:
@@ -359,22 +391,37 @@ def topk_codes(
     Hamming distance of `query_bits` (the queries binarized as the rows were; default: their plain signs).
 
     Binary scores are the similarity of the sign codes: cosine/dot 1 - 2h/D, l2 4h/D (h = Hamming distance),
-    which ranks exactly as h. `unit_rows`: the index says its rows are unit vectors (cosine = dot)."""
+    which ranks exactly as h. `sign_product(q01)`, when given (the runtime's SignProduct), builds the kernel that
+    scores 0/1 rows [b, D] against the queries' bits q01 [Q, D] as popcount(q) - h, [b, Q] int32: one integer matrix
+    product instead of XOR + popcount, used from PRODUCT_MIN_QUERIES queries on. `unit_rows`: the index says its
+    rows are unit vectors (cosine = dot)."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}")
     n = codes.shape[0]
     if precision == "binary":
         d = dim or codes.shape[1] * 8
         qb = query_bits if query_bits is not None else binarize(queries)
-        # rows are tiny: the [queries, rows] distance block, not the rows, bounds the block
-        br = block_rows or min(default_block_rows(codes.shape[1]), max(4096, SCORE_BYTES // (4 * max(1, qb.shape[0]))))
+        nq = qb.shape[0]
+        if sign_product is not None and nq >= PRODUCT_MIN_QUERIES:
+            q01 = np.unpackbits(qb, axis=1)
+            kernel = sign_product(q01)
+            offset = q01.sum(1, dtype=np.int64)[:, None].astype(np.float64)  # popcount(q): h = popcount(q) - score
+            # one product per block: the unpacked rows and the [rows, queries] scores within SCORE_BYTES
+            br = block_rows or max(1024, SCORE_BYTES // (q01.shape[1] + 4 * nq))
 
-        def score(r0: int, r1: int) -> np.ndarray:
-            h = hamming(qb, codes[r0:r1], threads).astype(np.int32)
-            return np.negative(h, out=h)
+            def score(r0: int, r1: int) -> np.ndarray:
+                return kernel(np.unpackbits(codes[r0:r1], axis=1)).T
+        else:
+            offset = 0.0
+            # rows are tiny: the [queries, rows] distance block, not the rows, bounds the block
+            br = block_rows or min(default_block_rows(codes.shape[1]), max(4096, SCORE_BYTES // (4 * max(1, nq))))
 
-        s, i = _scan(qb.shape[0], n, score, k, "dot", br, 0, after_block, before_block)
-        h = -s.astype(np.float64)
+            def score(r0: int, r1: int) -> np.ndarray:
+                h = hamming(qb, codes[r0:r1], threads).astype(np.int32)
+                return np.negative(h, out=h)
+
+        s, i = _scan(nq, n, score, k, "dot", br, 0, after_block, before_block)
+        h = offset - s.astype(np.float64)
         if metric == "l2":
             return (4 * h / d).astype(np.float32), i
         return (1 - 2 * h / d).astype(np.float32), i

@@ -167,10 +167,18 @@ def _search_one(q: np.ndarray, ix: Index, req: SearchRequest, threads: int, warn
                         unit_rows=ix.unit_rows, query_bits=ix.query_bits(q) if ix.precision == "binary" else None,
                         block_rows=req.block_rows, threads=threads, after_block=ix.release, before_block=ix.prefetch,
                         mean=ix.int8_mean if ix.precision == "int8" else None,
-                        sqnorms=ix.int8_sqnorms if ix.precision == "int8" else None)
+                        sqnorms=ix.int8_sqnorms if ix.precision == "int8" else None,
+                        sign_product=_sign_product(threads) if ix.precision == "binary" else None)
     if depth:
         s, i = S.rescore(q, i, ix.rescore_rows, req.metric, k, unit_rows=ix.unit_rows)
     return s, i
+
+
+def _sign_product(threads: int) -> Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]]:
+    """The runtime's Hamming kernel (one integer matrix product per block of a binary scan)."""
+    from embtool.runtime.kernels import SignProduct
+
+    return lambda q01: SignProduct(q01, threads)
 
 
 def search_file(path: str, q: np.ndarray, req: SearchRequest, threads: int) -> tuple[np.ndarray, np.ndarray]:

@@ -133,11 +133,15 @@ def graph_session(built, threads: int = 0, feeds: dict[str, np.ndarray] | None =
     # keep one copy of the graph's weights at a time: proto -> bytes -> session
     m = built.to_model(embed_feeds=False)
     del built
-    blob = m.SerializeToString()
-    del m
-    sess = ort.InferenceSession(blob, session_options(threads), providers=["CPUExecutionProvider"])
-    del blob
-    return sess, ov
+    return proto_session(m, threads), ov
+
+
+def proto_session(model, threads: int = 0):
+    """An onnxruntime session of an in-memory ONNX ModelProto (CPU, embtool's session options); the graph is
+    serialized once and the proto may be dropped by the caller."""
+    blob = model.SerializeToString()
+    del model
+    return ort.InferenceSession(blob, session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def default_max_length(model: Model) -> int:
