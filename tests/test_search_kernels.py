@@ -148,6 +148,50 @@ def test_binary_topk_by_product_equals_popcount_and_reference(block_rows):
     assert list(i[0, :2]) == [10, 1500]
 
 
+@pytest.mark.parametrize("nq", [1, 5, 40])  # the two parts summed by a product (few queries) or by ReduceSum (many)
+def test_int8_product_kernel_matches_float64(nq):
+    """Int8Product = (codes · q)·u + v·qm + w: the codes shifted to uint8 (±127 rows would saturate a uint8 × int8
+    product of 8-bit queries), the queries in two 7-bit parts; within 1e-3 of the largest |codes · q| (measured
+    3e-4), and exact for queries that are small integers or half-integers."""
+    from embtool.runtime.kernels import Int8Product
+
+    rng = np.random.default_rng(4)
+    c = rng.integers(-127, 128, (600, 96)).astype(np.int8)
+    c[0], c[1] = 127, -127
+    u, v, w = (rng.standard_normal(600).astype(np.float32) for _ in range(3))
+    for q in (rng.standard_normal((nq, 96)).astype(np.float32), rng.integers(-40, 41, (nq, 96)) / 2):
+        qm = rng.standard_normal(nq).astype(np.float32)
+        cq = c.astype(np.float64) @ q.astype(np.float64).T
+        want = cq * u[:, None] + v[:, None] * qm[None, :] + w[:, None]
+        got = Int8Product(q, qm)(c, u, v, w)
+        tol = 1e-3 * np.abs(cq).max() * np.abs(u).max() if q.dtype == np.float32 else 1e-5 * np.abs(want).max()
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("metric", S.METRICS)
+@pytest.mark.parametrize("nq", [3, 40])
+def test_int8_topk_by_product_equals_widening(metric, nq):
+    """The int8 scan through the integer product finds what the widening scan finds (centred codes with stored
+    norms, as embtool writes them): the same ids but where two scores lie within the queries' 12-bit parts' error,
+    scores within 1e-3 relative (measured 2e-4)."""
+    from embtool.jobs.search import _int8_product
+
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((3000, 64)).astype(np.float32) + 0.5
+    mean = X.mean(0)
+    scales = (np.abs(X - mean).max(1) / 127).astype(np.float32)  # the index format's codes (embeddings_io)
+    codes = np.rint((X - mean) / scales[:, None]).astype(np.int8)
+    dec = mean[None, :] + codes.astype(np.float32) * scales[:, None]
+    sq = np.einsum("ij,ij->i", dec, dec).astype(np.float32)
+    q = rng.standard_normal((nq, 64)).astype(np.float32)
+    a_s, a_i = S.topk_codes(q, codes, 10, metric, "int8", scales=scales, mean=mean, sqnorms=sq)
+    b_s, b_i = S.topk_codes(q, codes, 10, metric, "int8", scales=scales, mean=mean, sqnorms=sq, block_rows=700,
+                            int8_product=_int8_product(1))
+    np.testing.assert_allclose(b_s, a_s, rtol=1e-3, atol=1e-4)
+    gap = np.abs(np.diff(a_s, axis=1)).min(1) > 1e-3 * np.abs(a_s).max(1)  # queries without near-ties
+    assert (a_i[gap] == b_i[gap]).all() and np.mean(a_i == b_i) >= 0.9, (gap.sum(), np.mean(a_i == b_i))
+
+
 def test_popcount_table_fallback_matches(monkeypatch):
     """numpy < 2 has no bitwise_count: the byte-table popcount gives the same distances."""
     rng = np.random.default_rng(1)

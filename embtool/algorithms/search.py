@@ -384,6 +384,7 @@ def topk_codes(
     mean: np.ndarray | None = None,
     sqnorms: np.ndarray | None = None,
     sign_product: Callable[[np.ndarray], Callable[[np.ndarray], np.ndarray]] | None = None,
+    int8_product: Callable[[np.ndarray, np.ndarray], Callable[..., np.ndarray]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of queries [Q, D] over stored rows `codes` (possibly memory-mapped) in their precision:
     float32/float16 [N, D]; int8 [N, D] with `scales` [N] (and `mean` [D] when the codes are of rows minus it:
@@ -394,7 +395,9 @@ def topk_codes(
     which ranks exactly as h. `sign_product(q01)`, when given (the runtime's SignProduct), builds the kernel that
     scores 0/1 rows [b, D] against the queries' bits q01 [Q, D] as popcount(q) - h, [b, Q] int32: one integer matrix
     product instead of XOR + popcount, used from PRODUCT_MIN_QUERIES queries on. `unit_rows`: the index says its
-    rows are unit vectors (cosine = dot)."""
+    rows are unit vectors (cosine = dot). `int8_product(q, qm)` (the runtime's Int8Product) builds the kernel that scores
+    int8 codes [b, D] as (codes · q)·u + v·qm + w without widening them to float32; it is used for centred codes
+    (a mean) whose squared norms are stored (or the dot metric)."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}")
     n = codes.shape[0]
@@ -435,6 +438,10 @@ def topk_codes(
         if scales is None:
             raise ValueError("int8 rows need their scales")
 
+        if int8_product is not None and mean is not None and (sqnorms is not None or metric == "dot"):
+            return _int8_product_topk(q, codes, scales, mean, sqnorms, k, metric, int8_product, block_rows,
+                                      after_block, before_block)
+
         def score(r0: int, r1: int) -> np.ndarray:
             return int8_scores(q, codes[r0:r1], scales[r0:r1], metric, unit, mean,
                                None if sqnorms is None else sqnorms[r0:r1])
@@ -447,6 +454,35 @@ def topk_codes(
 
     br = block_rows or default_block_rows(codes.dtype.itemsize * codes.shape[1])
     return _scan(q.shape[0], n, score, k, metric, br, 0, after_block, before_block)
+
+
+def _int8_product_topk(q, codes, scales, mean, sqnorms, k, metric, int8_product, block_rows, after_block, before_block):
+    """The int8 scan through the runtime's integer product: row i = mean + codes[i]·scales[i], so
+    q · row = scales[i]·(q · codes[i]) + q · mean, and per metric (n = the stored norm, sq its square)
+      dot: u = scale, v = 1, w = 0;  cosine: u = scale / n, v = 1 / n, w = 0;
+      l2: u = 2 scale, v = 2, w = -sq, and -|q|^2 per query added to the k kept scores (it ranks nothing)."""
+    mu = np.asarray(mean, dtype=np.float32)
+    kernel = int8_product(q, q @ mu)
+    n = codes.shape[0]
+
+    def score(r0: int, r1: int) -> np.ndarray:
+        sc = np.asarray(scales[r0:r1], dtype=np.float32)
+        if metric == "dot":
+            u, v, w = sc, np.ones_like(sc), np.zeros_like(sc)
+        else:
+            sq = np.asarray(sqnorms[r0:r1], dtype=np.float32)
+            if metric == "cosine":
+                inv = 1 / np.maximum(np.sqrt(np.maximum(sq, 0)), np.float32(1e-12))
+                u, v, w = sc * inv, inv, np.zeros_like(sc)
+            else:
+                u, v, w = 2 * sc, np.full_like(sc, 2), -sq
+        return kernel(codes[r0:r1], u, v, w).T
+
+    br = block_rows or default_block_rows(codes.shape[1])
+    s, i = _scan(q.shape[0], n, score, k, "dot", br, 0, after_block, before_block)
+    if metric == "l2":
+        s = np.maximum(-(s - (q.astype(np.float64) * q).sum(1)[:, None]), 0).astype(np.float32)
+    return s, i
 
 
 def _widened_scores(q: np.ndarray, block: np.ndarray, metric: str, unit_rows: bool) -> np.ndarray:

@@ -168,7 +168,8 @@ def _search_one(q: np.ndarray, ix: Index, req: SearchRequest, threads: int, warn
                         block_rows=req.block_rows, threads=threads, after_block=ix.release, before_block=ix.prefetch,
                         mean=ix.int8_mean if ix.precision == "int8" else None,
                         sqnorms=ix.int8_sqnorms if ix.precision == "int8" else None,
-                        sign_product=_sign_product(threads) if ix.precision == "binary" else None)
+                        sign_product=_sign_product(threads) if ix.precision == "binary" else None,
+                        int8_product=_int8_product(threads) if ix.precision == "int8" else None)
     if depth:
         s, i = S.rescore(q, i, ix.rescore_rows, req.metric, k, unit_rows=ix.unit_rows)
     return s, i
@@ -179,6 +180,13 @@ def _sign_product(threads: int) -> Callable[[np.ndarray], Callable[[np.ndarray],
     from embtool.runtime.kernels import SignProduct
 
     return lambda q01: SignProduct(q01, threads)
+
+
+def _int8_product(threads: int) -> Callable[[np.ndarray, np.ndarray], Callable[..., np.ndarray]]:
+    """The runtime's int8 kernel (the codes scored by one integer matrix product, never widened to float32)."""
+    from embtool.runtime.kernels import Int8Product
+
+    return lambda q, qm: Int8Product(q, qm, threads)
 
 
 def search_file(path: str, q: np.ndarray, req: SearchRequest, threads: int) -> tuple[np.ndarray, np.ndarray]:
