@@ -159,7 +159,9 @@ def test_predicted_damage_ranks_measured_damage(minilm):
     train, _ = _split("en")
     m = open_model(minilm)
     names, emb = select_tensors(m, QuantRequest(model="", output=None))
-    names = [n for n in names if n != emb and "pooler" not in n]
+    # half the linear layers (18 of 36): of each layer's six, the 1st, 3rd and 5th in even layers, the others in odd
+    # layers, so the ranking still spans every layer and every kind in half the time
+    names = [n for i, n in enumerate(n for n in names if n != emb and "pooler" not in n) if (i + i // 6) % 2 == 0]
     probe = SensitivityProbe(m, names, emb, train[:32])
     rng = np.random.default_rng(0)
     predicted, measured = [], []
