@@ -91,7 +91,8 @@ SCHEMAS = {
         "corpus_coverage": {"type": ["number", "null"]}, "dry_run": BOOL, "bytes_after_estimate": INT,
     }, ["vocab_before", "vocab_after", "parameters_before", "parameters_after", "bytes_before", "dry_run"]),
     "quantize": summary("quantize", "Group-wise quantization (uniform or mixed precision).", {
-        "group_size": INT, "symmetric": BOOL, "method": STR, "format": STR, "tensors": INT, "bits_per_weight": NUM,
+        "group_size": INT, "symmetric": BOOL, "method": STR, "gptq_sequential": BOOL, "format": STR, "tensors": INT,
+        "bits_per_weight": NUM,
         "per_tensor": PER_TENSOR,
         "mixed_precision": {"type": "object", "properties": {"per_tensor": PER_TENSOR}},
     }, ["group_size", "method"]),

@@ -40,6 +40,9 @@ class QuantRequest(OutputRequest):
     symmetric: bool = False
     method: str = "auto"  # "auto" (gptq when the model has a tokenizer, else rtn) | "rtn" | "gptq" (linear layers;
     # the embedding table is always round-to-nearest). GPTQ's statistics come from --calib, else the built-in sample
+    gptq_sequential: bool = True  # GPTQ stage by stage on the partly quantized model, fitted to the float model's
+    # outputs (jobs/calibrate.sequential_gptq); False: every layer's inputs from one pass of the float model.
+    # Mixed precision always uses the one pass.
     include: str | None = None
     exclude: str | None = None
     embeddings_only: bool = False
@@ -97,7 +100,7 @@ def select_tensors(m: Model, req: QuantRequest) -> tuple[list[str], str | None]:
 def quantized_tensors(m: Model, plan: dict[str, int], group_size: int, symmetric: bool, grams: dict | None = None,
                       done: dict | None = None) -> tuple[dict, dict, list]:
     """(tensors for the output file, quantization record, per-tensor rows). `done`: tensors already
-    quantized (by the mixed-precision planner) at their planned bits."""
+    quantized (by the mixed-precision planner, or by sequential GPTQ) at their planned bits."""
     grams = grams or {}
     done = done or {}
     ws = m.weights
@@ -151,22 +154,37 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
     method = req.method
     if method == "auto":  # use calibration text when there is any: the user's, else the built-in sample
         method = "gptq" if checkable and m.tokenizer is not None and any(k != emb for k in names) else "rtn"
+    mixed_run = req.target_bits is not None or req.max_size is not None or req.sensitivity_only
+    sequential = method == "gptq" and req.gptq_sequential and not mixed_run
+    seq_done: dict = {}
     if method == "gptq":
         from embtool.core.calibration import calibration_texts
-        from embtool.jobs.calibrate import gram_matrices
+        from embtool.jobs.calibrate import gram_matrices, sequential_gptq
 
         texts = calibration_texts(req.calib, limit=GPTQ_TEXTS, builtin="corpus")
-        grams, n_tok = gram_matrices(m, [k for k in names if k != emb], texts, req.threads)
-        say(f"gptq: input statistics of {len(grams)} linear layers from {n_tok} tokens of "
-            f"{'--calib' if req.calib else 'the built-in calibration sample'}")
+        source = "--calib" if req.calib else "the built-in calibration sample"
+        if sequential:
+            plan0 = req.plan if req.plan is not None else {}
+            seq_plan = {k: int(plan0.get(k, req.bits[0])) for k in names}
+            if len(req.bits) != 1 and req.plan is None:
+                raise InputError("several --bits need --target-bits or --max-size (mixed precision)")
+            seq_done, n_tok, n_stages = sequential_gptq(m, seq_plan, emb, texts, req.group_size, req.symmetric, req.threads,
+                                                        progress=progress)
+            grams = {k: None for k in seq_done if k != emb}  # records these layers as GPTQ
+            say(f"gptq: {len(grams)} linear layers quantized in {n_stages} sequential stages, on {n_tok} tokens of {source}")
+        else:
+            grams, n_tok = gram_matrices(m, [k for k in names if k != emb], texts, req.threads)
+            say(f"gptq: input statistics of {len(grams)} linear layers from {n_tok} tokens of {source}")
     elif req.calib and not (req.target_bits or req.max_size or req.sensitivity_only):
         say("--calib is not used by --method rtn")
     summary: dict[str, Any] = {"model": req.model, "output": req.output, "group_size": req.group_size,
                                "symmetric": req.symmetric, "method": method, "format": req.fmt}
+    if method == "gptq":
+        summary["gptq_sequential"] = sequential
     if notes:
         summary["notes"] = notes
     if req.plan is not None:
-        plan, done = {k: int(req.plan.get(k, req.bits[0])) for k in names}, {}
+        plan, done = {k: int(req.plan.get(k, req.bits[0])) for k in names}, seq_done
     elif req.target_bits is not None or req.max_size is not None or req.sensitivity_only:
         from embtool.jobs.mixed import plan_mixed
 
@@ -179,7 +197,7 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
         if len(req.bits) != 1:
             raise InputError("several --bits need --target-bits or --max-size (mixed precision)")
         plan = {k: req.bits[0] for k in names}
-        done = {}
+        done = seq_done
     tensors, record, rows = quantized_tensors(m, plan, req.group_size, req.symmetric, grams, done)
     total_before = sum(ws.info(k).nbytes for k in ws.keys())
     q_before = sum(r["bytes_after"] for r in rows)

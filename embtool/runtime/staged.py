@@ -1,0 +1,126 @@
+"""Running a built encoder graph in consecutive segments, for sequential calibration (GPTQ layer by layer).
+
+Sequential GPTQ needs, before it quantizes a stage of Linear layers, the inputs of that stage computed by the
+model whose earlier stages are already quantized. Running the whole model once per stage would cost a forward
+pass per stage; instead `StagedRunner` keeps, per calibration batch, the tensors that cross a cut of the graph
+(the "frontier": every tensor produced before the cut and consumed after it) and runs only the nodes between
+one cut and the next, as a small onnxruntime session of their own. The Linear weights are graph inputs fed from
+numpy buffers the caller owns (`arrays`), so replacing a stage's weights by their dequantized values between two
+segments changes what every later segment computes.
+
+The cut before a stage lies just before the first node that reads one of the stage's weights, so the cached
+frontier depends only on weights of earlier stages (already replaced) — never on the stage's own float weights
+nor on later ones. Nodes are in topological order (the builders append them in order), which is all this needs;
+it works for every graph `build_encoder` makes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+from embtool.runtime.bert_graph import BuiltGraph
+from embtool.runtime.encoder import session_options
+
+
+class StagedRunner:
+    """`built`: an encoder graph whose stage weights are fed (`build_encoder(..., feed_weights=...)`);
+    `arrays`: the numpy buffers of its fed weights (the caller replaces entries between stages);
+    `batches`: the calibration batches, each a dict of the graph's data inputs (input_ids, attention_mask, ...)."""
+
+    def __init__(self, built: BuiltGraph, arrays: dict[str, np.ndarray], batches: list[dict[str, np.ndarray]],
+                 threads: int = 0):
+        self.graph = built.graph
+        self.opsets = built.opsets
+        self.arrays = arrays
+        self.threads = threads
+        self.nodes = list(self.graph.node)
+        self.producer: dict[str, int] = {o: i for i, n in enumerate(self.nodes) for o in n.output if o}
+        self.last_use: dict[str, int] = {}
+        self.first_use: dict[str, int] = {}
+        for i, n in enumerate(self.nodes):
+            for x in n.input:
+                if x:
+                    self.last_use[x] = i
+                    self.first_use.setdefault(x, i)
+        self.inits = {t.name: t for t in self.graph.initializer}
+        self.graph_inputs = {i.name: i for i in self.graph.input}
+        self.data_inputs = [n for n in self.graph_inputs if n not in arrays]
+        self.state: list[dict[str, np.ndarray]] = [{k: b[k] for k in self.data_inputs} for b in batches]
+        self.cut = -1  # index of the last node whose outputs are in (or behind) the cached frontier
+        self.segments = 0
+
+    def first_use_of(self, feeds: list[str]) -> int:
+        """Index of the first node reading any of the fed weights `feeds`."""
+        uses = [self.first_use[f] for f in feeds if f in self.first_use]
+        if not uses:
+            raise ValueError(f"no node of the graph reads {', '.join(feeds)}")
+        return min(uses)
+
+    def _frontier(self, cut: int) -> set[str]:
+        """Node outputs produced at or before node `cut` and read after it."""
+        return {x for x, i in self.producer.items() if i <= cut and self.last_use.get(x, -1) > cut}
+
+    def advance(self, targets: list[str], stage_feeds: list[str]):
+        """Yield, batch by batch, {target: value} for the tensors `targets` computed with the weights now in
+        `arrays`, and move the cached frontier to just before the first node that reads `stage_feeds`
+        (the weights about to change). Cuts must not move backwards."""
+        new_cut = self.first_use_of(stage_feeds) - 1
+        if new_cut < self.cut:
+            raise ValueError("stages must be visited in graph order")
+        keep = self._frontier(new_cut)
+        have = set(self.state[0]) if self.state else set(self.data_inputs)
+        outputs = sorted((keep | set(targets)) - have)
+        sess, in_names = self._segment(outputs, have)
+        self.cut = new_cut
+        for b, st in enumerate(self.state):
+            feeds = {k: ort.OrtValue.ortvalue_from_numpy(st[k]) for k in in_names if k in st}
+            for k in in_names:
+                if k not in st:
+                    feeds[k] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(self.arrays[k]))
+            got = dict(zip(outputs, (v.numpy() for v in sess.run_with_ort_values(outputs, feeds)))) if outputs else {}
+            values = {**st, **got}
+            self.state[b] = {k: v for k, v in values.items() if k in keep or k in self.data_inputs}
+            yield b, {t: values[t] for t in targets}
+
+    def _segment(self, outputs: list[str], have: set[str]) -> tuple[ort.InferenceSession | None, list[str]]:
+        """A session computing `outputs` from the cached tensors `have`, the fed weights and the initializers."""
+        if not outputs:
+            return None, []
+        need: set[int] = set()
+        stack = list(outputs)
+        seen: set[str] = set()
+        inputs: list[str] = []
+        while stack:
+            x = stack.pop()
+            if x in seen or not x:
+                continue
+            seen.add(x)
+            if x in have or x in self.arrays or x in self.graph_inputs:
+                inputs.append(x)
+                continue
+            if x in self.inits:
+                continue
+            i = self.producer[x]
+            if i not in need:
+                need.add(i)
+                stack.extend(self.nodes[i].input)
+        nodes = [self.nodes[i] for i in sorted(need)]
+        used = {x for n in nodes for x in n.input}
+        inits = [self.inits[x] for x in sorted(used) if x in self.inits]
+        infos = []
+        for x in sorted(inputs):
+            if x in self.graph_inputs:
+                infos.append(self.graph_inputs[x])
+            else:
+                a = self.state[0][x]
+                infos.append(helper.make_tensor_value_info(x, helper.np_dtype_to_tensor_dtype(a.dtype), [None] * a.ndim))
+        outs = [onnx.ValueInfoProto(name=x) for x in outputs]  # types come from onnxruntime's own inference
+        g = helper.make_graph(nodes, f"segment_{self.segments}", infos, outs, inits)
+        m = helper.make_model(g, opset_imports=list(self.opsets), producer_name="embtool")
+        m.ir_version = 10
+        self.segments += 1
+        sess = ort.InferenceSession(m.SerializeToString(), session_options(self.threads), providers=["CPUExecutionProvider"])
+        return sess, sorted(inputs)
