@@ -22,7 +22,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from embtool.runtime.bert_graph import BuiltGraph
-from embtool.runtime.encoder import session_options
+from embtool.runtime.encoder import proto_session
 
 
 class StagedRunner:
@@ -85,7 +85,7 @@ class StagedRunner:
             self.state[b] = {k: v for k, v in values.items() if k in keep or k in self.data_inputs}
             yield b, {t: values[t] for t in targets}
 
-    def _segment(self, outputs: list[str], have: set[str]) -> tuple[ort.InferenceSession | None, list[str]]:
+    def _segment(self, outputs: list[str], have: set[str]) -> tuple["ort.InferenceSession | None", list[str]]:
         """A session computing `outputs` from the cached tensors `have`, the fed weights and the initializers."""
         if not outputs:
             return None, []
@@ -122,5 +122,4 @@ class StagedRunner:
         m = helper.make_model(g, opset_imports=list(self.opsets), producer_name="embtool")
         m.ir_version = 10
         self.segments += 1
-        sess = ort.InferenceSession(m.SerializeToString(), session_options(self.threads), providers=["CPUExecutionProvider"])
-        return sess, sorted(inputs)
+        return proto_session(m, self.threads), sorted(inputs)
