@@ -148,7 +148,7 @@ def test_binary_topk_by_product_equals_popcount_and_reference(block_rows):
     assert list(i[0, :2]) == [10, 1500]
 
 
-@pytest.mark.parametrize("nq", [1, 5, 40])  # the two parts summed by a product (few queries) or by ReduceSum (many)
+@pytest.mark.parametrize("nq", [1, 5, 40])
 def test_int8_product_kernel_matches_float64(nq):
     """Int8Product = (codes · q)·u + v·qm + w: the codes shifted to uint8 (±127 rows would saturate a uint8 × int8
     product of 8-bit queries), the queries in two 7-bit parts; within 1e-3 of the largest |codes · q| (measured
@@ -169,7 +169,7 @@ def test_int8_product_kernel_matches_float64(nq):
 
 
 @pytest.mark.parametrize("metric", S.METRICS)
-@pytest.mark.parametrize("nq", [3, 40])
+@pytest.mark.parametrize("nq", [3, S.PRODUCT_MAX_INT8_QUERIES])
 def test_int8_topk_by_product_equals_widening(metric, nq):
     """The int8 scan through the integer product finds what the widening scan finds (centred codes with stored
     norms, as embtool writes them): the same ids but where two scores lie within the queries' 12-bit parts' error,

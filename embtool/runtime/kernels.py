@@ -40,7 +40,6 @@ class SignProduct:
 # values cannot saturate the AVX2 kernel's 16-bit pair sums (255·63·2 < 2^15), and the two parts carry about 12 bits
 # of the query (one 8-bit part measured recall@10 0.989 instead of 0.991 on real e5 embeddings; two parts: 0.991)
 QUERY_PART_LEVELS = 63
-COMBINE_BY_PRODUCT = 32  # up to this many queries the two parts are summed by a small float product
 
 
 def query_parts(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -65,8 +64,10 @@ class Int8Product:
     """scores(codes [b, D] int8, u, v, w [b] float32) -> [b, Q] float32 = (codes · q)·u + v·qm + w, for queries
     q [Q, D] and per-query terms qm [Q] fixed when the kernel is built. One uint8 × int8 MatMulInteger of the codes
     (shifted by 128, zero point 128) against the queries' two 7-bit parts, then a few ops in the same graph: the int8
-    codes are never widened to float32 (numpy's path widens every tile; on 1M x 384 rows with the machine shared,
-    1 query 0.38-0.56 s instead of 0.82-0.88 s, 16 queries 0.78-0.87 s instead of 2.6-2.9 s)."""
+    codes are never widened to float32 (numpy's path widens every tile). Measured on 1M x 384 rows, medians of 3:
+    1 query 0.23 s instead of 0.32 s, 8 queries 0.33 s instead of 0.45 s, 24 queries 0.51 s instead of 0.64 s; at 48
+    queries they are even and at 100 the product's float epilogue over [rows, 2Q] makes it slower (1.43 s against
+    1.37 s), so the search uses it for few queries (algorithms/search.py PRODUCT_MAX_INT8_QUERIES)."""
 
     def __init__(self, q: np.ndarray, qm: np.ndarray, threads: int = 0):
         parts, scales = query_parts(q)
@@ -75,21 +76,13 @@ class Int8Product:
         T = TensorProto
         consts = [numpy_helper.from_array(parts, "parts"), numpy_helper.from_array(np.array(128, np.uint8), "zp"),
                   numpy_helper.from_array(np.asarray(qm, np.float32).reshape(1, nq), "qm")]
+        # [2Q, Q]: column i sums query i's two parts with their scales; a small float product (a ReduceSum over the
+        # [rows, 2, Q] parts measured twice the integer product's time for one query)
+        consts.append(numpy_helper.from_array(np.vstack([np.diag(scales[:nq]), np.diag(scales[nq:])]).astype(np.float32),
+                                              "combine"))
         nodes = [helper.make_node("MatMulInteger", ["codes", "parts", "zp"], ["y"]),
-                 helper.make_node("Cast", ["y"], ["yf"], to=T.FLOAT)]
-        if nq <= COMBINE_BY_PRODUCT:
-            # [2Q, Q]: column i sums query i's two parts with their scales. For few queries a ReduceSum over the
-            # [rows, 2, Q] parts measured twice the integer product's time; for many, this product's Q^2 cost grows
-            consts.append(numpy_helper.from_array(np.vstack([np.diag(scales[:nq]), np.diag(scales[nq:])]).astype(np.float32),
-                                                  "combine"))
-            nodes.append(helper.make_node("MatMul", ["yf", "combine"], ["cq"]))
-        else:
-            consts += [numpy_helper.from_array(scales, "part_scales"),
-                       numpy_helper.from_array(np.array([-1, 2, nq], np.int64), "split"),
-                       numpy_helper.from_array(np.array([1], np.int64), "axis1")]
-            nodes += [helper.make_node("Mul", ["yf", "part_scales"], ["ys"]),
-                      helper.make_node("Reshape", ["ys", "split"], ["y3"]),
-                      helper.make_node("ReduceSum", ["y3", "axis1"], ["cq"], keepdims=0)]
+                 helper.make_node("Cast", ["y"], ["yf"], to=T.FLOAT),
+                 helper.make_node("MatMul", ["yf", "combine"], ["cq"])]
         nodes += [helper.make_node("Mul", ["cq", "u"], ["a"]), helper.make_node("Mul", ["v", "qm"], ["b"]),
                   helper.make_node("Add", ["a", "b"], ["ab"]), helper.make_node("Add", ["ab", "w"], ["scores"])]
         rowvec = lambda name: helper.make_tensor_value_info(name, T.FLOAT, ["n", 1])  # noqa: E731
