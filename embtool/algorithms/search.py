@@ -33,10 +33,10 @@ HAMMING_TILE_BYTES = 1 << 20  # the [queries, rows] uint64 XOR tile of the binar
 # from this many queries on, a binary scan is one integer matrix product per block (SignProduct) instead of
 # XOR + popcount per query and word
 PRODUCT_MIN_QUERIES = 8
-# up to this many queries an int8 scan is one integer matrix product per block (Int8Product; 1-24 queries on 1M x 384
-# measured 25-30% faster than widening tiles to float32); beyond, its float epilogue over [rows, 2 x queries] makes it
-# no faster (48 queries: even; 100: 1.43 s against 1.37 s)
-PRODUCT_MAX_INT8_QUERIES = 32
+# up to this many queries an int8 scan is one integer matrix product per block (Int8Product; 1, 8 and 24 queries on
+# 1M x 384 measured 40%, 30% and 14% faster than widening tiles to float32); beyond, its float epilogue over
+# [rows, parts x queries] makes it no faster (48 queries: even; 100: slower)
+PRODUCT_MAX_INT8_QUERIES = 24
 
 
 def prepare_queries(q: np.ndarray, metric: str) -> np.ndarray:

@@ -36,19 +36,22 @@ class SignProduct:
         return self._session.run(None, {"rows": rows01})[0]
 
 
-# each query is split into two 7-bit parts, q ≈ s1·q1 + s2·q2 with q1, q2 in [-63, 63]: uint8 × int8 products of such
-# values cannot saturate the AVX2 kernel's 16-bit pair sums (255·63·2 < 2^15), and the two parts carry about 12 bits
-# of the query (one 8-bit part measured recall@10 0.989 instead of 0.991 on real e5 embeddings; two parts: 0.991)
+# each query is split into three 7-bit parts, q ≈ s1·q1 + s2·q2 + s3·q3 with parts in [-63, 63]: uint8 × int8 products
+# of such values cannot saturate the AVX2 kernel's 16-bit pair sums (255·63·2 < 2^15), and three parts carry about 18
+# bits of the query. One 8-bit part measured recall@10 0.989 instead of 0.991 on real e5 embeddings; two parts (about
+# 12 bits) kept recall but put l2 scores 1e-3 off the decoded rows' near a duplicate (cancellation in 2 q·x - |x|^2);
+# with few queries a third part costs almost nothing (the product's time is reading the codes)
 QUERY_PART_LEVELS = 63
+QUERY_PARTS = 3
 
 
 def query_parts(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(parts [D, 2Q] int8, part scales [2Q] float32) with q ≈ parts[:, :Q]·s[:Q] + parts[:, Q:]·s[Q:] (columnwise),
-    to about 12 bits of each query's largest value."""
+    """(parts [D, P·Q] int8, part scales [P·Q] float32), P = QUERY_PARTS, with q_i ≈ Σ_p parts[:, p·Q + i]·s[p·Q + i]
+    to about 18 bits of each query's largest value."""
     q = np.asarray(q, dtype=np.float64)
     parts, scales = [], []
     r = q
-    for _ in range(2):
+    for _ in range(QUERY_PARTS):
         # a power-of-two scale: a query whose values are multiples of a power of two within 63 of it (integer
         # vectors, half-integers) is taken exactly, so equal rows and exact ties rank as the float search ranks them
         m = np.abs(r).max(1)
@@ -63,22 +66,23 @@ def query_parts(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class Int8Product:
     """scores(codes [b, D] int8, u, v, w [b] float32) -> [b, Q] float32 = (codes · q)·u + v·qm + w, for queries
     q [Q, D] and per-query terms qm [Q] fixed when the kernel is built. One uint8 × int8 MatMulInteger of the codes
-    (shifted by 128, zero point 128) against the queries' two 7-bit parts, then a few ops in the same graph: the int8
-    codes are never widened to float32 (numpy's path widens every tile). Measured on 1M x 384 rows, medians of 3:
-    1 query 0.23 s instead of 0.32 s, 8 queries 0.33 s instead of 0.45 s, 24 queries 0.51 s instead of 0.64 s; at 48
-    queries they are even and at 100 the product's float epilogue over [rows, 2Q] makes it slower (1.43 s against
-    1.37 s), so the search uses it for few queries (algorithms/search.py PRODUCT_MAX_INT8_QUERIES)."""
+    (shifted by 128, zero point 128) against the queries' three 7-bit parts, then a few ops in the same graph: the int8
+    codes are never widened to float32 (numpy's path widens every tile). Measured on 1M x 384 rows, medians of 3
+    (three parts): 1 query 0.24 s instead of 0.40 s, 8 queries 0.38 s instead of 0.54 s, 24 queries 0.55 s instead of
+    0.64 s; with two parts 48 queries were even and 100 slower (1.43 s against 1.37 s: the float epilogue over
+    [rows, parts x queries] costs as much as the product), so the search uses it for few queries
+    (algorithms/search.py PRODUCT_MAX_INT8_QUERIES)."""
 
     def __init__(self, q: np.ndarray, qm: np.ndarray, threads: int = 0):
         parts, scales = query_parts(q)
-        d, q2 = parts.shape
-        nq = q2 // 2
+        d, npart = parts.shape
+        nq = npart // QUERY_PARTS
         T = TensorProto
         consts = [numpy_helper.from_array(parts, "parts"), numpy_helper.from_array(np.array(128, np.uint8), "zp"),
                   numpy_helper.from_array(np.asarray(qm, np.float32).reshape(1, nq), "qm")]
-        # [2Q, Q]: column i sums query i's two parts with their scales; a small float product (a ReduceSum over the
+        # [3Q, Q]: column i sums query i's parts with their scales; a small float product (a ReduceSum over the
         # [rows, 2, Q] parts measured twice the integer product's time for one query)
-        consts.append(numpy_helper.from_array(np.vstack([np.diag(scales[:nq]), np.diag(scales[nq:])]).astype(np.float32),
+        consts.append(numpy_helper.from_array(np.vstack([np.diag(scales[j * nq:(j + 1) * nq]) for j in range(QUERY_PARTS)]).astype(np.float32),
                                               "combine"))
         nodes = [helper.make_node("MatMulInteger", ["codes", "parts", "zp"], ["y"]),
                  helper.make_node("Cast", ["y"], ["yf"], to=T.FLOAT),
