@@ -69,12 +69,16 @@ def test_mpnet_trim_vocab_is_identical_on_training_text(mpnet, tmp_path):
 def test_mpnet_quantize_4bit(mpnet, tmp_path):
     held = corpus_lines("en", 120, 3000)
     (tmp_path / "held.txt").write_text("\n".join(held) + "\n")
-    # the default method (GPTQ on the built-in calibration sample); round-to-nearest measured 0.9798
-    r = run_cli(["quantize", mpnet, "--bits", "4", "-o", tmp_path / "q4", "--eval", tmp_path / "held.txt", "--json"])
+    # the default method (sequential GPTQ on the built-in calibration sample) on the token table and the first 4 of
+    # the 12 layers: the whole model took 207 s here (cosine 0.9915; round-to-nearest 0.9798), the longest test of
+    # `make test`. On this part: GPTQ 0.9974, round-to-nearest 0.9939, so the bound below tells them apart
+    r = run_cli(["quantize", mpnet, "--bits", "4", "--include", r"layer\.[0-3]\.|word_embeddings", "-o", tmp_path / "q4",
+                 "--eval", tmp_path / "held.txt", "--json"])
     assert r.exit_code == 0, r.stderr
     s = json.loads(r.stdout)
-    print(f"all-mpnet-base-v2 4-bit (gptq, group 32): held-out cosine mean {s['eval']['cosine_mean']:.4f}, "
+    print(f"all-mpnet-base-v2 4-bit (gptq, group 32, layers 0-3): held-out cosine mean {s['eval']['cosine_mean']:.4f}, "
           f"min {s['eval']['cosine_min']:.4f}, bytes {s['bytes_before']} -> {s['bytes_after']}")
-    assert s["eval"]["cosine_mean"] >= 0.98
+    assert s["method"] == "gptq" and s["gptq_sequential"]
+    assert s["eval"]["cosine_mean"] >= 0.996
     w = open_model(tmp_path / "q4").weights
     assert "encoder.relative_attention_bias.weight" in w.keys()  # the 32 x 12 table stays float
