@@ -114,9 +114,13 @@ def _rtn(x, a, bits, m, lo, hi):
 
 
 def dequantize(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray | None, bits: int, group_size: int) -> np.ndarray:
+    # per group by broadcasting ([rows, groups, g] against [rows, groups, 1]), the same float32 operations as
+    # repeating the scales and zero points per weight: np.repeat was 20 s of a 264 s e5 sensitivity run
     rows, K = codes.shape
-    z = np.float32(2 ** (bits - 1)) if zeros is None else np.repeat(zeros.astype(np.float32), group_size, 1)
-    return ((codes.astype(np.float32) - z) * np.repeat(scales.astype(np.float32), group_size, 1)).astype(np.float32)
+    x = codes.astype(np.float32).reshape(rows, K // group_size, group_size)
+    x -= np.float32(2 ** (bits - 1)) if zeros is None else zeros.astype(np.float32)[:, :, None]
+    x *= scales.astype(np.float32)[:, :, None]
+    return x.reshape(rows, K)
 
 
 def pack(codes: np.ndarray, bits: int) -> np.ndarray:
