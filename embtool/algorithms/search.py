@@ -465,9 +465,12 @@ def _int8_product_topk(q, codes, scales, mean, sqnorms, k, metric, int8_product,
     """The int8 scan through the runtime's integer product: row i = mean + codes[i]·scales[i], so
     q · row = scales[i]·(q · codes[i]) + q · mean, and per metric (n = the stored norm, sq its square)
       dot: u = scale, v = 1, w = 0;  cosine: u = scale / n, v = 1 / n, w = 0;
-      l2: u = 2 scale, v = 2, w = -sq, and -|q|^2 per query added to the k kept scores (it ranks nothing)."""
+      l2: u = 2 scale, v = 2, w = -sq, with q · mean - |q|^2 / 2 as the per-query term (-|q - row|^2)."""
     mu = np.asarray(mean, dtype=np.float32)
-    kernel = int8_product(q, q @ mu)
+    qm = q @ mu
+    if metric == "l2":
+        qm = qm - 0.5 * np.einsum("ij,ij->i", q, q)
+    kernel = int8_product(q, qm)
     n = codes.shape[0]
 
     def score(r0: int, r1: int) -> np.ndarray:
@@ -484,10 +487,7 @@ def _int8_product_topk(q, codes, scales, mean, sqnorms, k, metric, int8_product,
         return kernel(codes[r0:r1], u, v, w).T
 
     br = block_rows or default_block_rows(codes.shape[1])
-    s, i = _scan(q.shape[0], n, score, k, "dot", br, 0, after_block, before_block)
-    if metric == "l2":
-        s = np.maximum(-(s - (q.astype(np.float64) * q).sum(1)[:, None]), 0).astype(np.float32)
-    return s, i
+    return _scan(q.shape[0], n, score, k, metric, br, 0, after_block, before_block)
 
 
 def _widened_scores(q: np.ndarray, block: np.ndarray, metric: str, unit_rows: bool) -> np.ndarray:

@@ -155,6 +155,14 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
     if method == "auto":  # use calibration text when there is any: the user's, else the built-in sample
         method = "gptq" if checkable and m.tokenizer is not None and any(k != emb for k in names) else "rtn"
     mixed_run = req.target_bits is not None or req.max_size is not None or req.sensitivity_only
+    # the bits of every tensor when no mixed-precision planner chooses them: the given plan, else the one width
+    fixed_plan = None
+    if req.plan is not None:
+        fixed_plan = {k: int(req.plan.get(k, req.bits[0])) for k in names}
+    elif not mixed_run:
+        if len(req.bits) != 1:
+            raise InputError("several --bits need --target-bits or --max-size (mixed precision)")
+        fixed_plan = {k: req.bits[0] for k in names}
     sequential = method == "gptq" and req.gptq_sequential and not mixed_run
     seq_done: dict = {}
     if method == "gptq":
@@ -164,18 +172,14 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
         texts = calibration_texts(req.calib, limit=GPTQ_TEXTS, builtin="corpus")
         source = "--calib" if req.calib else "the built-in calibration sample"
         if sequential:
-            plan0 = req.plan if req.plan is not None else {}
-            seq_plan = {k: int(plan0.get(k, req.bits[0])) for k in names}
-            if len(req.bits) != 1 and req.plan is None:
-                raise InputError("several --bits need --target-bits or --max-size (mixed precision)")
-            seq_done, n_tok, n_stages = sequential_gptq(m, seq_plan, emb, texts, req.group_size, req.symmetric, req.threads,
+            seq_done, n_tok, n_stages = sequential_gptq(m, fixed_plan, emb, texts, req.group_size, req.symmetric, req.threads,
                                                         progress=progress)
             grams = {k: None for k in seq_done if k != emb}  # records these layers as GPTQ
             say(f"gptq: {len(grams)} linear layers quantized in {n_stages} sequential stages, on {n_tok} tokens of {source}")
         else:
             grams, n_tok = gram_matrices(m, [k for k in names if k != emb], texts, req.threads)
             say(f"gptq: input statistics of {len(grams)} linear layers from {n_tok} tokens of {source}")
-    elif req.calib and not (req.target_bits or req.max_size or req.sensitivity_only):
+    elif req.calib and not mixed_run:
         say("--calib is not used by --method rtn")
     summary: dict[str, Any] = {"model": req.model, "output": req.output, "group_size": req.group_size,
                                "symmetric": req.symmetric, "method": method, "format": req.fmt}
@@ -183,9 +187,9 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
         summary["gptq_sequential"] = sequential
     if notes:
         summary["notes"] = notes
-    if req.plan is not None:
-        plan, done = {k: int(req.plan.get(k, req.bits[0])) for k in names}, seq_done
-    elif req.target_bits is not None or req.max_size is not None or req.sensitivity_only:
+    if fixed_plan is not None:
+        plan, done = fixed_plan, seq_done
+    else:
         from embtool.jobs.mixed import plan_mixed
 
         plan, mixed, done = plan_mixed(m, names, emb, req, progress, say, grams)
@@ -193,11 +197,6 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
         if req.sensitivity_only:
             summary["seconds"] = round(time.perf_counter() - t0, 2)
             return summary
-    else:
-        if len(req.bits) != 1:
-            raise InputError("several --bits need --target-bits or --max-size (mixed precision)")
-        plan = {k: req.bits[0] for k in names}
-        done = seq_done
     tensors, record, rows = quantized_tensors(m, plan, req.group_size, req.symmetric, grams, done)
     total_before = sum(ws.info(k).nbytes for k in ws.keys())
     q_before = sum(r["bytes_after"] for r in rows)
