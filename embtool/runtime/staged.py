@@ -75,11 +75,11 @@ class StagedRunner:
         outputs = sorted((keep | set(targets)) - have)
         sess, in_names = self._segment(outputs, have)
         self.cut = new_cut
+        # the weights are the same for every batch of this segment: wrapped once
+        weights = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(self.arrays[k])) for k in in_names
+                   if k not in have}
         for b, st in enumerate(self.state):
-            feeds = {k: ort.OrtValue.ortvalue_from_numpy(st[k]) for k in in_names if k in st}
-            for k in in_names:
-                if k not in st:
-                    feeds[k] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(self.arrays[k]))
+            feeds = {**{k: ort.OrtValue.ortvalue_from_numpy(st[k]) for k in in_names if k in st}, **weights}
             got = dict(zip(outputs, (v.numpy() for v in sess.run_with_ort_values(outputs, feeds)))) if outputs else {}
             values = {**st, **got}
             self.state[b] = {k: v for k, v in values.items() if k in keep or k in self.data_inputs}
