@@ -96,7 +96,19 @@ def test_embed_ray_shards_search_like_one_local_index(ray_local, tiny_bert, tmp_
                       ("ray-search", [tmp_path / "shards", "--ray"]), ("parquet", [tmp_path / "pq"])):
         r = run_cli(["search", *idx, "-q", q, "-k", "10", "--json"])
         assert r.exit_code == 0, r.stderr
-        hits[name] = [(h["query_no"], h["id"], round(h["score"], 5)) for h in map(json.loads, r.stdout.splitlines())]
+        hits[name] = [(h["query_no"], h["id"], h["score"]) for h in map(json.loads, r.stdout.splitlines())]
     assert len(hits["local"]) == 10 * len(texts[::23])
     for name in ("ray", "folder", "ray-search", "parquet"):
-        assert hits[name] == hits["local"], name
+        _assert_same_hits(hits[name], hits["local"], name)
+
+
+def _assert_same_hits(got, want, name, tol=1e-5):
+    """The shards were embedded in other batches than the one local file, so a score may differ in its last float32
+    bits (padding changes the summation order): rounding both to 5 places can still split 0.991465 into ...46 and
+    ...47. Same queries, same ids at each rank, scores within tol; two ids may swap only where their scores tie."""
+    assert len(got) == len(want), name
+    for (qg, ig, sg), (qw, iw, sw) in zip(got, want):
+        assert qg == qw and abs(sg - sw) <= tol, (name, qg, ig, sg, iw, sw)
+        if ig != iw:
+            tied = {i for q, i, s in want if q == qw and abs(s - sw) <= tol}
+            assert ig in tied, (name, qg, ig, iw)
