@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from embtool.core.model import Model, ModelRef, open_model  # noqa: F401  (ModelRef: a model path with --tokenizer / --onnx-file)
+from embtool.core.model import Model, ModelRef, open_model, weight_view  # noqa: F401  (ModelRef: a model path with --tokenizer / --onnx-file)
 from embtool.errors import (BadUsage, CorruptFile, EmbtoolError, FidelityError, InputError, ModelNotFound,  # noqa: F401
                             OutputExists, UnsafeModel, Unsupported)
 
@@ -432,7 +432,8 @@ def quantizable_tensors(model) -> list[TensorInfo]:
 
     m = model if isinstance(model, Model) else open_model(_path(model))
     names, emb = select_tensors(m, QuantRequest(model=str(m.root), output=None))
-    return [TensorInfo(n, tuple(m.weights.info(n).shape), n == emb) for n in names]
+    ws = weight_view(m)
+    return [TensorInfo(n, tuple(ws.info(n).shape), n == emb) for n in names]
 
 
 def quantized_bytes(shape: tuple[int, int], bits: int, group_size: int = 32, symmetric: bool = False) -> int:

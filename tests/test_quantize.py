@@ -326,12 +326,10 @@ def test_onnx_input_and_portable_output(tmp_path, tiny_model, portable):
             assert domains == {""} and "DequantizeLinear" in ops
         else:
             assert {"MatMulNBits", "GatherBlockQuantized"} <= ops
-    # an already quantized ONNX model is refused; so is mixed precision on an ONNX input
+    # an already quantized ONNX model is refused
     r = run_cli(["quantize", tmp_path / "qo", "--bits", "4", "--group-size", "16", "-o", tmp_path / "again"])
     assert r.exit_code == 1 and "already quantized" in r.stderr
-    r = run_cli(["quantize", tmp_path / "onnx", "--bits", "2,4", "--target-bits", "3", "--group-size", "16", "-o", tmp_path / "mx"])
-    assert r.exit_code == 1 and "safetensors model" in r.stderr
-    assert not (tmp_path / "again").exists() and not (tmp_path / "mx").exists()
+    assert not (tmp_path / "again").exists()
 
 
 def test_default_method_uses_calibration_text(tmp_path, tiny_bert):
@@ -415,22 +413,25 @@ def test_mixed_plan_is_measured_and_never_worse_than_uniform(tmp_path, tiny_bert
 @pytest.mark.parametrize("symmetric", [False, True])
 def test_portable_output_with_an_odd_number_of_groups_per_row(tmp_path, symmetric):
     """K = 96 with groups of 32 gives 3 zero points a row: the UINT4 tensors of the standard-ops form are packed
-    over the flattened tensor as ONNX requires (a per-row packing made onnxruntime reject the file)."""
+    over the flattened tensor as ONNX requires (a per-row packing made onnxruntime reject the file; for an ONNX input
+    the rewrite failed)."""
     from conftest import make_tiny_model
     from embtool.core.model import open_model
     from embtool.runtime.encoder import Encoder
 
     src = make_tiny_model(tmp_path / "h96", "bert", hidden=96)
     sym = ["--symmetric"] if symmetric else []
-    for name, extra in (("st", []), ("dq", ["--format", "onnx", "--portable"])):
-        r = run_cli(["quantize", src, "--bits", "4", "--method", "rtn", "--group-size", "32", *sym, *extra, "--no-eval",
+    assert run_cli(["export-onnx", src, "-o", tmp_path / "onnx", "--quiet"]).exit_code == 0
+    for name, model, extra in (("st", src, []), ("dq", src, ["--format", "onnx", "--portable"]), ("dqi", tmp_path / "onnx", ["--portable"])):
+        r = run_cli(["quantize", model, "--bits", "4", "--method", "rtn", "--group-size", "32", *sym, *extra, "--no-eval",
                      "-o", tmp_path / name, "--quiet"])
         assert r.exit_code == 0, r.stderr
     a = Encoder(open_model(tmp_path / "st")).embed(SENTENCES)
-    b = Encoder(open_model(tmp_path / "dq")).embed(SENTENCES)
-    # the same codes, computed by DequantizeLinear + MatMul instead of MatMulNBits: float32 rounding only
-    # (measured up to 1.1e-4 on normalized 96-dim vectors)
-    assert np.abs(a - b).max() < 5e-4 and ((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min() > 0.9999
+    for name in ("dq", "dqi"):
+        b = Encoder(open_model(tmp_path / name)).embed(SENTENCES)
+        # the same codes, computed by DequantizeLinear + MatMul instead of MatMulNBits: float32 rounding only
+        # (measured up to 1.1e-4 on normalized 96-dim vectors)
+        assert np.abs(a - b).max() < 5e-4 and ((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min() > 0.9999
 
 
 def test_a_budget_only_zero_point_free_codes_meet_is_planned_not_refused(tmp_path, tiny_bert):
@@ -447,3 +448,148 @@ def test_a_budget_only_zero_point_free_codes_meet_is_planned_not_refused(tmp_pat
     assert json.loads((tmp_path / "m" / "config.json").read_text())["quantization_config"]["symmetric"] is True
     r = run_cli(["inspect", tmp_path / "m"])
     assert r.exit_code == 0 and "symmetric" in r.stdout and "asymmetric" not in r.stdout, r.stdout
+
+
+# ----------------------------------------------------------------------------------------------
+# An ONNX input: mixed precision and GPTQ on its own graph (weights fed as graph inputs)
+# ----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory, tiny_bert) -> Path:
+    """The tiny BERT exported to ONNX (MatMul weights `X.weight_T` = the safetensors `X.weight` transposed), and a
+    small calibration file."""
+    base = tmp_path_factory.mktemp("onnx_in")
+    assert run_cli(["export-onnx", tiny_bert, "-o", base / "onnx", "--quiet"]).exit_code == 0
+    (base / "calib.txt").write_text("\n".join(corpus_lines("en", 24) + corpus_lines("fr", 24)) + "\n")
+    return base / "onnx"
+
+
+def _plan(summary) -> dict:
+    return {r["tensor"].removesuffix("_T"): (r["bits"], r["group_size"], r["symmetric"]) for r in summary["mixed_precision"]["per_tensor"]}
+
+
+def test_onnx_input_mixed_plan_equals_the_safetensors_plan(tmp_path, tiny_bert, tiny_onnx):
+    """The same model as ONNX and as safetensors, the same request: the ONNX graph is probed with its weights fed
+    as graph inputs and gets the same measured damages, the same plan (mixed widths, within the budget, checked
+    against uniform) and embeds like the safetensors model quantized with that plan; its graph holds each
+    tensor at its planned width."""
+    import onnx
+
+    args = ["--bits", "2,4,8", "--target-bits", "5", "--group-size", "16", "--method", "rtn", "--no-eval", "--json"]
+    r = run_cli(["quantize", tiny_onnx, *args, "-o", tmp_path / "qo"])
+    assert r.exit_code == 0, r.stderr
+    so = json.loads(r.stdout)
+    r = run_cli(["quantize", tiny_bert, *args, "-o", tmp_path / "qs"])
+    assert r.exit_code == 0, r.stderr
+    ss = json.loads(r.stdout)
+    assert so["format"] == "onnx" and _plan(so) == _plan(ss) and len({b for b, _, _ in _plan(so).values()}) >= 2
+    damage = {r["tensor"].removesuffix("_T"): r["predicted_damage"] for r in so["mixed_precision"]["per_tensor"]}
+    for row in ss["mixed_precision"]["per_tensor"]:
+        assert damage[row["tensor"]] == pytest.approx(row["predicted_damage"], rel=1e-3, abs=1e-9)
+    mp = so["mixed_precision"]
+    assert mp["chosen_bytes"] <= mp["budget_bytes"] and so["bits_per_weight"] <= 5 + 1e-9
+    u = mp["uniform_check"]
+    assert u["chose"] == "mixed" and u["mixed_loss"] < u["uniform_loss"]  # never worse than uniform 4 bits, here better
+    g = onnx.load(str(tmp_path / "qo" / "model.onnx")).graph
+    width = lambda n: next(a.i for a in n.attribute if a.name == "bits")  # noqa: E731
+    bits = {n.input[1].removesuffix("_T.B"): width(n) for n in g.node if n.op_type == "MatMulNBits"}
+    bits.update({n.input[0].removesuffix(".qweight"): width(n) for n in g.node if n.op_type == "GatherBlockQuantized"})
+    assert bits == {k: b for k, (b, _, _) in _plan(so).items()}
+    a = Encoder(open_model(tmp_path / "qo")).embed(SENTENCES)
+    b = Encoder(open_model(tmp_path / "qs")).embed(SENTENCES)
+    assert np.min(np.sum(a * b, 1)) >= 0.9999
+
+
+def test_onnx_input_max_size_holds_in_the_file_with_gptq_and_portable_ops(tmp_path, tiny_onnx):
+    """--max-size on an ONNX input counts the rewritten graph's bytes (float32 scales of DequantizeLinear here):
+    the planned bytes are exactly those of the new initializers and the file fits; GPTQ statistics come from the
+    graph's own MatMul inputs; standard operators only."""
+    import onnx
+
+    limit = 60_000
+    r = run_cli(["quantize", tiny_onnx, "--bits", "2,4,8", "--max-size", limit, "--group-size", "16", "--method", "gptq",
+                 "--calib", tiny_onnx.parent / "calib.txt", "--portable", "-o", tmp_path / "q", "--json"])
+    assert r.exit_code == 0, r.stderr
+    s = json.loads(r.stdout)
+    mp = s["mixed_precision"]
+    assert s["method"] == "gptq" and s["bytes_after"] == (tmp_path / "q" / "model.onnx").stat().st_size <= limit
+    m = onnx.load(str(tmp_path / "q" / "model.onnx"))
+    names = [r["tensor"] for r in mp["per_tensor"]]
+    new = [t for t in m.graph.initializer if any(t.name.startswith(k + ".") for k in names)]
+    assert sum(len(t.raw_data) for t in new) == mp["chosen_bytes"] <= mp["budget_bytes"]
+    ops = {n.op_type for n in m.graph.node}
+    assert "DequantizeLinear" in ops and not ops & {"MatMulNBits", "GatherBlockQuantized"}
+    u = mp["uniform_check"]
+    assert u is None or (u["chose"] == "uniform") == (u["uniform_loss"] <= u["mixed_loss"])
+    assert s["eval"]["cosine_mean"] > 0.98
+
+
+def test_onnx_input_gptq_equals_the_safetensors_gptq(tmp_path, tiny_bert, tiny_onnx):
+    """Sequential GPTQ on the ONNX graph (stage by stage, its MatMul weights fed) writes the codes that GPTQ of the
+    same safetensors model writes with --format onnx."""
+    import onnx
+
+    args = ["--bits", "4", "--group-size", "16", "--method", "gptq", "--calib", tiny_onnx.parent / "calib.txt", "--no-eval", "--json"]
+    r = run_cli(["quantize", tiny_onnx, *args, "-o", tmp_path / "qo"])
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["gptq_sequential"] is True
+    assert run_cli(["quantize", tiny_bert, *args, "--format", "onnx", "-o", tmp_path / "qs"]).exit_code == 0
+    codes = [{t.name.replace(".weight_T", ""): onnx.numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / f / "model.onnx")).graph.initializer
+              if t.name.endswith(".B")} for f in ("qo", "qs")]
+    assert len(codes[0]) == 12 and codes[0].keys() == codes[1].keys()
+    assert np.mean([np.mean(codes[0][k] == codes[1][k]) for k in codes[0]]) > 0.99
+    a = Encoder(open_model(tmp_path / "qo")).embed(SENTENCES)
+    b = Encoder(open_model(tmp_path / "qs")).embed(SENTENCES)
+    assert np.min(np.sum(a * b, 1)) >= 0.99999
+
+
+def _shared_weights_copy(src: Path, dst: Path) -> Path:
+    """`src` with layer 1's MatMuls reading layer 0's weights (each then read by two nodes)."""
+    import shutil
+
+    import onnx
+
+    shutil.copytree(src, dst)
+    m = onnx.load(str(dst / "model.onnx"))
+    for n in m.graph.node:
+        if n.op_type == "MatMul" and n.input[1].startswith("encoder.layer.1."):
+            n.input[1] = n.input[1].replace("layer.1", "layer.0")
+    read = {i for n in m.graph.node for i in n.input}
+    keep = [t for t in m.graph.initializer if t.name in read]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(keep)
+    onnx.save(m, str(dst / "model.onnx"))
+    return dst
+
+
+@pytest.mark.parametrize("case", ["infeasible", "quantized", "shared", "nothing", "3-bit"])
+def test_onnx_input_refusals_are_one_line(tmp_path, tiny_onnx, monkeypatch, case):
+    """Each refusal of an ONNX input comes before any calibration work: exit 1, one `Error:` line, nothing written."""
+    import embtool.jobs.mixed as mixed
+
+    def no_work(*a, **k):
+        raise AssertionError("calibration work started for a refused request")
+
+    monkeypatch.setattr(mixed, "SensitivityProbe", no_work)
+    monkeypatch.setattr("embtool.jobs.calibrate.gram_matrices", no_work)
+    model, args, message = tiny_onnx, ["--bits", "2,4,8", "--target-bits", "5"], None
+    if case == "infeasible":
+        args, message = ["--bits", "4", "--target-bits", "4.5", "--method", "gptq"], "infeasible with --bits 4: all tensors at 4 bits need"
+    elif case == "quantized":
+        model = tmp_path / "q8"
+        assert run_cli(["quantize", tiny_onnx, "--bits", "8", "--exclude", "word_embeddings", "--no-eval", "-o", model, "--quiet"]).exit_code == 0
+        message = "is already quantized (it has quantized operators)"
+    elif case == "shared":
+        model = _shared_weights_copy(tiny_onnx, tmp_path / "shared")
+        args += ["--exclude", "word_embeddings"]
+        message = "no tensor to quantize: every float weight it could quantize is read by several nodes (6: encoder.layer.0."
+    elif case == "nothing":
+        args += ["--embeddings-only", "--exclude", "word_embeddings"]
+        message = "no tensor to quantize: none matches --include/--exclude/--embeddings-only"
+    else:
+        args, message = ["--bits", "3,4", "--target-bits", "4"], "3-bit codes in an ONNX output need --portable"
+    r = run_cli(["quantize", model, *args, "--group-size", "16", "-o", tmp_path / "out"])
+    assert r.exit_code == 1 and r.stderr.count("\n") == 1 and r.stderr.startswith("Error: ") and message in r.stderr, r.stderr
+    if case == "infeasible":
+        assert "--bits 2,4,8 can meet it" in r.stderr
+    assert not (tmp_path / "out").exists()

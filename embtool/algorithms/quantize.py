@@ -54,6 +54,20 @@ def stored_bytes(rows: int, K: int, bits: int, group_size: int, symmetric: bool)
     return n
 
 
+def onnx_stored_bytes(rows: int, K: int, bits: int, group_size: int, symmetric: bool, table: bool = False,
+                      portable: bool = False) -> int:
+    """Bytes of the initializers that hold one matrix in a quantized ONNX graph: MatMulNBits (packed codes, float32
+    scales, packed zero points), GatherBlockQuantized for the token table (as `stored_bytes`: fp16 scales), or with
+    `portable` blocked DequantizeLinear (uint8 codes at 8 bits, else uint4, zero points always, float32 scales)."""
+    G = K // group_size
+    if portable:
+        per = 1 if bits == 8 else 0.5
+        return int(np.ceil(rows * K * per)) + int(np.ceil(rows * G * per)) + rows * G * 4
+    if table:
+        return stored_bytes(rows, K, bits, group_size, symmetric)
+    return stored_bytes(rows, K, bits, group_size, symmetric) + rows * G * 2
+
+
 def check_shape(shape: tuple[int, ...], group_size: int, name: str = "tensor") -> None:
     if len(shape) != 2:
         raise ValueError(f"{name}: only 2-D matrices are quantized (shape {shape})")

@@ -78,7 +78,8 @@ def render(s: dict) -> str:
 @click.option("--symmetric/--asymmetric", default=False, show_default=True, help="Symmetric groups store no zero point.")
 @click.option("--method", type=click.Choice(["auto", "rtn", "gptq"]), default="auto", show_default=True,
               help="Linear layers: GPTQ error compensation from calibration inputs (--calib, else a built-in sample of the "
-                   "repo's corpora), or round-to-nearest (rtn: no data). auto: gptq when the model has a tokenizer.")
+                   "repo's corpora), or round-to-nearest (rtn: no data). auto: gptq when the model has a tokenizer "
+                   "(an ONNX input: rtn).")
 @click.option("--include", default=None, help="Quantize only tensors whose name matches this regex.")
 @click.option("--exclude", default=None, help="Do not quantize tensors whose name matches this regex.")
 @click.option("--embeddings-only", is_flag=True, help="Quantize only the token-embedding table.")
@@ -87,7 +88,8 @@ def render(s: dict) -> str:
 @click.option("--portable", is_flag=True, help="ONNX output (--format onnx, or an ONNX input): standard operators only (opset-21 blocked DequantizeLinear "
               "of uint4/uint8 codes), for runtimes without onnxruntime's contrib kernels.")
 @click.option("--target-bits", type=click.FloatRange(1, 16), default=None, help="Mixed precision: average bits per quantized weight (scales included).")
-@click.option("--max-size", type=Size(), default=None, help="Mixed precision: the size of the weights file (every tensor and the file's header), e.g. 15MB.")
+@click.option("--max-size", type=Size(), default=None, help="Mixed precision: the size of the weights file (every tensor and the file's header; "
+              "for an ONNX input the .onnx file), e.g. 15MB.")
 @click.option("--calib", type=InputPath(), default=None,
               help="Calibration texts (one a line) for GPTQ and the sensitivities (default: built-in multilingual samples).")
 @click.option("--sensitivity", type=click.Choice(["measured", "hessian"]), default="measured", show_default=True,
@@ -114,12 +116,16 @@ def command(model, bits, group_size, symmetric, method, include, exclude, embedd
     minimise the total under the budget, and the plan is kept only if it loses less than the uniform
     width that fits the same budget.
 
+    An ONNX input is quantized in its own graph (each MatMul weight and the token-embedding Gather),
+    uniform, mixed precision or GPTQ alike: its weights are fed to the graph as inputs to measure them.
+
     \b
     Example:
       embtool quantize all-MiniLM-L6-v2/ --bits 4 --group-size 32 -o minilm-q4/ --eval heldout.txt
       embtool quantize all-MiniLM-L6-v2/ --bits 2,4,8 --target-bits 3 --calib calib.txt -o minilm-mixed/
       embtool quantize e5-small-fr/ --bits 8 --embeddings-only --format onnx -o e5-fr-q8-onnx/
       embtool quantize model-onnx/ --bits 4 --portable -o model-q4-dq/     # an ONNX input, standard ops out
+      embtool quantize model-onnx/ --bits 2,4,8 --max-size 20MB -o model-mixed-onnx/
     """
     mixed = target_bits is not None or max_size is not None
     if target_bits is not None and max_size is not None:

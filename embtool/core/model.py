@@ -75,6 +75,48 @@ class WeightStore:
             meta.update(f.metadata)
         return meta
 
+    overhead = 0  # bytes of the file beside the tensors (the safetensors header is estimated by the planner)
+
+
+ONNX_DTYPES = {1: "F32", 10: "F16", 16: "BF16", 11: "F64"}  # ONNX TensorProto data types as safetensors names them
+
+
+class OnnxWeights:
+    """The initializers of an ONNX model read like a WeightStore (keys, info, get), for the quantization planners:
+    the B [in, out] of a MatMul reads as the Linear weight Bᵀ [out, in] (a safetensors Linear's orientation), every
+    other initializer as it is stored. `overhead`: the bytes of the files beside the initializers' data (the graph)."""
+
+    def __init__(self, model: "Model"):
+        g = model.onnx_model.graph
+        self.inits = {t.name: t for t in g.initializer}
+        self.transposed = frozenset(n.input[1] for n in g.node if n.op_type == "MatMul" and len(n.input) == 2
+                                    and n.input[1] in self.inits and len(self.inits[n.input[1]].dims) == 2)
+        self.metadata: dict[str, str] = {}
+        self.overhead = max(0, model.weight_bytes() - sum(self.info(k).nbytes for k in self.inits))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.inits
+
+    def keys(self) -> list[str]:
+        return list(self.inits)
+
+    def info(self, name: str) -> TensorInfo:
+        t = self.inits[name]
+        shape = tuple(int(d) for d in t.dims)
+        return TensorInfo(name, ONNX_DTYPES.get(t.data_type, str(t.data_type)), shape[::-1] if name in self.transposed else shape,
+                          0, _tensor_nbytes(t))
+
+    def get(self, name: str) -> np.ndarray:
+        from onnx import numpy_helper
+
+        a = numpy_helper.to_array(self.inits[name])
+        return np.ascontiguousarray(a.T) if name in self.transposed else a
+
+
+def weight_view(model: "Model") -> "WeightStore | OnnxWeights":
+    """A model's tensors by name: its safetensors weights, or an ONNX model's initializers (`OnnxWeights`)."""
+    return model.weights if model.weights is not None else OnnxWeights(model)
+
 
 @dataclass
 class Model:

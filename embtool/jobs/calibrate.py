@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 
 from embtool.algorithms import quantize as QA
-from embtool.core.model import Model
+from embtool.core.model import Model, weight_view
 
 ASYM_DAMP = 1.0  # ridge λ of sequential GPTQ's target, relative to mean(diag X̃ᵀX̃) (see `sequential_gptq`)
 
@@ -27,14 +27,18 @@ def _accumulate(acc: dict, name: str, x: np.ndarray, valid: np.ndarray) -> None:
 
 def gram_matrices(model: Model, weights: list[str], texts: list[str], threads: int = 0, max_length: int = 128,
                   batch_size: int = 16) -> tuple[dict[str, np.ndarray], int]:
-    """({`X.weight`: XᵀX [in, in] float64}, number of tokens) over the real (unpadded) tokens of `texts`."""
-    from embtool.runtime.graphs import build_encoder
+    """({`X.weight`: XᵀX [in, in] float64}, number of tokens) over the real (unpadded) tokens of `texts` (an ONNX
+    model's weights: the B of its MatMuls)."""
+    from embtool.runtime.graphs import fed_encoder
     from embtool.runtime.encoder import EmbedSettings, Encoder, default_max_length, graph_session
 
-    built = build_encoder(model, capture_linear_inputs=True)
+    built, _ = fed_encoder(model, frozenset(), capture_linear_inputs=True)
     wanted = {w: built.linear_inputs[w] for w in weights if w in built.linear_inputs}
-    enc = Encoder(model, EmbedSettings(max_length=min(max_length, default_max_length(model))), session=graph_session(built, threads))
     outs = sorted(set(wanted.values()))
+    # the embedding output is never read here: named, so that the captured [batch, seq, hidden] outputs of an ONNX
+    # graph do not make the encoder's choice of output ambiguous
+    enc = Encoder(model, EmbedSettings(max_length=min(max_length, default_max_length(model)), output_name=(outs or [None])[0]),
+                  session=graph_session(built, threads))
     acc: dict[str, np.ndarray] = {}
     n_tok = 0
     for ids, mask in _batches(enc, texts, batch_size):
@@ -85,20 +89,19 @@ def sequential_gptq(model: Model, plan: dict[str, int], emb: str | None, texts: 
     tensors at the cut before a stage and runs only the nodes between two cuts, the quantized stages fed as
     dequantized float weights."""
     from embtool.runtime.encoder import EmbedSettings, Encoder, default_max_length, graph_session
-    from embtool.runtime.graphs import build_encoder
+    from embtool.runtime.graphs import fed_encoder
     from embtool.runtime.staged import StagedRunner
 
-    ws = model.weights
-    linears = frozenset(k for k in plan if k != emb)
-    built = build_encoder(model, feed_weights=linears)
-    fed = {k: k[: -len(".weight")] + ".weight_T" for k in linears if k[: -len(".weight")] + ".weight_T" in built.feeds}
+    ws = weight_view(model)
+    built, fed = fed_encoder(model, plan)
     inputs = built.linear_inputs
     # tokenization and padding as the encoder does them (the weights are fed, so its whole-graph session is light)
     enc = Encoder(model, EmbedSettings(max_length=min(max_length, default_max_length(model))),
                   session=graph_session(built, threads))
     batches = _batches(enc, texts, batch_size)
     del enc
-    data = [{"input_ids": ids, "attention_mask": mask} for ids, mask in batches]
+    # token types as the encoder feeds them (an ONNX graph may take them)
+    data = [{"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)} for ids, mask in batches]
     valid = [mask.reshape(-1) > 0 for _, mask in batches]
     n_tok = int(sum(v.sum() for v in valid))
     # two runners over the same batches: the partly quantized model (its weights are replaced stage by stage in
@@ -108,11 +111,11 @@ def sequential_gptq(model: Model, plan: dict[str, int], emb: str | None, texts: 
     ref = StagedRunner(built, dict(built.feeds), data, threads)
     built = None
     done: dict[str, QA.QTensor] = {}
-    if emb is not None and emb in plan and emb in arrays:
+    if emb is not None and emb in fed:
         q = QA.quantize(ws.get(emb), plan[emb], group_size, symmetric)
         done[emb] = q
-        arrays[emb] = q.dequantize().astype(arrays[emb].dtype)
-    stages = gptq_stages(inputs, lambda w: runner.first_use_of([fed[w]]), sorted(fed))
+        arrays[fed[emb]] = q.dequantize().astype(arrays[fed[emb]].dtype)
+    stages = gptq_stages(inputs, lambda w: runner.first_use_of([fed[w]]), sorted(w for w in fed if w != emb))
     if progress is not None:
         progress.reset(total=len(stages))
     for s, stage in enumerate(stages):

@@ -20,7 +20,9 @@ b bits is ½·Ω·‖Q_b(W) − W‖² (an isotropic second-order model), and bi
 multiple-choice knapsack under the size budget.
 
 The probed weights are graph inputs whose numpy buffers are wrapped by OrtValues without a copy, so one
-onnxruntime session serves every probe: a probe perturbs the buffer in place, runs, and restores it.
+onnxruntime session serves every probe: a probe perturbs the buffer in place, runs, and restores it. An ONNX
+input is probed in its own graph, its MatMul weights and token table turned into such inputs
+(runtime.graphs.fed_encoder), so it gets the same plan as the same model in safetensors.
 For the token-embedding table only the rows the calibration texts use carry curvature: those rows are
 probed, and each row's predicted damage is weighted by how often its token occurs (smoothed).
 """
@@ -37,7 +39,7 @@ from embtool.algorithms import pooling as P
 from embtool.algorithms import quantize as QA
 from embtool.core.calibration import CALIB_SENTENCES, calibration_texts  # noqa: F401 (CALIB_SENTENCES re-exported)
 from embtool.core.errors import InputError
-from embtool.core.model import Model
+from embtool.core.model import Model, weight_view
 
 EMB_COARSE_GROUPS = (128, 64, 32)  # the token table's alternative group size in mixed precision: the first that fits
 SIGMA_REL = 0.05  # probe size relative to the tensor's RMS (the scale of 4-bit quantization noise)
@@ -48,13 +50,12 @@ class SensitivityProbe:
 
     def __init__(self, model: Model, names: list[str], emb: str | None, texts: list[str], threads: int = 0,
                  max_length: int = 64):
-        from embtool.runtime.graphs import build_encoder
+        from embtool.runtime.graphs import fed_encoder
         from embtool.runtime.encoder import EmbedSettings, Encoder, default_max_length, graph_session
 
         self.model = model
         self.emb = emb
-        linears = frozenset(n for n in names if n != emb)
-        built = build_encoder(model, feed_weights=linears)
+        built, self.fed = fed_encoder(model, names)
         # writable copies: a probe perturbs them in place; the session reads the same memory
         self.arrays: dict[str, np.ndarray] = {k: np.array(v, dtype=v.dtype, copy=True) for k, v in built.feeds.items()}
         session = graph_session(built, threads, feeds=self.arrays)
@@ -66,7 +67,8 @@ class SensitivityProbe:
         self.runs = 0
 
     def feed_name(self, weight: str) -> str:
-        return weight if weight == self.emb else weight[: -len(".weight")] + ".weight_T"
+        """The graph input that carries `weight` (a Linear's as its transpose); "" when the graph does not read it."""
+        return self.fed.get(weight, "")
 
     def _embed(self) -> np.ndarray:
         x = self.enc.run_batch(self.ids, self.mask)
@@ -141,17 +143,26 @@ class SensitivityProbe:
             arr[...] = W0
 
 
-def _sizes(m: Model, names: list[str], bits, group_size: int, symmetric: bool) -> list[int]:
-    """Bytes of all `names` at each width in `bits`."""
-    ws = m.weights
-    return [sum(QA.stored_bytes(*ws.info(k).shape, b, group_size, symmetric) for k in names) for b in bits]
+def option_bytes(m: Model, req, emb: str | None) -> Callable[[str, tuple[int, ...], int, int, bool], int]:
+    """Bytes of a tensor (name, shape) at one option (bits, group size, symmetric): as embtool's packed format stores
+    it (fp16 scales; what --target-bits and the reported bits per weight count), or for --max-size of an ONNX input
+    as the rewritten graph stores it (MatMulNBits keeps float32 scales; --portable codes under 8 bits take 4)."""
+    if m.format == "onnx" and req.max_size is not None:
+        return lambda k, shape, b, g, sym: QA.onnx_stored_bytes(*shape, b, g, sym, table=k == emb, portable=req.portable)
+    return lambda k, shape, b, g, sym: QA.stored_bytes(*shape, b, g, sym)
+
+
+def _sizes(ws, cost, names: list[str], bits, group_size: int, symmetric: bool) -> list[int]:
+    """Bytes of all `names` at each width in `bits` (`cost`: option_bytes)."""
+    return [sum(cost(k, ws.info(k).shape, b, group_size, symmetric) for k in names) for b in bits]
 
 
 def header_bytes(tensors: list[str], quantized: list[str]) -> int:
     """An upper estimate of the safetensors header of a quantized model (8-byte length, the JSON index of
     every tensor, the quantization record and embtool's provenance), so that --max-size holds for the file:
     per entry its name and about 80 bytes of dtype/shape/offsets; a quantized tensor has three entries
-    (qweight, scales, qzeros) and a record entry (escaped inside the metadata string)."""
+    (qweight, scales, qzeros) and a record entry (escaped inside the metadata string). For an ONNX input the
+    graph's own bytes (OnnxWeights.overhead) are added; its new initializers' and nodes' names fit these estimates."""
     q = set(quantized)
     n = 8 + 8192  # length prefix; provenance and other metadata
     for k in tensors:
@@ -174,10 +185,11 @@ def mixed_budget(m: Model, names: list[str], req, emb: str | None = None) -> flo
     """The byte budget of the quantized tensors (--target-bits or --max-size; --sensitivity-only alone:
     everything at the widest bits). Checked from the shapes only, before any calibration work: a
     budget no choice of --bits can meet is an error that names the widths that would meet it."""
-    ws = m.weights
+    ws = weight_view(m)
+    cost = option_bytes(m, req, emb)
     bits = sorted(req.bits)
     n_weights = sum(ws.info(k).numel for k in names)
-    rest = sum(ws.info(k).nbytes for k in ws.keys() if k not in names) + header_bytes(list(ws.keys()), names)
+    rest = sum(ws.info(k).nbytes for k in ws.keys() if k not in names) + header_bytes(list(ws.keys()), names) + ws.overhead
     if req.target_bits is not None:
         budget = req.target_bits * n_weights / 8
         what = f"--target-bits {req.target_bits}"
@@ -187,19 +199,19 @@ def mixed_budget(m: Model, names: list[str], req, emb: str | None = None) -> flo
         what = f"--max-size {req.max_size}"
         to_unit = lambda b: f"{(b + rest) / 1e6:.2f} MB in all"  # noqa: E731
     else:
-        return float(_sizes(m, names, bits[-1:], req.group_size, req.symmetric)[0])
+        return float(_sizes(ws, cost, names, bits[-1:], req.group_size, req.symmetric)[0])
     # the cheapest plan the planner can make: every tensor at its cheapest option (zero-point-free codes at
     # 4 and 8 bits, the token table's coarser group), so a budget only those options meet is not refused
-    need = sum(min(QA.stored_bytes(*ws.info(k).shape, b, g, sym) for b, g, sym in mixed_options(ws.info(k).shape, req, k == emb))
+    need = sum(min(cost(k, ws.info(k).shape, b, g, sym) for b, g, sym in mixed_options(ws.info(k).shape, req, k == emb))
                for k in names)
     if budget < need:
-        fits = [b for b in QA.BITS if _sizes(m, names, [b], req.group_size, req.symmetric)[0] <= budget]
+        fits = [b for b in QA.BITS if _sizes(ws, cost, names, [b], req.group_size, req.symmetric)[0] <= budget]
         if fits:
             runnable = [b for b in fits if b in QA.RUNNABLE_BITS]
             wider = sorted(set(bits) | {max(runnable or fits)} | {8})
             hint = f"; --bits {','.join(map(str, wider))} can meet it"
         elif bits[0] != QA.BITS[0]:
-            hint = f"; even {QA.BITS[0]} bits everywhere need {to_unit(_sizes(m, names, QA.BITS[:1], req.group_size, req.symmetric)[0])}"
+            hint = f"; even {QA.BITS[0]} bits everywhere need {to_unit(_sizes(ws, cost, names, QA.BITS[:1], req.group_size, req.symmetric)[0])}"
         else:
             hint = ""
         raise InputError(f"{what} is infeasible with --bits {','.join(map(str, bits))}: all tensors at {bits[0]} bits "
@@ -215,7 +227,8 @@ def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
     tr(ΔW H ΔWᵀ)/mean(diag H), which equals ‖ΔW‖² when the inputs are white."""
     grams = grams or {}
     t0 = time.perf_counter()
-    ws = m.weights
+    ws = weight_view(m)
+    cost = option_bytes(m, req, emb)
     bits = sorted(req.bits)
     budget = mixed_budget(m, names, req, emb)  # before any heavy work: an infeasible target fails at once
     texts = calibration_texts(req.calib)
@@ -260,7 +273,7 @@ def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
                 d = q.dequantize() - np.asarray(W, np.float32)
                 per_row = np.einsum("ij,ij->i", d, d, dtype=np.float64)
                 errs[i, j] = float((per_row * rows_w).sum()) if rows_w is not None else float(per_row.sum())
-            costs[i, j] = QA.stored_bytes(W.shape[0], W.shape[1], b, g, sym)
+            costs[i, j] = cost(k, W.shape, b, g, sym)
             # measured: the real loss of the pooled embedding with this tensor alone at b bits
             damages[i, j] = probe.measured_damage(k, q.dequantize()) if measured else 0.5 * omega[k] * errs[i, j]
         if progress is not None:

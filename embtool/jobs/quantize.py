@@ -20,7 +20,7 @@ import numpy as np
 
 from embtool.algorithms import quantize as QA
 from embtool.core.errors import InputError, Unsupported
-from embtool.core.model import NOT_LINEAR, Model, find_vocab_tensors, open_model
+from embtool.core.model import NOT_LINEAR, Model, find_vocab_tensors, open_model, weight_view
 from embtool.core.qrecord import has_record, read_record, record_metadata
 from embtool.core.model_out import (copy_unchanged, metadata_json, updated_config, write_configs, write_derived_model,
                                     write_weights)
@@ -65,6 +65,8 @@ def qbase(name: str) -> str:
 
 def select_tensors(m: Model, req: QuantRequest) -> tuple[list[str], str | None]:
     """Names of the float matrices to quantize, and which one is the token-embedding table."""
+    if m.format == "onnx":
+        return select_onnx_tensors(m, req)
     ws = m.weights
     assert ws is not None
     if any(k.endswith(".qweight") for k in ws.keys()) or has_record(ws.metadata):
@@ -111,20 +113,45 @@ def quantized_tensors(m: Model, plan: dict[str, int], group_size: int, symmetric
         if k not in plan:
             out[k] = ws.get(k)
             continue
-        W = ws.get(k)
+        q, row = quantize_one(ws, k, plan[k], group_size, symmetric, grams.get(k), done)
         bits = plan[k]
-        q = done[k] if k in done else QA.quantize_matrix(W, bits, group_size, symmetric, grams.get(k))
         base = qbase(k)
         out[base + ".qweight"] = QA.pack(q.codes, bits)
         out[base + ".scales"] = q.scales
         if q.zeros is not None:
             out[base + ".qzeros"] = QA.pack(q.zeros, bits)
-        record[base] = {"bits": bits, "group_size": q.group_size, "shape": list(W.shape), "symmetric": q.zeros is None,
+        record[base] = {"bits": bits, "group_size": q.group_size, "shape": row["shape"], "symmetric": q.zeros is None,
                         "method": "gptq" if k in grams else "rtn"}
-        err = QA.quant_error(W, q)
-        rows.append({"tensor": k, "bits": bits, "shape": list(W.shape), "bytes_before": ws.info(k).nbytes,
-                     "bytes_after": q.nbytes, "rel_error": err / max(float((np.asarray(W, np.float64) ** 2).sum()), 1e-30)})
+        rows.append(row)
     return out, record, rows
+
+
+def quantize_one(ws, k: str, bits: int, group_size: int, symmetric: bool, gram=None, done: dict | None = None) -> tuple[QA.QTensor, dict]:
+    """(QTensor, per-tensor row) of the weight `k` of `ws` (a WeightStore or OnnxWeights) at `bits`: as `done` has it
+    (quantized by the mixed-precision planner or by sequential GPTQ), else quantized here (GPTQ when `gram` is given)."""
+    W = ws.get(k)
+    q = done[k] if done and k in done else QA.quantize_matrix(W, bits, group_size, symmetric, gram)
+    return q, {"tensor": k, "bits": bits, "shape": list(W.shape), "bytes_before": ws.info(k).nbytes, "bytes_after": q.nbytes,
+               "rel_error": QA.quant_error(W, q) / max(float((np.asarray(W, np.float64) ** 2).sum()), 1e-30)}
+
+
+def size_summary(rows: list[dict], emb: str | None, t0: float) -> dict[str, Any]:
+    """The summary's byte and width counts of the quantized tensors (`rows` of quantize_one)."""
+    n_q = sum(int(np.prod(r["shape"])) for r in rows)
+    return {"tensors": len(rows), "quantized_weights": n_q,
+            "bits_per_weight": 8 * sum(r["bytes_after"] for r in rows) / max(n_q, 1),
+            "embedding": next(({"bits": r["bits"], "bytes_before": r["bytes_before"], "bytes_after": r["bytes_after"]}
+                               for r in rows if r["tensor"] == emb), None),
+            "linear": {"bytes_before": sum(r["bytes_before"] for r in rows if r["tensor"] != emb),
+                       "bytes_after": sum(r["bytes_after"] for r in rows if r["tensor"] != emb)},
+            "per_tensor": rows, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def symmetric_flag(symmetric: list[bool], requested: bool) -> bool | str:
+    """What a quantized folder says of its zero points: true or false when every tensor agrees, else "mixed"
+    (a mixed-precision plan may choose per tensor)."""
+    flags = set(symmetric)
+    return flags.pop() if len(flags) == 1 else ("mixed" if flags else requested)
 
 
 def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict[str, Any]:
@@ -142,10 +169,9 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
         raise InputError("--portable describes an ONNX output: add --format onnx")
     notes: list[str] = []
     checkable = req.sensitivity_only or check_runnable(m, req, notes)
-    if m.format == "onnx":
-        return _run_quantize_onnx(m, req, t0)
+    onnx_in = m.format == "onnx"
     names, emb = select_tensors(m, req)
-    ws = m.weights
+    ws = weight_view(m)
     if req.target_bits is not None or req.max_size is not None:
         from embtool.jobs.mixed import mixed_budget
 
@@ -153,8 +179,14 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
     grams = None
     method = req.method
     if method == "auto":  # use calibration text when there is any: the user's, else the built-in sample
-        method = "gptq" if checkable and m.tokenizer is not None and any(k != emb for k in names) else "rtn"
+        # (an ONNX input: round-to-nearest unless --method gptq; its file need not say how many positions it takes)
+        method = "gptq" if checkable and not onnx_in and m.tokenizer is not None and any(k != emb for k in names) else "rtn"
     mixed_run = req.target_bits is not None or req.max_size is not None or req.sensitivity_only
+    if onnx_in and (method == "gptq" or mixed_run):
+        other = next((k for k in names if ws.info(k).dtype != "F32"), None)
+        if other is not None:
+            raise Unsupported(f"{other} is stored as {ws.info(other).dtype}: GPTQ and mixed precision of an ONNX input need "
+                              "float32 weights; quantize it with one --bits and --method rtn")
     # the bits of every tensor when no mixed-precision planner chooses them: the given plan, else the one width
     fixed_plan = None
     if req.plan is not None:
@@ -182,7 +214,7 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
     elif req.calib and not mixed_run:
         say("--calib is not used by --method rtn")
     summary: dict[str, Any] = {"model": req.model, "output": req.output, "group_size": req.group_size,
-                               "symmetric": req.symmetric, "method": method, "format": req.fmt}
+                               "symmetric": req.symmetric, "method": method, "format": "onnx" if onnx_in else req.fmt}
     if method == "gptq":
         summary["gptq_sequential"] = sequential
     if notes:
@@ -197,12 +229,11 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
         if req.sensitivity_only:
             summary["seconds"] = round(time.perf_counter() - t0, 2)
             return summary
+    summary["tensor_bytes_before"] = sum(ws.info(k).nbytes for k in ws.keys())
+    if onnx_in:
+        return _write_onnx(m, req, plan, grams or {}, done, summary, emb, t0)
     tensors, record, rows = quantized_tensors(m, plan, req.group_size, req.symmetric, grams, done)
-    total_before = sum(ws.info(k).nbytes for k in ws.keys())
-    q_before = sum(r["bytes_after"] for r in rows)
-    n_q = sum(int(np.prod(r["shape"])) for r in rows)
-    flags = {bool(v["symmetric"]) for v in record.values()}
-    sym: bool | str = flags.pop() if len(flags) == 1 else ("mixed" if flags else req.symmetric)  # mixed plans may differ per tensor
+    sym = symmetric_flag([bool(v["symmetric"]) for v in record.values()], req.symmetric)
     prov = provenance("quantize", {k: v for k, v in req.__dict__.items() if k not in ("output", "force")},
                       {"model": m.fingerprint()}, {"quantization": {"group_size": req.group_size, "symmetric": sym,
                                                                    "bits": sorted({r["bits"] for r in rows})}})
@@ -227,17 +258,7 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
         summary["bytes_after"] = new.weight_bytes()
         if checkable:
             evaluate_output(m, out, req, summary)
-    summary.update({
-        "tensors": len(rows), "quantized_weights": n_q,
-        "tensor_bytes_before": total_before,
-        "bits_per_weight": 8 * q_before / max(n_q, 1),
-        "embedding": next(({"bits": r["bits"], "bytes_before": r["bytes_before"], "bytes_after": r["bytes_after"]}
-                           for r in rows if r["tensor"] == emb), None),
-        "linear": {"bytes_before": sum(r["bytes_before"] for r in rows if r["tensor"] != emb),
-                   "bytes_after": sum(r["bytes_after"] for r in rows if r["tensor"] != emb)},
-        "per_tensor": rows,
-        "seconds": round(time.perf_counter() - t0, 2),
-    })
+    summary.update(size_summary(rows, emb, t0))
     return summary
 
 
@@ -274,46 +295,81 @@ def run_dequantize(req: ConvertRequest) -> dict[str, Any]:
     return summary
 
 
-def quantize_onnx_graph(m: Model, req: QuantRequest) -> tuple[Any, list[dict], str | None]:
-    """Rewrite an ONNX model in place: every MatMul whose B is a plain 2-D float initializer becomes
-    MatMulNBits (or blocked DequantizeLinear + MatMul with --portable), and the token-embedding Gather
-    becomes GatherBlockQuantized (or DequantizeLinear + Gather). Round-to-nearest, uniform bits."""
-    from onnx import TensorProto, helper, numpy_helper
+QUANTIZED_OPS = ("MatMulNBits", "GatherBlockQuantized", "MatMulInteger", "DynamicQuantizeLinear")
 
-    from embtool.core.model import onnx_embedding_gather
 
-    if len(req.bits) != 1 or req.target_bits is not None or req.max_size is not None or req.method == "gptq":
-        raise Unsupported("an ONNX input is quantized with uniform bits and round-to-nearest only; for mixed precision "
-                          "or GPTQ quantize the safetensors model and write ONNX with --format onnx")
-    bits, g, sym = req.bits[0], req.group_size, req.symmetric
-    if bits == 3 and not req.portable:
-        raise InputError("3-bit codes in an ONNX output need --portable (onnxruntime's kernels take 2, 4 or 8 bits)")
+def select_onnx_tensors(m: Model, req: QuantRequest) -> tuple[list[str], str | None]:
+    """The initializers of an ONNX model to quantize, in graph order, and the token table's name: the B of every MatMul
+    that is a plain 2-D float initializer read by that node alone, and the table of the `input_ids` Gather. A weight
+    several nodes read stays float (a note says so). Checked up front, before any calibration work."""
+    from onnx import TensorProto
+
+    from embtool.core.model import log, onnx_embedding_gather
+
+    floats = (TensorProto.FLOAT, TensorProto.FLOAT16)
     g_ = m.onnx_model.graph
     inits = {t.name: t for t in g_.initializer}
     gather, sources = onnx_embedding_gather(g_)
-    if gather is not None and any(t.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16) for t in sources):
+    if gather is not None and any(t.data_type not in floats for t in sources):
         raise InputError(f"{m.root} is already quantized (its embedding table is stored as integers)")
-    if any(n.op_type in ("MatMulNBits", "GatherBlockQuantized", "MatMulInteger", "DynamicQuantizeLinear") for n in g_.node):
+    if any(n.op_type in QUANTIZED_OPS for n in g_.node):
         raise InputError(f"{m.root} is already quantized (it has quantized operators)")
-    rows: list[dict] = []
-    used = {}
+    used: dict[str, int] = {}
     for n in g_.node:
         for i in n.input:
             used[i] = used.get(i, 0) + 1
-    new_inits: list = []
-    drop: set[str] = set()
+    emb = gather.input[0] if gather is not None and len(sources) == 1 and sources[0].name == gather.input[0] else None
+    wanted = lambda k: (req.include is None or re.search(req.include, k)) and not (req.exclude and re.search(req.exclude, k))  # noqa: E731
+    names: list[str] = []
+    shared: list[str] = []
+    for n in g_.node:
+        if n is gather and emb is not None and wanted(emb):
+            k = emb
+        elif n.op_type == "MatMul" and len(n.input) == 2 and n.input[1] in inits and len(inits[n.input[1]].dims) == 2 \
+                and inits[n.input[1]].data_type in floats and not req.embeddings_only and wanted(n.input[1]):
+            k = n.input[1]
+        else:
+            continue
+        if used.get(k) != 1:
+            shared += [k] if k not in shared else []
+        elif k not in names:
+            names.append(k)
+    some = f"{len(shared)}: {', '.join(shared[:3])}{', ...' if len(shared) > 3 else ''}"
+    if not names:
+        why = (f"every float weight it could quantize is read by several nodes ({some}); embtool quantizes a weight "
+               "that one MatMul or the token Gather reads" if shared else
+               "none matches --include/--exclude/--embeddings-only" if req.include or req.exclude or req.embeddings_only else
+               "no MatMul reads a 2-D float initializer and no Gather of input_ids reads one")
+        raise InputError(f"{m.root}: no tensor to quantize: {why}")
+    if shared:
+        log.info(f"weights read by several nodes stay float ({some}): embtool quantizes a weight that one MatMul or the "
+                 "token Gather reads")
+    if any(b == 3 for b in req.bits) and not req.portable:
+        raise InputError("3-bit codes in an ONNX output need --portable (onnxruntime's kernels take 2, 4 or 8 bits)")
+    for k in names:
+        dims = list(inits[k].dims)
+        K = dims[1] if k == emb else dims[0]
+        if K % req.group_size:
+            raise InputError(f"{k}: input dimension {K} is not a multiple of --group-size {req.group_size} "
+                             "(embtool does not pad groups; choose a group size that divides it)")
+    return names, emb
 
-    def codes_for(W: np.ndarray, name: str):
-        if W.shape[1] % g:
-            raise InputError(f"{name}: input dimension {W.shape[1]} is not a multiple of --group-size {g}")
-        q = QA.quantize(W, bits, g, sym)
-        rows.append({"tensor": name, "bits": bits, "shape": list(W.shape), "bytes_before": W.size * 4, "bytes_after": q.nbytes,
-                     "rel_error": QA.quant_error(W, q) / max(float((W.astype(np.float64) ** 2).sum()), 1e-30)})
-        return q
+
+def quantize_onnx_graph(m: Model, qts: dict[str, QA.QTensor], portable: bool):
+    """Rewrite an ONNX model in place with the quantized weights `qts` ({initializer: QTensor}, a MatMul's B in Linear
+    orientation [N, K]; see select_onnx_tensors): each such MatMul becomes MatMulNBits (or blocked DequantizeLinear +
+    MatMul with `portable`), the token-embedding Gather GatherBlockQuantized (or DequantizeLinear + Gather), each at its
+    own bits, group size and zero points."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g_ = m.onnx_model.graph
+    new_inits: list = []
 
     def dq_nodes(q, name: str) -> tuple[list, str]:
+        bits, g = q.bits, q.group_size
         zeros = q.zeros if q.zeros is not None else np.full(q.scales.shape, 2 ** (bits - 1), np.uint8)
-        dt, enc = (TensorProto.UINT8, lambda a: a) if bits == 8 else (TensorProto.UINT4, lambda a: QA.pack(a, 4))
+        # ONNX packs UINT4 over the flattened tensor (an odd number of groups a row shares a byte with the next row)
+        dt, enc = (TensorProto.UINT8, lambda a: a) if bits == 8 else (TensorProto.UINT4, lambda a: QA.pack(a.reshape(1, -1), 4))
         new_inits.append(helper.make_tensor(name + ".codes", dt, list(q.codes.shape), enc(q.codes).tobytes(), raw=True))
         new_inits.append(helper.make_tensor(name + ".zero_points", dt, list(zeros.shape), enc(zeros).tobytes(), raw=True))
         new_inits.append(numpy_helper.from_array(q.scales.astype(np.float32), name + ".scales_f32"))
@@ -321,87 +377,85 @@ def quantize_onnx_graph(m: Model, req: QuantRequest) -> tuple[Any, list[dict], s
                                  [name + ".dq"], axis=1, block_size=g)], name + ".dq"
 
     out_nodes = []
-    emb_name = gather.input[0] if gather is not None and len(sources) == 1 and sources[0].name == gather.input[0] else None
     for n in g_.node:
-        if n.op_type == "MatMul" and n.input[1] in inits and len(inits[n.input[1]].dims) == 2 and not req.embeddings_only \
-                and inits[n.input[1]].data_type in (TensorProto.FLOAT, TensorProto.FLOAT16) and used.get(n.input[1]) == 1 \
-                and (req.include is None or re.search(req.include, n.input[1])) and not (req.exclude and re.search(req.exclude, n.input[1])):
-            B = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)  # [K, N]
-            W = np.ascontiguousarray(B.T)
-            q = codes_for(W, n.input[1])
-            drop.add(n.input[1])
-            if req.portable:
-                dq, wname = dq_nodes(q, n.input[1])
+        k = n.input[0] if n.op_type == "Gather" else n.input[1] if n.op_type == "MatMul" and len(n.input) == 2 else None
+        q = qts.get(k)
+        if q is None:
+            out_nodes.append(n)
+        elif n.op_type == "MatMul":
+            bits, g = q.bits, q.group_size
+            if portable:
+                dq, wname = dq_nodes(q, k)
                 out_nodes += dq + [helper.make_node("Transpose", [wname], [wname + "T"], perm=[1, 0]),
                                    helper.make_node("MatMul", [n.input[0], wname + "T"], list(n.output), name=n.name)]
             else:
-                K, N = B.shape
-                new_inits.append(numpy_helper.from_array(QA.pack(q.codes, bits).reshape(N, K // g, g * bits // 8), n.input[1] + ".B"))
-                new_inits.append(numpy_helper.from_array(q.scales.astype(np.float32).reshape(-1), n.input[1] + ".scales_f32"))
-                ins = [n.input[0], n.input[1] + ".B", n.input[1] + ".scales_f32"]
+                N, K = q.codes.shape
+                new_inits.append(numpy_helper.from_array(QA.pack(q.codes, bits).reshape(N, K // g, g * bits // 8), k + ".B"))
+                new_inits.append(numpy_helper.from_array(q.scales.astype(np.float32).reshape(-1), k + ".scales_f32"))
+                ins = [n.input[0], k + ".B", k + ".scales_f32"]
                 if q.zeros is not None:
-                    new_inits.append(numpy_helper.from_array(QA.pack(q.zeros, bits).reshape(-1), n.input[1] + ".zp"))
-                    ins.append(n.input[1] + ".zp")
+                    new_inits.append(numpy_helper.from_array(QA.pack(q.zeros, bits).reshape(-1), k + ".zp"))
+                    ins.append(k + ".zp")
                 out_nodes.append(helper.make_node("MatMulNBits", ins, list(n.output), name=n.name, domain="com.microsoft",
                                                   K=K, N=N, bits=bits, block_size=g))
-        elif n is gather and emb_name is not None and used.get(emb_name) == 1 and \
-                (req.include is None or re.search(req.include, emb_name)) and not (req.exclude and re.search(req.exclude, emb_name)):
-            E = numpy_helper.to_array(inits[emb_name]).astype(np.float32)
-            q = codes_for(E, emb_name)
-            drop.add(emb_name)
-            if req.portable:
-                dq, wname = dq_nodes(q, emb_name)
-                out_nodes += dq + [helper.make_node("Gather", [wname, n.input[1]], list(n.output), name=n.name)]
-            else:
-                ins = [emb_name + ".qweight", n.input[1], emb_name + ".scales"]
-                new_inits.append(numpy_helper.from_array(QA.pack(q.codes, bits), emb_name + ".qweight"))
-                new_inits.append(numpy_helper.from_array(q.scales, emb_name + ".scales"))  # fp16, as stored
-                if q.zeros is not None:
-                    new_inits.append(numpy_helper.from_array(QA.pack(q.zeros, bits), emb_name + ".zp"))
-                    ins.append(emb_name + ".zp")
-                out_nodes.append(helper.make_node("GatherBlockQuantized", ins, [n.output[0] + ".f16"], name=n.name,
-                                                  domain="com.microsoft", bits=bits, block_size=g, gather_axis=0, quantize_axis=1))
-                out_nodes.append(helper.make_node("Cast", [n.output[0] + ".f16"], list(n.output), name=n.name + ".f32",
-                                                  to=TensorProto.FLOAT))
+        elif portable:
+            dq, wname = dq_nodes(q, k)
+            out_nodes += dq + [helper.make_node("Gather", [wname, n.input[1]], list(n.output), name=n.name)]
         else:
-            out_nodes.append(n)
-    if not rows:
-        raise InputError(f"{m.root}: no plain float weights to quantize (MatMul or embedding Gather initializers)")
-    keep = [t for t in g_.initializer if t.name not in drop]
+            ins = [k + ".qweight", n.input[1], k + ".scales"]
+            new_inits.append(numpy_helper.from_array(QA.pack(q.codes, q.bits), k + ".qweight"))
+            new_inits.append(numpy_helper.from_array(q.scales, k + ".scales"))  # fp16, as stored
+            if q.zeros is not None:
+                new_inits.append(numpy_helper.from_array(QA.pack(q.zeros, q.bits), k + ".zp"))
+                ins.append(k + ".zp")
+            out_nodes.append(helper.make_node("GatherBlockQuantized", ins, [n.output[0] + ".f16"], name=n.name,
+                                              domain="com.microsoft", bits=q.bits, block_size=q.group_size, gather_axis=0,
+                                              quantize_axis=1))
+            out_nodes.append(helper.make_node("Cast", [n.output[0] + ".f16"], list(n.output), name=n.name + ".f32",
+                                              to=TensorProto.FLOAT))
+    keep = [t for t in g_.initializer if t.name not in qts]
     del g_.initializer[:]
     g_.initializer.extend(keep + new_inits)
+    inputs = [i for i in g_.input if i.name not in qts]  # an IR < 4 graph also lists its initializers as inputs
+    del g_.input[:]
+    g_.input.extend(inputs)
     del g_.node[:]
     g_.node.extend(out_nodes)
-    if not req.portable and not any(o.domain == "com.microsoft" for o in m.onnx_model.opset_import):
+    if not portable and not any(o.domain == "com.microsoft" for o in m.onnx_model.opset_import):
         m.onnx_model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     for o in m.onnx_model.opset_import:
-        if o.domain in ("", "ai.onnx") and o.version < 21 and req.portable:
+        if o.domain in ("", "ai.onnx") and o.version < 21 and portable:
             o.version = 21
-    return m.onnx_model, rows, emb_name
+    return m.onnx_model
 
 
-def _run_quantize_onnx(m: Model, req: QuantRequest, t0: float) -> dict[str, Any]:
+def _write_onnx(m: Model, req: QuantRequest, plan: dict[str, int], grams: dict, done: dict, summary: dict[str, Any],
+                emb: str | None, t0: float) -> dict[str, Any]:
+    """An ONNX input's output: its own graph with the planned weights rewritten (quantize_onnx_graph)."""
     from embtool.core.onnx_out import save_onnx
 
-    graph, rows, emb = quantize_onnx_graph(m, req)
+    ws = weight_view(m)
+    qts, rows = {}, []
+    for k in ws.keys():
+        if k in plan:
+            qts[k], row = quantize_one(ws, k, plan[k], req.group_size, req.symmetric, grams.get(k), done)
+            rows.append(row)
+    sym = symmetric_flag([q.zeros is None for q in qts.values()], req.symmetric)
+    graph = quantize_onnx_graph(m, qts, req.portable)
+    qts.clear()
     prov = provenance("quantize", {k: v for k, v in req.__dict__.items() if k not in ("output", "force")},
-                      {"model": m.fingerprint()}, {"quantization": {"group_size": req.group_size, "symmetric": req.symmetric,
-                                                                   "bits": [req.bits[0]], "portable": req.portable}})
+                      {"model": m.fingerprint()}, {"quantization": {"group_size": req.group_size, "symmetric": sym,
+                                                                   "bits": sorted({r["bits"] for r in rows}), "portable": req.portable}})
     with OutputFolder(req.output, req.force, inputs=[m.root]) as out:
         copy_unchanged(m, out)
         save_onnx(graph, out, prov, rel=str(m.weight_path.relative_to(m.root)))
         out.write_json("embtool.json", {**m.embtool_meta(), **prov})
         new = open_model(out.path)
-        summary: dict[str, Any] = {"model": req.model, "output": req.output, "group_size": req.group_size, "symmetric": req.symmetric,
-                                   "method": "rtn", "format": "onnx", "bytes_before": m.weight_bytes(), "bytes_after": new.weight_bytes()}
+        if req.max_size is not None and new.weight_bytes() > req.max_size:
+            raise InputError(f"the quantized ONNX model takes {new.weight_bytes():,} bytes, over --max-size {req.max_size:,} "
+                             "(the estimate of its graph's own bytes fell short): give a few KB more")
+        summary.update(bytes_before=m.weight_bytes(), bytes_after=new.weight_bytes())
         orig = open_model(req.model, need_tokenizer=bool(req.eval_file))  # the input graph object was rewritten in place
         evaluate_output(orig, out, req, summary)
-    n_q = sum(int(np.prod(r["shape"])) for r in rows)
-    summary.update({"tensors": len(rows), "quantized_weights": n_q, "tensor_bytes_before": sum(r["bytes_before"] for r in rows),
-                    "bits_per_weight": 8 * sum(r["bytes_after"] for r in rows) / max(n_q, 1),
-                    "embedding": next(({"bits": r["bits"], "bytes_before": r["bytes_before"], "bytes_after": r["bytes_after"]}
-                                       for r in rows if r["tensor"] == emb), None),
-                    "linear": {"bytes_before": sum(r["bytes_before"] for r in rows if r["tensor"] != emb),
-                               "bytes_after": sum(r["bytes_after"] for r in rows if r["tensor"] != emb)},
-                    "per_tensor": rows, "seconds": round(time.perf_counter() - t0, 2)})
+    summary.update(size_summary(rows, emb, t0))
     return summary

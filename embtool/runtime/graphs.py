@@ -2,9 +2,13 @@
 
 The BERT family (BERT, RoBERTa, XLM-R, CamemBERT, DistilBERT, MPNet) is built by `bert_graph`, the rotary
 families (ModernBERT, NomicBERT, GTE, Qwen3, EmbeddingGemma) by `rotary_graph` on bert_graph's pieces.
+`fed_encoder` gives the graph with chosen weights fed as graph inputs (for calibration) for a safetensors model
+and, from its own graph, for an ONNX model.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from embtool.core.model import ROTARY, Model
 from embtool.runtime.bert_graph import BuiltGraph, build_bert, detect_bert
@@ -27,3 +31,47 @@ def build_encoder(model: Model, fused: bool = True, feed_weights: frozenset[str]
     if _rotary(model):
         return build_rotary(model, fused, feed_weights, capture_linear_inputs)
     return build_bert(model, fused, feed_weights, capture_linear_inputs)
+
+
+def onnx_fed_graph(model: Model, weights: frozenset[str], capture_linear_inputs: bool = False) -> BuiltGraph:
+    """An ONNX model's own graph with the initializers `weights` turned into graph inputs, fed from writable copies
+    (`BuiltGraph.feeds`, as stored: a MatMul's B [in, out]). `linear_inputs` maps the B of every MatMul to its input A;
+    capture_linear_inputs also outputs those inputs (for calibration statistics)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    src = model.onnx_model
+    g = onnx.GraphProto()
+    g.CopyFrom(src.graph)
+    keep, feeds = [], {}
+    for t in g.initializer:
+        if t.name in weights:
+            feeds[t.name] = np.array(numpy_helper.to_array(t), copy=True)
+        else:
+            keep.append(t)
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    declared = {i.name for i in g.input}  # an IR < 4 graph also lists its initializers as inputs
+    g.input.extend(helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(a.dtype), list(a.shape))
+                   for k, a in feeds.items() if k not in declared)
+    matrices = {t.name for t in keep if len(t.dims) == 2} | {k for k, a in feeds.items() if a.ndim == 2}
+    linear_inputs = {n.input[1]: n.input[0] for n in g.node if n.op_type == "MatMul" and len(n.input) == 2 and n.input[1] in matrices}
+    if capture_linear_inputs:
+        outs = {o.name for o in g.output}
+        g.output.extend(onnx.ValueInfoProto(name=x) for x in sorted(set(linear_inputs.values())) if x not in outs)
+    return BuiltGraph(g, feeds, tuple(src.opset_import), linear_inputs)
+
+
+def fed_encoder(model: Model, weights: frozenset[str] | set[str], capture_linear_inputs: bool = False) -> tuple[BuiltGraph, dict[str, str]]:
+    """The encoder graph with the float weights `weights` (named as quantize names them) fed as graph inputs, so that
+    one session runs with changed copies of them (sensitivity probes, sequential GPTQ), and {weight: its feed} for
+    those the graph reads. A fed Linear weight is its transpose [in, out] (safetensors: `X.weight` fed as
+    `X.weight_T`; ONNX: a MatMul's own B), the token table is fed as it is (under its own name)."""
+    weights = frozenset(weights)
+    if model.format == "onnx":
+        built = onnx_fed_graph(model, weights, capture_linear_inputs)
+        return built, {w: w for w in weights if w in built.feeds}
+    built = build_encoder(model, feed_weights=weights, capture_linear_inputs=capture_linear_inputs)
+    fed = {w: w[: -len(".weight")] + ".weight_T" for w in weights if w.endswith(".weight")}
+    fed = {w: f for w, f in fed.items() if f in built.feeds}
+    return built, {**fed, **{w: w for w in weights if w in built.feeds}}
