@@ -53,16 +53,16 @@ def ref_hamming(qbits, xbits, k):
     return np.take_along_axis(h, i, 1), i
 
 
-def assert_ids(ids, ri, rs, metric):
+def assert_ids(ids, ri, rs, metric, tie=1e-6):
     """ids equal the reference's; for cosine, whose float32 scores of equal rows may differ in the last bit (BLAS
-    tiles), positions whose reference scores tie within 1e-6 are compared as sets."""
-    if metric != "cosine":
+    tiles), positions whose reference scores tie within `tie` are compared as sets (metric None: for every metric)."""
+    if metric not in ("cosine", None):
         np.testing.assert_array_equal(ids, ri)
         return
     for got, want, sc in zip(ids, ri, rs):
         start = 0
         for j in range(1, len(want) + 1):
-            if j == len(want) or abs(sc[j] - sc[j - 1]) > 1e-6:
+            if j == len(want) or abs(sc[j] - sc[j - 1]) > tie:
                 if j < len(want):  # a group cut by k may hold different members of the tie
                     assert set(got[start:j]) == set(want[start:j]), (got, want)
                 start = j
@@ -169,11 +169,13 @@ def test_int8_product_kernel_matches_float64(nq):
 
 
 @pytest.mark.parametrize("metric", S.METRICS)
-@pytest.mark.parametrize("nq", [3, S.PRODUCT_MAX_INT8_QUERIES])
+@pytest.mark.parametrize("nq", [3, S.PRODUCT_MAX_INT8_QUERIES, S.PRODUCT_MAX_INT8_QUERIES + 9])
 def test_int8_topk_by_product_equals_widening(metric, nq):
     """The int8 scan through the integer product finds what the widening scan finds (centred codes with stored
     norms, as embtool writes them): the same ids but where two scores lie within the queries' 18-bit parts' error,
-    scores within 2e-5 relative."""
+    scores within 2e-5 relative. Beyond PRODUCT_MAX_INT8_QUERIES the product takes one 7-bit part per query and
+    rescores its candidates with the decoded rows: the scores are then the decoded rows' (one part alone is about
+    1e-2 off)."""
     from embtool.jobs.search import _int8_product
 
     rng = np.random.default_rng(5)
@@ -205,6 +207,32 @@ def test_popcount_table_fallback_matches(monkeypatch):
 
     monkeypatch.setattr(S, "_popcount", by_table)
     np.testing.assert_array_equal(S.hamming(a, b), want)
+
+
+@pytest.mark.parametrize("metric", S.METRICS)
+def test_int8_one_part_scan_with_ties_equals_reference(metric):
+    """The one-part int8 scan (more queries than PRODUCT_MAX_INT8_QUERIES) with many exact ties: the ids of the
+    brute-force reference over the decoded rows and its scores. Decoded rows are not integers, so the rescoring
+    product may give equal rows scores a last bit apart (BLAS tiles): ties are compared as sets, the run of equal
+    rows cut by k included."""
+    from embtool.algorithms.pooling import to_precision
+    from embtool.jobs.search import _int8_product
+
+    X = _vectors(900, 24, 6, integers=True)
+    X[100:130] = X[3]  # a run of equal rows longer than k
+    q = np.concatenate([_vectors(S.PRODUCT_MAX_INT8_QUERIES + 4, 24, 7, dup=False, integers=True) + 0.5, X[3:4]])
+    mean = X.mean(0)
+    codes, scales = to_precision(X - mean, "int8")
+    rows = codes.astype(np.float64) * scales[:, None] + mean.astype(np.float64)
+    dec = rows.astype(np.float32)
+    sq = np.einsum("ij,ij->i", dec, dec).astype(np.float32)
+    s, i = S.topk_codes(q, codes, 15, metric, "int8", scales=scales, mean=mean, sqnorms=sq, block_rows=128,
+                        int8_product=_int8_product(1))
+    rs, ri = ref_float(q, rows, 15, metric)
+    assert_ids(i, ri, rs, None, tie=1e-5 * np.abs(rs).max())
+    np.testing.assert_allclose(s, rs, rtol=1e-5, atol=1e-4)
+    if metric != "dot":  # the query equal to row 3: 15 of its 32 copies
+        assert set(i[-1]) <= {3, 450, 899, *range(100, 130)}
 
 
 @pytest.mark.parametrize("metric", S.METRICS)
@@ -313,14 +341,21 @@ def test_int8_centring_lowers_the_score_error(tmp_path):
         assert recall(centred) >= recall(plain), metric
 
 
-def test_running_topk_merges_like_a_full_sort():
+@pytest.mark.parametrize("k", [1, 20, 100, 700])
+@pytest.mark.parametrize("dtype", [np.float32, np.int32])
+def test_running_topk_merges_like_a_full_sort(k, dtype):
+    """Blocks of 64 (k larger and smaller than a block, so merges wait for several blocks), many ties, increasing
+    scores late in the stream (the threshold of an old merge is stale): the order of a full sort."""
     rng = np.random.default_rng(6)
-    s = rng.integers(0, 5, (4, 1000)).astype(np.float32)  # many ties
-    run = S.RunningTopK(4, 20)
+    s = rng.integers(0, 5, (4, 1000)).astype(dtype)  # many ties
+    s[:, 600:] += rng.integers(0, 3, (4, 400)).astype(dtype)
+    run = S.RunningTopK(4, k)
     for r0 in range(0, 1000, 64):
         run.push(s[:, r0:r0 + 64], r0)
-    ri = _ref_order(-s, 20)
-    np.testing.assert_array_equal(run.i, ri)
+    rs, ri = run.result()
+    want = _ref_order(-s, k)
+    np.testing.assert_array_equal(ri, want)
+    np.testing.assert_array_equal(rs, np.take_along_axis(s, want, 1))
 
 
 # ------------------------------------------------------------------------------------------ through the CLI
@@ -507,3 +542,28 @@ def test_embed_cli_binary_options(tmp_path, tiny_bert):
     assert r.exit_code == 0 and json.loads(r.stdout)["id"] == 1
     r = run_cli(["embed", tiny_bert, "x", "-o", tmp_path / "c.safetensors", "--keep-int8"])
     assert r.exit_code == 2 and "--keep-int8 goes with --precision binary" in r.stderr
+
+
+@pytest.mark.parametrize("metric", S.METRICS)
+@pytest.mark.parametrize("sweep", [0, 10**9])
+def test_rescore_both_ways_equal_reference(monkeypatch, metric, sweep):
+    """Rescoring by chunks of queries (sweep 0) and by one sweep over all queries' distinct rows (sweep 10**9),
+    with small chunks: each query's best k of its own candidates by the exact metric, ties by id, as a brute-force
+    reference over the candidates alone."""
+    monkeypatch.setattr(S, "SWEEP_ROWS_PER_CANDIDATE", sweep)
+    monkeypatch.setattr(S, "RESCORE_BYTES", 4 * 40 * 30)  # a few rows per chunk
+    rng = np.random.default_rng(8)
+    X = _vectors(500, 24, 9, integers=True)
+    q = _vectors(7, 24, 10, dup=False, integers=True) + 0.5
+    cand = np.stack([rng.choice(500, 30, replace=False) for _ in range(7)])
+    cand[0, :3] = [3, 250, 499]  # equal rows: ties
+    seen = []
+    s, i = S.rescore(q, cand, lambda ids: (seen.append(ids), X[ids])[1], metric, 10)
+    for qi in range(7):
+        c = np.sort(cand[qi])  # the reference breaks ties by position: ids in order
+        rs, ri = ref_float(q[qi:qi + 1], X[c], 10, metric)
+        assert_ids(i[qi:qi + 1], c[ri], rs, metric)
+        np.testing.assert_allclose(s[qi], rs[0], rtol=1e-5, atol=1e-4)
+    reads = np.concatenate(seen)
+    if sweep:  # every distinct candidate row read once, in id order
+        np.testing.assert_array_equal(reads, np.unique(cand))

@@ -33,10 +33,19 @@ HAMMING_TILE_BYTES = 1 << 20  # the [queries, rows] uint64 XOR tile of the binar
 # from this many queries on, a binary scan is one integer matrix product per block (SignProduct) instead of
 # XOR + popcount per query and word
 PRODUCT_MIN_QUERIES = 8
-# up to this many queries an int8 scan is one integer matrix product per block (Int8Product; 1, 8 and 24 queries on
-# 1M x 384 measured 40%, 30% and 14% faster than widening tiles to float32); beyond, its float epilogue over
-# [rows, parts x queries] makes it no faster (48 queries: even; 100: slower)
+# up to this many queries an int8 scan is one integer matrix product per block against the queries' three 7-bit
+# parts (Int8Product; 1, 8 and 24 queries on 1M x 384 measured 40%, 30% and 14% faster than widening tiles to
+# float32); beyond, the float epilogue over [rows, parts x queries] makes three parts no faster (48 queries: even;
+# 100: slower), and the scan takes one part per query: approximate scores, whose best APPROX_DEPTH(k) candidates
+# per query are rescored with the decoded rows
 PRODUCT_MAX_INT8_QUERIES = 24
+
+
+def approx_depth(k: int) -> int:
+    """Candidates per query of a one-part int8 scan rescored exactly: the one-part scores are within about 2^-6
+    of each query's largest value per term, far less than the score gap between rank k and rank 4k on real
+    embeddings."""
+    return max(4 * k, 40)
 
 
 def prepare_queries(q: np.ndarray, metric: str) -> np.ndarray:
@@ -238,20 +247,29 @@ def auto_rescore(n_rows: int, k: int, precision: str) -> int:
 
 def _select(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the k best (score desc, id asc) among candidates."""
-    Q, C = scores.shape
-    if C > k:
-        # argpartition may cut inside a run of equal scores; widen to keep every tie at the boundary
-        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        kth = np.take_along_axis(scores, part, 1).min(1)
-        keep = scores >= kth[:, None]
-        cnt = keep.sum(1)
-        if cnt.max() > k:
-            scores, ids = _gather(keep, scores, ids)
-        else:
-            scores = np.take_along_axis(scores, part, 1)
-            ids = np.take_along_axis(ids, part, 1)
+    scores, ids, _ = _best_unsorted(scores, ids, k)
     o = np.lexsort((ids, -scores), axis=1)[:, :k]
     return np.take_along_axis(scores, o, 1), np.take_along_axis(ids, o, 1)
+
+
+def _best_unsorted(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row, the candidates scoring at least its k-th best score, in no order (every tie at the k-th score kept,
+    so the row may keep more than k; narrower rows padded with -inf), and that k-th score (-inf with fewer than k)."""
+    Q, C = scores.shape
+    if C < k:
+        return scores, ids, np.full(Q, -np.inf)
+    if C == k:
+        return scores, ids, scores.min(1).astype(np.float64)
+    # argpartition may cut inside a run of equal scores; widen to keep every tie at the boundary
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    kth = np.take_along_axis(scores, part, 1).min(1)
+    keep = scores >= kth[:, None]
+    if keep.sum(1).max() > k:
+        scores, ids = _gather(keep, scores, ids)
+    else:
+        scores = np.take_along_axis(scores, part, 1)
+        ids = np.take_along_axis(ids, part, 1)
+    return scores, ids, kth.astype(np.float64)
 
 
 def _nonzero(keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -288,12 +306,20 @@ def _gather(keep: np.ndarray, scores: np.ndarray, ids: np.ndarray) -> tuple[np.n
 
 
 class RunningTopK:
-    """The best k (score desc, id asc) of rows pushed block by block in increasing id order."""
+    """The best k (score desc, id asc) of rows pushed block by block in increasing id order: `result()`.
+
+    Candidates are kept unsorted and merged (a partition, no sort) once those waiting reach k per query, so a large
+    k (a binary scan's rescoring depth, 10,000 on 1M rows) costs a few partitions, not a sort per block (measured
+    3.8 s of lexsort over 24 blocks for k = 10,000 and 100 queries). Between merges a row must beat the k-th score of
+    the last merge: a stale threshold only lets more candidates wait, never drops one that belongs."""
 
     def __init__(self, n_queries: int, k: int):
         self.k = k
         self.s = np.full((n_queries, 0), -np.inf)
         self.i = np.zeros((n_queries, 0), dtype=np.int64)
+        self.thr: np.ndarray | None = None  # per query, the k-th score of the last merge (None before one)
+        self._waiting: list[tuple[np.ndarray, np.ndarray]] = []
+        self._width = 0
 
     def push(self, s: np.ndarray, first_id: int) -> None:
         """Scores s [Q, B] of rows first_id .. first_id + B - 1 (ids larger than every id pushed before)."""
@@ -301,11 +327,11 @@ class RunningTopK:
         if self.k == 0:
             return
         ids = np.arange(first_id, first_id + B, dtype=np.int64)
-        if self.s.shape[1] == self.k:
+        if self.thr is not None:
             # a later row ties with the k-th only at a larger id, so it must beat it strictly
             # compared in the block's own type (the k-th score is one of its type's values, so this is exact):
             # an int32 or float32 block against float64 thresholds measured 4x slower
-            thr = self.s[:, -1]
+            thr = self.thr
             if s.dtype.kind in "iu":
                 thr = np.clip(thr, np.iinfo(s.dtype).min, np.iinfo(s.dtype).max)
             keep = s > thr.astype(s.dtype)[:, None]
@@ -313,16 +339,29 @@ class RunningTopK:
             if n == 0:
                 return
             if n <= 4 * Q * self.k:
-                cs, ci = _gather(keep, s, ids)
-                self._merge(cs, ci)
+                self._wait(*_gather(keep, s, ids))
                 return
-        cs, ci = _select(s, np.broadcast_to(ids, s.shape), self.k)
-        self._merge(cs, ci)
+        cs, ci, _ = _best_unsorted(s, np.broadcast_to(ids, s.shape), self.k)
+        self._wait(cs, ci)
 
-    def _merge(self, cs: np.ndarray, ci: np.ndarray) -> None:
-        s = np.concatenate([self.s, cs.astype(np.float64)], 1)
-        i = np.concatenate([self.i, ci], 1)
-        self.s, self.i = _select(s, i, self.k)
+    def _wait(self, cs: np.ndarray, ci: np.ndarray) -> None:
+        self._waiting.append((cs.astype(np.float64), ci))
+        self._width += cs.shape[1]
+        if self.thr is None or self._width >= self.k:
+            self._merge()
+
+    def _merge(self) -> None:
+        if not self._waiting:
+            return
+        s = np.concatenate([self.s] + [w[0] for w in self._waiting], 1)
+        i = np.concatenate([self.i] + [w[1] for w in self._waiting], 1)
+        self._waiting, self._width = [], 0
+        self.s, self.i, self.thr = _best_unsorted(s, i, self.k)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scores [Q, k], ids [Q, k]): score desc, id asc."""
+        self._merge()
+        return _select(self.s, self.i, self.k)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,10 +404,11 @@ def _scan(n_queries, n_rows, score, k, metric, block_rows, id_offset, after_bloc
         if after_block is not None:  # e.g. let the memory-mapped rows go
             after_block(r0, r1)
         run.push(s, r0 + id_offset)
-    s = run.s.astype(np.float32)
+    s, i = run.result()
+    s = s.astype(np.float32)
     if metric == "l2":
         s = np.maximum(-s, 0)
-    return s, run.i
+    return s, i
 
 
 def topk_codes(
@@ -399,9 +439,11 @@ def topk_codes(
     which ranks exactly as h. `sign_product(q01)`, when given (the runtime's SignProduct), builds the kernel that
     scores 0/1 rows [b, D] against the queries' bits q01 [Q, D] as popcount(q) - h, [b, Q] int32: one integer matrix
     product instead of XOR + popcount, used from PRODUCT_MIN_QUERIES queries on. `unit_rows`: the index says its
-    rows are unit vectors (cosine = dot). `int8_product(q, qm)` (the runtime's Int8Product) builds the kernel that scores
-    int8 codes [b, D] as (codes · q)·u + v·qm + w without widening them to float32; it is used for up to
-    PRODUCT_MAX_INT8_QUERIES queries over centred codes (a mean) whose squared norms are stored (or the dot metric)."""
+    rows are unit vectors (cosine = dot). `int8_product(q, qm, n_parts=3)` (the runtime's Int8Product) builds the kernel
+    that scores int8 codes [b, D] as (codes · q)·u + v·qm + w without widening them to float32, the queries taken in
+    n_parts 7-bit parts; it serves centred codes (a mean) whose squared norms are stored (or the dot metric): three
+    parts for up to PRODUCT_MAX_INT8_QUERIES queries, one part beyond (its best approx_depth(k) candidates per query
+    rescored with the decoded rows)."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}")
     n = codes.shape[0]
@@ -442,10 +484,20 @@ def topk_codes(
         if scales is None:
             raise ValueError("int8 rows need their scales")
 
-        if (int8_product is not None and q.shape[0] <= PRODUCT_MAX_INT8_QUERIES and mean is not None
-                and (sqnorms is not None or metric == "dot")):
-            return _int8_product_topk(q, codes, scales, mean, sqnorms, k, metric, int8_product, block_rows,
-                                      after_block, before_block)
+        if int8_product is not None and mean is not None and (sqnorms is not None or metric == "dot"):
+            if q.shape[0] <= PRODUCT_MAX_INT8_QUERIES:
+                return _int8_product_topk(q, codes, scales, mean, sqnorms, k, metric, int8_product, block_rows,
+                                          after_block, before_block)
+            # one 7-bit part per query: approximate scores, then the best candidates rescored with the decoded rows
+            _, cand = _int8_product_topk(q, codes, scales, mean, sqnorms, min(n, approx_depth(k)), metric,
+                                         lambda q_, qm_: int8_product(q_, qm_, 1), block_rows, after_block,
+                                         before_block)
+            mu = np.asarray(mean, dtype=np.float32)
+
+            def decoded(ids: np.ndarray) -> np.ndarray:
+                return mu[None, :] + np.asarray(codes[ids], dtype=np.float32) * np.asarray(scales[ids], dtype=np.float32)[:, None]
+
+            return rescore(q, cand, decoded, metric, k)
 
         def score(r0: int, r1: int) -> np.ndarray:
             return int8_scores(q, codes[r0:r1], scales[r0:r1], metric, unit, mean,
@@ -498,17 +550,29 @@ def _widened_scores(q: np.ndarray, block: np.ndarray, metric: str, unit_rows: bo
 
 
 RESCORE_BYTES = 32 << 20  # candidate rows gathered at once while rescoring
+# rescoring reads the distinct candidate rows of all queries once, in id order, when they are at most this many
+# times the candidates per query (each row is then scored against every query: cheap next to reading rows)
+SWEEP_ROWS_PER_CANDIDATE = 512
 
 
 def rescore(q: np.ndarray, cand: np.ndarray, rows: Callable[[np.ndarray], np.ndarray], metric: str, k: int,
             unit_rows: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Re-rank candidate ids cand [Q, C] (local row numbers, distinct per query) with better vectors:
     rows(sorted distinct ids) -> float32 [n, D]. Returns the best k by the exact metric (same tie rule), l2 as
-    squared distances. Queries are taken a few at a time, their candidates' rows read once, in id order."""
+    squared distances.
+
+    Two ways, chosen by how much the queries' candidates overlap: when all queries together name few rows (at most
+    SWEEP_ROWS_PER_CANDIDATE x C distinct ones), those rows are read once, in id order, a chunk at a time, and
+    scored against every query; otherwise queries are taken a few at a time, their candidates' rows read once per
+    chunk of queries."""
     qp = prepare_queries(q, metric)
     Q, C = cand.shape
     unit = unit_rows and metric != "dot"
     out_s = np.empty((Q, C), dtype=np.float32)
+    uniq, inv = np.unique(cand, return_inverse=True)
+    if uniq.size <= SWEEP_ROWS_PER_CANDIDATE * C:
+        _rescore_sweep(qp, uniq, inv.reshape(-1), rows, metric, unit, out_s)
+        return _best(out_s, cand, metric, k)
     # queries per product: as many as RESCORE_BYTES of candidate rows allow (one product per chunk measured faster
     # than a gather per query, though it scores every query of the chunk against the chunk's rows)
     step = max(1, RESCORE_BYTES // max(1, 4 * C * (qp.shape[1] + 1)))
@@ -519,6 +583,27 @@ def rescore(q: np.ndarray, cand: np.ndarray, rows: Callable[[np.ndarray], np.nda
         R = np.asarray(rows(uniq), dtype=np.float32)
         full = block_scores(qp[q0:q1], R, metric, unit)  # [q, U]: one product for the chunk's rows
         out_s[q0:q1] = np.take_along_axis(full, inv, 1)
+    return _best(out_s, cand, metric, k)
+
+
+def _rescore_sweep(qp, uniq, inv, rows, metric, unit, out_s) -> None:
+    """out_s [Q, C] = the scores of every (query, candidate) pair, cand.ravel() = uniq[inv]: the distinct rows are
+    read once, in id order, RESCORE_BYTES at a time, and each chunk is scored against all queries."""
+    Q, C = out_s.shape
+    order = np.argsort(inv, kind="stable")  # the pairs by row
+    by_row = inv[order]
+    flat = out_s.reshape(-1)
+    step = max(1, RESCORE_BYTES // (4 * (qp.shape[1] + Q)))
+    for u0 in range(0, uniq.size, step):
+        u1 = min(uniq.size, u0 + step)
+        a, b = np.searchsorted(by_row, [u0, u1])
+        full = block_scores(qp, np.asarray(rows(uniq[u0:u1]), dtype=np.float32), metric, unit)  # [Q, u1 - u0]
+        pos = order[a:b]
+        flat[pos] = full[pos // C, by_row[a:b] - u0]
+
+
+def _best(out_s: np.ndarray, cand: np.ndarray, metric: str, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best k of each query's rescored candidates (score desc, id asc); l2 as squared distances."""
     o = np.lexsort((cand, -out_s), axis=1)[:, :k]
     s, i = np.take_along_axis(out_s, o, 1), np.take_along_axis(cand, o, 1)
     if metric == "l2":

@@ -182,11 +182,11 @@ def _sign_product(threads: int) -> Callable[[np.ndarray], Callable[[np.ndarray],
     return lambda q01: SignProduct(q01, threads)
 
 
-def _int8_product(threads: int) -> Callable[[np.ndarray, np.ndarray], Callable[..., np.ndarray]]:
+def _int8_product(threads: int) -> Callable[..., Callable[..., np.ndarray]]:
     """The runtime's int8 kernel (the codes scored by one integer matrix product, never widened to float32)."""
-    from embtool.runtime.kernels import Int8Product
+    from embtool.runtime.kernels import QUERY_PARTS, Int8Product
 
-    return lambda q, qm: Int8Product(q, qm, threads)
+    return lambda q, qm, n_parts=QUERY_PARTS: Int8Product(q, qm, threads, n_parts)
 
 
 def search_file(path: str, q: np.ndarray, req: SearchRequest, threads: int) -> tuple[np.ndarray, np.ndarray]:

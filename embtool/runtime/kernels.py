@@ -45,13 +45,13 @@ QUERY_PART_LEVELS = 63
 QUERY_PARTS = 3
 
 
-def query_parts(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(parts [D, P·Q] int8, part scales [P·Q] float32), P = QUERY_PARTS, with q_i ≈ Σ_p parts[:, p·Q + i]·s[p·Q + i]
-    to about 18 bits of each query's largest value."""
+def query_parts(q: np.ndarray, n_parts: int = QUERY_PARTS) -> tuple[np.ndarray, np.ndarray]:
+    """(parts [D, P·Q] int8, part scales [P·Q] float32), P = n_parts, with q_i ≈ Σ_p parts[:, p·Q + i]·s[p·Q + i]
+    to about 6·P bits of each query's largest value."""
     q = np.asarray(q, dtype=np.float64)
     parts, scales = [], []
     r = q
-    for _ in range(QUERY_PARTS):
+    for _ in range(n_parts):
         # a power-of-two scale: a query whose values are multiples of a power of two within 63 of it (integer
         # vectors, half-integers) is taken exactly, so equal rows and exact ties rank as the float search ranks them
         m = np.abs(r).max(1)
@@ -66,27 +66,32 @@ def query_parts(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class Int8Product:
     """scores(codes [b, D] int8, u, v, w [b] float32) -> [b, Q] float32 = (codes · q)·u + v·qm + w, for queries
     q [Q, D] and per-query terms qm [Q] fixed when the kernel is built. One uint8 × int8 MatMulInteger of the codes
-    (shifted by 128, zero point 128) against the queries' three 7-bit parts, then a few ops in the same graph: the int8
+    (shifted by 128, zero point 128) against the queries' 7-bit parts, then a few ops in the same graph: the int8
     codes are never widened to float32 (numpy's path widens every tile). Measured on 1M x 384 rows, medians of 3
     (three parts): 1 query 0.24 s instead of 0.40 s, 8 queries 0.38 s instead of 0.54 s, 24 queries 0.55 s instead of
     0.64 s; with two parts 48 queries were even and 100 slower (1.43 s against 1.37 s: the float epilogue over
-    [rows, parts x queries] costs as much as the product), so the search uses it for few queries
-    (algorithms/search.py PRODUCT_MAX_INT8_QUERIES)."""
+    [rows, parts x queries] costs as much as the product), so the search uses three parts for few queries
+    (algorithms/search.py PRODUCT_MAX_INT8_QUERIES) and, for more, one part (`n_parts=1`, about 6 bits of each query:
+    the scores are approximate, and the scan rescores its candidates with the decoded rows)."""
 
-    def __init__(self, q: np.ndarray, qm: np.ndarray, threads: int = 0):
-        parts, scales = query_parts(q)
+    def __init__(self, q: np.ndarray, qm: np.ndarray, threads: int = 0, n_parts: int = QUERY_PARTS):
+        parts, scales = query_parts(q, n_parts)
         d, npart = parts.shape
-        nq = npart // QUERY_PARTS
+        nq = npart // n_parts
         T = TensorProto
         consts = [numpy_helper.from_array(parts, "parts"), numpy_helper.from_array(np.array(128, np.uint8), "zp"),
                   numpy_helper.from_array(np.asarray(qm, np.float32).reshape(1, nq), "qm")]
-        # [3Q, Q]: column i sums query i's parts with their scales; a small float product (a ReduceSum over the
-        # [rows, 2, Q] parts measured twice the integer product's time for one query)
-        consts.append(numpy_helper.from_array(np.vstack([np.diag(scales[j * nq:(j + 1) * nq]) for j in range(QUERY_PARTS)]).astype(np.float32),
-                                              "combine"))
         nodes = [helper.make_node("MatMulInteger", ["codes", "parts", "zp"], ["y"]),
-                 helper.make_node("Cast", ["y"], ["yf"], to=T.FLOAT),
-                 helper.make_node("MatMul", ["yf", "combine"], ["cq"])]
+                 helper.make_node("Cast", ["y"], ["yf"], to=T.FLOAT)]
+        if n_parts == 1:  # one scale per query: a broadcast product
+            consts.append(numpy_helper.from_array(scales.reshape(1, nq), "combine"))
+            nodes.append(helper.make_node("Mul", ["yf", "combine"], ["cq"]))
+        else:
+            # [PQ, Q]: column i sums query i's parts with their scales; a small float product (a ReduceSum over the
+            # [rows, 2, Q] parts measured twice the integer product's time for one query)
+            consts.append(numpy_helper.from_array(np.vstack([np.diag(scales[j * nq:(j + 1) * nq]) for j in range(n_parts)])
+                                                  .astype(np.float32), "combine"))
+            nodes.append(helper.make_node("MatMul", ["yf", "combine"], ["cq"]))
         nodes += [helper.make_node("Mul", ["cq", "u"], ["a"]), helper.make_node("Mul", ["v", "qm"], ["b"]),
                   helper.make_node("Add", ["a", "b"], ["ab"]), helper.make_node("Add", ["ab", "w"], ["scores"])]
         rowvec = lambda name: helper.make_tensor_value_info(name, T.FLOAT, ["n", 1])  # noqa: E731
