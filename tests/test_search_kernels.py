@@ -567,3 +567,24 @@ def test_rescore_both_ways_equal_reference(monkeypatch, metric, sweep):
     reads = np.concatenate(seen)
     if sweep:  # every distinct candidate row read once, in id order
         np.testing.assert_array_equal(reads, np.unique(cand))
+
+
+def test_search_does_not_import_onnx(tmp_path):
+    """The kernels' graphs are shipped serialized (embtool/runtime/kernel_graphs, kept current by tools/gen_docs.py):
+    a search process never imports the onnx package (0.1 s of its start), for any precision and query count."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys, numpy as np
+from embtool import api
+X = np.random.default_rng(0).standard_normal((300, 32)).astype(np.float32)
+for prec in ("binary", "int8", "float32"):
+    api.write_embeddings(r"{tmp_path}/x-" + prec + ".safetensors", X, precision=prec)
+    for nq in (1, 9, 30):
+        api.search([r"{tmp_path}/x-" + prec + ".safetensors"], X[:nq], k=5)
+print(sorted(m for m in sys.modules if m == "onnx" or m.startswith("onnx.")))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]", r.stdout

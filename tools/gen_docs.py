@@ -63,13 +63,18 @@ def man_page(name: str, cmd: click.Command, parent: str | None) -> str:
     return "\n".join(lines)
 
 
-def expected() -> dict[Path, str]:
+def expected() -> dict[Path, str | bytes]:
     files: dict[Path, str] = {ROOT / "man" / "embtool.1": man_page("embtool", cli, None)}
     ctx = click.Context(cli, info_name="embtool")
     for name in cli.list_commands(ctx):
         files[ROOT / "man" / f"embtool-{name}.1"] = man_page(name, cli.get_command(ctx, name), "embtool")
     for cls, fname in ((BashComplete, "embtool.bash"), (ZshComplete, "embtool.zsh"), (FishComplete, "embtool.fish")):
         files[ROOT / "completions" / fname] = cls(cli, {}, "embtool", "_EMBTOOL_COMPLETE").source()
+    # the search kernels' onnxruntime graphs, shipped serialized so that a search never imports onnx
+    from embtool.runtime import kernels
+
+    for name in kernels.GRAPHS:
+        files[kernels.GRAPH_DIR / f"{name}.onnx"] = kernels.build_graph(name).SerializeToString()
     return files
 
 
@@ -78,13 +83,14 @@ def main() -> int:
     stale = []
     files = expected()
     for path, text in files.items():
-        if not path.exists() or path.read_text() != text:
+        binary = isinstance(text, bytes)
+        if not path.exists() or (path.read_bytes() if binary else path.read_text()) != text:
             stale.append(path)
             if not check:
                 path.parent.mkdir(exist_ok=True)
-                path.write_text(text)
+                path.write_bytes(text) if binary else path.write_text(text)
     known = set(files)
-    for d in ("man", "completions"):
+    for d in ("man", "completions", "embtool/runtime/kernel_graphs"):
         for p in (ROOT / d).glob("*"):
             if p not in known:
                 stale.append(p)

@@ -143,13 +143,19 @@ def graph_session(built, threads: int = 0, feeds: dict[str, np.ndarray] | None =
     return proto_session(m, threads), ov
 
 
-def proto_session(model, threads: int = 0):
-    """An onnxruntime session of an in-memory ONNX ModelProto (CPU, embtool's session options); the graph is
-    serialized once and the proto may be dropped by the caller."""
-    blob = model.SerializeToString()
+def proto_session(model, threads: int = 0, initializers: dict[str, np.ndarray] | None = None):
+    """An onnxruntime session of an in-memory ONNX ModelProto, or of its serialized bytes (CPU, embtool's session
+    options); the graph is serialized once and the proto may be dropped by the caller. `initializers` replace the
+    graph's initializers of those names (constants to onnxruntime, which may pack them once)."""
+    blob = model if isinstance(model, bytes) else model.SerializeToString()
     del model
-    return ort.InferenceSession(blob, session_options(threads), providers=["CPUExecutionProvider"],
-                                disabled_optimizers=DISABLED_OPTIMIZERS)
+    so = session_options(threads)
+    values = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for name, a in (initializers or {}).items()}
+    for name, v in values.items():
+        so.add_initializer(name, v)
+    sess = ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS)
+    sess._embtool_initializers = values  # onnxruntime reads them for the session's life
+    return sess
 
 
 def default_max_length(model: Model) -> int:

@@ -4,33 +4,75 @@ SignProduct: Hamming distances as one integer matrix product. With a query's bit
 bit, -1 for a clear one) and a row's bits as 0/1, the product is  Σ r·s = popcount(q) − Hamming(q, r)  exactly,
 so per query it ranks rows as the Hamming distance does. onnxruntime's MatMulInteger (uint8 × int8, AVX2) runs it;
 products of 0/1 and ±1 cannot saturate its 16-bit pair sums. On 1M × 384 bits and 100 queries it measured
-0.36-0.40 s (unpacking the bits included) where XOR + popcount in numpy took 1.22 s.
+
+The graphs do not depend on the queries: they hold placeholder initializers that each session replaces with the
+queries' tensors (onnxruntime's SessionOptions.add_initializer; as constants they are packed once, where graph
+inputs measured 22% slower per block). So they are built once by `build_graph` and shipped serialized in
+embtool/runtime/kernel_graphs/ (tools/gen_docs.py writes them, tests/test_docs.py fails when they are stale),
+and a search process never imports the `onnx` package (0.1 s of its start).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
-from onnx import TensorProto, helper, numpy_helper
 
 from embtool.runtime.encoder import proto_session
+
+GRAPH_DIR = Path(__file__).with_name("kernel_graphs")
+GRAPHS = ("sign_product", "int8_product_1", "int8_product_n")
+
+
+def build_graph(name: str):
+    """The ONNX ModelProto of kernel graph `name` (one of GRAPHS)."""
+    from onnx import TensorProto as T
+    from onnx import helper, numpy_helper
+
+    vi = helper.make_tensor_value_info
+
+    def placeholder(name: str, dtype) -> object:  # replaced by the session's own tensor (_session)
+        return numpy_helper.from_array(np.zeros((1, 1), dtype), name)
+
+    if name == "sign_product":
+        nodes = [helper.make_node("MatMulInteger", ["rows", "signs"], ["y"])]
+        inputs = [vi("rows", T.UINT8, ["n", "d"])]
+        outputs, consts = [vi("y", T.INT32, ["n", "q"])], [placeholder("signs", np.int8)]
+    elif name in ("int8_product_1", "int8_product_n"):
+        nodes = [helper.make_node("MatMulInteger", ["codes", "parts", "zp"], ["y"]),
+                 helper.make_node("Cast", ["y"], ["yf"], to=T.FLOAT)]
+        # one part: its scale per query, a broadcast product; more: [PQ, Q], column i sums query i's parts with
+        # their scales, a small float product (a ReduceSum over the [rows, 2, Q] parts measured twice the integer
+        # product's time for one query)
+        nodes.append(helper.make_node("Mul" if name == "int8_product_1" else "MatMul", ["yf", "combine"], ["cq"]))
+        nodes += [helper.make_node("Mul", ["cq", "u"], ["a"]), helper.make_node("Mul", ["v", "qm"], ["b"]),
+                  helper.make_node("Add", ["a", "b"], ["ab"]), helper.make_node("Add", ["ab", "w"], ["scores"])]
+        inputs = [vi("codes", T.UINT8, ["n", "d"])] + [vi(x, T.FLOAT, ["n", 1]) for x in ("u", "v", "w")]
+        outputs = [vi("scores", T.FLOAT, ["n", "q"])]
+        consts = [numpy_helper.from_array(np.array(128, np.uint8), "zp"), placeholder("parts", np.int8),
+                  placeholder("combine", np.float32), placeholder("qm", np.float32)]
+    else:
+        raise ValueError(f"unknown kernel graph {name!r}")
+    model = helper.make_model(helper.make_graph(nodes, name, inputs, outputs, consts),
+                              opset_imports=[helper.make_opsetid("", 13)], producer_name="embtool")
+    model.ir_version = 8
+    return model
+
+
+def _session(name: str, threads: int, tensors: dict[str, np.ndarray]):
+    """A session of shipped graph `name` with its placeholders replaced by `tensors`."""
+    return proto_session((GRAPH_DIR / f"{name}.onnx").read_bytes(), threads, initializers=tensors)
 
 
 class SignProduct:
     """scores(rows01 [b, D] uint8 of 0/1) -> [b, Q] int32 = popcount(q) − Hamming(q, row), for query bits
-    q01 [Q, D] (0/1) fixed when the kernel is built (they are a constant of the graph, packed once)."""
+    q01 [Q, D] (0/1) given when the kernel is built."""
 
     def __init__(self, q01: np.ndarray, threads: int = 0):
         q01 = np.asarray(q01, dtype=np.uint8)
         self.dim, self.n_queries = q01.shape[1], q01.shape[0]
         signs = np.ascontiguousarray((q01.astype(np.int8) * 2 - 1).T)  # [D, Q] ±1
-        graph = helper.make_graph(
-            [helper.make_node("MatMulInteger", ["rows", "signs"], ["y"])], "sign_product",
-            [helper.make_tensor_value_info("rows", TensorProto.UINT8, ["n", self.dim])],
-            [helper.make_tensor_value_info("y", TensorProto.INT32, ["n", self.n_queries])],
-            [numpy_helper.from_array(signs, "signs")])
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-        model.ir_version = 8
-        self._session = proto_session(model, threads)
+        self._session = _session("sign_product", threads, {"signs": signs})
 
     def __call__(self, rows01: np.ndarray) -> np.ndarray:
         return self._session.run(None, {"rows": rows01})[0]
@@ -76,31 +118,14 @@ class Int8Product:
 
     def __init__(self, q: np.ndarray, qm: np.ndarray, threads: int = 0, n_parts: int = QUERY_PARTS):
         parts, scales = query_parts(q, n_parts)
-        d, npart = parts.shape
-        nq = npart // n_parts
-        T = TensorProto
-        consts = [numpy_helper.from_array(parts, "parts"), numpy_helper.from_array(np.array(128, np.uint8), "zp"),
-                  numpy_helper.from_array(np.asarray(qm, np.float32).reshape(1, nq), "qm")]
-        nodes = [helper.make_node("MatMulInteger", ["codes", "parts", "zp"], ["y"]),
-                 helper.make_node("Cast", ["y"], ["yf"], to=T.FLOAT)]
-        if n_parts == 1:  # one scale per query: a broadcast product
-            consts.append(numpy_helper.from_array(scales.reshape(1, nq), "combine"))
-            nodes.append(helper.make_node("Mul", ["yf", "combine"], ["cq"]))
+        nq = parts.shape[1] // n_parts
+        if n_parts == 1:
+            combine = scales.reshape(1, nq)
         else:
-            # [PQ, Q]: column i sums query i's parts with their scales; a small float product (a ReduceSum over the
-            # [rows, 2, Q] parts measured twice the integer product's time for one query)
-            consts.append(numpy_helper.from_array(np.vstack([np.diag(scales[j * nq:(j + 1) * nq]) for j in range(n_parts)])
-                                                  .astype(np.float32), "combine"))
-            nodes.append(helper.make_node("MatMul", ["yf", "combine"], ["cq"]))
-        nodes += [helper.make_node("Mul", ["cq", "u"], ["a"]), helper.make_node("Mul", ["v", "qm"], ["b"]),
-                  helper.make_node("Add", ["a", "b"], ["ab"]), helper.make_node("Add", ["ab", "w"], ["scores"])]
-        rowvec = lambda name: helper.make_tensor_value_info(name, T.FLOAT, ["n", 1])  # noqa: E731
-        graph = helper.make_graph(nodes, "int8_product",
-                                  [helper.make_tensor_value_info("codes", T.UINT8, ["n", d]), rowvec("u"), rowvec("v"), rowvec("w")],
-                                  [helper.make_tensor_value_info("scores", T.FLOAT, ["n", nq])], consts)
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-        model.ir_version = 8
-        self._session = proto_session(model, threads)
+            combine = np.vstack([np.diag(scales[j * nq:(j + 1) * nq]) for j in range(n_parts)])
+        self._session = _session("int8_product_1" if n_parts == 1 else "int8_product_n", threads,
+                                 {"parts": parts, "combine": np.ascontiguousarray(combine, dtype=np.float32),
+                                  "qm": np.ascontiguousarray(qm, dtype=np.float32).reshape(1, nq)})
 
     def __call__(self, codes: np.ndarray, u: np.ndarray, v: np.ndarray, w: np.ndarray) -> np.ndarray:
         shifted = np.bitwise_xor(np.asarray(codes, dtype=np.int8).view(np.uint8), np.uint8(128))  # c + 128
