@@ -593,3 +593,23 @@ def test_onnx_input_refusals_are_one_line(tmp_path, tiny_onnx, monkeypatch, case
     if case == "infeasible":
         assert "--bits 2,4,8 can meet it" in r.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("portable", [False, True])
+def test_max_size_holds_for_an_onnx_output_of_a_safetensors_input(tmp_path, portable):
+    """--format onnx --max-size of a safetensors model: the budget counts what the ONNX file stores (MatMulNBits'
+    float32 scales, --portable's uint4 codes and zero points, every other tensor as float32), not the safetensors
+    bytes, so the written .onnx fits. Hidden size 128 and groups of 16: the float32 scales are 20 KB more than the
+    safetensors' fp16 ones, more than the header estimate's slack."""
+    from conftest import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "bert", "bert", hidden=128)
+    limit = 270_000  # between the uniform 4-bit (207 / 214 KB) and 8-bit (314 / 322 KB) files
+    args = ["quantize", model, "--bits", "2,4,8", "--max-size", limit, "--group-size", "16", "--method", "rtn",
+            "--format", "onnx", "-o", tmp_path / "q", "--json"] + (["--portable"] if portable else [])
+    r = run_cli(args)
+    assert r.exit_code == 0, r.stderr
+    s = json.loads(r.stdout)
+    size = (tmp_path / "q" / "model.onnx").stat().st_size
+    assert s["bytes_after"] == size <= limit
+    assert len({row["bits"] for row in s["mixed_precision"]["per_tensor"]}) > 1  # the limit made it mix widths

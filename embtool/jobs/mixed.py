@@ -146,10 +146,16 @@ class SensitivityProbe:
 def option_bytes(m: Model, req, emb: str | None) -> Callable[[str, tuple[int, ...], int, int, bool], int]:
     """Bytes of a tensor (name, shape) at one option (bits, group size, symmetric): as embtool's packed format stores
     it (fp16 scales; what --target-bits and the reported bits per weight count), or for --max-size of an ONNX input
-    as the rewritten graph stores it (MatMulNBits keeps float32 scales; --portable codes under 8 bits take 4)."""
-    if m.format == "onnx" and req.max_size is not None:
+    or output (`--format onnx`) as the ONNX graph stores it (MatMulNBits keeps float32 scales; --portable codes under
+    8 bits take 4)."""
+    if onnx_output(m, req) and req.max_size is not None:
         return lambda k, shape, b, g, sym: QA.onnx_stored_bytes(*shape, b, g, sym, table=k == emb, portable=req.portable)
     return lambda k, shape, b, g, sym: QA.stored_bytes(*shape, b, g, sym)
+
+
+def onnx_output(m: Model, req) -> bool:
+    """The quantized model is written as an ONNX graph: an ONNX input, or `--format onnx`."""
+    return m.format == "onnx" or getattr(req, "fmt", "safetensors") == "onnx"
 
 
 def _sizes(ws, cost, names: list[str], bits, group_size: int, symmetric: bool) -> list[int]:
@@ -189,7 +195,10 @@ def mixed_budget(m: Model, names: list[str], req, emb: str | None = None) -> flo
     cost = option_bytes(m, req, emb)
     bits = sorted(req.bits)
     n_weights = sum(ws.info(k).numel for k in names)
-    rest = sum(ws.info(k).nbytes for k in ws.keys() if k not in names) + header_bytes(list(ws.keys()), names) + ws.overhead
+    # the bytes of everything else; an ONNX graph built from safetensors stores every other tensor as float32
+    f32 = m.format != "onnx" and onnx_output(m, req)
+    rest = sum(4 * ws.info(k).numel if f32 and ws.info(k).dtype in ("F16", "BF16", "F32") else ws.info(k).nbytes
+               for k in ws.keys() if k not in names) + header_bytes(list(ws.keys()), names) + ws.overhead
     if req.target_bits is not None:
         budget = req.target_bits * n_weights / 8
         what = f"--target-bits {req.target_bits}"

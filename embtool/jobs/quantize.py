@@ -254,6 +254,9 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
             save_onnx(build_encoder(new, fused=not req.portable).to_model(embed_feeds=True), out, prov)
             (out.path / "model.safetensors").unlink()
             new = open_model(out.path, need_tokenizer=False)
+            if req.max_size is not None and new.weight_bytes() > req.max_size:  # planned on the graph's bytes
+                raise InputError(f"the quantized ONNX model takes {new.weight_bytes():,} bytes, over --max-size "
+                                 f"{req.max_size:,} (the estimate of its graph's own bytes fell short): give a few KB more")
         summary["bytes_before"] = m.weight_bytes()
         summary["bytes_after"] = new.weight_bytes()
         if checkable:
