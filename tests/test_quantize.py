@@ -595,17 +595,19 @@ def test_onnx_input_refusals_are_one_line(tmp_path, tiny_onnx, monkeypatch, case
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("portable", [False, True])
-def test_max_size_holds_for_an_onnx_output_of_a_safetensors_input(tmp_path, portable):
+@pytest.mark.parametrize("portable,bits,limit", [(False, "2,4,8", 270_000), (True, "2,4,8", 270_000),
+                                                 (False, "2,3,4", 185_000)])
+def test_max_size_holds_for_an_onnx_output_of_a_safetensors_input(tmp_path, portable, bits, limit):
     """--format onnx --max-size of a safetensors model: the budget counts what the ONNX file stores (MatMulNBits'
     float32 scales, --portable's uint4 codes and zero points, every other tensor as float32), not the safetensors
     bytes, so the written .onnx fits. Hidden size 128 and groups of 16: the float32 scales are 20 KB more than the
-    safetensors' fp16 ones, more than the header estimate's slack."""
+    safetensors' fp16 ones, more than the header estimate's slack. 3-bit codes without --portable are stored as
+    4-bit codes with zero points (were counted at 3 bits: 192.9 KB written for 185 KB). Limits between the uniform
+    4-bit (207 / 214 KB) and 8-bit (314 / 322 KB) files, or the 2-bit (about 170 KB) and 4-bit ones."""
     from conftest import make_tiny_model
 
     model = make_tiny_model(tmp_path / "bert", "bert", hidden=128)
-    limit = 270_000  # between the uniform 4-bit (207 / 214 KB) and 8-bit (314 / 322 KB) files
-    args = ["quantize", model, "--bits", "2,4,8", "--max-size", limit, "--group-size", "16", "--method", "rtn",
+    args = ["quantize", model, "--bits", bits, "--max-size", limit, "--group-size", "16", "--method", "rtn",
             "--format", "onnx", "-o", tmp_path / "q", "--json"] + (["--portable"] if portable else [])
     r = run_cli(args)
     assert r.exit_code == 0, r.stderr
@@ -613,3 +615,69 @@ def test_max_size_holds_for_an_onnx_output_of_a_safetensors_input(tmp_path, port
     size = (tmp_path / "q" / "model.onnx").stat().st_size
     assert s["bytes_after"] == size <= limit
     assert len({row["bits"] for row in s["mixed_precision"]["per_tensor"]}) > 1  # the limit made it mix widths
+
+
+def _onnx_variant(tmp_path, tiny_onnx, name, change) -> Path:
+    import shutil
+
+    import onnx
+
+    d = tmp_path / name
+    shutil.copytree(tiny_onnx, d)
+    m = onnx.load(str(d / "model.onnx"))
+    change(m)
+    onnx.save(m, str(d / "model.onnx"))
+    return d
+
+
+def test_onnx_input_gptq_with_initializers_as_inputs_and_position_ids(tmp_path, tiny_onnx):
+    """GPTQ on ONNX graphs as other exporters write them: initializers also listed as graph inputs (IR < 4,
+    keep_initializers_as_inputs) and a position_ids input are fed as the encoder feeds them (were KeyErrors)."""
+    from onnx import TensorProto, helper
+
+    def inits_as_inputs(m):
+        m.graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in m.graph.initializer)
+
+    def position_ids(m):
+        m.graph.input.append(helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["b", "s"]))
+        m.graph.node.append(helper.make_node("Identity", ["position_ids"], ["pos_out"]))
+        m.graph.output.append(helper.make_tensor_value_info("pos_out", TensorProto.INT64, ["b", "s"]))
+
+    for name, change in (("inits", inits_as_inputs), ("pos", position_ids)):
+        src = _onnx_variant(tmp_path, tiny_onnx, name, change)
+        r = run_cli(["quantize", src, "--bits", "4", "--group-size", "16", "--method", "gptq", "--calib",
+                     tiny_onnx.parent / "calib.txt", "-o", tmp_path / f"q-{name}", "--json"])
+        assert r.exit_code == 0, (name, r.stderr)
+        s = json.loads(r.stdout)
+        assert s["method"] == "gptq" and s["eval"]["cosine_mean"] > 0.98, name
+
+
+def test_onnx_input_float16_and_old_opset_portable_are_refused_up_front(tmp_path, tiny_onnx):
+    """A float16 graph (the quantized operators take float32 scales: the output would not load) and --portable on a
+    graph below opset 21 (its operators are not rewritten) are refused with one line, before any work, nothing
+    written; an existing output is refused before calibration."""
+    import onnx
+    from onnx import numpy_helper
+
+    def to_fp16(m):
+        for i, t in enumerate(m.graph.initializer):
+            if t.name.endswith("_T"):
+                m.graph.initializer[i].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+
+    def opset14(m):
+        for o in m.opset_import:
+            if o.domain in ("", "ai.onnx"):
+                o.version = 14
+
+    half = _onnx_variant(tmp_path, tiny_onnx, "half", to_fp16)
+    r = run_cli(["quantize", half, "--bits", "4", "--group-size", "16", "--no-eval", "-o", tmp_path / "o1"])
+    assert r.exit_code == 1 and "float16" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    old = _onnx_variant(tmp_path, tiny_onnx, "old", opset14)
+    assert onnx.load(str(old / "model.onnx")).opset_import
+    r = run_cli(["quantize", old, "--bits", "4", "--group-size", "16", "--portable", "--no-eval", "-o", tmp_path / "o2"])
+    assert r.exit_code == 1 and "opset 14" in r.stderr, r.stderr
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+    (tmp_path / "o3").mkdir()
+    r = run_cli(["quantize", tiny_onnx, "--bits", "4", "--group-size", "16", "--method", "gptq", "--calib",
+                 tiny_onnx.parent / "calib.txt", "-o", tmp_path / "o3"])
+    assert r.exit_code == 1 and "already exists" in r.stderr and "gptq" not in r.stderr, r.stderr

@@ -60,6 +60,8 @@ def onnx_stored_bytes(rows: int, K: int, bits: int, group_size: int, symmetric: 
     scales, packed zero points), GatherBlockQuantized for the token table (as `stored_bytes`: fp16 scales), or with
     `portable` blocked DequantizeLinear (uint8 codes at 8 bits, else uint4, zero points always, float32 scales)."""
     G = K // group_size
+    if bits == 3 and not portable:  # onnxruntime's kernels take 2, 4 or 8 bits: 3-bit codes are written as 4-bit
+        bits, symmetric = 4, False
     if portable:
         per = 1 if bits == 8 else 0.5
         return int(np.ceil(rows * K * per)) + int(np.ceil(rows * G * per)) + rows * G * 4

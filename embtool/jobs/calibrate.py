@@ -99,9 +99,9 @@ def sequential_gptq(model: Model, plan: dict[str, int], emb: str | None, texts: 
     enc = Encoder(model, EmbedSettings(max_length=min(max_length, default_max_length(model))),
                   session=graph_session(built, threads))
     batches = _batches(enc, texts, batch_size)
+    # the graph's data inputs as the encoder feeds them (an ONNX graph may take token types and positions)
+    data = [enc.batch_arrays(ids, mask) for ids, mask in batches]
     del enc
-    # token types as the encoder feeds them (an ONNX graph may take them)
-    data = [{"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)} for ids, mask in batches]
     valid = [mask.reshape(-1) > 0 for _, mask in batches]
     n_tok = int(sum(v.sum() for v in valid))
     # two runners over the same batches: the partly quantized model (its weights are replaced stage by stage in

@@ -167,6 +167,12 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
                                                   or req.method == "gptq"))
     if req.portable and req.fmt != "onnx" and m.format != "onnx":
         raise InputError("--portable describes an ONNX output: add --format onnx")
+    if req.output and not req.sensitivity_only:  # an existing output is refused before any calibration work
+        from pathlib import Path
+
+        from embtool.core.writer import check_output
+
+        check_output(Path(req.output), req.force, [m.root])
     notes: list[str] = []
     checkable = req.sensitivity_only or check_runnable(m, req, notes)
     onnx_in = m.format == "onnx"
@@ -255,14 +261,18 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
             (out.path / "model.safetensors").unlink()
             new = open_model(out.path, need_tokenizer=False)
             if req.max_size is not None and new.weight_bytes() > req.max_size:  # planned on the graph's bytes
-                raise InputError(f"the quantized ONNX model takes {new.weight_bytes():,} bytes, over --max-size "
-                                 f"{req.max_size:,} (the estimate of its graph's own bytes fell short): give a few KB more")
+                raise InputError(_over_max_size(new.weight_bytes(), req.max_size))
         summary["bytes_before"] = m.weight_bytes()
         summary["bytes_after"] = new.weight_bytes()
         if checkable:
             evaluate_output(m, out, req, summary)
     summary.update(size_summary(rows, emb, t0))
     return summary
+
+
+def _over_max_size(size: int, limit: int) -> str:
+    return (f"the quantized ONNX model takes {size:,} bytes, {size - limit:,} over --max-size {limit:,}: the plan's "
+            "estimate of the graph's bytes fell short (please report it); nothing written")
 
 
 def run_dequantize(req: ConvertRequest) -> dict[str, Any]:
@@ -349,6 +359,15 @@ def select_onnx_tensors(m: Model, req: QuantRequest) -> tuple[list[str], str | N
                  "token Gather reads")
     if any(b == 3 for b in req.bits) and not req.portable:
         raise InputError("3-bit codes in an ONNX output need --portable (onnxruntime's kernels take 2, 4 or 8 bits)")
+    half = next((k for k in names if inits[k].data_type != TensorProto.FLOAT), None)
+    if half is not None:
+        # the quantized operators take float32 scales and give float32 rows: a float16 graph would not load
+        raise Unsupported(f"{half} is stored as float16: embtool quantizes float32 ONNX graphs (export the model in "
+                          "float32, or quantize its safetensors weights and write ONNX with --format onnx)")
+    opset = max((o.version for o in m.onnx_model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    if req.portable and opset < 21:
+        raise Unsupported(f"--portable writes opset-21 blocked DequantizeLinear, and this graph is opset {opset} (its "
+                          "operators are not rewritten to a newer opset): quantize it without --portable")
     for k in names:
         dims = list(inits[k].dims)
         K = dims[1] if k == emb else dims[0]
@@ -455,8 +474,7 @@ def _write_onnx(m: Model, req: QuantRequest, plan: dict[str, int], grams: dict, 
         out.write_json("embtool.json", {**m.embtool_meta(), **prov})
         new = open_model(out.path)
         if req.max_size is not None and new.weight_bytes() > req.max_size:
-            raise InputError(f"the quantized ONNX model takes {new.weight_bytes():,} bytes, over --max-size {req.max_size:,} "
-                             "(the estimate of its graph's own bytes fell short): give a few KB more")
+            raise InputError(_over_max_size(new.weight_bytes(), req.max_size))
         summary.update(bytes_before=m.weight_bytes(), bytes_after=new.weight_bytes())
         orig = open_model(req.model, need_tokenizer=bool(req.eval_file))  # the input graph object was rewritten in place
         evaluate_output(orig, out, req, summary)

@@ -247,17 +247,22 @@ class Encoder:
     def run_outputs(self, names: list[str], ids: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
         """The graph's outputs `names` for one padded batch (token ids and attention mask, [batch, seq] int64)."""
         feeds = dict(self.feeds)
-        arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        if "position_ids" in self.input_names:
-            arrays["position_ids"] = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()
-        for name in self.input_names:
-            feeds[name] = ort.OrtValue.ortvalue_from_numpy(arrays[name])
+        for name, a in self.batch_arrays(ids, mask).items():
+            feeds[name] = ort.OrtValue.ortvalue_from_numpy(a)
         try:
             return [v.numpy() for v in self.sess.run_with_ort_values(names, feeds)]
         except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument) as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise Unsupported(f"{self.model.weight_path}: onnxruntime cannot run it on a batch of {ids.shape[1]} tokens "
                               f"({msg[:300]}); if the model has fewer positions, give --max-length") from None
+
+    def batch_arrays(self, ids: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+        """The graph's data inputs for one padded batch: input_ids, attention_mask and, when it takes them,
+        token_type_ids (zeros) and position_ids (0, 1, ...)."""
+        arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        if "position_ids" in self.input_names:
+            arrays["position_ids"] = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()
+        return {name: arrays[name] for name in self.input_names}
 
     def padded(self, seqs: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
         """(token ids, attention mask) [len(seqs), longest] int64, right-padded with the model's pad id."""

@@ -51,7 +51,13 @@ def onnx_fed_graph(model: Model, weights: frozenset[str], capture_linear_inputs:
             keep.append(t)
     del g.initializer[:]
     g.initializer.extend(keep)
-    declared = {i.name for i in g.input}  # an IR < 4 graph also lists its initializers as inputs
+    # an IR < 4 graph (or one exported with keep_initializers_as_inputs) also lists its initializers as inputs:
+    # those left as initializers are constants here, not inputs a runner must feed
+    consts = {t.name for t in keep}
+    data = [i for i in g.input if i.name not in consts]
+    del g.input[:]
+    g.input.extend(data)
+    declared = {i.name for i in g.input}
     g.input.extend(helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(a.dtype), list(a.shape))
                    for k, a in feeds.items() if k not in declared)
     matrices = {t.name for t in keep if len(t.dims) == 2} | {k for k, a in feeds.items() if a.ndim == 2}
