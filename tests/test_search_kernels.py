@@ -104,11 +104,14 @@ def _cli_hits(args):
 
 
 # ------------------------------------------------------------------------------------------ kernels
-def test_hamming_kernel_matches_unpacked_bits():
+@pytest.mark.parametrize("nq", [1, 2, 7])
+def test_hamming_kernel_matches_unpacked_bits(nq):
+    """XOR + popcount distances equal the unpacked bits' mismatches: a query at a time over rows in their own layout
+    (up to HAMMING_FEW_QUERIES queries, tiles of 65,536 rows: 70,000 rows make two) and over transposed tiles."""
     rng = np.random.default_rng(0)
     for nbytes in (1, 3, 8, 48, 100):  # padded and unpadded word layouts
-        a = rng.integers(0, 256, (7, nbytes), dtype=np.uint8)
-        b = rng.integers(0, 256, (5000, nbytes), dtype=np.uint8)
+        a = rng.integers(0, 256, (nq, nbytes), dtype=np.uint8)
+        b = rng.integers(0, 256, (70_000 if nbytes == 48 else 5000, nbytes), dtype=np.uint8)
         want = (np.unpackbits(a, axis=1)[:, None, :] != np.unpackbits(b, axis=1)[None, :, :]).sum(-1)
         for threads in (1, 2):
             np.testing.assert_array_equal(S.hamming(a, b, threads), want)

@@ -28,6 +28,7 @@ CACHE_BYTES = 16 << 20
 FLOAT_BLOCK_BYTES = 16 << 20  # rows read per float block: big enough for BLAS, small enough to stay bounded
 SCORE_BYTES = 32 << 20  # the binary scan's [queries, rows] distance block
 HAMMING_TILE_BYTES = 1 << 20  # the [queries, rows] uint64 XOR tile of the binary scan stays in L2
+HAMMING_FEW_QUERIES = 2  # up to this many queries, rows are scored in their own layout, a query at a time
 
 
 # from this many queries on, a binary scan is one integer matrix product per block (SignProduct) instead of
@@ -165,6 +166,17 @@ def as_words(bits: np.ndarray) -> np.ndarray:
     return w.view(np.uint64)
 
 
+def _hamming_rows(qw: np.ndarray, rows: np.ndarray, out: np.ndarray) -> None:
+    """out [Q, b] uint16 = Hamming distances of a few query words qw [Q, W] to rows [b, W] in their own layout (no
+    transposed copy: for one query over 1M x 384 bits, 22 ms against 32 ms through _hamming_tile)."""
+    for i in range(qw.shape[0]):
+        c = _popcount(np.bitwise_xor(rows, qw[i]), np.empty(rows.shape, dtype=np.uint8))
+        acc = out[i]
+        np.copyto(acc, c[:, 0])
+        for w in range(1, c.shape[1]):
+            np.add(acc, c[:, w], out=acc)
+
+
 def _hamming_tile(qw: np.ndarray, rows_t: np.ndarray, out: np.ndarray) -> None:
     """out [Q, b] uint16 = Hamming distances of query words qw [Q, W] to rows given word-major rows_t [W, b]."""
     Q, b = out.shape
@@ -187,13 +199,17 @@ def hamming(q_bits: np.ndarray, bits: np.ndarray, threads: int = 1) -> np.ndarra
     rw = as_words(bits)
     Q, B, W = qw.shape[0], rw.shape[0], qw.shape[1]
     out = np.empty((Q, B), dtype=np.uint16)
-    tile = max(256, min(4096, HAMMING_TILE_BYTES // max(1, Q * 8)))
+    few = Q <= HAMMING_FEW_QUERIES
+    tile = 65536 if few else max(256, min(4096, HAMMING_TILE_BYTES // max(1, Q * 8)))
     starts = list(range(0, B, tile))
 
     def one(t0: int) -> None:
         t1 = min(B, t0 + tile)
         part = np.empty((Q, t1 - t0), dtype=np.uint16)
-        _hamming_tile(qw, np.ascontiguousarray(rw[t0:t1].T), part)
+        if few:
+            _hamming_rows(qw, rw[t0:t1], part)
+        else:
+            _hamming_tile(qw, np.ascontiguousarray(rw[t0:t1].T), part)
         out[:, t0:t1] = part
 
     if threads > 1 and len(starts) > 1:
