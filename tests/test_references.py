@@ -77,6 +77,24 @@ def test_quantizer_equals_a_plain_loop(bits, symmetric):
 
 
 @pytest.mark.parametrize("symmetric", [False, True])
+def test_quantizer_in_chunks_on_threads_equals_a_plain_loop(monkeypatch, symmetric):
+    """Round-to-nearest runs its clipping search on chunks of rows (a few at a time here), on two threads: the
+    same codes, scales and zero points as the plain loop."""
+    monkeypatch.setattr(Q, "RTN_CHUNK", 3 * 64)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    rng = np.random.default_rng(7)
+    W = (rng.standard_normal((20, 64)) * np.linspace(0.2, 2, 64)).astype(np.float32)
+    W[5, :16] = rng.standard_cauchy(16)
+    for bits in (2, 4, 8):
+        q = Q.quantize(W, bits, 16, symmetric)
+        codes, scales, zeros = loop_quantize(W, bits, 16, symmetric)
+        np.testing.assert_array_equal(q.codes, codes)
+        np.testing.assert_array_equal(q.scales.astype(np.float64), scales)
+        if not symmetric:
+            np.testing.assert_array_equal(q.zeros, zeros)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 def test_rounding_error_within_half_a_step(bits, symmetric):
     """Closed form: each value inside its group's representable range is off by at most scale/2; outside
@@ -159,6 +177,68 @@ def test_gptq_wider_than_its_block_equals_the_unblocked_algorithm():
         assert abs(_objective(W, got, H) - obj_ref) < 0.01 * obj_ref, block
     rtn = Q.quantize(W, 3, 32).dequantize()
     assert obj_ref < 0.6 * _objective(W, rtn, H)
+
+
+def gptq_act_order_reference(W: np.ndarray, H: np.ndarray, bits: int, group: int, symmetric: bool,
+                             damp: float = 0.01) -> np.ndarray:
+    """Act-order GPTQ without blocks, in float64: columns in descending order of diag(H), each rounded on its
+    group's static grid (round-to-nearest of the original weights, tested against the loop above) and its error
+    spread over the columns not yet rounded through the Cholesky factor of the inverse of the permuted H.
+    Returns the dequantized W."""
+    static = Q.quantize(W, bits, group, symmetric)
+    s = static.scales.astype(np.float64)
+    z = np.full(s.shape, 2 ** (bits - 1), np.float64) if static.zeros is None else static.zeros.astype(np.float64)
+    K = W.shape[1]
+    H = np.array(H, np.float64) + damp * np.mean(np.diag(H)) * np.eye(K)
+    perm = np.argsort(-np.diag(H), kind="stable")
+    U = np.linalg.cholesky(np.linalg.inv(H[np.ix_(perm, perm)])).T
+    Wp = np.array(W, np.float64)[:, perm]
+    out = np.zeros(W.shape)
+    for i in range(K):
+        col, g = perm[i], perm[i] // group
+        w = Wp[:, i]
+        q = np.clip(np.rint(w / np.where(s[:, g] == 0, 1, s[:, g])) + z[:, g], 0, 2**bits - 1)
+        out[:, col] = (q - z[:, g]) * s[:, g]
+        Wp[:, i + 1:] -= np.outer((w - out[:, col]) / U[i, i], U[i, i + 1:])
+    return out
+
+
+def test_gptq_of_several_matrices_and_widths_at_once_equals_each_alone():
+    """The mixed-precision planner quantizes the Linears that share an input (q, k, v) at every width in one GPTQ
+    run (one factorization of H, their rows stacked, each row with its own grid and code range): each (matrix,
+    width) agrees with the unblocked act-order reference as a single GPTQ does."""
+    rng = np.random.default_rng(4)
+    K = 96
+    X = rng.standard_normal((800, K)) * np.exp(rng.standard_normal(K))  # unequal input energies: act-order matters
+    H = X.T @ X
+    Ws = [rng.standard_normal((n, K)).astype(np.float32) for n in (8, 12)]
+    specs = [(2, False), (4, True), (8, False), (8, True)]
+    got = Q.gptq_many(Ws, H, specs, 32)
+    assert [len(row) for row in got] == [len(specs)] * len(Ws)
+    for W, row in zip(Ws, got):
+        for (bits, symmetric), q in zip(specs, row):
+            ref = gptq_act_order_reference(W, H, bits, 32, symmetric)
+            deq = q.dequantize()
+            assert q.bits == bits and (q.zeros is None) == symmetric and q.codes.max() <= 2**bits - 1
+            np.testing.assert_array_equal(q.scales, Q.quantize(W, bits, 32, symmetric).scales)  # static groups
+            # float32 against float64: a code may flip where a value sits on a rounding boundary, nothing more
+            assert np.mean(np.isclose(deq, ref, rtol=0, atol=1e-5 * np.abs(ref).max())) > 0.98, (bits, symmetric)
+            assert abs(_objective(W, deq, H) - _objective(W, ref, H)) < 0.01 * _objective(W, ref, H), (bits, symmetric)
+
+
+@pytest.mark.parametrize("K", [7, 64, 150])
+def test_inverse_factor_is_the_cholesky_factor_of_the_inverse(K):
+    """GPTQ's U (UᵀU = (H + λI)⁻¹, upper triangular) from a Cholesky factorization of the reversed H and a triangular
+    inverse by halves, against numpy's inverse and Cholesky factorization; sizes below, at and above the halving's
+    base case."""
+    rng = np.random.default_rng(K)
+    X = rng.standard_normal((3 * K, K)) @ (np.eye(K) + 0.5 * rng.standard_normal((K, K)))
+    H = X.T @ X
+    U = Q._inverse_factor(H.copy(), 0.01)
+    Hd = H + 0.01 * np.mean(np.diag(H)) * np.eye(K)
+    ref = np.linalg.cholesky(np.linalg.inv(Hd)).T
+    assert np.array_equal(U, np.triu(U)) and U.dtype == np.float32
+    assert np.abs(U - ref).max() <= 1e-5 * np.abs(ref).max()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,13 +16,16 @@ it works for every graph `build_encoder` makes.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import helper
 
 from embtool.runtime.bert_graph import BuiltGraph
-from embtool.runtime.encoder import proto_session
+from embtool.runtime.encoder import proto_session, resolve_threads
 
 
 class StagedRunner:
@@ -85,8 +88,10 @@ class StagedRunner:
             self.state[b] = {k: v for k, v in values.items() if k in keep or k in self.data_inputs}
             yield b, {t: values[t] for t in targets}
 
-    def _segment(self, outputs: list[str], have: set[str]) -> tuple["ort.InferenceSession | None", list[str]]:
-        """A session computing `outputs` from the cached tensors `have`, the fed weights and the initializers."""
+    def _segment(self, outputs: list[str], have: set[str], sample: dict[str, np.ndarray] | None = None
+                 ) -> tuple["ort.InferenceSession | None", list[str]]:
+        """A session computing `outputs` from the cached tensors `have` (their types as in `sample`, default: the
+        first batch's cached tensors), the fed weights and the initializers."""
         if not outputs:
             return None, []
         need: set[int] = set()
@@ -115,7 +120,7 @@ class StagedRunner:
             if x in self.graph_inputs:
                 infos.append(self.graph_inputs[x])
             else:
-                a = self.state[0][x]
+                a = (self.state[0] if sample is None else sample)[x]
                 infos.append(helper.make_tensor_value_info(x, helper.np_dtype_to_tensor_dtype(a.dtype), [None] * a.ndim))
         outs = [onnx.ValueInfoProto(name=x) for x in outputs]  # types come from onnxruntime's own inference
         g = helper.make_graph(nodes, f"segment_{self.segments}", infos, outs, inits)
@@ -123,3 +128,84 @@ class StagedRunner:
         m.ir_version = 10
         self.segments += 1
         return proto_session(m, self.threads), sorted(inputs)
+
+
+class SuffixRunner:
+    """The graph run from a cut to its end, on tensors the float model computed up to that cut.
+
+    A mixed-precision probe replaces one weight and measures the model's output: every node before the first one
+    that reads that weight computes what the float model computes. `SuffixRunner` runs the float model once (one
+    session whose outputs are the tensors that cross any of the cuts), keeps each batch's frontier at every cut, and
+    then runs a probe from the cut before its weight only: one session per cut (made on first use) from the cached
+    frontier, the fed weights (`arrays`, with per-run replacements) and the initializers to `outputs`.
+
+    `groups`: lists of fed weights; a group's cut lies just before the first node that reads one of them.
+
+    With several threads and batches, the batches run concurrently, each on one thread (the sessions are made
+    single-threaded): on these small batches (a few hundred tokens) onnxruntime's own threads mostly wait for
+    each other (measured on multilingual-e5-small, 2 cores, batches of 8 texts: 1.9x faster per probe)."""
+
+    def __init__(self, built: BuiltGraph, arrays: dict[str, np.ndarray], batches: list[dict[str, np.ndarray]],
+                 groups: list[list[str]], outputs: list[str], threads: int = 0):
+        self.arrays = arrays
+        self.outputs = list(outputs)
+        n = resolve_threads(threads) or os.cpu_count() or 1
+        self.workers = min(n, len(batches))
+        run = StagedRunner(built, dict(arrays), batches, 1 if self.workers > 1 else threads)
+        self.graph_inputs = run.graph_inputs
+        order = sorted(range(len(groups)), key=lambda i: run.first_use_of(groups[i]))
+        self.cut_of: list[int] = [0] * len(groups)
+        self.cuts: list[int] = []
+        for i in order:
+            cut = run.first_use_of(groups[i]) - 1
+            if not self.cuts or cut != self.cuts[-1]:
+                self.cuts.append(cut)
+            self.cut_of[i] = len(self.cuts) - 1
+        # one float pass that outputs every cut's frontier (one session, not one segment per cut)
+        keeps = [run._frontier(c) for c in self.cuts]
+        wanted = sorted(set().union(*keeps) - set(run.data_inputs)) if keeps else []
+        sess, in_names = run._segment(wanted, set(run.data_inputs))
+        weights = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(arrays[k])) for k in in_names if k in arrays}
+        self.pool = ThreadPoolExecutor(self.workers) if self.workers > 1 else None
+        data = [{k: b[k] for k in run.data_inputs} for b in batches]
+        got = self._map(sess, in_names, wanted, weights, data) if wanted else [[] for _ in data]
+        self.frontiers: list[list[dict[str, np.ndarray]]] = [[] for _ in self.cuts]
+        for d, values in zip(data, got):
+            values = {**d, **dict(zip(wanted, values))}
+            for c, keep in enumerate(keeps):
+                self.frontiers[c].append({k: values[k] for k in keep | set(run.data_inputs)})
+        del sess, weights, got
+        self._run = run
+        self.sessions: dict[int, tuple] = {}
+        self.runs = 0
+
+    def _map(self, sess, in_names: list[str], outputs: list[str], weights: dict, states: list[dict[str, np.ndarray]]
+             ) -> list[list[np.ndarray]]:
+        """`outputs` of `sess` for each batch state (concurrently on the pool's threads when there is one)."""
+        def one(st: dict[str, np.ndarray]) -> list[np.ndarray]:
+            feeds = {**{k: ort.OrtValue.ortvalue_from_numpy(st[k]) for k in in_names if k in st}, **weights}
+            return [v.numpy() for v in sess.run_with_ort_values(outputs, feeds)]
+
+        return list(self.pool.map(one, states)) if self.pool is not None else [one(st) for st in states]
+
+    def cut_index(self, group: int) -> int:
+        return self.cut_of[group]
+
+    def run(self, cut: int, replace: dict[str, np.ndarray] | None = None) -> list[list[np.ndarray]]:
+        """`outputs` of every batch, computed from the cached frontier at cut number `cut` (cut_index) with the fed
+        weights of `arrays`, those named in `replace` replaced by its values."""
+        if cut not in self.sessions:
+            frontier = self.frontiers[cut]
+            self.sessions[cut] = self._run._segment(self.outputs, set(frontier[0]), frontier[0])
+        sess, in_names = self.sessions[cut]
+        replace = replace or {}
+        weights = {k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(replace.get(k, self.arrays.get(k))))
+                   for k in in_names if k in self.arrays}
+        self.runs += 1
+        return self._map(sess, in_names, self.outputs, weights, self.frontiers[cut])
+
+    def close(self) -> None:
+        """Stop the worker threads (the sessions go with the runner)."""
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
