@@ -65,10 +65,14 @@ def gptq_stages(linear_inputs: dict[str, str], first_use: Callable[[str], int], 
 
 def sequential_gptq(model: Model, plan: dict[str, int], emb: str | None, texts: list[str], group_size: int,
                     symmetric: bool, threads: int = 0, max_length: int = 128, batch_size: int = 16, progress=None,
-                    damp: float = ASYM_DAMP) -> tuple[dict[str, QA.QTensor], int, int]:
+                    damp: float = ASYM_DAMP, options: dict[str, tuple[int, int, bool]] | None = None,
+                    table: QA.QTensor | None = None) -> tuple[dict[str, QA.QTensor], int, int]:
     """GPTQ stage by stage (`gptq_stages`), each stage fitted to the float model's outputs from the inputs it
     really gets. Returns ({weight: QTensor} for the token table and every Linear the encoder graph reads, tokens
     seen, number of stages); weights of `plan` the graph does not read (e.g. a pooler) are left to the caller.
+    Each weight is quantized at its bits in `plan` with `group_size` and `symmetric`, or at its own (bits, group
+    size, symmetric) in `options` (a mixed-precision plan); `table`: the token table already quantized (the
+    mixed-precision planner's), used as it is.
 
     As in Frantar et al. the inputs X̃ of a stage come from the model whose token table (round-to-nearest) and
     earlier stages are already quantized. Plain GPTQ on X̃ (min ‖X̃(W − Q)ᵀ‖) only re-weights the rounding; here
@@ -113,8 +117,9 @@ def sequential_gptq(model: Model, plan: dict[str, int], emb: str | None, texts: 
     ref = StagedRunner(built, dict(built.feeds), data, threads)
     built = None
     done: dict[str, QA.QTensor] = {}
+    spec = {w: (options or {}).get(w, (plan[w], group_size, symmetric)) for w in plan}
     if emb is not None and emb in fed:
-        q = QA.quantize(ws.get(emb), plan[emb], group_size, symmetric)
+        q = table if table is not None else QA.quantize(ws.get(emb), *spec[emb])
         done[emb] = q
         arrays[fed[emb]] = q.dequantize().astype(arrays[fed[emb]].dtype)
     stages = gptq_stages(inputs, lambda w: runner.first_use_of([fed[w]]), sorted(w for w in fed if w != emb))
@@ -134,14 +139,17 @@ def sequential_gptq(model: Model, plan: dict[str, int], emb: str | None, texts: 
         for w in (w for earlier in stages[:s] for w in earlier):  # float weights no node after the cut reads
             if fed[w] in ref.arrays and ref.last_use.get(fed[w], -1) <= ref.cut:
                 del ref.arrays[fed[w]]
+        targets_of: dict[tuple, list[tuple[str, np.ndarray]]] = {}  # (input, bits, group, symmetric) -> [(weight, V)]
         for w in stage:
             t = inputs[w]
             W = np.asarray(ws.get(w), np.float64)
             lam = damp * float(np.mean(np.diag(H[t])))
             V = np.linalg.solve(H[t] + lam * np.eye(H[t].shape[0]), C[t] @ W.T + lam * W.T).T
-            q = QA.quantize_matrix(V.astype(np.float32), plan[w], group_size, symmetric, H[t])
-            done[w] = q
-            arrays[fed[w]] = np.ascontiguousarray(q.dequantize().T)
+            targets_of.setdefault((t, *spec[w]), []).append((w, V.astype(np.float32)))
+        for (t, bits, g, sym), wv in targets_of.items():  # the Linears of one input and width: one GPTQ run
+            for (w, _), (q,) in zip(wv, QA.gptq_many([V for _, V in wv], H[t], [(bits, sym)], g)):
+                done[w] = q
+                arrays[fed[w]] = np.ascontiguousarray(q.dequantize().T)
         if progress is not None:
             progress.update(1)
     return done, n_tok, len(stages)

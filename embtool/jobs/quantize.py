@@ -42,7 +42,7 @@ class QuantRequest(OutputRequest):
     # the embedding table is always round-to-nearest). GPTQ's statistics come from --calib, else the built-in sample
     gptq_sequential: bool = True  # GPTQ stage by stage on the partly quantized model, fitted to the float model's
     # outputs (jobs/calibrate.sequential_gptq); False: every layer's inputs from one pass of the float model.
-    # Mixed precision always uses the one pass.
+    # Mixed precision plans on the one pass, then quantizes the plan (each tensor at its width) sequentially.
     include: str | None = None
     exclude: str | None = None
     embeddings_only: bool = False
@@ -201,7 +201,7 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
         if len(req.bits) != 1:
             raise InputError("several --bits need --target-bits or --max-size (mixed precision)")
         fixed_plan = {k: req.bits[0] for k in names}
-    sequential = method == "gptq" and req.gptq_sequential and not mixed_run
+    sequential = method == "gptq" and req.gptq_sequential
     seq_done: dict = {}
     if method == "gptq":
         from embtool.core.calibration import calibration_texts
@@ -209,7 +209,7 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
 
         texts = calibration_texts(req.calib, limit=GPTQ_TEXTS, builtin="corpus")
         source = "--calib" if req.calib else "the built-in calibration sample"
-        if sequential:
+        if sequential and not mixed_run:
             seq_done, n_tok, n_stages = sequential_gptq(m, fixed_plan, emb, texts, req.group_size, req.symmetric, req.threads,
                                                         progress=progress)
             grams = {k: None for k in seq_done if k != emb}  # records these layers as GPTQ
@@ -235,6 +235,13 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
         if req.sensitivity_only:
             summary["seconds"] = round(time.perf_counter() - t0, 2)
             return summary
+        if sequential:  # the plan's widths, quantized stage by stage on the partly quantized model
+            options = {k: (plan[k], q.group_size, q.zeros is None) for k, q in done.items()}
+            seq_done, n_tok, n_stages = sequential_gptq(m, plan, emb, texts, req.group_size, req.symmetric, req.threads,
+                                                        progress=progress, options=options, table=done.get(emb))
+            done = {**done, **seq_done}
+            say(f"gptq: the plan's {sum(1 for k in seq_done if k != emb)} linear layers quantized in {n_stages} "
+                f"sequential stages, on {n_tok} tokens of {source}")
     summary["tensor_bytes_before"] = sum(ws.info(k).nbytes for k in ws.keys())
     if onnx_in:
         return _write_onnx(m, req, plan, grams or {}, done, summary, emb, t0)
