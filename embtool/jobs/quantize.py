@@ -236,6 +236,7 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
             summary["seconds"] = round(time.perf_counter() - t0, 2)
             return summary
         if sequential:  # the plan's widths, quantized stage by stage on the partly quantized model
+            grams = dict.fromkeys(grams or {})  # the one-pass statistics are done with (the record names GPTQ layers)
             options = {k: (plan[k], q.group_size, q.zeros is None) for k, q in done.items()}
             seq_done, n_tok, n_stages = sequential_gptq(m, plan, emb, texts, req.group_size, req.symmetric, req.threads,
                                                         progress=progress, options=options, table=done.get(emb))
