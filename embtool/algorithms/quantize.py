@@ -361,7 +361,6 @@ def gptq_many(Ws: list[np.ndarray], H: np.ndarray, specs: list[tuple[int, bool]]
     perm = np.argsort(-(np.diag(H) + damp * np.mean(np.diag(H))), kind="stable")
     H = H[np.ix_(perm, perm)]
     Hinv = _inverse_factor(H, damp)
-    G = K // group_size
     # the groups keep their places (static groups: scales and zero points from round-to-nearest of the original
     # weights), so the stored format does not change
     parts, statics = [], []

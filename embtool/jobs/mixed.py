@@ -28,7 +28,7 @@ the same model in safetensors. For the token-embedding table only the rows the c
 curvature: those rows are probed (and quantized: the other rows do not change the loss), and each row's predicted
 damage is weighted by how often its token occurs (smoothed).
 
-multilingual-e5-small's sensitivity (--bits 2,4,8, 2 threads) took 235-262 s and takes 41-53 s
+multilingual-e5-small's sensitivity (--bits 2,4,8, 2 threads) took 235-262 s and takes 44 s (51 s off the 4-bit grid)
 (docs/benchmarks-by-hand.md): probes from their cut (about half the layers each), in batches of similar length on
 one thread each; 8-bit losses scaled from the 4-bit ones, and no run for a width the weights already sit on; the
 Linears that share an input quantized at every width by one GPTQ run; the token table's 250k rows quantized whole
