@@ -20,6 +20,8 @@ from typing import Callable
 
 import numpy as np
 
+from embtool.algorithms.pooling import from_precision
+
 METRICS = ("cosine", "dot", "l2")
 # int8 and float16 rows are widened to float32 in tiles of this size: within the shared L3 (32 MB here) and
 # large enough that a 2-thread BLAS product gains from its threads (1 MB L2-sized tiles measured 2-5x slower
@@ -508,12 +510,8 @@ def topk_codes(
             _, cand = _int8_product_topk(q, codes, scales, mean, sqnorms, min(n, approx_depth(k)), metric,
                                          lambda q_, qm_: int8_product(q_, qm_, 1), block_rows, after_block,
                                          before_block)
-            mu = np.asarray(mean, dtype=np.float32)
-
-            def decoded(ids: np.ndarray) -> np.ndarray:
-                return mu[None, :] + np.asarray(codes[ids], dtype=np.float32) * np.asarray(scales[ids], dtype=np.float32)[:, None]
-
-            return rescore(q, cand, decoded, metric, k)
+            return rescore(q, cand, lambda ids: from_precision(codes[ids], scales[ids], "int8", codes.shape[1], mean),
+                           metric, k)
 
         def score(r0: int, r1: int) -> np.ndarray:
             return int8_scores(q, codes[r0:r1], scales[r0:r1], metric, unit, mean,

@@ -308,16 +308,14 @@ def build_bert(model: Model, fused: bool = True, feed_weights: frozenset[str] = 
         scale = b.const("scale", np.array(1.0 / math.sqrt(hd), np.float32))
     for i in range(a.layers):
         L = p + s.layers.format(i=i)
-        if fused and FUSE_QKV_BIAS:
-            # the q, k, v biases are added inside the attention kernel (its packed [3H] bias input), not by three
-            # Adds over [tokens, hidden]: same values, all-MiniLM embed 1.04x (CPU time, 1 thread, medians of 5)
-            q, k, v = (_linear(b, w, x, L + name, with_bias=False) for name in (s.q, s.k, s.v))
-            qkv_bias = b.const(L + "qkv.bias", np.concatenate([_bias(w, L + name, H) for name in (s.q, s.k, s.v)]))
+        if fused:
+            # with FUSE_QKV_BIAS the q, k, v biases are added inside the attention kernel (its packed [3H] bias
+            # input), not by three Adds over [tokens, hidden]: same values, all-MiniLM embed 1.04x (CPU time,
+            # 1 thread, medians of 5)
+            q, k, v = (_linear(b, w, x, L + name, with_bias=not FUSE_QKV_BIAS) for name in (s.q, s.k, s.v))
+            qkv_bias = b.const(L + "qkv.bias", np.concatenate([_bias(w, L + name, H) for name in (s.q, s.k, s.v)])) \
+                if FUSE_QKV_BIAS else ""
             ctx = b.node("MultiHeadAttention", [q, k, v, qkv_bias, mask32, *([pos_bias] if pos_bias else [])], "mha",
-                         domain="com.microsoft", num_heads=nh)
-        elif fused:
-            q, k, v = (_linear(b, w, x, L + name) for name in (s.q, s.k, s.v))
-            ctx = b.node("MultiHeadAttention", [q, k, v, "", mask32, *([pos_bias] if pos_bias else [])], "mha",
                          domain="com.microsoft", num_heads=nh)
         else:
             q = b.node("Transpose", [b.node("Reshape", [_linear(b, w, x, L + s.q), shp_heads])], "q", perm=[0, 2, 1, 3])

@@ -4,6 +4,7 @@ SignProduct: Hamming distances as one integer matrix product. With a query's bit
 bit, -1 for a clear one) and a row's bits as 0/1, the product is  Σ r·s = popcount(q) − Hamming(q, r)  exactly,
 so per query it ranks rows as the Hamming distance does. onnxruntime's MatMulInteger (uint8 × int8, AVX2) runs it;
 products of 0/1 and ±1 cannot saturate its 16-bit pair sums. On 1M × 384 bits and 100 queries it measured
+0.36-0.40 s (unpacking the bits included) where XOR + popcount in numpy took 1.22 s.
 
 The graphs do not depend on the queries: they hold placeholder initializers that each session replaces with the
 queries' tensors (onnxruntime's SessionOptions.add_initializer; as constants they are packed once, where graph
