@@ -643,7 +643,7 @@ def bench_shrink() -> None:
     for name, folder, lang, budget, prefix, quick in (
             ("multilingual-e5-small", realmodels.e5_small(), "fr", 16_000_000, "passage: ", False),
             ("all-MiniLM-L6-v2", realmodels.minilm(), "en", 15_000_000, "", False),
-            ("all-mpnet-base-v2", realmodels.mpnet(), "en", 60_000_000, "", True)):
+            ("all-mpnet-base-v2", realmodels.mpnet(), "en", 60_000_000, "", False)):
         train, held = split(lang)
         tr = write_lines(f"shrink-{lang}-train.txt", train)
         he = write_lines(f"shrink-{lang}-held.txt", held[:300])
@@ -916,8 +916,7 @@ def report(cmd: str) -> None:
     if "shrink" in R:
         L += ["## shrink: one command to a size budget", "",
               "`embtool shrink MODEL -c TRAIN --max-size N`: trim to the language of the training split, then mixed 2/4/8-bit "
-              "quantization to the budget (the measured planner with GPTQ; `--quick`: Hessian estimates and round-to-nearest, "
-              "used for MPNet to keep the benchmark short). Fidelity against the original model: on the lines shrink kept aside "
+              "quantization to the budget (the measured planner with GPTQ, the default, for every model). Fidelity against the original model: on the lines shrink kept aside "
               "(every 10th line of what it was given, 300), and on 300 paragraphs of the held-out split it never saw "
               "(e5 with `passage: `). Wall time and peak RSS of the whole command.", "",
               "| model | language | budget | bytes | % of original | trim | quantize | kept-aside cosine / recall@10 | "
