@@ -323,6 +323,7 @@ def test_probe_from_a_cut_equals_the_whole_model(tiny_models, name):
     for k, v in changed.items():
         ref = whole({k: v})
         assert ref > 0 and probe.measured_damage(k, v) == pytest.approx(ref, rel=1e-4), k
+        assert len(probe.runner.sessions) == 1  # one cut's session at a time: each keeps its activations' arena
     ref = whole({k: changed[k] for k in linears[1:] if k in changed})
     assert probe.loss_with({k: changed[k] for k in linears[1:] if k in changed}) == pytest.approx(ref, rel=1e-4)
     rows = probe.used_rows()

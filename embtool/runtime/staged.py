@@ -195,6 +195,9 @@ class SuffixRunner:
         """`outputs` of every batch, computed from the cached frontier at cut number `cut` (cut_index) with the fed
         weights of `arrays`, those named in `replace` replaced by its values."""
         if cut not in self.sessions:
+            # one cut's session at a time: a session keeps its activations' arena (a few hundred MB each for
+            # all-mpnet-base-v2), and the planner probes cut after cut
+            self.sessions.clear()
             frontier = self.frontiers[cut]
             self.sessions[cut] = self._run._segment(self.outputs, set(frontier[0]), frontier[0])
         sess, in_names = self.sessions[cut]
