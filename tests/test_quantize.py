@@ -207,6 +207,27 @@ def test_staged_runner_gives_the_one_pass_inputs_when_no_weight_changes(name, ti
     assert runner.segments == len(stages)  # one segment per stage: the model ran once in all
 
 
+def test_gram_matrices_of_fed_linears_equal_those_of_constants(tiny_bert, monkeypatch):
+    """Above FEED_LINEARS_ABOVE the statistics pass feeds the float Linears zero-copy, as embedding does (constants
+    exist in four copies while a session is made); the Gram matrices are those of the constant graph."""
+    from embtool.jobs.calibrate import gram_matrices
+    from embtool.runtime import encoder as E
+    from embtool.runtime import graphs
+
+    m = open_model(tiny_bert)
+    linears = [k for k in m.weights.keys() if k.endswith(".weight") and len(m.weights.info(k).shape) == 2 and "embed" not in k]
+    const, n = gram_matrices(m, linears, SENTENCES, threads=1)
+    built_with = []
+    real = graphs.fed_encoder
+    monkeypatch.setattr(graphs, "fed_encoder", lambda model, w, **kw: built_with.append(set(w)) or real(model, w, **kw))
+    monkeypatch.setattr(E, "FEED_LINEARS_ABOVE", 0)
+    fed, n2 = gram_matrices(open_model(tiny_bert), linears, SENTENCES, threads=1)
+    assert built_with and built_with[0] and built_with[0] <= set(linears) and n2 == n
+    assert sorted(fed) == sorted(const)
+    for k in const:
+        np.testing.assert_allclose(fed[k], const[k], rtol=1e-5, atol=1e-6 * np.abs(const[k]).max())
+
+
 @pytest.mark.parametrize("name", ["bert", "distilbert", "qwen3"])
 def test_sequential_gptq_lowers_the_embedding_error(tmp_path, tiny_models, name):
     """Sequential GPTQ (each stage fitted to the float model's outputs from the inputs the partly quantized model

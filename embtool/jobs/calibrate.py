@@ -32,9 +32,12 @@ def gram_matrices(model: Model, weights: list[str], texts: list[str], threads: i
     """({`X.weight`: XᵀX [in, in] float64}, number of tokens) over the real (unpadded) tokens of `texts` (an ONNX
     model's weights: the B of its MatMuls)."""
     from embtool.runtime.graphs import fed_encoder
-    from embtool.runtime.encoder import EmbedSettings, Encoder, default_max_length, graph_session
+    from embtool.runtime.encoder import EmbedSettings, Encoder, default_max_length, fed_linears, graph_session
 
-    built, _ = fed_encoder(model, frozenset(), capture_linear_inputs=True)
+    # large float Linears are fed zero-copy, as the encoder feeds them (constants exist in four copies while the
+    # session is made: all-mpnet-base-v2's statistics pass peaked at 3.3 GB)
+    feed = fed_linears(model) if model.format == "safetensors" else frozenset()
+    built, _ = fed_encoder(model, feed, capture_linear_inputs=True)
     wanted = {w: built.linear_inputs[w] for w in weights if w in built.linear_inputs}
     outs = sorted(set(wanted.values()))
     # the embedding output is never read here: named, so that the captured [batch, seq, hidden] outputs of an ONNX
