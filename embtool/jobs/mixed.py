@@ -443,8 +443,13 @@ def _uniform_guard(probe: SensitivityProbe, names, options, group_size, costs, b
     candidates = [j for j in fits if options[j][0] == widest]
     if len(candidates) == 1 and all(int(p) == candidates[0] for p in picks):
         return None
-    mixed_loss = probe.loss_with({k: cache[(k, int(p))].dequantize() for k, p in zip(names, picks)})
-    losses = {j: probe.loss_with({k: cache[(k, j)].dequantize() for k in names}) for j in candidates}
+    def fed(q) -> np.ndarray:
+        # a Linear is fed as its transpose: dequantized straight into that layout (a transposed view of it is W),
+        # so the session does not copy every weight again (all-mpnet-base-v2: 340 MB at the planner's peak)
+        return np.ascontiguousarray(q.dequantize().T).T
+
+    mixed_loss = probe.loss_with({k: fed(cache[(k, int(p))]) for k, p in zip(names, picks)})
+    losses = {j: probe.loss_with({k: fed(cache[(k, j)]) for k in names}) for j in candidates}
     ju = min(candidates, key=lambda j: (losses[j], j))
     return {"bits": widest, "symmetric": bool(options[ju][2]), "uniform_loss": losses[ju], "mixed_loss": mixed_loss,
             "chose": "uniform" if losses[ju] <= mixed_loss else "mixed", "option": ju}
