@@ -16,10 +16,11 @@ the lowest bits; 3-bit codes are packed as a bit stream (8 codes in 3 bytes), li
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
+
+from embtool.core.threads import cpu_threads
 
 BITS = (2, 3, 4, 8)
 RUNNABLE_BITS = (2, 4, 8)  # onnxruntime MatMulNBits / GatherBlockQuantized; 3-bit runs as 4-bit codes
@@ -129,7 +130,7 @@ def quantize(W: np.ndarray, bits: int, group_size: int, symmetric: bool = False,
             zeros[r0 : r0 + n] = z.astype(np.uint8).reshape(n, G)
 
     starts = range(0, rows, chunk)
-    workers = min(len(starts), _threads())
+    workers = min(len(starts), cpu_threads())
     if workers > 1:  # numpy's ufuncs release the GIL: chunks on several cores
         from concurrent.futures import ThreadPoolExecutor
 
@@ -139,14 +140,6 @@ def quantize(W: np.ndarray, bits: int, group_size: int, symmetric: bool = False,
         for r0 in starts:
             one(r0)
     return QTensor(codes, scales, zeros, bits, group_size)
-
-
-def _threads() -> int:
-    """Cores numpy work may use: $OMP_NUM_THREADS when set (as BLAS honours it), else the CPUs of this process."""
-    env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _rtn_params(n, a, bits, m, lo, hi):

@@ -165,9 +165,11 @@ class SensitivityProbe:
         se = float(s.std(ddof=1) / np.sqrt(len(s))) if len(s) > 1 else float("nan")
         return float(s.mean() / n), se / n, n
 
-    def loss_with(self, values: dict[str, np.ndarray]) -> float:
-        """L with several weights replaced at once (e.g. a whole quantization plan). The token table's value may
-        be given for the rows the texts use only (`used_rows`), or whole."""
+    def loss_with(self, values: dict[str, "np.ndarray | QA.QTensor"]) -> float:
+        """L with several weights replaced at once (e.g. a whole quantization plan), each given as an array or as a
+        QTensor (dequantized here, a Linear straight into the transposed layout it is fed in: a whole plan then
+        exists once in float32, not also as the [out, in] arrays the session would copy). The token table's value
+        may be given for the rows the texts use only (`used_rows`), or whole."""
         replace: dict[str, np.ndarray] = {}
         saved = None
         table = self.arrays.get(self.feed_name(self.emb)) if self.emb is not None else None
@@ -176,11 +178,13 @@ class SensitivityProbe:
                 if self.feed_name(weight) not in self.arrays:
                     continue
                 if weight == self.emb:
+                    v = v.dequantize() if isinstance(v, QA.QTensor) else v
                     rows = self.used_rows()
                     saved = table[rows].copy()
                     table[rows] = v if len(v) == len(rows) and len(v) != len(table) else v[rows]
                 else:
-                    replace[self.feed_name(weight)] = v.T
+                    replace[self.feed_name(weight)] = np.ascontiguousarray(
+                        (v.dequantize() if isinstance(v, QA.QTensor) else v).T)
             if not replace and saved is None:
                 return 0.0
             first = min(self.cut[w] for w in values if self.feed_name(w) in self.arrays)
@@ -191,9 +195,9 @@ class SensitivityProbe:
             if saved is not None:
                 table[self.used_rows()] = saved
 
-    def measured_damage(self, weight: str, new_value: np.ndarray) -> float:
-        """L with one weight replaced (e.g. by its quantized version): the real damage. The token table's value
-        may be given for the rows the texts use only (`used_rows`), or whole."""
+    def measured_damage(self, weight: str, new_value: "np.ndarray | QA.QTensor") -> float:
+        """L with one weight replaced (e.g. by its quantized version, an array or a QTensor): the real damage. The
+        token table's value may be given for the rows the texts use only (`used_rows`), or whole."""
         if self.feed_name(weight) not in self.arrays:
             return 0.0
         return self.loss_with({weight: new_value})
@@ -360,7 +364,7 @@ def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
             elif j0 is not None and sq[j0] > 0:  # quadratic in the error: the narrower width's measured loss, scaled
                 damages[i, j] = damages[i, j0] * sq[j] / sq[j0]
             else:  # the real loss of the pooled embedding with this tensor alone at b bits
-                damages[i, j] = probe.measured_damage(k, q.dequantize())
+                damages[i, j] = probe.measured_damage(k, q)
         gptq_done.pop(k, None)
         if progress is not None:
             progress.update(1)
@@ -443,13 +447,8 @@ def _uniform_guard(probe: SensitivityProbe, names, options, group_size, costs, b
     candidates = [j for j in fits if options[j][0] == widest]
     if len(candidates) == 1 and all(int(p) == candidates[0] for p in picks):
         return None
-    def fed(q) -> np.ndarray:
-        # a Linear is fed as its transpose: dequantized straight into that layout (a transposed view of it is W),
-        # so the session does not copy every weight again (all-mpnet-base-v2: 340 MB at the planner's peak)
-        return np.ascontiguousarray(q.dequantize().T).T
-
-    mixed_loss = probe.loss_with({k: fed(cache[(k, int(p))]) for k, p in zip(names, picks)})
-    losses = {j: probe.loss_with({k: fed(cache[(k, j)]) for k in names}) for j in candidates}
+    mixed_loss = probe.loss_with({k: cache[(k, int(p))] for k, p in zip(names, picks)})
+    losses = {j: probe.loss_with({k: cache[(k, j)] for k in names}) for j in candidates}
     ju = min(candidates, key=lambda j: (losses[j], j))
     return {"bits": widest, "symmetric": bool(options[ju][2]), "uniform_loss": losses[ju], "mixed_loss": mixed_loss,
             "chose": "uniform" if losses[ju] <= mixed_loss else "mixed", "option": ju}

@@ -6,7 +6,6 @@ batches carry little padding, run, pooled, and put back in input order.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -18,6 +17,7 @@ from embtool.algorithms import pooling as P
 from embtool.core.errors import InputError, Unsupported
 from embtool.core.model import NOT_LINEAR, Model, find_vocab_tensors
 from embtool.core.st_config import prompt_length, resolve_prompt
+from embtool.core.threads import resolve_threads
 from embtool.core.tokenizer_io import encode_batch
 
 CHUNK = 4096  # texts tokenized at once; bounds memory for streams of any length
@@ -47,15 +47,6 @@ class EmbedStats:
     tokens: int = 0
     truncated: int = 0
     padded_tokens: int = 0
-
-
-def resolve_threads(threads: int) -> int:
-    """--threads N when given (N > 0), else $OMP_NUM_THREADS when it is a positive number (as numpy's BLAS
-    and other OpenMP programs honour it), else 0: onnxruntime's default (all cores)."""
-    if threads and int(threads) > 0:
-        return int(threads)
-    env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    return int(env) if env.isdigit() and int(env) > 0 else 0
 
 
 _ORT_QUIET = False

@@ -16,7 +16,6 @@ it works for every graph `build_encoder` makes.
 
 from __future__ import annotations
 
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -25,7 +24,8 @@ import onnxruntime as ort
 from onnx import helper
 
 from embtool.runtime.bert_graph import BuiltGraph
-from embtool.runtime.encoder import proto_session, resolve_threads
+from embtool.core.threads import cpu_threads
+from embtool.runtime.encoder import proto_session
 
 
 class StagedRunner:
@@ -136,8 +136,9 @@ class SuffixRunner:
     A mixed-precision probe replaces one weight and measures the model's output: every node before the first one
     that reads that weight computes what the float model computes. `SuffixRunner` runs the float model once (one
     session whose outputs are the tensors that cross any of the cuts), keeps each batch's frontier at every cut, and
-    then runs a probe from the cut before its weight only: one session per cut (made on first use) from the cached
-    frontier, the fed weights (`arrays`, with per-run replacements) and the initializers to `outputs`.
+    then runs a probe from the cut before its weight only: a session of that cut (made on first use, one kept at a
+    time) from the cached frontier, the fed weights (`arrays`, with per-run replacements) and the initializers to
+    `outputs`.
 
     `groups`: lists of fed weights; a group's cut lies just before the first node that reads one of them.
 
@@ -149,8 +150,7 @@ class SuffixRunner:
                  groups: list[list[str]], outputs: list[str], threads: int = 0):
         self.arrays = arrays
         self.outputs = list(outputs)
-        n = resolve_threads(threads) or os.cpu_count() or 1
-        self.workers = min(n, len(batches))
+        self.workers = min(cpu_threads(threads), len(batches))
         run = StagedRunner(built, dict(arrays), batches, 1 if self.workers > 1 else threads)
         self.graph_inputs = run.graph_inputs
         order = sorted(range(len(groups)), key=lambda i: run.first_use_of(groups[i]))
