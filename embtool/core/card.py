@@ -132,7 +132,7 @@ def _value(key: str, inline: str | None, block: list[str]) -> Any:
     if not all(items) or len({m.group(1) for m in items}) != 1:  # nested mappings, lists of lists: not read
         return UNREAD
     texts = [(m.group(2) or "").strip() for m in items]
-    if any(_KEY.fullmatch(t) or t[:1] in "-[" for t in texts):  # a list of mappings (widget:) or of lists
+    if any(_KEY.fullmatch(t) or t == "-" or t.startswith(("- ", "[")) for t in texts):  # of mappings (widget:), of lists
         return UNREAD
     return [_inline(key, t) if t and not t.startswith("#") else None for t in texts]
 
@@ -261,6 +261,7 @@ def _typed(plain: str) -> Any:
 _PLAIN = re.compile(r"[A-Za-z][A-Za-z0-9_./+-]*")
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
 _YAML11_WORDS = {"y", "n", "yes", "no", "on", "off", "true", "false", "null"}  # what a YAML 1.1 reader types
+_KEY_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 
 
 def dump_front_matter(meta: dict[str, Any]) -> str:
@@ -269,7 +270,7 @@ def dump_front_matter(meta: dict[str, Any]) -> str:
     anything else, else double-quoted with every non-printable character escaped."""
     lines = ["---"]
     for k, v in meta.items():
-        if not _KEY.fullmatch(f"{k}:"):
+        if not _KEY_NAME.fullmatch(k) or k.lower() in _YAML11_WORDS:
             raise ValueError(f"front matter key {k!r} is not a simple name")
         if isinstance(v, (list, tuple)):
             lines.append(f"{k}:")
@@ -289,7 +290,9 @@ def _dump_scalar(v: Any) -> str:
     if isinstance(v, float):
         if v != v or v in (float("inf"), float("-inf")):
             raise ValueError("front matter numbers must be finite")
-        return repr(v)
+        r = repr(v)  # YAML 1.1 readers want a dot in the mantissa and a signed exponent: 1.0e+16, not 1e+16
+        mantissa, e, exponent = r.partition("e")
+        return (mantissa if "." in mantissa else mantissa + ".0") + e + exponent
     if not isinstance(v, str):
         raise TypeError(f"front matter values are str, int, float, bool or None, not {type(v).__name__}")
     if _PLAIN.fullmatch(v) and v.lower() not in _YAML11_WORDS:
@@ -301,6 +304,8 @@ def _escape(c: str) -> str:
     cp = ord(c)
     if c in '"\\':
         return "\\" + c
+    if c in "\n\t\r":
+        return {"\n": "\\n", "\t": "\\t", "\r": "\\r"}[c]
     if 0x20 <= cp <= 0x7E or (0xA0 <= cp <= 0xFFFD and not 0xD800 <= cp <= 0xDFFF and cp not in (0x2028, 0x2029, 0xFEFF)) \
             or 0x10000 <= cp <= 0x10FFFF:
         return c
