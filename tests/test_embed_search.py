@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from conftest import SENTENCES, run_cli
 from embtool.algorithms import search as S
-from embtool.core.embeddings_io import Index
+from embtool.core.formats.index import open_index
 from embtool.core.model import open_model
 from embtool.runtime.encoder import Encoder
 
@@ -87,7 +87,7 @@ def test_embed_formats_and_sources(tmp_path, tiny_bert, source, fmt):
     if fmt == "npy":
         got = np.load(out)
     elif fmt == "safetensors":
-        ix = Index(out)
+        ix = open_index(out)
         got = ix.block(0, len(ix))
         assert [ix.text(i) for i in range(len(ix))] == texts
         from safetensors.numpy import load_file

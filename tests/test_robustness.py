@@ -180,9 +180,9 @@ def test_sigkill_leaves_input_intact_and_output_absent_or_complete(tmp_path, tin
         p.wait()
         if out.exists():
             if command == "embed":
-                from embtool.core.embeddings_io import Index
+                from embtool.core.formats.index import open_index
 
-                assert len(Index(out)) == 3000
+                assert len(open_index(out)) == 3000
             else:
                 m = open_model(out)
                 assert m.weights is not None and (out / "embtool.json").is_file()
