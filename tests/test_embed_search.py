@@ -183,3 +183,38 @@ def test_embed_int8_codes_centred_in_the_index_plain_in_npy(tmp_path, tiny_bert)
         np.testing.assert_array_equal([[h["id"] for h in hits if h["query_no"] == i] for i in range(3)], ri)
         np.testing.assert_allclose([[h["score"] for h in hits if h["query_no"] == i] for i in range(3)], rs,
                                    rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the index records how its texts were embedded, through every writer (tests/test_ray.py: the --ray writer)
+
+@pytest.fixture(scope="module")
+def options_bert(tiny_bert, tmp_path_factory):
+    from index_helpers import options_model
+
+    return options_model(tiny_bert, tmp_path_factory.mktemp("options") / "model")
+
+
+def test_every_encoder_option_changes_the_embedding(options_bert):
+    """The options the writer tests use each change the vectors of their model (else those tests could not fail)."""
+    from index_helpers import ENCODER_OPTIONS, TEXTS
+
+    def vectors(args):
+        r = run_cli(["embed", options_bert, *TEXTS, *args, "--quiet"])
+        assert r.exit_code == 0, r.stderr
+        return [json.loads(line)["embedding"] for line in r.stdout.splitlines()]
+
+    base = vectors([])
+    for name, args in ENCODER_OPTIONS.items():
+        v = vectors(args)
+        assert len(v[0]) != len(base[0]) or not np.allclose(v, base, atol=1e-3), name
+
+
+@pytest.mark.parametrize("option", sorted(["pooling-cls", "pooling-mean", "no-normalize", "prefix", "prompt-name",
+                                           "max-length", "dim"]))
+@pytest.mark.parametrize("writer", ["plain", "shard", "parquet"])
+def test_search_embeds_text_queries_as_the_index_records(options_bert, tmp_path, writer, option):
+    from index_helpers import ENCODER_OPTIONS, TEXTS, assert_search_embeds_queries_like_the_documents, embed_with
+
+    files = embed_with(writer, options_bert, ENCODER_OPTIONS[option], TEXTS, tmp_path / "index")
+    assert_search_embeds_queries_like_the_documents(files, TEXTS)

@@ -133,7 +133,7 @@ def _query_vectors(req: SearchRequest, idxs: list[StoredIndex], warn: Callable[[
     if msg:
         warn(msg + "; scores may be meaningless")
     rec = src.encoder
-    if not rec.recorded:
+    if src.model and not rec.recorded:  # an older index (e.g. `embed --ray` shards of earlier releases)
         warn(f"{first.path} does not record how its texts were embedded (pooling, normalize, prefix, max length); "
              "queries are embedded with the model's defaults")
     # normalize as recorded; None when that is the model's own default, so that a Normalize module of its
