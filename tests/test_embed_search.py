@@ -218,3 +218,103 @@ def test_search_embeds_text_queries_as_the_index_records(options_bert, tmp_path,
 
     files = embed_with(writer, options_bert, ENCODER_OPTIONS[option], TEXTS, tmp_path / "index")
     assert_search_embeds_queries_like_the_documents(files, TEXTS)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# hits are rows: ids as stored, repeated or not
+
+def _write_index(path, X, texts, ids):
+    from embtool.core.embeddings_io import EmbeddingSink
+
+    sink = EmbeddingSink(path.suffix[1:], "float32")
+    try:
+        sink.add(texts, X)
+        sink.ids = np.asarray(ids, np.int64)
+        sink.finish(path)
+    finally:
+        sink.close()
+    return path
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_hits_are_rows_whatever_the_ids(tmp_path_factory, data):
+    """Several index files with ids assigned at random (the same range in every file, all zero, random, shuffled,
+    or the global numbering embed writes): each hit is a row, with that row's id, text and score, and the hits are
+    the brute-force top-k (ties to the smaller id then position; by position alone once a file's ids do not
+    increase). Repeated ids are a warning, and with strict an error."""
+    import embtool
+    from embtool.errors import InputError
+
+    pytest.importorskip("pyarrow")
+    sizes = data.draw(st.lists(st.integers(1, 7), min_size=1, max_size=4), label="rows per file")
+    mode = data.draw(st.sampled_from(["global", "range", "zero", "random", "shuffled"]), label="ids")
+    metric = data.draw(st.sampled_from(S.METRICS), label="metric")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    total = sum(sizes)
+    order = rng.permutation(total)
+    folder = tmp_path_factory.mktemp("ids")
+    files, rows = [], []  # rows: (file, row, id, text, vector) in position order
+    start = 0
+    for f, n in enumerate(sizes):
+        X = rng.integers(-2, 3, size=(n, 4)).astype(np.float32)
+        X[np.all(X == 0, axis=1)] = 1  # no zero rows: cosine is defined
+        ids = {"global": np.arange(start, start + n), "range": np.arange(n), "zero": np.zeros(n, int),
+               "random": rng.integers(-3, 4, n), "shuffled": order[start:start + n]}[mode]
+        texts = [f"file {f} row {r}" for r in range(n)]
+        ext = data.draw(st.sampled_from([".safetensors", ".parquet"]), label=f"format {f}")
+        files.append(str(_write_index(folder / f"f{f}{ext}", X, texts, ids)))
+        rows += [(files[-1], r, int(ids[r]), texts[r], X[r].astype(np.float64)) for r in range(n)]
+        start += n
+    q = rng.integers(-2, 3, size=(2, 4)).astype(np.float32) + 0.5
+    k = data.draw(st.integers(1, total + 2), label="k")
+    warnings: list[str] = []
+    hits = embtool.search(files, q, k=k, metric=metric, warn=warnings.append, threads=1)
+
+    all_ids = [r[2] for r in rows]
+    repeated = len(set(all_ids)) < len(all_ids)
+    assert any("ids repeat" in w for w in warnings) == repeated, warnings
+    increasing = all(np.all(np.diff([r[2] for r in rows if r[0] == f]) > 0) for f in files)
+    for qi, got in enumerate(hits):
+        qv = q[qi].astype(np.float64)
+        score = {"dot": lambda x: qv @ x, "l2": lambda x: ((qv - x) ** 2).sum(),
+                 "cosine": lambda x: qv @ x / np.linalg.norm(qv) / np.linalg.norm(x)}[metric]
+        sign = 1 if metric == "l2" else -1
+        ref = sorted(range(total), key=lambda p: (sign * score(rows[p][4]), *((rows[p][2],) if increasing else ()), p))
+        ref = ref[:min(k, total)]
+        assert len(got) == len(ref)
+        for h in got:
+            file, row, gid, text, x = next(r for r in rows if (r[0], r[1]) == (h.file, h.row))
+            assert (h.id, h.text) == (gid, text)  # the row's own id and text
+            assert abs(h.score - score(x)) <= 1e-5 * max(1.0, abs(score(x)))
+        if metric != "cosine":  # small integers: exact scores, so the order is the rule's exactly
+            assert [(h.file, h.row) for h in got] == [(rows[p][0], rows[p][1]) for p in ref]
+        else:  # normalising makes equal cosines differ by an ulp: the scores are the reference's
+            np.testing.assert_allclose([h.score for h in got], [score(rows[p][4]) for p in ref], atol=1e-5)
+    if repeated:
+        with pytest.raises(InputError, match="ids repeat"):
+            embtool.search(files, q, k=k, metric=metric, strict=True)
+
+
+def test_search_cli_repeated_ids_show_each_rows_text(tmp_path, tiny_bert):
+    """Two indexes embedded apart both hold ids 0..N-1: each hit shows its own row's text (JSON: with its file and
+    row), a warning says the ids repeat, and --strict refuses."""
+    from conftest import corpus_lines
+
+    a_texts, b_texts = corpus_lines("en", 30), corpus_lines("fr", 30)
+    for name, texts in (("a", a_texts), ("b", b_texts)):
+        (tmp_path / f"{name}.txt").write_text("\n".join(texts) + "\n")
+        assert run_cli(["embed", tiny_bert, "-i", tmp_path / f"{name}.txt", "-o", tmp_path / f"{name}.safetensors",
+                        "--quiet"]).exit_code == 0
+    args = ["search", tmp_path / "a.safetensors", tmp_path / "b.safetensors", b_texts[7], a_texts[7], "-k", "6"]
+    r = run_cli([*args, "--json"])
+    assert r.exit_code == 0 and "warning: ids repeat: 30 id(s) name more than one row" in r.stderr
+    hits = [json.loads(line) for line in r.stdout.splitlines()]
+    by_file = {str(tmp_path / "a.safetensors"): a_texts, str(tmp_path / "b.safetensors"): b_texts}
+    assert all(h["text"] == by_file[h["file"]][h["row"]] and h["id"] == h["row"] for h in hits)
+    assert [h["text"] for h in hits if h["rank"] == 1] == [b_texts[7], a_texts[7]]
+    assert {h["file"] for h in hits} == set(by_file)
+    r = run_cli(args)  # TSV: the same rows
+    assert [line.split("\t")[4] for line in r.stdout.splitlines()] == [h["text"] for h in hits]
+    r = run_cli([*args, "--strict"])
+    assert r.exit_code == 1 and r.stdout == "" and r.stderr.startswith("Error: ids repeat")

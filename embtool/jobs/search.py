@@ -190,19 +190,12 @@ def _finite_queries(q: np.ndarray, where: str) -> np.ndarray:
     return q
 
 
-def _repeated_ids(idxs: list[StoredIndex], starts: np.ndarray) -> str | None:
-    """None when every id names one row; else what repeats. Cheap when each file's ids increase and the files' id
-    ranges do not overlap (what embed writes, --shard and --ray included); otherwise every id is compared."""
-    spans = []
-    for ix, start in zip(idxs, starts):
-        if ix.ids is None:
-            spans.append((int(start), int(start) + len(ix) - 1))
-        elif _increasing(ix.ids):
-            spans.append((int(ix.ids[0]), int(ix.ids[-1])))
-        else:
-            break
-    else:
-        spans.sort()
+def _repeated_ids(idxs: list[StoredIndex], starts: np.ndarray, increasing: list[bool]) -> str | None:
+    """None when every id names one row; else what repeats. Cheap when each file's ids increase (`increasing`) and
+    the files' id ranges do not overlap (what embed writes, --shard and --ray included); else every id is compared."""
+    if all(increasing):
+        spans = sorted((int(start), int(start) + len(ix) - 1) if ix.ids is None else (int(ix.ids[0]), int(ix.ids[-1]))
+                       for ix, start in zip(idxs, starts))
         if all(a[1] < b[0] for a, b in zip(spans, spans[1:])):
             return None
     ids = np.concatenate([_ids_of(ix, start) for ix, start in zip(idxs, starts)])
@@ -245,7 +238,8 @@ def run_search(req: SearchRequest, warn: Callable[[str], None] = lambda m: None,
         raise InputError(f"the index files have different dimensions: {sorted(dims)}")
     starts = np.cumsum([0] + [len(ix) for ix in idxs])
     total = int(starts[-1])
-    repeated = _repeated_ids(idxs, starts[:-1])
+    increasing = [ix.ids is None or _increasing(ix.ids) for ix in idxs]
+    repeated = _repeated_ids(idxs, starts[:-1], increasing)
     if repeated and req.strict:
         raise InputError(repeated + " (--strict)")
     if repeated:
@@ -262,19 +256,24 @@ def run_search(req: SearchRequest, warn: Callable[[str], None] = lambda m: None,
         parts = score_files(paths, q, replace(req, query_vectors=None), threads)
     else:
         parts = [_search_one(q, ix, req, threads, warn) for ix in idxs]
-    # merged by score, ties by the smaller id, then by position in the files searched (file order, then row): a
-    # position names one row, so a hit's id and text are always those of its row, however ids repeat
+    # merged by score; ties to the smaller id, then the earlier position in the files searched (file order, then
+    # row). A file cuts its own ties by row, so when a file's ids do not increase with its rows, ties go by position
+    # alone (the same rule everywhere). A position names one row: a hit's id and text are always its row's
     k = min(req.k, total)
     per_file = []
     for (s, i), ix, start in zip(parts, idxs, starts):
         rows = np.asarray(i, dtype=np.int64)
-        per_file.append((s, np.asarray(ix.ids[rows], dtype=np.int64) if ix.ids is not None else rows + start, rows + start))
-    scores, ids, pos = S.merge(per_file, k, req.metric)
+        ids = np.asarray(ix.ids[rows], dtype=np.int64) if ix.ids is not None else rows + start
+        per_file.append((s, ids if all(increasing) else rows + start, rows + start))
+    scores, _, pos = S.merge(per_file, k, req.metric)
     hits = []
-    for qs, qi, qp in zip(scores, ids, pos):
+    for qs, qp in zip(scores, pos):
         f = np.searchsorted(starts, qp, side="right") - 1
-        hits.append([Hit(float(sc), int(g), idxs[fi].text(int(p - starts[fi])), str(idxs[fi].path), int(p - starts[fi]))
-                     for sc, g, fi, p in zip(qs, qi, f, qp)])
+        row = []
+        for sc, fi, p in zip(qs, f, qp):
+            ix, r = idxs[fi], int(p - starts[fi])
+            row.append(Hit(float(sc), int(ix.ids[r]) if ix.ids is not None else int(p), ix.text(r), str(ix.path), r))
+        hits.append(row)
     return SearchResult(hits, texts)
 
 
