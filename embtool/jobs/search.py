@@ -300,15 +300,16 @@ def _search_one(q: np.ndarray, ix: StoredIndex, req: SearchRequest, threads: int
     k = min(req.k, n)
     depth = rescore_depth(ix, req, warn)
     try:
-        s, i = S.topk_codes(q, ix.emb, max(k, depth), req.metric, ix.precision, scales=ix.scales, dim=ix.dim,
-                            unit_rows=ix.unit_rows, query_bits=ix.query_bits(q) if ix.precision == "binary" else None,
-                            block_rows=req.block_rows, threads=threads, after_block=ix.release, before_block=ix.prefetch,
-                            mean=ix.int8_mean if ix.precision == "int8" else None,
-                            sqnorms=ix.int8_sqnorms if ix.precision == "int8" else None,
-                            sign_product=_sign_product(threads) if ix.precision == "binary" else None,
-                            int8_product=_int8_product(threads) if ix.precision == "int8" else None)
-        if depth:
-            s, i = S.rescore(q, i, ix.rescore_rows, req.metric, k, unit_rows=ix.unit_rows)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow scores inf or NaN: refused below, not warned
+            s, i = S.topk_codes(q, ix.emb, max(k, depth), req.metric, ix.precision, scales=ix.scales, dim=ix.dim,
+                                unit_rows=ix.unit_rows, query_bits=ix.query_bits(q) if ix.precision == "binary" else None,
+                                block_rows=req.block_rows, threads=threads, after_block=ix.release, before_block=ix.prefetch,
+                                mean=ix.int8_mean if ix.precision == "int8" else None,
+                                sqnorms=ix.int8_sqnorms if ix.precision == "int8" else None,
+                                sign_product=_sign_product(threads) if ix.precision == "binary" else None,
+                                int8_product=_int8_product(threads) if ix.precision == "int8" else None)
+            if depth:
+                s, i = S.rescore(q, i, ix.rescore_rows, req.metric, k, unit_rows=ix.rescore_unit_rows)
     except S.NonFiniteScore as e:
         raise CorruptFile(f"{ix.path}: row {e.row} scores {e.value} (a value of the row, its scale or its norm is not a "
                           "finite number)") from None

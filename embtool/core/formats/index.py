@@ -71,8 +71,10 @@ nested lists); Parquet vectors of unequal lengths, nulls in or instead of a vect
 that disagrees with the data; text offsets that decrease or leave the text bytes; scales, norms, means or rotations
 that are negative or not finite. Values checked per row (a NaN inside a row) are checked as search scores them, block
 by block: a row that scores NaN or infinity stops the search. The claims search trusts to skip work (unit rows,
-stored int8 norms) are checked on every row a search returns: a row that breaks them would score too high, and so
-be among the hits.
+stored int8 norms) are checked on every row a search returns, so no returned score rests on a broken claim: a row
+that breaks one by scoring too high is among the hits. (A row shorter than the unit-row claim, or with a stored int8
+norm larger than its own, scores too low: it can only drop out of the hits, as if it held other values. Parquet rows
+are in memory and all checked when opened.)
 """
 
 from __future__ import annotations
@@ -96,7 +98,9 @@ PRECISIONS = P.PRECISIONS
 BINARY_CODES = ("sign", "centred", "itq")  # how float rows become bits: plain signs, minus the corpus mean, + ITQ rotation
 ROW_GROUP = 65_536  # Parquet rows per row group
 CHECK_ROWS = 1 << 20  # entries of an [N] array checked at a time when an index is opened
-UNIT_TOLERANCE = 2e-3  # |norm - 1| a unit row may show (float16 storage: about 5e-4)
+# |norm - 1| a unit row may show, by how it is stored: float32 rows normalised in float32 are within about 1e-6, float16
+# rounding moves a norm by up to 5e-4; a score trusting the claim is off by at most this share
+UNIT_TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float16): 1e-3}
 # the metadata keys this module writes; any other key is kept as it is and means nothing to embtool
 KEYS = (VERSION_KEY, "precision", "count", "dim", "binary_code", "model", "model_fingerprint", "tokenizer_fingerprint",
         "tokenizer", "onnx_file", "pooling", "normalize", "prefix", "prompt_name", "max_length", "output_name", "shard",
@@ -457,6 +461,12 @@ class StoredIndex:
             return "embeddings_int8"
         return None
 
+    @property
+    def rescore_unit_rows(self) -> bool:
+        """Rescoring may trust the unit claim: its rows are the float copy (decoded int8 codes are unit vectors only
+        to about 1%, so their norms are computed)."""
+        return self.unit_rows and self.float is not None
+
     def rescore_rows(self, rows: np.ndarray) -> np.ndarray:
         """float32 rows `rows` (sorted local row numbers) from the rescoring vectors."""
         if self.float is not None:
@@ -475,15 +485,10 @@ class StoredIndex:
             return
         r = np.unique(np.asarray(rows, dtype=np.int64))
         if rescored or self.precision in ("float32", "float16"):
-            if not self.unit_rows:
+            if not self.rescore_unit_rows if rescored else not self.unit_rows:
                 return
-            x = self.rescore_rows(r) if rescored else np.asarray(self.emb[r], dtype=np.float32)
-            norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
-            bad = (np.abs(norms - 1) > UNIT_TOLERANCE) & (norms > 1e-6)  # a zero row stays zero when normalised
-            if bad.any():
-                j = int(np.flatnonzero(bad)[0])
-                raise CorruptFile(f"{self.path}: the index says its rows are unit vectors (normalize=true), but row "
-                                  f"{int(r[j])} has norm {norms[j]:.6g}")
+            stored = self.float if rescored else self.emb
+            self._check_unit(stored[r], r, UNIT_TOLERANCE[stored.dtype])
         elif self.precision == "int8" and self.int8_sqnorms is not None and self.int8_mean is not None:
             dec = P.from_precision(self.emb[r], self.scales[r], "int8", self.dim, self.int8_mean)
             sq = np.einsum("ij,ij->i", dec, dec, dtype=np.float64)
@@ -493,6 +498,16 @@ class StoredIndex:
                 j = int(np.flatnonzero(bad)[0])
                 raise CorruptFile(f"{self.path}: int8_sqnorms of row {int(r[j])} is {stored[j]:.6g}, but its decoded "
                                   f"row's squared norm is {sq[j]:.6g}")
+
+    def _check_unit(self, x: np.ndarray, rows: np.ndarray, tolerance: float) -> None:
+        """Rows x (numbers `rows`) are unit vectors within `tolerance`, or zero (a zero row stays zero normalised)."""
+        x = np.asarray(x, dtype=np.float64)
+        norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+        bad = (np.abs(norms - 1) > tolerance) & (norms > 1e-6)
+        if bad.any():
+            j = int(np.flatnonzero(bad)[0])
+            raise CorruptFile(f"{self.path}: the index says its rows are unit vectors (normalize=true), but row "
+                              f"{int(rows[j])} has norm {norms[j]:.6g}")
 
     def prefetch(self, r0: int, r1: int) -> None:
         """Ask the OS to read rows r0..r1 ahead (memory-mapped files only)."""
@@ -695,6 +710,9 @@ class ParquetIndex(StoredIndex):
             raise CorruptFile(f"{self.path}: unreadable Parquet data ({_first_line(e)})") from None
         self.emb = self._vectors(table.column(vec_name).combine_chunks())
         self.dim = self.emb.shape[1]
+        if self.unit_rows:  # in memory already: every row checked now
+            stored = np.dtype(np.float16) if pa.types.is_float16(vtype.value_type) else np.dtype(np.float32)
+            self._check_unit(self.emb, np.arange(self.emb.shape[0]), UNIT_TOLERANCE[stored])
         n = self.emb.shape[0]
         if self.record.count is not None and self.record.count != n:
             raise CorruptFile(f"{self.path}: the metadata says {self.record.count} rows, the file has {n}")
@@ -732,7 +750,8 @@ class ParquetIndex(StoredIndex):
         if values.null_count:
             at = int(np.flatnonzero(np.asarray(values.is_null()))[0])
             raise CorruptFile(f"{self.path}: row {at // dim} has a null inside its vector")
-        flat = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+        with np.errstate(over="ignore"):  # a value beyond float32 becomes infinity: refused just below
+            flat = values.to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
         return self._finite(flat.reshape(n, dim), 0)
 
     @property
