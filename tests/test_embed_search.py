@@ -318,3 +318,89 @@ def test_search_cli_repeated_ids_show_each_rows_text(tmp_path, tiny_bert):
     assert [line.split("\t")[4] for line in r.stdout.splitlines()] == [h["text"] for h in hits]
     r = run_cli([*args, "--strict"])
     assert r.exit_code == 1 and r.stdout == "" and r.stderr.startswith("Error: ids repeat")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --force replaces what embed wrote, checked by the whole content (not the first line, not a column name)
+
+def _lookalikes(kind: str, path, first: bytes) -> dict[str, bytes]:
+    """Files a user may have at an embed target that share a start, a header or a column name with what embed
+    writes, built from embed's own output `first`."""
+    import io
+
+    if kind == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        def parquet(table) -> bytes:
+            buf = io.BytesIO()
+            pq.write_table(table, buf)
+            return buf.getvalue()
+
+        mine = pq.read_table(io.BytesIO(first))
+        meta = json.loads(mine.schema.metadata[b"embtool"])
+        return {"a dataset with an embedding column": parquet(pa.table({"label": [1, 2], "author": ["x", "y"],
+                                                                         "embedding": [[0.1, 0.2], [0.3, 0.4]]})),
+                "embed's file with a column added": parquet(mine.append_column("label", pa.array([1] * mine.num_rows))),
+                "embed's metadata, other rows": parquet(mine.slice(0, 1)),
+                "embed's file without its metadata": parquet(mine.replace_schema_metadata(None)),
+                "a newer format": parquet(mine.replace_schema_metadata({b"embtool": json.dumps({**meta, "embtool_index": "2"})}))}
+    if kind == "safetensors":
+        from safetensors.numpy import load_file
+
+        from embtool.core.safetensors_io import SafetensorsFile, write_safetensors
+
+        t, m = load_file(str(path)), dict(SafetensorsFile(path).metadata)
+        out = {}
+        for name, (tt, mm) in {"embed's index with a tensor added": ({**t, "labels": np.zeros(2, np.int64)}, m),
+                               "embed's index with a count changed": (t, {**m, "count": "7"})}.items():
+            write_safetensors(path.with_name("x.safetensors"), tt, mm)
+            out[name] = path.with_name("x.safetensors").read_bytes()
+        out["embed's index with bytes appended"] = first + b"appended"
+        return out
+    if kind == "npy":
+        buf = io.BytesIO()
+        np.save(buf, np.zeros((2, 2, 2), np.float32))
+        return {"a 3-D array": buf.getvalue(), "a cut matrix": first[:-3], "bytes appended": first + b"\0\0\0\0"}
+    if kind == "jsonl":
+        head = first.split(b"\n")[0] + b"\n"
+        return {"embed's first row, then data": head + b'{"name": "my data"}\n',
+                "a row without its vector": b'{"id": 0, "text": "a"}\n',
+                "ids out of order": head + head}
+    lines = first.split(b"\n")  # word2vec: .vec, .txt
+    return {"a diary starting like a header": b"2024 12\nmy diary\n", "a header and fewer rows": b"\n".join(lines[:2]) + b"\n",
+            "a row of words": lines[0] + b"\n" + lines[1] + b"\nmy notes " + b" ".join([b"x"] * 31) + b"\n"}
+
+
+@pytest.mark.parametrize("ext", ["npy", "safetensors", "parquet", "jsonl", "vec", "txt"])
+def test_embed_force_replaces_only_what_embed_wrote(tmp_path, tiny_bert, ext):
+    """`embed -o X --force` replaces X only when X is, in whole, an output of embed: embtool's metadata (indexes)
+    and content that agrees with it; a file that only starts like one, or holds more, is refused and kept."""
+    if ext == "parquet":
+        pytest.importorskip("pyarrow")
+    out = tmp_path / f"e.{ext}"
+    args = ["embed", tiny_bert, "alpha", "beta", "-o", out, "--quiet"]
+    assert run_cli(args).exit_code == 0
+    first = out.read_bytes()
+    assert run_cli([*args, "--force"]).exit_code == 0 and out.read_bytes() == first  # its own output: replaced
+    for name, other in _lookalikes(ext, out, first).items():
+        out.write_bytes(other)
+        r = run_cli([*args, "--force"])
+        assert r.exit_code == 1 and "--force only replaces what embtool wrote" in r.stderr, (name, r.stderr)
+        assert out.read_bytes() == other, name
+
+
+@settings(max_examples=30, deadline=None)
+@given(ext=st.sampled_from(["npy", "safetensors", "parquet"]), cut=st.floats(0, 1), tail=st.binary(min_size=1, max_size=40))
+def test_embed_force_refuses_a_cut_and_patched_binary_output(tmp_path_factory, tiny_bert, ext, cut, tail):
+    """An embed output cut anywhere and given other bytes is refused, unless those bytes restore it exactly."""
+    from embtool.core.embeddings_io import not_embeddings_file
+
+    d = tmp_path_factory.mktemp("cut")
+    out = d / f"e.{ext}"
+    assert run_cli(["embed", tiny_bert, "alpha", "beta", "-o", out, "--quiet"]).exit_code == 0
+    first = out.read_bytes()
+    patched = first[:int(cut * len(first))] + tail
+    out.write_bytes(patched)
+    fmt = {"npy": "npy", "safetensors": "safetensors", "parquet": "parquet"}[ext]
+    assert (not_embeddings_file(out, fmt) is None) == (patched == first)

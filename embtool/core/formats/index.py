@@ -382,6 +382,10 @@ def replace_problem(path: str | os.PathLike, fmt: str) -> str | None:
     others = sorted(set(ix.names) - set(_layout_names(fmt)))
     if others:
         return f"holds more than embtool wrote ({', '.join(others)})"
+    if fmt == "safetensors":
+        end = ix.file.data_start + max((t.end for t in ix.file.tensors.values()), default=0)
+        if end != os.path.getsize(path):
+            return f"has {os.path.getsize(path) - end} bytes after its tensors"
     return None
 
 
