@@ -404,3 +404,39 @@ def test_embed_force_refuses_a_cut_and_patched_binary_output(tmp_path_factory, t
     out.write_bytes(patched)
     fmt = {"npy": "npy", "safetensors": "safetensors", "parquet": "parquet"}[ext]
     assert (not_embeddings_file(out, fmt) is None) == (patched == first)
+
+
+def test_api_search_refuses_bad_requests_by_name(tmp_path, tiny_bert):
+    """search(k=0) and its siblings: a named error that says what is wrong (validation belongs to the request, so
+    the CLI and the API share it), before any file is read."""
+    import re
+
+    import embtool
+    from embtool.errors import BadUsage, InputError
+
+    idx = tmp_path / "t.safetensors"
+    assert run_cli(["embed", tiny_bert, *SENTENCES[:4], "-o", idx, "--quiet"]).exit_code == 0
+    q = embtool.read_embeddings(idx)[:2]
+    for kwargs, error, says in (({"k": 0}, BadUsage, "k must be at least 1 (got 0)"),
+                                ({"k": -3}, BadUsage, "k must be at least 1"),
+                                ({"k": "5"}, TypeError, "k must be an integer, not str"),
+                                ({"k": True}, TypeError, "k must be an integer, not bool"),
+                                ({"k": 2.0}, TypeError, "k must be an integer, not float"),
+                                ({"metric": "cos"}, BadUsage, "unknown metric 'cos'"),
+                                ({"rescore": -1}, BadUsage, "rescore must be at least 0"),
+                                ({"block_rows": -1}, BadUsage, "block_rows must be at least 0"),
+                                ({"query_embeddings": str(idx)}, BadUsage, "give queries one way")):
+        with pytest.raises(error, match=re.escape(says)):
+            embtool.search(idx, q, **kwargs)
+    with pytest.raises(BadUsage, match="no index files"):
+        embtool.search([], q)
+    with pytest.raises(TypeError, match="queries are strings"):
+        embtool.search(idx, [1, 2])
+    for bad, says in ((q[None], "2-D array"), (q[:0], "no query vectors"), (np.array([["a"]]), "2-D array of numbers"),
+                      (np.where(q == q[0, 0], np.nan, q), "query 0 holds a value that is not a finite number")):
+        with pytest.raises(InputError, match=says):
+            embtool.search(idx, bad)
+    hits = embtool.search(idx, q[0], k=1)  # one vector: one query
+    assert len(hits) == 1 and hits[0][0].row == hits[0][0].id == 0 and hits[0][0].file == str(idx)
+    r = run_cli(["search", idx, "a", "-k", "0"])
+    assert r.exit_code == 2 and "-k" in r.stderr
