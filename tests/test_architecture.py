@@ -4,6 +4,7 @@ that breaks a rule fails here, not in a review.
 - the import graph of the package has no cycle (imports inside functions count: they are edges too);
 - only `embtool/runtime/` imports onnxruntime (and so creates sessions);
 - the quantization record (`__metadata__["embtool_quantization"]`) is read and written in one module;
+- the embeddings index record (metadata keys, tensor and column names) is spelled in one module, its owner;
 - the CLI modules, `make demo` and `make bench` use embtool through its public API only.
 """
 
@@ -90,6 +91,47 @@ def test_the_quantization_record_has_one_reader_and_writer():
                    if '"embtool_quantization"' in p.read_text(encoding="utf-8")
                    or "'embtool_quantization'" in p.read_text(encoding="utf-8"))
     assert where == ["embtool.core.qrecord"], where
+
+
+def _literals(source: str) -> set[str]:
+    """The str and bytes constants of Python source, docstrings aside (a docstring may name a key; code that
+    spells one reads or writes it)."""
+    tree = ast.parse(source)
+    docs = {id(n.body[0].value) for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.body
+            and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    return {n.value if isinstance(n.value, str) else repr(n.value) for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, (str, bytes)) and id(n) not in docs}
+
+
+# index keys that are also words of other vocabularies (JSON summaries, CLI options, Ray Data columns, the JSONL
+# output): every other index key is spelled only by its owner
+INDEX_SHARED_WORDS = {"count", "dim", "embedding", "embeddings", "id", "ids", "max_length", "model", "normalize",
+                      "onnx_file", "pooling", "precision", "prefix", "prompt_name", "text", "texts", "tokenizer"}
+
+
+def test_the_index_record_has_one_owner():
+    from dataclasses import fields
+
+    from embtool.core.formats import index
+
+    keys = {*index.KEYS, *(f.name for f in fields(index.IndexArrays)), *index.PARQUET_COLUMNS}
+    assert INDEX_SHARED_WORDS <= keys  # the exemptions are index keys still
+    owned = {*(keys - INDEX_SHARED_WORDS), repr(index.PARQUET_META_KEY)}
+    assert {"model_fingerprint", "text_offsets", "embtool_index", "id_offset", "b'embtool'"} <= owned
+    spelled = {_module_name(p): _literals(p.read_text(encoding="utf-8")) & owned for p in PKG.rglob("*.py")}
+    where = sorted(m for m, found in spelled.items() if found and m != "embtool.core.formats.index")
+    assert where == [], {m: sorted(spelled[m]) for m in where}
+    assert spelled["embtool.core.formats.index"] == owned
+
+
+def test_the_literal_finder_skips_docstrings_only():
+    src = '''"""model_fingerprint, in a docstring."""
+def f():
+    """text_offsets too."""
+    return {"model_fingerprint": 1, b"embtool": 2}, f"{x}"
+'''
+    assert _literals(src) == {"model_fingerprint", "b'embtool'"}
 
 
 PUBLIC = {"embtool", "embtool.api", "embtool.errors"}
