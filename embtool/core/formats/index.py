@@ -406,15 +406,9 @@ class StoredIndex:
     precision: str = "float32"
     dim: int = 0
     emb: np.ndarray
-    ids: np.ndarray | None = None
-    scales: np.ndarray | None = None
-    float: np.ndarray | None = None
-    int8: np.ndarray | None = None
-    int8_scales: np.ndarray | None = None
-    int8_mean: np.ndarray | None = None
-    int8_sqnorms: np.ndarray | None = None
-    binary_mean: np.ndarray | None = None
-    binary_rotation: np.ndarray | None = None
+    # the other arrays (None: not stored): ids, int8 scales, the float copy, the rescoring int8 codes and their
+    # scales, the int8 mean and squared norms, the binary mean and rotation (see the layout above)
+    ids = scales = float = int8 = int8_scales = int8_mean = int8_sqnorms = binary_mean = binary_rotation = None
 
     def __len__(self) -> int:
         return int(self.emb.shape[0])
