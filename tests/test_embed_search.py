@@ -438,5 +438,9 @@ def test_api_search_refuses_bad_requests_by_name(tmp_path, tiny_bert):
             embtool.search(idx, bad)
     hits = embtool.search(idx, q[0], k=1)  # one vector: one query
     assert len(hits) == 1 and hits[0][0].row == hits[0][0].id == 0 and hits[0][0].file == str(idx)
+    import pickle
+
+    again = pickle.loads(pickle.dumps(hits[0][0]))  # a hit survives multiprocessing and Ray
+    assert again == hits[0][0] and (again.file, again.row) == (str(idx), 0)
     r = run_cli(["search", idx, "a", "-k", "0"])
     assert r.exit_code == 2 and "-k" in r.stderr

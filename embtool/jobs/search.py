@@ -79,6 +79,9 @@ class Hit(tuple):
         self.file, self.row = file, row
         return self
 
+    def __getnewargs__(self):  # pickling (multiprocessing, Ray) rebuilds the whole hit
+        return (*self, self.file, self.row)
+
     @property
     def score(self) -> float:
         return self[0]

@@ -372,11 +372,20 @@ def replace_problem(path: str | os.PathLike, fmt: str) -> str | None:
     replace it): embtool's metadata must be there, the content must agree with it, and nothing else may be in it
     (no other tensors or columns a user added)."""
     try:
+        if fmt == "safetensors":
+            marked = VERSION_KEY in SafetensorsFile(path).metadata
+        else:
+            pa, pq = _pa()
+            try:
+                raw = (pq.read_schema(str(path)).metadata or {}).get(PARQUET_META_KEY, b"")
+            except (pa.ArrowException, OSError):
+                raise CorruptFile(f"{path}: not a readable Parquet file") from None
+            marked = f'"{VERSION_KEY}"'.encode() in raw
+        if not marked:
+            return f"is not an embtool embeddings index (no {VERSION_KEY} metadata)"
         ix = SafetensorsIndex(path) if fmt == "safetensors" else ParquetIndex(path)
     except (CorruptFile, InputError) as e:
-        return f"is not a readable embtool index ({str(e).removeprefix(f'{path}: ')})"
-    if not ix.record.written_by_embtool:
-        return f"is not an embtool embeddings index (no {VERSION_KEY} metadata)"
+        return f"is not an embtool embeddings index that reads back ({str(e).removeprefix(f'{path}: ')})"
     if ix.record.count != len(ix):
         return f"holds {len(ix)} rows but its metadata says {ix.record.count}"
     others = sorted(set(ix.names) - set(_layout_names(fmt)))
