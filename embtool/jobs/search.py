@@ -221,7 +221,7 @@ def _increasing(ids: np.ndarray) -> bool:
     prev = None
     for r0 in range(0, ids.shape[0], ID_CHECK_ROWS):
         part = np.asarray(ids[r0:r0 + ID_CHECK_ROWS], dtype=np.int64)
-        if (np.diff(part) <= 0).any() or (prev is not None and part[0] <= prev):
+        if (part[1:] <= part[:-1]).any() or (prev is not None and part[0] <= prev):
             return False
         prev = part[-1]
     return True
