@@ -131,11 +131,10 @@ def test_fused_rotary_equals_portable(name, monkeypatch):
     max_position_embeddings (the cache follows the batch length)."""
     from embtool.runtime import rotary_graph
     from embtool.runtime.encoder import graph_session
-    from embtool.runtime.graphs import build_encoder
-    from embtool.runtime.rotary_graph import detect_rotary
+    from embtool.runtime.graphs import build_encoder, detect_arch
 
     m = open_model(ARCH / name)
-    a = detect_rotary(m)
+    a = detect_arch(m)
     # the Skip fusion is off by default (measured no faster than Add + SimplifiedLayerNormalization); switched on
     # here so that the fused form stays checked against the standard ops and the reference vectors
     monkeypatch.setattr(rotary_graph, "FUSE_SKIP_RMSNORM", True)
