@@ -55,7 +55,7 @@ from embtool.core.errors import CorruptFile
 # config.json keys
 # ----------------------------------------------------------------------------------------------
 
-INT, FLOAT, BOOL, STR, LIST, DICT = "an integer", "a number", "true or false", "a string", "a list", "an object"
+INT, FLOAT, BOOL, STR, LIST, DICT = "an integer", "a finite number", "true or false", "a string", "a list", "an object"
 REQUIRED = object()  # a Key without a default: the config must give it
 SIZE_MAX = 1 << 24  # hidden sizes, heads, layers, ids: far above any model, far below what overflows a shape
 WINDOW_MAX = (1 << 31) - 1  # attention windows and positions: an int32
@@ -83,6 +83,10 @@ def _show(v: Any) -> str:
     return s if len(s) <= 60 else s[:57] + "..."
 
 
+def _num(x: float) -> str:
+    return f"{int(x):,}" if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
 def check_value(v: Any, kind: str, low: float | None, high: float | None, where: str, name: str) -> Any:
     """`v` (the config's value of `name`) if it is of `kind` and within [low, high]; else CorruptFile naming `where`
     (the config file) and the key. An integer is never a bool nor a float; a number is a finite int or float."""
@@ -90,9 +94,9 @@ def check_value(v: Any, kind: str, low: float | None, high: float | None, where:
           FLOAT: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
           BOOL: isinstance(v, bool), STR: isinstance(v, str), LIST: isinstance(v, list), DICT: isinstance(v, dict)}[kind]
     if not ok:
-        raise CorruptFile(f"{where}: {name} = {_show(v)} is not {kind}" + (" (finite)" if kind == FLOAT else ""))
+        raise CorruptFile(f"{where}: {name} = {_show(v)} is not {kind}")
     if low is not None and high is not None and not low <= v <= high:
-        raise CorruptFile(f"{where}: {name} = {_show(v)} is out of range (it must be between {low:g} and {high:g})")
+        raise CorruptFile(f"{where}: {name} = {_show(v)} is out of range (it must be between {_num(low)} and {_num(high)})")
     return v
 
 
