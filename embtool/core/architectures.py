@@ -45,6 +45,7 @@ The core imports nothing of the runtime: this module reads config values and wei
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Collection, Mapping, Protocol
@@ -89,7 +90,8 @@ def _num(x: float) -> str:
 
 def check_value(v: Any, kind: str, low: float | None, high: float | None, where: str, name: str) -> Any:
     """`v` (the config's value of `name`) if it is of `kind` and within [low, high]; else CorruptFile naming `where`
-    (the config file) and the key. An integer is never a bool nor a float; a number is a finite int or float."""
+    (the config file) and the key. An integer is never a bool nor a float; a number is a finite int or float, and
+    comes back as a float."""
     ok = {INT: isinstance(v, int) and not isinstance(v, bool),
           FLOAT: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
           BOOL: isinstance(v, bool), STR: isinstance(v, str), LIST: isinstance(v, list), DICT: isinstance(v, dict)}[kind]
@@ -97,7 +99,7 @@ def check_value(v: Any, kind: str, low: float | None, high: float | None, where:
         raise CorruptFile(f"{where}: {name} = {_show(v)} is not {kind}")
     if low is not None and high is not None and not low <= v <= high:
         raise CorruptFile(f"{where}: {name} = {_show(v)} is out of range (it must be between {_num(low)} and {_num(high)})")
-    return v
+    return float(v) if kind == FLOAT else v  # JSON's 1 for 1.0: a float attribute of the graph either way
 
 
 class Reader:
@@ -106,7 +108,7 @@ class Reader:
 
     def __init__(self, cfg: Mapping[str, Any], where: str) -> None:
         self.cfg, self.where = cfg, where
-        self.spelled: dict[str, str] = {}
+        self.spelled: dict[str, str] = {}  # field -> its key in the config, or "KEY (not given)" for a default
         self.unsupported: str | None = None
 
     def get(self, key: Key) -> Any:
@@ -116,6 +118,7 @@ class Reader:
                 return check_value(self.cfg[n], key.kind, key.low, key.high, self.where, n)
         if key.default is REQUIRED:
             raise CorruptFile(f"{self.where}: {key.names[0]} is missing")
+        self.spelled.setdefault(key.field, f"{key.names[0]} (not given)")
         return key.default
 
     def value(self, v: Any, kind: str, name: str, low: float | None = None, high: float | None = None) -> Any:
@@ -239,7 +242,7 @@ DISTILBERT_KEYS = (*_sizes(("dim",), ("n_layers",), ("n_heads",), (768, 6, 12)),
 def _resolve_bert(r: Reader, v: dict[str, Any], f: Family) -> dict[str, Any]:
     hidden, heads = v["hidden"], v["heads"]
     if hidden % heads:
-        raise r.corrupt(f"{r.spelled.get('heads', 'heads')} = {heads} does not divide {r.spelled.get('hidden', 'hidden')} = {hidden}")
+        raise r.corrupt(f"{r.spelled['heads']} = {heads} does not divide {r.spelled['hidden']} = {hidden}")
     if v.get("position_type", "absolute") != "absolute":
         r.refuse(f"position_embedding_type {v['position_type']!r} is not supported (absolute positions only)")
     # positions of "absolute-padded" families start after the padding id: RoBERTa's pad_token_id (1 when absent, 0
@@ -313,10 +316,11 @@ def _rotary_sizes(r: Reader, v: dict[str, Any], f: Family) -> dict[str, Any]:
     kv = v["kv_heads"] if v["kv_heads"] is not None else heads
     hd = v["head_dim"] if v["head_dim"] is not None else hidden // heads
     if not f.free_head_dim and hd * heads != hidden:
-        raise r.corrupt(f"{r.spelled['hidden']} = {hidden} is not {r.spelled['heads']} = {heads} x head_dim {hd}")
+        raise r.corrupt(f"{r.spelled['hidden']} = {hidden} is not {r.spelled['heads']} = {heads} x {r.spelled['head_dim']} = {hd}")
     if heads % kv or hd % 2 or hd == 0:
-        raise r.corrupt(f"{r.spelled['heads']} = {heads} attention heads cannot share num_key_value_heads = {kv} key/value "
-                        f"heads of size {hd} (they must divide the heads; head_dim must be even)")
+        raise r.corrupt(f"{r.spelled['heads']} = {heads} attention heads cannot share {r.spelled['kv_heads']} = {kv} "
+                        f"key/value heads of size {r.spelled['head_dim']} = {hd} (they must divide the heads; the size must be "
+                        "even)")
     return dict(kv_heads=kv, head_dim=hd, scaling=1.0 / math.sqrt(hd), pad_id=0)
 
 
@@ -512,22 +516,39 @@ def read_arch(config: Mapping[str, Any], weights: WeightHeaders, where: str | Pa
     values = {k.field: r.get(k) for k in f.keys}
     table = find_token_table(config, weights)
     if table is None:
-        raise CorruptFile(f"{Path(where).parent}: no {f.token_table} tensor in the weights of this {model_type(config)} model")
+        raise CorruptFile(f"{where}: model_type {model_type(config)!r} keeps its token table in {f.token_table}, which the "
+                          "weights do not have")
     prefix = table.base[: -len(f.token_table)]
     values.update(f.resolve(r, values, f))
     arch = Arch(family=f, model_type=model_type(config), prefix=prefix, unsupported=r.unsupported, spelled=dict(r.spelled),
                 **{k: values[k] for k in ("hidden", "layers", "heads", "kv_heads", "head_dim", "eps", "act", "thetas",
                                           "windows", "causal", "scaling", "pad_id")})
-    _check_shapes(arch, config, weights, logical_shapes or {}, where)
+    _check_shapes(arch, config, weights, logical_shapes or {}, where, table)
     return arch
 
 
 def _check_shapes(a: Arch, config: Mapping[str, Any], weights: WeightHeaders, logical: Mapping[str, tuple[int, ...]],
-                  where: str) -> None:
-    """Refuse sizes the weights contradict: the attention projections against heads x head_dim, the norms against
-    the hidden size, MPNet's bias table against the heads, the learned position table against
-    max_position_embeddings and the padding offset. Missing tensors are the builders' to report."""
+                  where: str, table: TokenTable) -> None:
+    """Refuse sizes the weights contradict, whichever spelling gave them: the number of layers, the token table's
+    width, the attention projections against heads x head_dim, the norms against the hidden size, MPNet's bias
+    table against the heads, the learned position table against max_position_embeddings and the padding offset,
+    and a max_position_embeddings that leaves no room for a text. Missing tensors are the builders' to report."""
     f, p, sp = a.family, a.prefix, a.spelled
+    layer_re = re.compile(re.escape(p + f.layers).replace(re.escape("{i}"), r"(\d+)"))
+    found = {int(m.group(1)) for k in weights.keys() for m in [layer_re.match(k)] if m}
+    if found and max(found) + 1 != a.layers:
+        raise CorruptFile(f"{where} contradicts the weights: {sp['layers']} = {a.layers:,} but the weights "
+                          f"have {max(found) + 1} layers")
+    width = (weights.info(table.rows).shape[1] if not table.factorized and not table.quantized
+             else weights.info(f"{table.base}.{FACTOR_P}").shape[-1] if table.factorized and f"{table.base}.{FACTOR_P}" in weights
+             else logical[table.base][1] if table.base in logical else None)
+    if width is not None and width != a.hidden:
+        raise CorruptFile(f"{where} contradicts the weights: {sp['hidden']} = {a.hidden:,} but the token "
+                          f"embeddings have {width} columns")
+    mpe, offset = config.get("max_position_embeddings"), position_offset(config)
+    if isinstance(mpe, int) and mpe - offset < 2:
+        raise CorruptFile(f"{where}: max_position_embeddings = {mpe} leaves no room for a text of two tokens"
+                          + (f" after the {offset} positions that pad_token_id = {a.pad_id} takes" if offset else ""))
 
     def shape(base: str) -> tuple[int, ...] | None:
         if base + ".weight" in weights:
@@ -537,7 +558,7 @@ def _check_shapes(a: Arch, config: Mapping[str, Any], weights: WeightHeaders, lo
     def expect(base: str, want: tuple[int, ...], keys: tuple[str, ...]) -> None:
         got = shape(base)
         if got is not None and got != want:
-            said = ", ".join(f"{sp[k]} = {getattr(a, k)}" if k in sp else f"{k} {getattr(a, k)}" for k in keys)
+            said = ", ".join(f"{sp[k]} = {getattr(a, k)}" for k in keys)
             raise CorruptFile(f"{where} contradicts the weights: {said} make {base} {list(want)}, but the weights hold "
                               f"{list(got)}")
 

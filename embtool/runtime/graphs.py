@@ -25,10 +25,10 @@ def detect_arch(model: Model) -> Arch:
     the model."""
     arch = model_arch(model)
     if arch is None:
-        mt = model_type(model.config)
+        mt, where = model_type(model.config), model.root / "config.json"
         if not mt:
-            raise Unsupported(f"{model.root}: config.json has no model_type; supported: {', '.join(SUPPORTED)}")
-        raise Unsupported(f"architecture {mt!r} is not supported for safetensors models "
+            raise Unsupported(f"{where}: no model_type (a string) says the architecture; supported: {', '.join(SUPPORTED)}")
+        raise Unsupported(f"{where}: architecture (model_type) {mt!r} is not supported for safetensors models "
                           f"(supported: {', '.join(SUPPORTED)}); export it to ONNX and give embtool the .onnx")
     if arch.unsupported:
         raise Unsupported(arch.unsupported)
