@@ -118,7 +118,8 @@ ARCH = Path(__file__).parent / "data" / "arch"
 
 def _broken_qwen3(folder: Path, how: str) -> Path:
     """The Qwen3 fixture with float weights that no config check sees: "row" sets the token table's row of the
-    first token of "zebra" to infinity (texts without it stay finite), "all" the final norm's weight to NaN."""
+    first token of "zebra" to infinity (texts without it stay finite), "all" the final norm's weight to NaN (every
+    Linear input stays finite), "early" layer 0's input norm to NaN (every Linear's input is NaN)."""
     import shutil
 
     from safetensors.numpy import load_file, save_file
@@ -128,7 +129,7 @@ def _broken_qwen3(folder: Path, how: str) -> Path:
     if how == "row":
         w["model.embed_tokens.weight"][open_model(folder).tokenizer.runtime().encode("zebra").ids[0]] = np.inf
     else:
-        w["model.norm.weight"][:] = np.nan
+        w["model.norm.weight" if how == "all" else "model.layers.0.input_layernorm.weight"][:] = np.nan
     save_file(w, folder / "model.safetensors", metadata={"format": "pt"})
     return folder
 
@@ -136,7 +137,7 @@ def _broken_qwen3(folder: Path, how: str) -> Path:
 @pytest.fixture(scope="module")
 def broken(tmp_path_factory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("nan")
-    models = {how: _broken_qwen3(base / how, how) for how in ("row", "all")}
+    models = {how: _broken_qwen3(base / how, how) for how in ("row", "all", "early")}
     # a quantized and a factorized form, written unchecked (--no-eval), for the conversions' own checks
     for name, args in (("q8", ["quantize", "--bits", "8", "--method", "rtn"]), ("f", ["factorize", "--rank", "16"])):
         assert run_cli([args[0], models["all"], *args[1:], "-o", base / name, "--no-eval", "--quiet"]).exit_code == 0
@@ -171,6 +172,8 @@ def test_search_refuses_non_finite_query_embeddings(broken, tmp_path):
     ("quantize", "all", ["--bits", "8", "--method", "rtn"]),
     ("quantize", "all", ["--bits", "4", "--method", "gptq"]),
     ("quantize", "all", ["--bits", "2,4,8", "--target-bits", "5"]),  # the probe's float reference is NaN
+    ("quantize", "early", ["--bits", "4", "--method", "gptq"]),  # sequential GPTQ's statistics are NaN
+    ("quantize", "early", ["--bits", "2,4,8", "--target-bits", "5"]),  # the planner's input statistics are NaN
     ("quantize", "all", ["--bits", "8", "--method", "rtn", "--min-cosine", "0.1"]),
     ("trim-vocab", "all", ["-c", ARCH / "qwen3" / "train.txt", "--min-cosine-min", "0.1"]),
     ("factorize", "all", ["--rank", "16"]),
@@ -182,8 +185,13 @@ def test_search_refuses_non_finite_query_embeddings(broken, tmp_path):
 ])
 def test_model_writing_commands_refuse_non_finite_embeddings(broken, tmp_path, command, model, args):
     """Each command's fidelity check (and the calibration before it) meets the NaN: exit 1 with one line, nothing
-    written, no JSON summary (never `"passed": true` with null figures), with or without a gate."""
-    r = run_cli([command, broken[model], *args, "-o", tmp_path / "out", "--json"])
+    written, no JSON summary (never `"passed": true` with null figures), with or without a gate; and before it, no
+    computation on NaN (numpy's invalid-value warnings are errors here)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        r = run_cli([command, broken[model], *args, "-o", tmp_path / "out", "--json"])
     _one_error_line(r, broken[model])
     assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
 
@@ -202,3 +210,17 @@ def test_graph_onnxruntime_cannot_load_is_one_error_line(tmp_path, tiny_bert):
     r = run_cli(["embed", tmp_path / "m", "hello"])
     assert r.exit_code == 1 and r.stdout == "" and r.stderr.count("\n") == 1
     assert r.stderr.startswith("Error: onnxruntime cannot load the graph built from this model: ") and "MatMul" in r.stderr
+
+
+def test_one_pass_gptq_statistics_refuse_nan(broken, tmp_path):
+    """GPTQ from one pass of the float model (`gptq_sequential=False`, the requests' own option): NaN input statistics
+    are refused before any weight is quantized against them."""
+    import warnings
+
+    from embtool.core.errors import CorruptFile
+    from embtool.jobs.quantize import QuantRequest, run_quantize
+
+    with warnings.catch_warnings(), pytest.raises(CorruptFile, match="NaN or infinite values .* calibration statistics"):
+        warnings.simplefilter("error", RuntimeWarning)
+        run_quantize(QuantRequest(str(broken["early"]), str(tmp_path / "out"), bits=[4], method="gptq", gptq_sequential=False))
+    assert not (tmp_path / "out").exists()
