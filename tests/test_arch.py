@@ -347,16 +347,22 @@ def test_init_subwords_copies_shared_rows(name, target, tmp_path):
     ("gte", {"model_type": "new", "rope_scaling": {"type": "ntk", "factor": 2.0}}, "rotary scaling"),
     ("gte", {"logn_attention_scale": True}, "logn attention"),
     ("gemma3_text", {"attn_logit_softcapping": 50.0}, "soft-capping"),
+    ("gemma3_text", {"hidden_activation": "mish"}, "activation 'mish' is not supported"),
+    ("bert", {"position_embedding_type": "relative_key"}, "absolute positions only"),  # was built as absolute: wrong vectors
+    ("distilbert", {"activation": "mish"}, "activation 'mish' is not supported"),
 ])
-def test_unsupported_variants_refused(name, change, words, tmp_path):
+def test_unsupported_variants_refused(name, change, words, tmp_path, tiny_models):
+    """A valid config the builders do not reproduce: refused when the graph is built (so `inspect` still describes it
+    and --force-unsupported can write it, unchecked), one `Error:` line naming config.json."""
     d = tmp_path / name
-    shutil.copytree(ARCH / name, d)
+    shutil.copytree(_family_model(name, tiny_models), d)
     cfg = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps({**cfg, **change}))
+    assert run_cli(["inspect", d]).exit_code == 0
     for args in (["embed", d, "hello"], ["export-onnx", d, "-o", tmp_path / "x"]):
         r = run_cli(args)
         assert r.exit_code == 1, r.stdout
-        assert r.stderr.startswith("Error: ") and words in r.stderr and "Traceback" not in r.stderr
+        assert r.stderr.startswith(f"Error: {d / 'config.json'}: ") and words in r.stderr and r.stderr.count("\n") == 1
     assert not (tmp_path / "x").exists()
 
 
@@ -364,19 +370,24 @@ def test_unsupported_variants_refused(name, change, words, tmp_path):
 # trim-vocab of a factorized or quantized model: the registry knows each family's token table in every stored form
 # ----------------------------------------------------------------------------------------------
 
-FORMS = {"factorized": ["factorize", "--rank", "16"], "quantized": ["quantize", "--bits", "8", "--group-size", "16", "--method", "rtn"]}
+FACTORIZE, QUANTIZE = ["factorize", "--rank", "16"], ["quantize", "--bits", "8", "--group-size", "16", "--method", "rtn"]
+FORMS = {"factorized": [FACTORIZE], "quantized": [QUANTIZE], "factorized+quantized": [FACTORIZE, QUANTIZE]}
+FORM_CASES = [(n, f) for n in NAMES for f in ("factorized", "quantized") if (n, f) != ("qwen3-untied", "factorized")]
 
 
-@pytest.mark.parametrize("name,form", [(n, f) for n in NAMES for f in FORMS if (n, f) != ("qwen3-untied", "factorized")])
+@pytest.mark.parametrize("name,form", FORM_CASES + [("qwen3", "factorized+quantized"), ("modernbert", "factorized+quantized")])
 def test_trim_vocab_of_factorized_or_quantized_model(name, form, tmp_path):
-    """Every stored part of the token table (factor F; packed codes, scales, zero points) and of an untied LM head keeps
-    the rows of the kept tokens, in order; the quantization record says the new row count; the trimmed model embeds
-    the corpus texts exactly as before. (An untied LM head is not factorized: test_factorize_runs_and_reports.)"""
+    """Every stored part of the token table (factor F; packed codes, scales, zero points; both for a packed F) and of an
+    untied LM head keeps the rows of the kept tokens, in order; the quantization record says the new row count; the
+    trimmed model embeds the corpus texts exactly as before. (An untied LM head is not factorized:
+    test_factorize_runs_and_reports.)"""
     from embtool.core.model import find_vocab_tensors
     from embtool.core.qrecord import read_record
 
-    src, out = tmp_path / form, tmp_path / "trim"
-    assert run_cli([*FORMS[form][:1], ARCH / name, *FORMS[form][1:], "-o", src, "--no-eval", "--quiet"]).exit_code == 0
+    src, out = ARCH / name, tmp_path / "trim"
+    for i, (command, *args) in enumerate(FORMS[form]):
+        assert run_cli([command, src, *args, "-o", tmp_path / f"{i}", "--no-eval", "--quiet"]).exit_code == 0
+        src = tmp_path / f"{i}"
     lines = (ARCH / name / "train.txt").read_text(encoding="utf-8").splitlines()[:40]
     (tmp_path / "c.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     r = run_cli(["trim-vocab", src, "-c", tmp_path / "c.txt", "-o", out, "--json", "--eval", tmp_path / "c.txt"])
@@ -387,16 +398,16 @@ def test_trim_vocab_of_factorized_or_quantized_model(name, form, tmp_path):
     tb, ta = before.tokenizer.runtime(), after.tokenizer.runtime()
     kept = [tb.token_to_id(ta.id_to_token(i)) for i in range(ta.get_vocab_size())]
     vb, va = find_vocab_tensors(before), find_vocab_tensors(after)
-    parts = {"factorized": 1, "quantized": 3}[form] * (2 if name == "qwen3-untied" else 1)  # F; codes, scales, zeros
+    parts = (1 if form == "factorized" else 3) * (2 if name == "qwen3-untied" else 1)  # F; codes, scales, zero points
     assert [v.name for v in va] == [v.name for v in vb] and len(vb) == parts, [v.name for v in vb]
-    assert vb[0].name.endswith({"factorized": ".factor_F", "quantized": ".qweight"}[form])
+    assert vb[0].name.endswith(".qweight" if "quantized" in form else ".factor_F") and ("factor_F" in vb[0].name) == ("factorized" in form)
     for v in vb:
         np.testing.assert_array_equal(after.weights.get(v.name), before.weights.get(v.name)[kept])
-    if form == "quantized":
+    if "quantized" in form:
         rec = read_record(after.weights.metadata)
         assert {rec[v.name.rsplit(".", 1)[0]]["shape"][0] for v in vb} == {len(kept)} == {after.config["vocab_size"]}
-    else:  # P is not on the vocabulary axis: kept as it is
-        P = vb[0].name.replace("factor_F", "factor_P")
+    if "factorized" in form:  # P is not on the vocabulary axis: kept as it is
+        P = vb[0].name.split(".factor_F")[0] + ".factor_P"
         np.testing.assert_array_equal(after.weights.get(P), before.weights.get(P))
     np.testing.assert_array_equal(_embed(out, lines), _embed(src, lines))
 

@@ -14,6 +14,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from embtool.algorithms import pooling as P
+from embtool.core.architectures import position_offset
 from embtool.core.errors import CorruptFile, InputError, Unsupported
 from embtool.core.model import NOT_LINEAR, Model, find_vocab_tensors
 from embtool.core.st_config import prompt_length, resolve_prompt
@@ -159,9 +160,7 @@ def default_max_length(model: Model) -> int:
     limits = []
     mpe = cfg.get("max_position_embeddings")
     if isinstance(mpe, int) and mpe > 0:
-        mt = str(cfg.get("model_type", ""))
-        off = int(cfg.get("pad_token_id", 1) or 0) + 1 if mt in ("roberta", "xlm-roberta", "camembert", "mpnet") else 0
-        limits.append(mpe - off)
+        limits.append(mpe - position_offset(cfg))  # RoBERTa's positions start after its padding id
     if model.st.max_seq_length:
         limits.append(model.st.max_seq_length)
     return min(limits) if limits else 512
