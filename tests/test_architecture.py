@@ -4,6 +4,7 @@ that breaks a rule fails here, not in a review.
 - the import graph of the package has no cycle (imports inside functions count: they are edges too);
 - only `embtool/runtime/` imports onnxruntime (and so creates sessions);
 - the quantization record (`__metadata__["embtool_quantization"]`) is read and written in one module;
+- the model families (model types, token tables, layer prefixes) are described in one module, core/architectures.py;
 - the CLI modules, `make demo` and `make bench` use embtool through its public API only.
 """
 
@@ -90,6 +91,19 @@ def test_the_quantization_record_has_one_reader_and_writer():
                    if '"embtool_quantization"' in p.read_text(encoding="utf-8")
                    or "'embtool_quantization'" in p.read_text(encoding="utf-8"))
     assert where == ["embtool.core.qrecord"], where
+
+
+def test_the_architecture_registry_has_one_owner():
+    """No module but core/architectures.py spells a family's model_type, token table, layer prefix or position tables
+    (as a string of its own): adding a family is adding a description there. "bert" also names a graph builder."""
+    from embtool.core.architectures import FAMILIES
+
+    spelled = {s for f in FAMILIES for s in (*f.model_types, f.token_table, f.layers, f.position_table, f.token_type,
+                                             f.relative_bias) if s} - {f.builder for f in FAMILIES}
+    found = sorted(f"{_module_name(p)}:{n.lineno} {n.value!r}" for p in PKG.rglob("*.py") if p.name != "architectures.py"
+                   for n in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+                   if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in spelled)
+    assert found == [], found
 
 
 PUBLIC = {"embtool", "embtool.api", "embtool.errors"}

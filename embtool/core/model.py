@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from embtool.core.architectures import FACTOR_P, SUPPORTED, Arch, check_value, find_token_table, read_arch
+from embtool.core.architectures import (FACTOR_P, SUPPORTED, Arch, check_value, find_token_table, model_type,
+                                        read_arch)
 from embtool.core.errors import CorruptFile, ModelNotFound, UnsafeModel
 from embtool.core.safetensors_io import SafetensorsFile, TensorInfo
 from embtool.core.st_config import SentenceTransformersInfo, read_st_info
@@ -252,7 +253,7 @@ def _buildable(folder: Path) -> tuple[bool, str]:
     if not cfg_p.is_file():
         return True, ""
     cfg = read_json(cfg_p)
-    mt = str(cfg.get("model_type", "")).lower() if isinstance(cfg, dict) else ""
+    mt = model_type(cfg) if isinstance(cfg, dict) else ""
     return (not mt or mt in SUPPORTED), mt
 
 
