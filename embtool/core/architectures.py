@@ -527,6 +527,16 @@ def read_arch(config: Mapping[str, Any], weights: WeightHeaders, where: str | Pa
     return arch
 
 
+def table_width(table: TokenTable, weights: WeightHeaders, logical: Mapping[str, tuple[int, ...]]) -> int | None:
+    """The width of the token embeddings: the float table's columns, the factor P's, or the packed table's recorded K."""
+    P = f"{table.base}.{FACTOR_P}"
+    if table.factorized:
+        return weights.info(P).shape[-1] if P in weights else None
+    if table.quantized:
+        return logical[table.base][1] if table.base in logical else None
+    return weights.info(table.rows).shape[1]
+
+
 def _check_shapes(a: Arch, config: Mapping[str, Any], weights: WeightHeaders, logical: Mapping[str, tuple[int, ...]],
                   where: str, table: TokenTable) -> None:
     """Refuse sizes the weights contradict, whichever spelling gave them: the number of layers, the token table's
@@ -539,9 +549,7 @@ def _check_shapes(a: Arch, config: Mapping[str, Any], weights: WeightHeaders, lo
     if found and max(found) + 1 != a.layers:
         raise CorruptFile(f"{where} contradicts the weights: {sp['layers']} = {a.layers:,} but the weights "
                           f"have {max(found) + 1} layers")
-    width = (weights.info(table.rows).shape[1] if not table.factorized and not table.quantized
-             else weights.info(f"{table.base}.{FACTOR_P}").shape[-1] if table.factorized and f"{table.base}.{FACTOR_P}" in weights
-             else logical[table.base][1] if table.base in logical else None)
+    width = table_width(table, weights, logical)
     if width is not None and width != a.hidden:
         raise CorruptFile(f"{where} contradicts the weights: {sp['hidden']} = {a.hidden:,} but the token "
                           f"embeddings have {width} columns")

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from embtool.core.architectures import (FACTOR_P, SUPPORTED, Arch, check_value, find_token_table, model_type,
-                                        read_arch)
+from embtool.core.architectures import (SUPPORTED, Arch, check_value, find_token_table, model_type, read_arch,
+                                        table_width)
 from embtool.core.errors import CorruptFile, ModelNotFound, UnsafeModel
 from embtool.core.safetensors_io import SafetensorsFile, TensorInfo
 from embtool.core.st_config import SentenceTransformersInfo, read_st_info
@@ -442,11 +442,7 @@ def check_config_against_weights(model: Model) -> None:
         pad = _first_int(cfg, "pad_token_id")
         if pad and not -rows <= pad[1] < rows:  # the padding id indexes the table (from its end when negative)
             problems.append(f"pad_token_id = {pad[1]:,} but the token-embedding table has {rows:,} rows")
-        width = None
-        if not table.factorized and not table.quantized and len(ws.info(table.rows).shape) == 2:
-            width = ws.info(table.rows).shape[1]
-        elif table.factorized and f"{table.base}.{FACTOR_P}" in ws:
-            width = ws.info(f"{table.base}.{FACTOR_P}").shape[-1]
+        width = table_width(table, ws, {})
         if hidden and width and hidden[1] != width:
             problems.append(f"{hidden[0]} = {hidden[1]:,} but the token embeddings have {width} columns")
     if problems:
