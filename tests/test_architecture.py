@@ -8,6 +8,7 @@ that breaks a rule fails here, not in a review.
 - the quantization record (`__metadata__["embtool_quantization"]`) is read and written in one module;
 - the model record (`embtool.json` and its keys) is spelled in one module, core/formats/record.py;
 - the embeddings index record (metadata keys, tensor and column names) is spelled in one module, its owner;
+- the model families (model types, token tables, layer prefixes) are described in one module, core/architectures.py;
 - the CLI modules, `make demo` and `make bench` use embtool through its public API only.
 """
 
@@ -203,6 +204,20 @@ def f():
     return {"model_fingerprint": 1, b"embtool": 2}, f"{x}"
 '''
     assert _literals(src) == {"model_fingerprint", "b'embtool'"}
+
+
+def test_the_architecture_registry_has_one_owner():
+    """No module but core/architectures.py spells a family's model_type, token table, layer prefix or position tables
+    (as a string of its own): adding a family is adding a description there. Words that are also something else:
+    "bert" names a graph builder, "new" (GTE's remote-code model_type) an output being built."""
+    from embtool.core.architectures import FAMILIES
+
+    spelled = {s for f in FAMILIES for s in (*f.model_types, f.token_table, f.layers, f.position_table, f.token_type,
+                                             f.relative_bias) if s} - {f.builder for f in FAMILIES} - {"new"}
+    found = sorted(f"{_module_name(p)}:{n.lineno} {n.value!r}" for p in PKG.rglob("*.py") if p.name != "architectures.py"
+                   for n in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+                   if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in spelled)
+    assert found == [], found
 
 
 PUBLIC = {"embtool", "embtool.api", "embtool.errors"}

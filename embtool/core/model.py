@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from embtool.core.architectures import (SUPPORTED, Arch, check_value, find_token_table, model_type, read_arch,
+                                        table_width)
 from embtool.core.errors import CorruptFile, ModelNotFound, UnsafeModel
 from embtool.core.safetensors_io import SafetensorsFile, TensorInfo
 from embtool.core.st_config import SentenceTransformersInfo, read_st_info
@@ -233,25 +235,18 @@ def _onnx_files(folder: Path) -> list[str]:
     return found
 
 
-# the safetensors architectures embtool's runtime builds (config.json model_type): the BERT family
-# (runtime/bert_graph.py) and the rotary families (runtime/rotary_graph.py)
 # weights that are not Linear layers nor the token table: norms, position/type tables, MPNet's relative attention
 # bias. quantize keeps them in float; the runtime never feeds them as Linear weights
 NOT_LINEAR = re.compile(r"(LayerNorm|layer_norm|layernorm|norm\.|position_embeddings|token_type_embeddings|position_ids|relative_attention_bias)")
 
-BERT_FAMILY = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet")
-ROTARY = ("modernbert", "nomic_bert", "gte", "new", "qwen3", "gemma3_text")
-SUPPORTED = BERT_FAMILY + ROTARY
-
-
 def _buildable(folder: Path) -> tuple[bool, str]:
-    """(whether embtool's runtime builds this safetensors architecture, its model_type)."""
+    """(whether embtool's runtime builds this safetensors architecture (core/architectures.py), its model_type)."""
 
     cfg_p = folder / "config.json"
     if not cfg_p.is_file():
         return True, ""
     cfg = read_json(cfg_p)
-    mt = str(cfg.get("model_type", "")).lower() if isinstance(cfg, dict) else ""
+    mt = model_type(cfg) if isinstance(cfg, dict) else ""
     return (not mt or mt in SUPPORTED), mt
 
 
@@ -385,17 +380,24 @@ def _load_onnx(path: Path, root: Path):
     return m
 
 
+SIZE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+             "max_position_embeddings", "type_vocab_size", "dim", "n_layers", "n_heads", "hidden_dim")
+
+
 def _check_config(cfg: Any, path: Path) -> dict[str, Any]:
+    """The checks every config.json gets, whatever its architecture: sizes are integers in [0, 2^31], and
+    pad_token_id (which the encoder pads with) an integer or null. A family's own keys are checked
+    against the weights by `check_config_against_weights` (core/architectures.py)."""
     if not isinstance(cfg, dict):
         raise CorruptFile(f"{path}: config must be a JSON object")
-    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                "intermediate_size", "max_position_embeddings", "type_vocab_size", "dim", "n_layers",
-                "n_heads", "hidden_dim"):
+    for key in SIZE_KEYS:
         v = cfg.get(key)
         if v is None:
             continue
         if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v > 1 << 31:
             raise CorruptFile(f"{path}: {key} = {v!r} is not a sensible size")
+    if cfg.get("pad_token_id") is not None:
+        check_value(cfg["pad_token_id"], "an integer", None, None, str(path), "pad_token_id")
     return cfg
 
 
@@ -408,8 +410,10 @@ def _first_int(cfg: dict[str, Any], *keys: str) -> tuple[str, int] | None:
 
 
 def check_config_against_weights(model: Model) -> None:
-    """Refuse a config.json that contradicts the safetensors weights (layers, hidden size, heads,
-    vocabulary rows): a graph built from it would be wrong, or fail half-way through a command."""
+    """Refuse a config.json that contradicts the safetensors weights (layers, hidden size, heads, vocabulary rows,
+    the padding id), and, for a family embtool builds, any key of the wrong type or out of range or any size the
+    weights' shapes contradict (`model_arch`): a graph built from it would be wrong, give NaN, or fail half-way
+    through a command."""
     cfg, ws = model.config, model.weights
     assert ws is not None
     where = model.root / "config.json"
@@ -422,21 +426,34 @@ def check_config_against_weights(model: Model) -> None:
     heads = _first_int(cfg, "num_attention_heads", "n_heads")
     if hidden and heads and (heads[1] == 0 or (hidden[1] % heads[1] and "head_dim" not in cfg)):  # head_dim: sizes free
         problems.append(f"{heads[0]} = {heads[1]} does not divide {hidden[0]} = {hidden[1]}")
-    vt = find_vocab_tensors(model)
-    if vt:
-        rows = vt[0].shape[0]
+    table = find_token_table(cfg, ws)
+    if table is not None:
+        rows = ws.info(table.rows).shape[0]
         vocab = _first_int(cfg, "vocab_size")
         if vocab and vocab[1] != rows:
             problems.append(f"vocab_size = {vocab[1]:,} but the token-embedding table has {rows:,} rows")
-        width = None
-        if vt[0].role == "input embedding" and len(vt[0].shape) == 2:
-            width = vt[0].shape[1]
-        elif vt[0].name.endswith(FACTOR_F) and vt[0].name[: -len(FACTOR_F)] + FACTOR_P in ws:
-            width = ws.info(vt[0].name[: -len(FACTOR_F)] + FACTOR_P).shape[-1]
+        pad = _first_int(cfg, "pad_token_id")
+        if pad and not -rows <= pad[1] < rows:  # the padding id indexes the table (from its end when negative)
+            problems.append(f"pad_token_id = {pad[1]:,} but the token-embedding table has {rows:,} rows")
+        width = table_width(table, ws, {})
         if hidden and width and hidden[1] != width:
             problems.append(f"{hidden[0]} = {hidden[1]:,} but the token embeddings have {width} columns")
     if problems:
         raise CorruptFile(f"{where} contradicts the weights: " + "; ".join(problems))
+    model_arch(model)
+
+
+def model_arch(model: Model) -> Arch | None:
+    """The architecture of a safetensors model as core/architectures.py resolves it from config.json and the weights'
+    headers (None: not a family embtool builds). Raises CorruptFile on a key of the wrong type, out of range, or
+    contradicted by the weights; a variant the runtime does not build comes back with `Arch.unsupported` set."""
+    from embtool.core.qrecord import read_record
+
+    ws = model.weights
+    if ws is None:
+        return None
+    logical = {base: tuple(info["shape"]) for base, info in read_record(ws.metadata, str(model.root)).items()}
+    return read_arch(model.config, ws, model.root / "config.json", logical)
 
 
 def _tokenizer_file(given: str | None, root: Path, wpath: Path) -> Path | None:
@@ -499,19 +516,6 @@ def open_model(path: str | os.PathLike, need_tokenizer: bool = False, tokenizer:
 # The vocabulary axis
 # ----------------------------------------------------------------------------------------------
 
-EMBEDDING_SUFFIXES = (
-    "embeddings.word_embeddings.weight",
-    "embed_tokens.weight",
-    "tok_embeddings.weight",  # ModernBERT
-    "wte.weight",
-    "shared.weight",
-    "word_embeddings.weight",
-)
-# embtool's factorized and quantized forms of the table
-FACTOR_F = "embeddings.word_embeddings.factor_F"
-FACTOR_P = "embeddings.word_embeddings.factor_P"
-
-
 @dataclass
 class VocabTensor:
     name: str
@@ -523,34 +527,25 @@ class VocabTensor:
 
 
 def find_vocab_tensors(model: Model) -> list[VocabTensor]:
-    """Every tensor that has a vocabulary axis, with its role. The first is the input embedding."""
+    """Every tensor that has a vocabulary axis, with its role. The first is the input embedding: the token table in
+    its stored form (`find_token_table`: float, OFA factor F, packed codes), then the other stored parts of the table
+    (scales, zero points), then the LM heads and output biases whose axis has the table's row count."""
     if model.format == "onnx":
         return _onnx_vocab_tensors(model)
     ws = model.weights
     assert ws is not None
-    emb = next((k for suf in EMBEDDING_SUFFIXES for k in ws.keys() if k.endswith(suf) and len(ws.info(k).shape) == 2), None)
-    fac = next((k for k in ws.keys() if k.endswith(FACTOR_F)), None)
-    qcodes = next((k for k in ws.keys() if k.endswith(("embeddings.word_embeddings.qweight",
-                                                       "embeddings.word_embeddings.factor_F.qweight"))), None)
-    out: list[VocabTensor] = []
-    if emb is not None:
-        V = ws.info(emb).shape[0]
-        out.append(_vt(ws, emb, "input embedding", 0))
-    elif fac is not None:
-        V = ws.info(fac).shape[0]
-        out.append(_vt(ws, fac, "input embedding (factor F)", 0))
-    elif qcodes is not None:
-        V = ws.info(qcodes).shape[0]
-        out.append(_vt(ws, qcodes, "input embedding (quantized codes)", 0))
-    else:
+    table = find_token_table(model.config, ws)
+    if table is None:
         return []
+    V = ws.info(table.rows).shape[0]
+    out: list[VocabTensor] = [_vt(ws, table.rows, table.role, 0)]
     for k in ws.keys():
-        if any(v.name == k for v in out):
+        if k == table.rows:
             continue
         info = ws.info(k)
         if not info.shape:
             continue
-        if k.startswith(out[0].name.rsplit(".", 1)[0] + ".") and info.shape[0] == V:
+        if k.startswith(table.parts()) and info.shape[0] == V:
             out.append(_vt(ws, k, "input embedding (" + k.rsplit(".", 1)[1] + ")", 0))
         elif len(info.shape) == 2 and info.shape[0] == V and ("decoder" in k or "lm_head" in k or "head" in k):
             out.append(_vt(ws, k, "LM head", 0))

@@ -10,8 +10,9 @@ import numpy as np
 
 from embtool.algorithms import factorize as FA
 from embtool.core.errors import InputError, Unsupported
+from embtool.core.architectures import FACTOR_F, FACTOR_P, find_token_table
 from embtool.core.formats.record import provenance, write_model_record
-from embtool.core.model import FACTOR_F, FACTOR_P, Model, find_vocab_tensors, onnx_embedding_gather, open_model
+from embtool.core.model import Model, find_vocab_tensors, onnx_embedding_gather, open_model
 from embtool.core.model_out import copy_unchanged, metadata_json, updated_config, write_configs, write_derived_model, write_weights
 from embtool.core.writer import OutputFolder
 from embtool.jobs.fidelity import ConvertRequest, OutputRequest, check_conversion, check_runnable, evaluate_output
@@ -95,11 +96,11 @@ def run_factorize(req: FactorRequest) -> dict[str, Any]:
         if m.format == "safetensors":
             ws = m.weights
             tensors = {key: ws.get(key) for key in ws.keys() if key != name}
-            tensors[base + ".factor_F"] = F
-            tensors[base + ".factor_P"] = P
+            tensors[f"{base}.{FACTOR_F}"] = F
+            tensors[f"{base}.{FACTOR_P}"] = P
             write_weights(m, out, tensors, {"embtool": metadata_json(prov)})
-            cfg = updated_config(m, extra={"embtool_factorization": {"rank": int(k), "F": base + ".factor_F",
-                                                                      "P": base + ".factor_P"}}) if m.config else None
+            cfg = updated_config(m, extra={"embtool_factorization": {"rank": int(k), "F": f"{base}.{FACTOR_F}",
+                                                                      "P": f"{base}.{FACTOR_P}"}}) if m.config else None
             write_configs(m, out, cfg)
             if req.fmt == "onnx":
                 from embtool.core.onnx_out import save_onnx
@@ -171,15 +172,14 @@ def run_defactorize(req: ConvertRequest) -> dict[str, Any]:
     ws = m.weights
     if ws is None:
         raise Unsupported("defactorize reads factorized safetensors models; this is an ONNX model")
-    Fs = [k for k in ws.keys() if k.endswith(FACTOR_F)]
-    if not Fs:
-        if any(k.endswith(FACTOR_F + ".qweight") for k in ws.keys()):
-            raise InputError(f"{model}: its factor F is quantized; `embtool dequantize` it first")
-        raise InputError(f"{model} is not factorized (no {FACTOR_F} tensor)")
-    tensors = {k: ws.get(k) for k in ws.keys() if not (k.endswith(FACTOR_F) or k.endswith(FACTOR_P))}
-    for f in Fs:
-        base = f[: -len(".factor_F")]
-        tensors[base + ".weight"] = np.asarray(ws.get(f), np.float32) @ np.asarray(ws.get(base + ".factor_P"), np.float32)
+    table = find_token_table(m.config, ws)
+    if table is None or not table.factorized:
+        raise InputError(f"{model} is not factorized (its token table has no {FACTOR_F} tensor)")
+    if table.quantized:
+        raise InputError(f"{model}: its factor F is quantized; `embtool dequantize` it first")
+    F, P = f"{table.base}.{FACTOR_F}", f"{table.base}.{FACTOR_P}"
+    tensors = {k: ws.get(k) for k in ws.keys() if k not in (F, P)}
+    tensors[table.base + ".weight"] = np.asarray(ws.get(F), np.float32) @ np.asarray(ws.get(P), np.float32)
     prov = provenance("defactorize", {}, m)
     summary: dict[str, Any] = {"model": model, "output": output, "bytes_before": m.weight_bytes()}
     summary["bytes_after"] = write_derived_model(m, output, req.force, tensors, prov, drop="factorization",

@@ -67,7 +67,7 @@ class SensitivityProbe:
 
     def __init__(self, model: Model, names: list[str], emb: str | None, texts: list[str], threads: int = 0,
                  max_length: int = 64, batch_size: int = PROBE_BATCH):
-        from embtool.runtime.encoder import EmbedSettings, Encoder, default_max_length, graph_session
+        from embtool.runtime.encoder import EmbedSettings, Encoder, default_max_length, graph_session, require_finite
         from embtool.runtime.graphs import fed_encoder
         from embtool.runtime.staged import SuffixRunner
 
@@ -102,7 +102,7 @@ class SensitivityProbe:
         self.runner = SuffixRunner(built, self.arrays, self.batches, list(groups.values()), [self.enc.output_name], threads)
         built = None
         self.cut = {w: self.runner.cut_index(group_of[f]) for w, f in self.fed.items()}  # weight -> its cut number
-        self.f0 = self._embed(0, {})
+        self.f0 = require_finite(self._embed(0, {}), model.root)  # NaN losses would choose the bits at random
         self.runs = 0
 
     def close(self) -> None:

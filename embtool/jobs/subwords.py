@@ -22,8 +22,9 @@ from embtool.algorithms import factorize as FA
 from embtool.algorithms import subwords as SW
 from embtool.algorithms import vocab as VA
 from embtool.core.errors import BadUsage, InputError, Unsupported
+from embtool.core.architectures import FACTOR_F, FACTOR_P, pad_sets_positions
 from embtool.core.formats.record import provenance, write_model_record
-from embtool.core.model import FACTOR_F, FACTOR_P, Model, find_vocab_tensors, open_model, read_json
+from embtool.core.model import Model, find_vocab_tensors, open_model, read_json
 from embtool.core.model_out import copy_unchanged, metadata_json, updated_config, write_configs, write_weights
 from embtool.core.texts import iter_texts
 from embtool.core.tokenizer_io import TokenizerJson, encode_batch
@@ -38,7 +39,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "tokenizer.model", "sentencepiece.model")
 CONFIG_ROLES = {"pad_token_id": "pad", "bos_token_id": "cls", "eos_token_id": "sep", "sep_token_id": "sep",
                 "cls_token_id": "cls", "unk_token_id": "unk", "mask_token_id": "mask"}
-ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
 
 
 @dataclass
@@ -129,15 +129,15 @@ def _vocab_table(m: Model) -> VocabTable:
             others[v.name] = (arr, v.axis)
         return VocabTable(name, E, others)
     ws = m.weights
-    others = {v.name: (ws.get(v.name), v.axis) for v in vt[1:] if not v.name.endswith(FACTOR_P)}
+    others = {v.name: (ws.get(v.name), v.axis) for v in vt[1:] if not v.name.endswith("." + FACTOR_P)}
     for n, (a, _) in others.items():
         if a.dtype.kind != "f":
             raise Unsupported(f"{m.root}: the vocabulary tensor {n} is {a.dtype}, not float")
     E = ws.get(vt[0].name)
     if E.dtype.kind != "f" or E.ndim != 2:
         raise Unsupported(f"{m.root}: the embedding table {vt[0].name} is {E.dtype} {E.shape}, not a float matrix")
-    if vt[0].name.endswith(FACTOR_F):
-        p_name = vt[0].name[: -len("factor_F")] + "factor_P"
+    if vt[0].name.endswith("." + FACTOR_F):
+        p_name = vt[0].name[: -len(FACTOR_F)] + FACTOR_P
         return VocabTable(vt[0].name, E, others, P=ws.get(p_name), factorized_source=True)
     return VocabTable(vt[0].name, E, others)
 
@@ -442,7 +442,7 @@ def _config(m: Model, tgt: TokenizerJson, V: int) -> tuple[dict[str, Any], list[
     if not cfg:
         return cfg, notes
     t_roles = roles(tgt)
-    roberta = str(cfg.get("model_type", "")) in ROBERTA_TYPES
+    roberta = pad_sets_positions(cfg)
     for key, role in CONFIG_ROLES.items():
         if key not in cfg or not isinstance(cfg[key], int) or isinstance(cfg[key], bool):
             continue

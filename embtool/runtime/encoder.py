@@ -14,7 +14,8 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from embtool.algorithms import pooling as P
-from embtool.core.errors import InputError, Unsupported
+from embtool.core.architectures import position_offset
+from embtool.core.errors import CorruptFile, InputError, Unsupported
 from embtool.core.model import NOT_LINEAR, Model, find_vocab_tensors
 from embtool.core.st_config import prompt_length, resolve_prompt
 from embtool.core.threads import resolve_threads
@@ -144,7 +145,12 @@ def proto_session(model, threads: int = 0, initializers: dict[str, np.ndarray] |
     values = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for name, a in (initializers or {}).items()}
     for name, v in values.items():
         so.add_initializer(name, v)
-    sess = ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS)
+    try:
+        sess = ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS)
+    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+            ort.capi.onnxruntime_pybind11_state.InvalidArgument, ort.capi.onnxruntime_pybind11_state.NotImplemented) as e:
+        # a graph built from weights that contradict each other (shapes, packed layouts): one line, not a traceback
+        raise Unsupported(f"onnxruntime cannot load the graph built from this model: {str(e).splitlines()[0][:300]}") from None
     sess._embtool_initializers = values  # onnxruntime reads them for the session's life
     return sess
 
@@ -154,9 +160,7 @@ def default_max_length(model: Model) -> int:
     limits = []
     mpe = cfg.get("max_position_embeddings")
     if isinstance(mpe, int) and mpe > 0:
-        mt = str(cfg.get("model_type", ""))
-        off = int(cfg.get("pad_token_id", 1) or 0) + 1 if mt in ("roberta", "xlm-roberta", "camembert", "mpnet") else 0
-        limits.append(mpe - off)
+        limits.append(mpe - position_offset(cfg))  # RoBERTa's positions start after its padding id
     if model.st.max_seq_length:
         limits.append(model.st.max_seq_length)
     return min(limits) if limits else 512
@@ -322,7 +326,7 @@ class Encoder:
             b0 += len(idx)
             ids, mask = self.padded([seqs[i] for i in idx])
             self.stats.padded_tokens += int(mask.size - mask.sum())
-            vec = self._finish(self.run_batch(ids, mask))
+            vec = require_finite(self._finish(self.run_batch(ids, mask)), self.model.root)
             if out is None:
                 out = np.empty((n, vec.shape[1]), dtype=np.float32)
             out[idx] = vec
@@ -410,6 +414,20 @@ class Encoder:
             yield buf, self.embed(buf)
             if progress is not None:
                 progress.update(len(buf))
+
+
+def require_finite(values: np.ndarray, model, what: str = "texts") -> np.ndarray:
+    """`values` (embeddings, one row per text, or other outputs of `model`, a model path; `what` its rows are) when
+    all are finite;
+    else CorruptFile: NaN or infinity means the model's weights or config.json cannot be right, and no embedding,
+    fidelity figure or output built from them is worth anything. Every embedding the encoder returns passes here."""
+    finite = np.isfinite(values)
+    if not finite.all():
+        rows = values.shape[0] if values.ndim > 1 else 1
+        bad = int((~finite.reshape(rows, -1)).any(axis=1).sum())
+        raise CorruptFile(f"{model}: the model gives NaN or infinite values (for {bad} of {rows} {what}); its weights "
+                          "or config.json cannot be right")
+    return values
 
 
 def run_embed(encoder: Encoder, texts: Iterable[str], sink, progress=None, shard: tuple[int, int] | None = None) -> list[int]:
