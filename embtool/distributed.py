@@ -203,6 +203,7 @@ def embed_request_on_ray(model: str, output, *, texts: list[str], inputs: list[s
     import time
 
     from embtool.core.errors import BadUsage
+    from embtool.core.hub import recorded_name
     from embtool.core.model import open_model
     from embtool.core.texts import iter_texts
 
@@ -218,7 +219,7 @@ def embed_request_on_ray(model: str, output, *, texts: list[str], inputs: list[s
     t0 = time.perf_counter()
     m = open_model(model, need_tokenizer=True)
     opts = {k: v for k, v in encoder_options.items() if v not in (None, "")}
-    meta = {"model": str(Path(model).resolve()), "model_fingerprint": m.fingerprint(),
+    meta = {"model": recorded_name(m, model), "model_fingerprint": m.fingerprint(),
             "tokenizer_fingerprint": m.tokenizer_fingerprint() or ""}
     summary = embed_to_folder(iter_texts(texts, inputs, text_field), m.root, output, address=address, workers=workers,
                               threads=threads or None, shard_rows=shard_rows, fmt=fmt, precision=precision, force=force,

@@ -13,6 +13,7 @@ import numpy as np
 
 from embtool.core.embeddings_io import BINARY_CODE, EmbeddingSink, format_for, not_embeddings_file
 from embtool.core.errors import BadUsage, InputError
+from embtool.core.hub import recorded_name
 from embtool.core.model import open_model
 from embtool.core.texts import iter_texts
 from embtool.core.writer import OutputFile
@@ -76,7 +77,7 @@ def run_embed_file(req: EmbedRequest, progress=None, say: Callable[[str], None] 
                 ids = run_embed(enc, source, sink, progress, req.shard)
                 if sink.count == 0:
                     raise InputError("no texts to embed (the input is empty)")
-                meta = {"model": str(Path(req.model).resolve()),
+                meta = {"model": recorded_name(m, req.model),
                         "model_fingerprint": m.fingerprint(), "tokenizer_fingerprint": m.tokenizer_fingerprint() or "",
                         "pooling": enc.pooling,
                         "normalize": str(enc.normalize).lower(), "prefix": enc.prefix,

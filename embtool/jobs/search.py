@@ -25,6 +25,7 @@ class SearchRequest:
     metric: str = "cosine"
     model: str | None = None
     tokenizer: str | None = None  # a tokenizer.json for a model without one beside it (default: the index's record)
+    cache_dir: str | None = None  # the Hub cache, for a model (--model, or the index's record) that is a Hub id
     query_prefix: str | None = None
     strict: bool = False
     rescore: int | None = None  # None: a depth chosen from the index size (algorithms.search.auto_rescore); 0: off
@@ -48,6 +49,7 @@ def _query_vectors(req: SearchRequest, first: Index, warn: Callable[[str], None]
     texts = list(iter_texts(req.queries, req.query_files, skip_empty=True))
     if not texts:
         raise InputError("no queries (the query input is empty)")
+    from embtool.core.hub import is_id
     from embtool.core.model import open_model
     from embtool.runtime.encoder import EmbedSettings, Encoder
 
@@ -55,9 +57,10 @@ def _query_vectors(req: SearchRequest, first: Index, warn: Callable[[str], None]
     model_path = req.model or meta.get("model")
     if not model_path:
         raise InputError(f"{first.path} does not record its model; give --model to embed text queries")
-    if not Path(model_path).exists():
+    if not Path(model_path).exists() and not is_id(model_path):
         raise InputError(f"the index's model {model_path} is not there; give --model")
-    m = open_model(model_path, need_tokenizer=True, tokenizer=req.tokenizer or (None if req.model else meta.get("tokenizer") or None))
+    m = open_model(model_path, need_tokenizer=True, tokenizer=req.tokenizer or (None if req.model else meta.get("tokenizer") or None),
+                   cache_dir=req.cache_dir)
     if req.model or req.tokenizer:
         msg = None
         if meta.get("model_fingerprint") and m.fingerprint() != meta["model_fingerprint"]:
