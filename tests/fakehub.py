@@ -102,8 +102,14 @@ class FakeHub:
             def do_GET(self):
                 hub._handle(self, head=False)
 
-        self.api = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.cdn = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):  # a client that hung up (a cut download): not news
+                pass
+
+        self.api = Server(("127.0.0.1", 0), Handler)
+        self.cdn = Server(("127.0.0.1", 0), Handler)
         self.threads = [threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
                         for s in (self.api, self.cdn)]
         for t in self.threads:

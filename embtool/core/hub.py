@@ -485,6 +485,27 @@ def _bar_class():
     return Bar
 
 
+@contextlib.contextmanager
+def _bars(hf) -> Iterator[dict[str, Any]]:
+    """hf_hub_download's progress-bar argument: our tqdm (huggingface_hub >= 1.1 takes `tqdm_class`); before that,
+    huggingface_hub's own bars (stderr, terminal only), switched off for the call under --quiet."""
+    import inspect
+
+    if "tqdm_class" in inspect.signature(hf.hf_hub_download).parameters:
+        yield {"tqdm_class": _bar_class()}
+        return
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    turn_off = _QUIET.get() and not are_progress_bars_disabled()
+    if turn_off:
+        disable_progress_bars()
+    try:
+        yield {}
+    finally:
+        if turn_off:
+            enable_progress_bars()
+
+
 def _huggingface_hub():
     try:
         import huggingface_hub
@@ -543,8 +564,9 @@ class _Fetcher:
                 raise UnsafeModel(f"{self.repo.hid}: refers to {name!r}, which is not a file of the repository; refusing it")
             if _never(name):
                 raise UnsafeModel(f"{self.repo.hid}: {name} is pickle-based (or another framework's weights); never downloaded")
-            self.hf.hf_hub_download(self.repo.hid.repo, name, revision=self.commit, cache_dir=str(self.repo.cache),
-                                    endpoint=self.endpoint, tqdm_class=_bar_class())
+            with _bars(self.hf) as bars:
+                self.hf.hf_hub_download(self.repo.hid.repo, name, revision=self.commit, cache_dir=str(self.repo.cache),
+                                        endpoint=self.endpoint, **bars)
 
 
 def _choose_weights(snap: Path, names: set[str], onnx_file: str | None, hid: HubId) -> list[str]:
@@ -644,16 +666,18 @@ def _hub_errors(hid: HubId, hf, endpoint: str | None) -> Iterator[None]:
                             "a token that can read it)") from None
     except E.RevisionNotFoundError:
         raise ModelNotFound(f"{hid}: the Hub has no revision {hid.ref!r} of {hid.repo}") from None
+    except (E.LocalEntryNotFoundError, E.OfflineModeIsEnabled, *_network_errors()) as e:  # before EntryNotFoundError:
+        raise ModelNotFound(f"{hid}: nothing usable is cached for it, and the Hub ({where}) cannot be reached "  # its
+                            f"({type(e).__name__}: {_scrub(str(e))}); set HF_HUB_OFFLINE=1 to work from the cache "  # subclass
+                            "only") from None  # in huggingface_hub < 1
     except E.EntryNotFoundError as e:
         raise ModelNotFound(f"{hid}: a file of the listing is not on the Hub ({_scrub(str(e))})") from None
     except E.HfHubHTTPError as e:
         raise ModelNotFound(f"{hid}: the Hub ({where}) answered {_scrub(str(e))}") from None
-    except (E.LocalEntryNotFoundError, E.OfflineModeIsEnabled, *_network_errors()) as e:
-        raise ModelNotFound(f"{hid}: nothing usable is cached for it, and the Hub ({where}) cannot be reached "
-                            f"({type(e).__name__}: {_scrub(str(e))}); set HF_HUB_OFFLINE=1 to work from the cache "
-                            "only") from None
     except OSError as e:
+        if e.errno is not None:  # the disk (full, read-only cache, ...): the CLI reports it as such
+            raise
         if "Consistency check failed" in str(e):
-            raise CorruptFile(f"{hid}: a download did not have the size the Hub announced ({_scrub(str(e))}); "
-                              "nothing of it was kept, run again") from None
-        raise
+            raise CorruptFile(f"{hid}: a download did not have the size the Hub announced ({_scrub(str(e))}); it was "
+                              "not put in the cache's snapshot, run again") from None
+        raise ModelNotFound(f"{hid}: the download failed ({type(e).__name__}: {_scrub(str(e))})") from None
