@@ -299,7 +299,7 @@ def test_offline_with_an_empty_cache_names_the_id_and_says_nothing_is_cached(hf_
 
 HOSTILE = {
     "snapshot without weights": ("org/partial", "lacks its weights"),
-    "dangling link": ("org/dangling", "dangling"),
+    "dangling link": ("org/dangling", "has dangling links (model.safetensors)"),
     "link out of the cache": ("org/escape", "leads outside"),
     "link loop": ("org/loop", "loop"),
     "'..' in the id": ("org/..", "no such file or folder (nor a Hub id: '..' and '--' are not allowed"),
@@ -455,6 +455,15 @@ def test_a_download_whose_size_disagrees_with_the_announced_one_is_refused(fake_
     assert "model.safetensors" not in snapshot_files(tmp_path, "org/tiny", A)
     blob = tmp_path / "hf" / "hub" / "models--org--tiny" / "blobs" / etag("model.safetensors", repo_files["model.safetensors"])
     assert not blob.exists() and not (tmp_path / "q").exists()
+
+
+def test_a_repository_naming_a_pickle_as_a_shard_is_refused_before_fetching_it(fake_hub, tmp_path, repo_files):
+    files = {k: v for k, v in repo_files.items() if k != "model.safetensors"}
+    files["model.safetensors.index.json"] = json.dumps({"weight_map": {"a": "pytorch_model-00001.bin"}}).encode()
+    files["pytorch_model-00001.bin"] = b"\x80\x04pickle"
+    fake_hub.repos["org/evil"] = Repo(files, A)
+    assert "pytorch_model-00001.bin is pickle-based" in one_error(run_cli(["inspect", "org/evil"]))
+    assert not any(".bin" in p for p in fake_hub.requests())
 
 
 def test_downloaded_weights_pass_the_local_checks(fake_hub, tmp_path, repo_files):
