@@ -486,6 +486,17 @@ def test_an_incomplete_snapshot_gets_only_its_missing_files(fake_hub, tmp_path, 
     assert got == {"main", "README.md", "config.json", "model.safetensors"}  # 1_Pooling/config.json, README, weights
 
 
+def test_a_dangling_link_is_fetched_again_when_the_network_is_allowed(fake_hub, tmp_path, repo_files):
+    wanted = {k: v for k, v in repo_files.items() if k in ("config.json", "tokenizer.json", "model.safetensors")}
+    cache_repo(tmp_path / "hf" / "hub", "org/tiny", A, wanted)
+    blob = tmp_path / "hf" / "hub" / "models--org--tiny" / "blobs" / etag("model.safetensors", wanted["model.safetensors"])
+    blob.unlink()
+    fake_hub.repos["org/tiny"] = Repo(repo_files, A)
+    r = run_cli(["inspect", "org/tiny"])
+    assert r.exit_code == 0, r.stderr
+    assert blob.read_bytes() == wanted["model.safetensors"]
+
+
 @pytest.mark.parametrize("arg, expected", [("org/nope", "org/nope: no such model on the Hub"),
                                            ("org/tiny@v7", "the Hub has no revision 'v7'")])
 def test_hub_refusals(fake_hub, tmp_path, repo_files, arg, expected):

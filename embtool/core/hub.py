@@ -369,7 +369,7 @@ def _resolve(repo: _Repo, kind: str, onnx_file: str | None) -> tuple[str, Path]:
             hint = (" (a commit is given in full, 40 hex digits)" if hid.revision and re.fullmatch(r"[0-9a-fA-F]{4,39}", hid.revision)
                     else "")
             raise ModelNotFound(f"{hid}: nothing is cached for it in {where}{also}{hint}, and HF_HUB_OFFLINE is set; "
-                                f"download it first (hf download {hid.repo}), or unset HF_HUB_OFFLINE")
+                                "unset it once to download the model (or fill the cache with hf download)")
         if missing is None:
             raise ModelNotFound(f"{hid}: commit {commit} is recorded in {where} but nothing of it is cached, and "
                                 "HF_HUB_OFFLINE is set")
@@ -380,7 +380,7 @@ def _resolve(repo: _Repo, kind: str, onnx_file: str | None) -> tuple[str, Path]:
         required = [what for what, hard in missing if hard]
         if required:
             raise ModelNotFound(f"{hid} (commit {commit}): the cached snapshot lacks {'; '.join(required)}, and "
-                                f"HF_HUB_OFFLINE is set; download it (hf download {hid.repo}) or unset HF_HUB_OFFLINE")
+                                "HF_HUB_OFFLINE is set; unset it once to download what is missing")
         return commit, repo.snapshot(commit)
     commit = _download(repo, kind, onnx_file)
     snap = repo.snapshot(commit)
