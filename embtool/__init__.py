@@ -11,6 +11,7 @@ _LAZY = {
     "Encoder": "embtool.api",
     "open_model": "embtool.api",
     "ModelRef": "embtool.api",
+    "quiet_downloads": "embtool.api",
     "Result": "embtool.api",
     "trim_vocab": "embtool.api",
     "quantize": "embtool.api",

@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from embtool.core.hub import quiet_downloads  # noqa: F401  (no Hub download progress bars inside the block)
 from embtool.core.model import Model, ModelRef, open_model, weight_view  # noqa: F401  (ModelRef: a model path with --tokenizer / --onnx-file)
 from embtool.errors import (BadUsage, CorruptFile, EmbtoolError, FidelityError, InputError, ModelNotFound,  # noqa: F401
                             OutputExists, UnsafeModel, Unsupported)
@@ -24,7 +25,7 @@ from embtool.errors import (BadUsage, CorruptFile, EmbtoolError, FidelityError, 
 __all__ = ["BINARY_CODE", "BINARY_CODES", "Encoder", "FORMATS", "METRICS", "ModelRef", "POOLINGS", "PRECISIONS", "Result", "SCRIPTS",
            "SearchHits", "TensorInfo", "compare_embeddings", "compare_models", "defactorize", "dequantize", "embed",
            "embed_dataset", "export_onnx", "factorize", "frequent_words", "init_subwords", "inspect", "open_index", "open_model",
-           "quantizable_tensors", "quantize", "quantized_bytes", "read_embeddings", "rescore_depth", "sample_corpus", "search", "shrink", "trim_vocab",
+           "quantizable_tensors", "quantize", "quantized_bytes", "quiet_downloads", "read_embeddings", "rescore_depth", "sample_corpus", "search", "shrink", "trim_vocab",
            "write_embeddings"]
 
 from embtool.algorithms.pooling import ALL_POOLINGS as POOLINGS, PRECISIONS  # noqa: E402  (the choices the CLI offers)

@@ -167,27 +167,32 @@ class FakeHub:
             return self._resolve(h, "/".join(parts[:2]), parts[3], "/".join(parts[4:]), head)
         self._error(h, 404, "RepoNotFound", "not found", head)
 
-    def _commit(self, repo: Repo, rev: str) -> str | None:
-        return repo.commit if rev in ("main", repo.commit) else repo.refs.get(rev)
-
-    def _info(self, h, repo_id: str, rev: str, head: bool) -> None:
+    def _lookup(self, h, repo_id: str, rev: str, head: bool) -> tuple[Repo, str] | None:
+        """(repository, commit) of a request, or None once the Hub's error is sent."""
         repo = self.repos.get(repo_id)
         if repo is None:
-            return self._error(h, 401, "RepoNotFound", "Repository not found", head)
-        commit = self._commit(repo, rev)
+            self._error(h, 401, "RepoNotFound", "Repository not found", head)
+            return None
+        commit = repo.commit if rev in ("main", repo.commit) else repo.refs.get(rev)
         if commit is None:
-            return self._error(h, 404, "RevisionNotFound", f"Invalid rev id: {rev}", head)
+            self._error(h, 404, "RevisionNotFound", f"Invalid rev id: {rev}", head)
+            return None
+        return repo, commit
+
+    def _info(self, h, repo_id: str, rev: str, head: bool) -> None:
+        found = self._lookup(h, repo_id, rev, head)
+        if found is None:
+            return
+        repo, commit = found
         doc = {"id": repo_id, "sha": commit, "private": False, "gated": "auto" if repo.gated else False,
                "siblings": [{"rfilename": n} for n in sorted(repo.files)]}
         self._send(h, 200, json.dumps(doc).encode(), {"Content-Type": "application/json"}, head)
 
     def _resolve(self, h, repo_id: str, rev: str, name: str, head: bool) -> None:
-        repo = self.repos.get(repo_id)
-        if repo is None:
-            return self._error(h, 401, "RepoNotFound", "Repository not found", head)
-        commit = self._commit(repo, rev)
-        if commit is None:
-            return self._error(h, 404, "RevisionNotFound", f"Invalid rev id: {rev}", head)
+        found = self._lookup(h, repo_id, rev, head)
+        if found is None:
+            return
+        repo, commit = found
         if repo.gated and h.headers.get("Authorization") != f"Bearer {self.token}":
             return self._error(h, 401, "GatedRepo", f"Access to model {repo_id} is restricted.", head)
         if name not in repo.files:

@@ -169,6 +169,7 @@ def cache(tmp_path_factory, tiny_models) -> Path:
     snap = cache_repo(c, "org/escape", A, files)
     (snap / "model.safetensors").unlink()
     os.symlink(outside / "model.safetensors", snap / "model.safetensors")
+    cache_repo(c, "org/deep", A, dict(files, **{"modules.json": b"[" * 100_000 + b"]" * 100_000}))
     snap = cache_repo(c, "org/loop", A, files)
     (snap / "model.safetensors").unlink()
     os.symlink("model.safetensors", snap / "model.safetensors")
@@ -302,6 +303,7 @@ HOSTILE = {
     "dangling link": ("org/dangling", "has dangling links (model.safetensors)"),
     "link out of the cache": ("org/escape", "leads outside"),
     "link loop": ("org/loop", "loop"),
+    "modules.json nested 100,000 deep": ("org/deep", "nested too deeply"),
     "'..' in the id": ("org/..", "no such file or folder (nor a Hub id: '..' and '--' are not allowed"),
     "'..' in the revision": ("org/tiny@a..b", "not a valid git ref name"),
     "a revision that is no ref": ("org/tiny@not~valid", "characters git does not allow"),
@@ -512,6 +514,13 @@ def test_onnx_repositories(fake_hub, tmp_path, tiny_bert):
     assert r.exit_code == 0, r.stderr
     assert snapshot_files(tmp_path, "org/onnx", A) == ["1_Pooling/config.json", "config.json", "modules.json", "onnx/model.onnx",
                                                        "onnx/model.onnx_data", "tokenizer.json"]
+    # safetensors of an architecture embtool cannot build beside an ONNX export: the ONNX model is fetched, as in a folder
+    unbuildable = dict(files, **{"model.safetensors": (tiny_bert / "model.safetensors").read_bytes(),
+                                 "config.json": json.dumps({**json.loads(files["config.json"]), "model_type": "t5"}).encode()})
+    fake_hub.repos["org/t5ish"] = Repo(unbuildable, A)
+    r = run_cli(["inspect", "org/t5ish", "--json"])
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["format"] == "onnx" and not any(p.endswith("model.safetensors") for p in fake_hub.requests())
     several = {k: v for k, v in files.items() if not k.startswith("onnx/")}
     several.update({"onnx/a.onnx": files["onnx/model.onnx"], "onnx/b.onnx": b"never fetched",
                     "onnx/model.onnx_data": files["onnx/model.onnx_data"]})

@@ -27,7 +27,8 @@ class ModelPath(click.ParamType):
 class InputPath(click.Path):
     """An input file (or folder, with dir_okay): a missing or unreadable one is an error like a missing MODEL
     (`Error: PATH: no such file or folder`, exit 1), not a usage error (exit 2): the command line was right.
-    With hub_id, a Hub id (org/name[@revision]) that is not a path is passed on for the core to resolve."""
+    With hub_id, a value that is no path is passed on for the core to resolve as a Hub id (org/name[@revision]), or
+    to refuse with the same `no such file or folder` line."""
 
     def __init__(self, dir_okay: bool = False, allow_dash: bool = False, hub_id: bool = False):
         super().__init__(exists=False, dir_okay=dir_okay, file_okay=True, allow_dash=allow_dash)
@@ -41,10 +42,7 @@ class InputPath(click.Path):
             return value
         p = Path(value)
         if not p.exists() and self.hub_id:
-            from embtool.core.hub import is_id
-
-            if is_id(value):
-                return value
+            return value  # the core resolves it as a Hub id, or says "no such file or folder"
         if not p.exists():
             raise click.ClickException(f"{value}: no such file or folder")
         if p.is_dir() and not self.dir_okay:
@@ -100,7 +98,7 @@ def common_options(f: Callable | None = None, *,
     def deco(f: Callable) -> Callable:
         @functools.wraps(f)
         def inner(*a, **k):
-            from embtool.core.hub import quiet_downloads
+            from embtool.api import quiet_downloads
 
             with quiet_downloads(bool(k.get("quiet"))):
                 return f(*a, **k)

@@ -39,7 +39,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 from embtool.core.errors import CorruptFile, ModelNotFound, Unsupported, UnsafeModel
 
@@ -67,6 +67,21 @@ NEVER = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle", "*.h5", "*.msg
 HUB_EXTRA = "pip install 'embtool[hub]'"
 
 _QUIET: ContextVar[bool] = ContextVar("embtool_hub_quiet", default=False)
+
+
+class Folders(Protocol):
+    """What the model-folder reader (core/model.py's `SNAPSHOTS`) says about a snapshot, so that this module — the
+    cache format and the downloads — knows no weight layout (core/model.py imports it, never the reverse)."""
+
+    def problem(self, folder: Path, onnx_file: str | None) -> str | None:
+        """Why the folder's weights cannot be opened as they are (None: they can)."""
+
+    def weights(self, folder: Path, names: set[str], onnx_file: str | None, label: str) -> list[str]:
+        """The weight files to fetch among a repository's files `names` (its configs are in `folder` already);
+        a named error, starting with `label`, when there are none embtool reads."""
+
+    def external_data(self, onnx_path: Path) -> set[str]:
+        """The external-data file names an ONNX file refers to, relative to its folder."""
 
 
 @dataclass(frozen=True)
@@ -237,7 +252,7 @@ class _Repo:
         p = self.folder / "trees" / f"{commit}.json"
         try:
             doc = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             return None
         files = doc.get("files") if isinstance(doc, dict) and doc.get("format_version") == 1 else None
         return set(files) if isinstance(files, dict) else None
@@ -295,11 +310,12 @@ def check_links(snap: Path, repo: Path) -> list[str]:
 # Resolution
 # ----------------------------------------------------------------------------------------------
 
-def resolve_model(arg: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
+def resolve_model(arg: str | os.PathLike, folders: Folders, *, cache_dir: str | os.PathLike | None = None,
                   onnx_file: str | None = None) -> tuple[Path, HubSource | None]:
     """(the folder or file to open, its HubSource or None) for a MODEL argument.
 
     :param arg: a path (always wins when it exists) or a Hub id `org/name[@revision]`
+    :param folders: what makes a snapshot's weights complete and which files they are (core/model.py `SNAPSHOTS`)
     :param cache_dir: the Hub cache (default: the environment, see `cache_root`)
     :param onnx_file: which ONNX file of the repository to fetch when it has no safetensors (--onnx-file)"""
     text = os.fspath(arg)
@@ -308,7 +324,7 @@ def resolve_model(arg: str | os.PathLike, *, cache_dir: str | os.PathLike | None
         return Path(text), None
     hid = _parse_or_missing(text)
     repo = _Repo(hid, cache_root(cache_dir))
-    commit, snap = _resolve(repo, "model", onnx_file)
+    commit, snap = _resolve(repo, folders, onnx_file)
     return snap, HubSource(hid.repo, hid.ref, commit)
 
 
@@ -319,8 +335,8 @@ def resolve_tokenizer(arg: str | os.PathLike, *, cache_dir: str | os.PathLike | 
     if os.path.lexists(text):
         _note_shadowed(text, cache_dir)
         return text
-    hid = _parse_or_missing(text, what="tokenizer")
-    _, snap = _resolve(_Repo(hid, cache_root(cache_dir)), "tokenizer", None)
+    hid = _parse_or_missing(text)
+    _, snap = _resolve(_Repo(hid, cache_root(cache_dir)), None, None)
     return str(snap)
 
 
@@ -331,7 +347,7 @@ def recorded_name(model: Any, given: str | os.PathLike) -> str:
     return source.pinned if source is not None else str(Path(given).resolve())
 
 
-def _parse_or_missing(text: str, what: str = "model") -> HubId:
+def _parse_or_missing(text: str) -> HubId:
     try:
         return parse_id(text)
     except ValueError as e:
@@ -350,15 +366,16 @@ def _note_shadowed(text: str, cache_dir) -> None:
                  f"(write {hid.repo}@{hid.ref} for the Hub model)")
 
 
-def _resolve(repo: _Repo, kind: str, onnx_file: str | None) -> tuple[str, Path]:
-    """(commit, snapshot folder): from the cache when it is complete, else downloaded (unless offline)."""
+def _resolve(repo: _Repo, folders: Folders | None, onnx_file: str | None) -> tuple[str, Path]:
+    """(commit, snapshot folder): from the cache when it is complete, else downloaded (unless offline). Without
+    `folders`, only the tokenizer's files are wanted."""
     hid = repo.hid
     commit = repo.cached_commit()
     missing: list[tuple[str, bool]] | None = None
     dangling: list[str] = []
     if commit is not None and repo.snapshot(commit).is_dir():
         dangling = check_links(repo.snapshot(commit), repo.folder)
-        missing = _missing(repo, commit, kind, onnx_file)
+        missing = _missing(repo, commit, folders, onnx_file)
         if not missing and not dangling:
             return commit, repo.snapshot(commit)
     if offline():
@@ -382,7 +399,7 @@ def _resolve(repo: _Repo, kind: str, onnx_file: str | None) -> tuple[str, Path]:
             raise ModelNotFound(f"{hid} (commit {commit}): the cached snapshot lacks {'; '.join(required)}, and "
                                 "HF_HUB_OFFLINE is set; unset it once to download what is missing")
         return commit, repo.snapshot(commit)
-    commit = _download(repo, kind, onnx_file)
+    commit = _download(repo, folders, onnx_file)
     snap = repo.snapshot(commit)
     dangling = check_links(snap, repo.folder)
     if dangling:
@@ -398,16 +415,16 @@ def _cached_refs(repo: _Repo) -> list[str]:
     return sorted(str(p.relative_to(refs)) for p in refs.rglob("*") if p.is_file())
 
 
-def _missing(repo: _Repo, commit: str, kind: str, onnx_file: str | None) -> list[tuple[str, bool]]:
-    """What a cached snapshot lacks: (description, required). The weights (model) or tokenizer.json (tokenizer) are
-    required; a checked file (CHECKED, a module folder's files) that is neither there nor known absent is not."""
+def _missing(repo: _Repo, commit: str, folders: Folders | None, onnx_file: str | None) -> list[tuple[str, bool]]:
+    """What a cached snapshot lacks: (description, required). The weights (a model) or tokenizer.json (a tokenizer,
+    folders None) are required; a checked file (CHECKED, a module folder's files) neither there nor known absent is not."""
     snap = repo.snapshot(commit)
     out: list[tuple[str, bool]] = []
-    if kind == "tokenizer":
+    if folders is None:
         if not (snap / "tokenizer.json").is_file():
             out.append(("tokenizer.json", True))
         return out
-    problem = _weights_problem(snap, onnx_file)
+    problem = folders.problem(snap, onnx_file)
     if problem is not None:
         out.append((f"its weights ({problem})", True))
     names = list(CHECKED) + [f"{d}/{f}" for d in _module_dirs(snap) for f in MODULE_FILES]
@@ -415,28 +432,12 @@ def _missing(repo: _Repo, commit: str, kind: str, onnx_file: str | None) -> list
     return out
 
 
-def _weights_problem(snap: Path, onnx_file: str | None) -> str | None:
-    """Why the snapshot's weights cannot be opened as they are (None: they can): none found, a shard or an ONNX
-    file's external data missing."""
-    from embtool.core.model import _locate, _shards, onnx_external_files
-
-    try:
-        root, layout, wpath, _ = _locate(snap, onnx_file)
-        if wpath.name.endswith(".index.json"):
-            _shards(wpath)
-        elif layout.format == "onnx":
-            onnx_external_files(wpath, root)
-    except (ModelNotFound, CorruptFile, UnsafeModel) as e:
-        return str(e).replace(f"{snap}: ", "").replace(f"{snap}/", "")
-    return None
-
-
 def _module_dirs(snap: Path) -> list[str]:
     """The sentence-transformers module folders modules.json names (relative, never leaving the snapshot)."""
     p = snap / "modules.json"
     try:
         mods = json.loads(p.read_text(encoding="utf-8")) if p.is_file() else []
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         return []  # the model folder's own reader reports it
     out = []
     for m in mods if isinstance(mods, list) else []:
@@ -462,7 +463,9 @@ def _never(name: str) -> bool:
 
 @contextlib.contextmanager
 def quiet_downloads(quiet: bool = True) -> Iterator[None]:
-    """No download progress bars inside this block (the CLI's --quiet)."""
+    """`with quiet_downloads():` no progress bars for Hub downloads inside the block (the CLI's --quiet).
+
+    :param quiet: True hides them; False shows them as usual (on stderr, when it is a terminal)"""
     token = _QUIET.set(quiet)
     try:
         yield
@@ -514,7 +517,7 @@ def _huggingface_hub():
     return huggingface_hub
 
 
-def _download(repo: _Repo, kind: str, onnx_file: str | None) -> str:
+def _download(repo: _Repo, folders: Folders | None, onnx_file: str | None) -> str:
     """Fetch what embtool reads of the repository at the revision into the cache; return the commit."""
     hid = repo.hid
     hf = _huggingface_hub()
@@ -531,9 +534,9 @@ def _download(repo: _Repo, kind: str, onnx_file: str | None) -> str:
         repo.write_ref(commit)
         snap = repo.snapshot(commit)
         fetch = _Fetcher(hf, repo, commit, names, endpoint)
-        small = TOKENIZER_FILES if kind == "tokenizer" else TOKENIZER_FILES + CONFIG_FILES
+        small = TOKENIZER_FILES if folders is None else TOKENIZER_FILES + CONFIG_FILES
         fetch([n for n in small if n in names])
-        if kind == "tokenizer":
+        if folders is None:
             repo.record_absent(commit, [n for n in CHECKED if n in TOKENIZER_FILES and n not in names])
             if "tokenizer.json" not in names:
                 raise ModelNotFound(f"{hid}: the repository has no tokenizer.json")
@@ -543,12 +546,12 @@ def _download(repo: _Repo, kind: str, onnx_file: str | None) -> str:
                and "/" not in n[len(d) + 1:] and (n.endswith(".json") or n.endswith("/model.safetensors"))])
         repo.record_absent(commit, [n for n in (*CHECKED, *(f"{d}/{f}" for d in dirs for f in MODULE_FILES))
                                     if n not in names])
-        weights = _choose_weights(snap, names, onnx_file, hid)
+        weights = folders.weights(snap, names, onnx_file, str(hid))
         log.info(f"{hid}: commit {commit}, fetching {', '.join(weights)} into the Hub cache {repo.cache}")
         fetch(weights)
         if weights[0].endswith(".onnx"):
             base = PurePosixPath(weights[0]).parent
-            fetch(sorted(str(base / loc) if str(base) != "." else loc for loc in _external_locations(snap / weights[0])))
+            fetch(sorted(str(base / loc) if str(base) != "." else loc for loc in folders.external_data(snap / weights[0])))
     return commit
 
 
@@ -567,66 +570,6 @@ class _Fetcher:
             with _bars(self.hf) as bars:
                 self.hf.hf_hub_download(self.repo.hid.repo, name, revision=self.commit, cache_dir=str(self.repo.cache),
                                         endpoint=self.endpoint, **bars)
-
-
-def _choose_weights(snap: Path, names: set[str], onnx_file: str | None, hid: HubId) -> list[str]:
-    """The weight files to fetch, chosen as `model._locate` chooses in a folder (safetensors first unless embtool
-    cannot build the architecture and there is an ONNX model; --onnx-file; a lone .onnx file)."""
-    from embtool.core.model import LAYOUTS, PICKLE_PATTERNS, _buildable
-
-    onnx_here = sorted(n for n in names if n.lower().endswith(".onnx")
-                       and (n.count("/") == 0 or (n.startswith("onnx/") and n.count("/") == 1)))
-    if onnx_file:
-        for rel in (onnx_file, f"onnx/{onnx_file}"):
-            if rel in onnx_here:
-                return [rel]
-        raise ModelNotFound(f"{hid}: no ONNX file {onnx_file!r} in the repository (it has: {', '.join(onnx_here) or 'none'})")
-    st = next((lay for lay in LAYOUTS if lay.format == "safetensors" and lay.weights in names), None)
-    ox = next((lay for lay in LAYOUTS if lay.format == "onnx" and lay.weights in names), None)
-    if st is not None and (ox is None or _buildable(snap)[0]):
-        if not st.weights.endswith(".index.json"):
-            return [st.weights]
-        from embtool.core.model import read_json
-
-        wm = read_json(snap / st.weights).get("weight_map") if (snap / st.weights).is_file() else None
-        if not isinstance(wm, dict) or not wm or not all(isinstance(v, str) for v in wm.values()):
-            raise CorruptFile(f"{hid}: {st.weights} has no usable weight_map")
-        return sorted(set(wm.values()))
-    if ox is not None:
-        return [ox.weights]
-    if len(onnx_here) == 1:
-        return onnx_here
-    if onnx_here:
-        raise ModelNotFound(f"{hid}: several ONNX files and none is model.onnx ({', '.join(onnx_here)}); choose one "
-                            "with --onnx-file NAME")
-    pickles = sorted(n for n in names if "/" not in n and any(fnmatch(n, p) for p in PICKLE_PATTERNS))
-    if pickles:
-        raise UnsafeModel(f"{hid} has only pickle-based weights ({', '.join(pickles)}); embtool never downloads nor loads "
-                          "them because unpickling can run arbitrary code (only its configs were fetched). Use a "
-                          "repository with model.safetensors or an ONNX model")
-    raise ModelNotFound(f"{hid}: the repository holds no model weights embtool reads (looked for "
-                        f"{', '.join(lay.weights for lay in LAYOUTS)})")
-
-
-def _external_locations(onnx_path: Path) -> set[str]:
-    """The external-data file names an ONNX file refers to (checked later by `model.onnx_external_files`)."""
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    from embtool.core.model import _all_tensors
-
-    try:
-        m = onnx.load(str(onnx_path), load_external_data=False)
-    except (DecodeError, ValueError, RuntimeError) as e:
-        raise CorruptFile(f"{onnx_path}: not a valid ONNX model ({type(e).__name__})") from e
-    out = set()
-    for t in _all_tensors(m.graph):
-        if t.data_location == onnx.TensorProto.EXTERNAL:
-            loc = {e.key: e.value for e in t.external_data}.get("location", "")
-            if not _safe_rel(loc):
-                raise UnsafeModel(f"{onnx_path}: external data {loc!r} lies outside the model folder; refusing it")
-            out.add(loc)
-    return out
 
 
 def _network_errors() -> tuple[type[BaseException], ...]:

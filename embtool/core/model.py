@@ -487,7 +487,7 @@ def open_model(path: str | os.PathLike, need_tokenizer: bool = False, tokenizer:
     tokenizer = tokenizer if tokenizer is not None else getattr(path, "tokenizer", None)
     onnx_file = onnx_file if onnx_file is not None else getattr(path, "onnx_file", None)
     cache_dir = cache_dir if cache_dir is not None else getattr(path, "cache_dir", None)
-    where, source = resolve_model(path, cache_dir=cache_dir, onnx_file=onnx_file)
+    where, source = resolve_model(path, SNAPSHOTS, cache_dir=cache_dir, onnx_file=onnx_file)
     if tokenizer is not None:
         tokenizer = resolve_tokenizer(tokenizer, cache_dir=cache_dir)
     root, layout, wpath, notes = _locate(where, onnx_file)
@@ -518,6 +518,70 @@ def open_model(path: str | os.PathLike, need_tokenizer: bool = False, tokenizer:
     else:
         model.onnx_external = onnx_external_files(wpath, root)
     return model
+
+
+class SnapshotLayouts:
+    """What core/hub.py asks about a Hub snapshot (its `Folders`), answered by this module's layouts: whether the
+    weights open as they are, which repository files are the weights to fetch, and an ONNX file's external data."""
+
+    def problem(self, folder: Path, onnx_file: str | None) -> str | None:
+        try:
+            root, layout, wpath, _ = _locate(folder, onnx_file)
+            if wpath.name.endswith(".index.json"):
+                _shards(wpath)
+            elif layout.format == "onnx":
+                onnx_external_files(wpath, root)
+        except (ModelNotFound, CorruptFile, UnsafeModel) as e:
+            return str(e).replace(f"{folder}: ", "").replace(f"{folder}/", "")
+        return None
+
+    def weights(self, folder: Path, names: set[str], onnx_file: str | None, label: str) -> list[str]:
+        """Chosen as `_locate` chooses in a folder: safetensors first unless embtool cannot build the architecture
+        and there is an ONNX model; --onnx-file; a lone .onnx file."""
+        onnx_here = sorted(n for n in names if n.lower().endswith(".onnx")
+                           and (n.count("/") == 0 or (n.startswith("onnx/") and n.count("/") == 1)))
+        if onnx_file:
+            for rel in (onnx_file, f"onnx/{onnx_file}"):
+                if rel in onnx_here:
+                    return [rel]
+            raise ModelNotFound(f"{label}: no ONNX file {onnx_file!r} in the repository (it has: {', '.join(onnx_here) or 'none'})")
+        st = next((lay for lay in LAYOUTS if lay.format == "safetensors" and lay.weights in names), None)
+        ox = next((lay for lay in LAYOUTS if lay.format == "onnx" and lay.weights in names), None)
+        if st is not None and (ox is None or _buildable(folder)[0]):
+            if not st.weights.endswith(".index.json"):
+                return [st.weights]
+            wm = read_json(folder / st.weights).get("weight_map") if (folder / st.weights).is_file() else None
+            if not isinstance(wm, dict) or not wm or not all(isinstance(v, str) for v in wm.values()):
+                raise CorruptFile(f"{label}: {st.weights} has no usable weight_map")
+            return sorted(set(wm.values()))
+        if ox is not None:
+            return [ox.weights]
+        if len(onnx_here) == 1:
+            return onnx_here
+        if onnx_here:
+            raise ModelNotFound(f"{label}: several ONNX files and none is model.onnx ({', '.join(onnx_here)}); choose one "
+                                "with --onnx-file NAME")
+        pickles = sorted(n for n in names if "/" not in n and any(Path(n).match(p) for p in PICKLE_PATTERNS))
+        if pickles:
+            raise UnsafeModel(f"{label} has only pickle-based weights ({', '.join(pickles)}); embtool never downloads nor "
+                              "loads them because unpickling can run arbitrary code (only its configs were fetched). Use "
+                              "a repository with model.safetensors or an ONNX model")
+        raise ModelNotFound(f"{label}: the repository holds no model weights embtool reads (looked for "
+                            f"{', '.join(lay.weights for lay in LAYOUTS)})")
+
+    def external_data(self, onnx_path: Path) -> set[str]:
+        import onnx
+        from google.protobuf.message import DecodeError
+
+        try:
+            m = onnx.load(str(onnx_path), load_external_data=False)
+        except (DecodeError, ValueError, RuntimeError) as e:
+            raise CorruptFile(f"{onnx_path}: not a valid ONNX model ({type(e).__name__})") from e
+        return {{e.key: e.value for e in t.external_data}.get("location", "") for t in _all_tensors(m.graph)
+                if t.data_location == onnx.TensorProto.EXTERNAL}
+
+
+SNAPSHOTS = SnapshotLayouts()
 
 
 # ----------------------------------------------------------------------------------------------
