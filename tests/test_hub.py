@@ -260,6 +260,10 @@ def test_tokenizers_by_hub_id(offline_cache, tmp_path, tiny_models):
     r = run_cli(["init-subwords", tiny_models["bert"], "--tokenizer", "org/tok", "-o", tmp_path / "new", "--quiet", "--no-eval"])
     assert r.exit_code == 0, r.stderr
     assert (tmp_path / "new" / "tokenizer.json").read_bytes() == (tiny_models["xlm-roberta"] / "tokenizer.json").read_bytes()
+    r = run_cli(["init-subwords", bare, "--source-tokenizer", "org/tok", "--tokenizer", tiny_models["bert"], "-o", tmp_path / "back",
+                 "--quiet", "--no-eval"])
+    assert r.exit_code == 0, r.stderr
+    assert "no such file or folder" in one_error(run_cli(["embed", bare, "x", "--tokenizer", tmp_path / "nope.json"]))
 
 
 def test_a_path_that_exists_wins_over_the_hub_id_and_says_so(offline_cache, tmp_path, tiny_models, monkeypatch):
@@ -562,3 +566,16 @@ def test_download_progress_bars_go_to_stderr_on_a_terminal_only(monkeypatch):
     bar.close()
     with hub.quiet_downloads():
         assert hub._bar_class()(total=1).disable
+
+
+def test_quiet_reaches_the_download_bars(fake_hub, repo_files, monkeypatch):
+    fake_hub.repos["org/a"] = Repo(repo_files, A)
+    fake_hub.repos["org/b"] = Repo(repo_files, B)
+    seen = []
+    make = hub._bar_class
+    monkeypatch.setattr(hub, "_bar_class", lambda: seen.append(hub._QUIET.get()) or make())
+    assert run_cli(["embed", "org/a", "x", "--quiet"]).exit_code == 0
+    assert seen and all(seen)
+    seen.clear()
+    assert run_cli(["embed", "org/b", "x"]).exit_code == 0
+    assert seen and not any(seen)
