@@ -579,3 +579,23 @@ def test_quiet_reaches_the_download_bars(fake_hub, repo_files, monkeypatch):
     seen.clear()
     assert run_cli(["embed", "org/b", "x"]).exit_code == 0
     assert seen and not any(seen)
+
+
+def test_an_unreachable_hub(hf_env, tmp_path, repo_files):
+    """No network (and HF_HUB_OFFLINE not set): one line saying so; a cached snapshot that has its weights but was
+    never checked for the optional files (a cache filled by another tool) is used as it is, with a note."""
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    hf_env.setenv("HF_HOME", str(tmp_path / "hf"))
+    hf_env.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    line = one_error(run_cli(["inspect", "org/tiny"]))
+    assert "org/tiny: not (completely) in the Hub cache" in line and "cannot be reached" in line
+    cache_repo(tmp_path / "hf" / "hub", "org/tiny", A, {k: v for k, v in repo_files.items()
+                                                        if k in ("config.json", "tokenizer.json", "model.safetensors")})
+    r = run_cli(["inspect", "org/tiny", "--json"])
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["source"]["commit"] == A
+    assert "cannot be reached (ConnectError): using the cached snapshot of org/tiny" in r.stderr

@@ -84,6 +84,13 @@ class Folders(Protocol):
         """The external-data file names an ONNX file refers to, relative to its folder."""
 
 
+class Unreachable(ModelNotFound):
+    """The Hub could not be reached (no network, a proxy, HF_HUB_OFFLINE seen by huggingface_hub): `reason` says so
+    in a few words, for a note when the cache can serve anyway."""
+
+    reason = "the Hub cannot be reached"
+
+
 @dataclass(frozen=True)
 class HubId:
     """A parsed Hub id: `repo` is org/name, `revision` what followed '@' (None: the default branch, main)."""
@@ -262,20 +269,26 @@ class _Repo:
         if self.hid.revision is not None and COMMIT.fullmatch(self.hid.revision):
             return
         ref = self.folder / "refs" / self.hid.ref
-        ref.parent.mkdir(parents=True, exist_ok=True)
-        if ref.is_file() and ref.read_text(encoding="ascii", errors="replace") == commit:
-            return
-        tmp = ref.with_name(f"{ref.name}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_text(commit, encoding="ascii")
-        os.replace(tmp, ref)
+        try:  # best effort, as huggingface_hub does: a read-only cache still serves what it holds
+            ref.parent.mkdir(parents=True, exist_ok=True)
+            if ref.is_file() and ref.read_text(encoding="ascii", errors="replace") == commit:
+                return
+            tmp = ref.with_name(f"{ref.name}.{uuid.uuid4().hex[:8]}.tmp")
+            tmp.write_text(commit, encoding="ascii")
+            os.replace(tmp, ref)
+        except OSError as e:
+            log.info(f"could not record {self.hid.ref} = {commit} in {ref.parent} ({e.strerror})")
 
     def record_absent(self, commit: str, names: list[str]) -> None:
         """.no_exist/<commit>/<name> for files the listing showed absent (huggingface_hub does so on a 404), so
         that the next run finds the snapshot complete without asking the Hub."""
         for name in names:
             p = self.folder / ".no_exist" / commit / name
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.touch()
+            try:  # best effort: without it, the next run asks the Hub again
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.touch()
+            except OSError:
+                return
 
 
 def check_links(snap: Path, repo: Path) -> list[str]:
@@ -399,7 +412,14 @@ def _resolve(repo: _Repo, folders: Folders | None, onnx_file: str | None) -> tup
             raise ModelNotFound(f"{hid} (commit {commit}): the cached snapshot lacks {'; '.join(required)}, and "
                                 "HF_HUB_OFFLINE is set; unset it once to download what is missing")
         return commit, repo.snapshot(commit)
-    commit = _download(repo, folders, onnx_file)
+    try:
+        commit = _download(repo, folders, onnx_file)
+    except Unreachable as e:
+        if missing is None or dangling or any(hard for _, hard in missing):
+            raise
+        log.info(f"{e.reason}: using the cached snapshot of {hid} (commit {commit}) as it is, without checking for "
+                 f"{', '.join(what for what, _ in missing)}")
+        return commit, repo.snapshot(commit)
     snap = repo.snapshot(commit)
     dangling = check_links(snap, repo.folder)
     if dangling:
@@ -525,7 +545,7 @@ def _download(repo: _Repo, folders: Folders | None, onnx_file: str | None) -> st
         raise Unsupported(f"{hid} is not (completely) in the Hub cache {repo.cache}, and downloading it needs "
                           f"huggingface_hub: {HUB_EXTRA} (or download it with another tool, then run again)")
     endpoint = os.environ.get("HF_ENDPOINT") or None
-    with _hub_errors(hid, hf, endpoint):
+    with _hub_errors(hid, endpoint, repo.cache):
         info = hf.HfApi(endpoint=endpoint).model_info(hid.repo, revision=hid.ref)
         commit = str(info.sha or "")
         if not COMMIT.fullmatch(commit):
@@ -594,7 +614,7 @@ def _scrub(text: str) -> str:
 
 
 @contextlib.contextmanager
-def _hub_errors(hid: HubId, hf, endpoint: str | None) -> Iterator[None]:
+def _hub_errors(hid: HubId, endpoint: str | None, cache: Path) -> Iterator[None]:
     """huggingface_hub's and the network's exceptions as embtool's named errors, one line each, token-free."""
     from huggingface_hub import errors as E
 
@@ -609,10 +629,13 @@ def _hub_errors(hid: HubId, hf, endpoint: str | None) -> Iterator[None]:
                             "a token that can read it)") from None
     except E.RevisionNotFoundError:
         raise ModelNotFound(f"{hid}: the Hub has no revision {hid.ref!r} of {hid.repo}") from None
-    except (E.LocalEntryNotFoundError, E.OfflineModeIsEnabled, *_network_errors()) as e:  # before EntryNotFoundError:
-        raise ModelNotFound(f"{hid}: nothing usable is cached for it, and the Hub ({where}) cannot be reached "  # its
-                            f"({type(e).__name__}: {_scrub(str(e))}); set HF_HUB_OFFLINE=1 to work from the cache "  # subclass
-                            "only") from None  # in huggingface_hub < 1
+    # before EntryNotFoundError: LocalEntryNotFoundError is its subclass in huggingface_hub < 1
+    except (E.LocalEntryNotFoundError, E.OfflineModeIsEnabled, *_network_errors()) as e:
+        err = Unreachable(f"{hid}: not (completely) in the Hub cache {cache}, and the Hub ({where}) cannot be reached "
+                          f"({type(e).__name__}: {_scrub(str(e))}); check the network, or work from the cache with "
+                          "HF_HUB_OFFLINE=1")
+        err.reason = f"the Hub ({where}) cannot be reached ({type(e).__name__})"
+        raise err from None
     except E.EntryNotFoundError as e:
         raise ModelNotFound(f"{hid}: a file of the listing is not on the Hub ({_scrub(str(e))})") from None
     except E.HfHubHTTPError as e:
