@@ -5,7 +5,7 @@ The public API (see README "Python API"): `Encoder`, `trim_vocab`, `quantize`, `
 (a model path or Hub id with --tokenizer / --onnx-file / --cache-dir settings), and, with the `ray` extra, `embed_dataset`. Names are imported lazily, so `import embtool` (and `embtool --version`) stay light.
 """
 
-__version__ = "0.1.0"
+from embtool._version import __version__
 
 _LAZY = {
     "Encoder": "embtool.api",
