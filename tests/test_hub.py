@@ -236,6 +236,14 @@ def test_model_writing_commands_take_a_hub_id_and_never_touch_the_cache(offline_
     assert tree_bytes(offline_cache) == before
 
 
+def test_outputs_record_the_hub_id_and_commit_of_their_input(offline_cache, tmp_path):
+    r = run_cli(["quantize", "org/tiny@v1", "--bits", "8", "-o", tmp_path / "q", "--quiet"])
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads((tmp_path / "q" / "embtool.json").read_text())
+    assert doc["inputs"]["model_source"] == {"id": "org/tiny", "revision": "v1", "commit": B}
+    assert "base_model: org/tiny" in (tmp_path / "q" / "README.md").read_text()
+
+
 def test_an_index_records_the_pinned_id_and_search_resolves_it_again(offline_cache, tmp_path):
     out = tmp_path / "ix.safetensors"
     r = run_cli(["embed", "org/tiny@v1", "a first text", "another text", "-o", out, "--quiet"])
@@ -377,6 +385,10 @@ def test_download_fetches_only_what_embtool_reads_and_then_works_offline(fake_hu
     assert np.array_equal(got, want)
     assert snapshot_files(tmp_path, "org/tiny", A) == ["1_Pooling/config.json", "README.md", "config.json", "model.safetensors",
                                                        "modules.json", "tokenizer.json"]
+    r = run_cli(["quantize", "org/tiny", "--bits", "8", "-o", tmp_path / "q", "--quiet", "--no-eval"])
+    assert r.exit_code == 0, r.stderr
+    card = (tmp_path / "q" / "README.md").read_text()
+    assert "base_model: org/tiny" in card and "license: apache-2.0" in card  # the licence, from the downloaded card
     fetched = " ".join(fake_hub.requests())
     for never in ("pytorch_model.bin", "rust_model.ot", "tf_model.h5", "flax_model.msgpack", "onnx/model.onnx"):
         assert never not in fetched
