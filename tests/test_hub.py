@@ -526,8 +526,8 @@ def test_onnx_repositories(fake_hub, tmp_path, tiny_bert):
     fake_hub.repos["org/onnx"] = Repo(files, A)
     r = run_cli(["inspect", "org/onnx", "--json"])
     assert r.exit_code == 0, r.stderr
-    assert snapshot_files(tmp_path, "org/onnx", A) == ["1_Pooling/config.json", "config.json", "modules.json", "onnx/model.onnx",
-                                                       "onnx/model.onnx_data", "tokenizer.json"]
+    assert snapshot_files(tmp_path, "org/onnx", A) == ["1_Pooling/config.json", "README.md", "config.json", "modules.json",
+                                                       "onnx/model.onnx", "onnx/model.onnx_data", "tokenizer.json"]
     # safetensors of an architecture embtool cannot build beside an ONNX export: the ONNX model is fetched, as in a folder
     unbuildable = dict(files, **{"model.safetensors": (tiny_bert / "model.safetensors").read_bytes(),
                                  "config.json": json.dumps({**json.loads(files["config.json"]), "model_type": "t5"}).encode()})
