@@ -3,6 +3,7 @@
     import embtool
     enc = embtool.Encoder("all-MiniLM-L6-v2/")
     vecs = enc.embed(["a first sentence", "a second one"])      # np.ndarray [2, 384] float32
+    enc = embtool.Encoder("sentence-transformers/all-MiniLM-L6-v2")  # a Hub id: the HF cache, else a download
 
 Errors are the named exceptions of `embtool.errors` (`EmbtoolError` and its subclasses); the CLI turns them into
 `Error: ...` lines and exit codes.
@@ -16,14 +17,15 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from embtool.core.hub import quiet_downloads  # noqa: F401  (no Hub download progress bars inside the block)
 from embtool.core.model import Model, ModelRef, open_model, weight_view  # noqa: F401  (ModelRef: a model path with --tokenizer / --onnx-file)
 from embtool.errors import (BadUsage, CorruptFile, EmbtoolError, FidelityError, InputError, ModelNotFound,  # noqa: F401
                             OutputExists, UnsafeModel, Unsupported)
 
-__all__ = ["BINARY_CODE", "BINARY_CODES", "Encoder", "FORMATS", "METRICS", "POOLINGS", "PRECISIONS", "Result", "SCRIPTS",
+__all__ = ["BINARY_CODE", "BINARY_CODES", "Encoder", "FORMATS", "METRICS", "ModelRef", "POOLINGS", "PRECISIONS", "Result", "SCRIPTS",
            "SearchHits", "TensorInfo", "compare_embeddings", "compare_models", "defactorize", "dequantize", "embed",
            "embed_dataset", "export_onnx", "factorize", "frequent_words", "init_subwords", "inspect", "open_index", "open_model",
-           "quantizable_tensors", "quantize", "quantized_bytes", "read_embeddings", "rescore_depth", "sample_corpus", "search", "shrink", "trim_vocab",
+           "quantizable_tensors", "quantize", "quantized_bytes", "quiet_downloads", "read_embeddings", "rescore_depth", "sample_corpus", "search", "shrink", "trim_vocab",
            "write_embeddings"]
 
 from embtool.algorithms.pooling import ALL_POOLINGS as POOLINGS, PRECISIONS  # noqa: E402  (the choices the CLI offers)
@@ -36,7 +38,8 @@ class Encoder:
     """A model ready to embed text: opened once, one onnxruntime session, reused for every call.
 
     model        a model folder (Hugging Face / sentence-transformers layout), a .safetensors or .onnx file next to
-                 a tokenizer.json, or an opened `Model`
+                 a tokenizer.json, a Hub id "org/name" or "org/name@revision" (read from the Hugging Face cache, or
+                 downloaded with the `hub` extra; docs/hub.md), or an opened `Model`
     pooling      "auto" (the sentence-transformers config, else mean), "mean", "cls", "max", "last", ...
     normalize    L2-normalise; None = as the model's sentence-transformers config says
     prefix       text put before every input (e.g. "query: " for e5)
@@ -45,14 +48,16 @@ class Encoder:
     dim          keep the first `dim` dimensions (Matryoshka), then normalise
     batch_size   texts per onnxruntime call (default: about 1,024 padded tokens per call)
     threads      onnxruntime intra-op threads (0: $OMP_NUM_THREADS if set, else onnxruntime's default)
+    cache_dir    the Hugging Face Hub cache for a Hub id (default: $HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub)
     """
 
     def __init__(self, model: str | os.PathLike | Model, *, pooling: str = "auto", normalize: bool | None = None,
                  prefix: str = "", prompt_name: str | None = None, max_length: int | None = None, dim: int | None = None,
-                 batch_size: int | None = None, threads: int = 0, output_name: str | None = None, **extra):
+                 batch_size: int | None = None, threads: int = 0, output_name: str | None = None,
+                 cache_dir: str | os.PathLike | None = None, **extra):
         from embtool.runtime.encoder import open_encoder
 
-        m = model if isinstance(model, Model) else open_model(_path(model), need_tokenizer=True)
+        m = model if isinstance(model, Model) else open_model(_path(model), need_tokenizer=True, cache_dir=cache_dir)
         if prompt_name is not None:
             extra["prompt_name"] = prompt_name
         self.model = m
@@ -150,7 +155,8 @@ class Result:
 
 
 def _path(model):
-    """A model argument as the jobs take it: a str (a ModelRef keeps its --tokenizer / --onnx-file)."""
+    """A model argument as the jobs take it: a str (a path or a Hub id; a ModelRef keeps its --tokenizer, --onnx-file
+    and --cache-dir: `quantize(ModelRef("org/name", cache_dir="/data/hf"), ...)`)."""
     return model if isinstance(model, str) else os.fspath(model)
 
 
@@ -247,12 +253,16 @@ def init_subwords(model, output, *, tokenizer, progress=None, check: bool = True
                 tokenizer=os.fspath(tokenizer))
 
 
-def inspect(model) -> dict[str, Any]:
-    """What `embtool inspect --json` prints: architecture, vocabulary, parameters, bytes, quantization, provenance."""
+def inspect(model, *, cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """What `embtool inspect --json` prints: architecture, vocabulary, parameters, bytes, quantization, provenance,
+    and for a Hub id its `source` (id, revision, commit).
+
+    :param model: a model folder or file, a Hub id, a ModelRef or an opened Model
+    :param cache_dir: the Hub cache for a Hub id (default: the environment's, docs/hub.md)"""
     from embtool.core.describe import describe
     from embtool.core.summary import summary_json
 
-    m = model if isinstance(model, Model) else open_model(_path(model))
+    m = model if isinstance(model, Model) else open_model(_path(model), cache_dir=cache_dir)
     return summary_json("inspect", describe(m))
 
 

@@ -139,10 +139,11 @@ def test_the_layer_rule_catches_a_wrong_import():
 
 def test_the_model_record_has_one_owner():
     """"embtool.json" and the record's own keys appear as strings in core/formats/record.py only: every job builds its
-    record through it (the keys it shares with other vocabularies, "command" and "inputs", are left out)."""
+    record through it (the keys it shares with other vocabularies, "command", "inputs" and "files" — huggingface_hub's
+    tree listing, read by core/hub.py — are left out)."""
     from embtool.core.formats import record
 
-    owned = {record.FILE, *record.KEYS} - {"command", "inputs"}
+    owned = {record.FILE, *record.KEYS} - {"command", "inputs", "files"}
     where = sorted(_module_name(p) for p in PKG.rglob("*.py") if _literals(p.read_text(encoding="utf-8")) & owned)
     assert where == ["embtool.core.formats.record"], where
 

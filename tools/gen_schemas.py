@@ -61,6 +61,11 @@ def summary(command: str, description: str, props: dict, required: list[str], wr
 
 SCHEMAS = {
     "inspect": summary("inspect", "What a model holds.", {
+        "source": {"type": ["object", "null"], "required": ["id", "revision", "commit"],
+                   "description": "For a model given as a Hub id: the id, the revision asked for and the commit it "
+                                  "resolved to (null for a local path).",
+                   "properties": {"id": STR, "revision": STR, "commit": {"type": "string", "pattern": "^[0-9a-f]{40}$"}},
+                   "additionalProperties": False},
         "format": {"enum": ["safetensors", "onnx"]}, "layout": STR, "weight_files": {"type": "array", "items": STR},
         "architecture": {"type": ["string", "null"]}, "model_type": {"type": ["string", "null"]},
         "hidden_size": {"type": ["integer", "null"]}, "layers": INT,

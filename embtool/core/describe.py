@@ -49,6 +49,7 @@ def describe(model: Model) -> dict[str, Any]:
     tok = model.tokenizer
     out: dict[str, Any] = {
         "path": str(model.root),
+        "source": model.source.as_dict() if model.source is not None else None,  # a Hub id: id, revision, commit
         "format": model.format,
         "layout": model.layout.name,
         "weight_files": [str(p.relative_to(model.root)) if p.is_relative_to(model.root) else str(p) for p in model.weight_files()],

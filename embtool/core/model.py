@@ -20,6 +20,7 @@ import numpy as np
 from embtool.core.architectures import (SUPPORTED, Arch, check_value, find_token_table, model_type, read_arch,
                                         table_width)
 from embtool.core.errors import CorruptFile, ModelNotFound, UnsafeModel
+from embtool.core.hub import HubSource, blob_roots, resolve_model, resolve_tokenizer
 from embtool.core.safetensors_io import SafetensorsFile, TensorInfo
 from embtool.core.st_config import SentenceTransformersInfo, read_st_info
 from embtool.core.tokenizer_io import TokenizerJson
@@ -130,6 +131,7 @@ class Model:
     st: SentenceTransformersInfo
     weights: WeightStore | None = None  # safetensors models
     onnx_external: list[Path] = field(default_factory=list)
+    source: HubSource | None = None  # opened from a Hub id: the id, the revision asked for and its commit (core/hub.py)
 
     @property
     def format(self) -> str:
@@ -212,18 +214,20 @@ def refuse_lfs_pointer(p: Path, what: str = "weights") -> None:
 
 class ModelRef(str):
     """A MODEL argument together with how to read it: `tokenizer` (a tokenizer.json, or a folder
-    holding one, for a model that has none beside it) and `onnx_file` (which ONNX file of a folder
-    with several). It is a str, so it goes wherever a model path goes (requests, summaries,
-    provenance) and `open_model` reads the two settings from it."""
+    holding one, or a Hub id, for a model that has none beside it), `onnx_file` (which ONNX file of a
+    folder with several) and `cache_dir` (the Hub cache, for a Hub id). It is a str, so it goes wherever
+    a model path goes (requests, summaries, provenance) and `open_model` reads the settings from it."""
 
     tokenizer: str | None
     onnx_file: str | None
+    cache_dir: str | None
 
     def __new__(cls, path: str | os.PathLike, tokenizer: str | os.PathLike | None = None,
-                onnx_file: str | None = None) -> "ModelRef":
+                onnx_file: str | None = None, cache_dir: str | os.PathLike | None = None) -> "ModelRef":
         self = super().__new__(cls, os.fspath(path))
         self.tokenizer = os.fspath(tokenizer) if tokenizer is not None else None
         self.onnx_file = onnx_file
+        self.cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
         return self
 
 
@@ -322,13 +326,11 @@ def _inside(root: Path, rel: str, referrer: Path) -> Path:
     if os.path.isabs(rel) or ".." in Path(rel).parts:
         raise UnsafeModel(f"{referrer}: refers to {rel!r}, outside the model folder; refusing to read it")
     p = root / rel
-    real_root = root.resolve()
-    try:
-        p.resolve().relative_to(real_root)
-    except ValueError:
+    real = p.resolve()
+    if not any(real.is_relative_to(r) for r in (root.resolve(), *blob_roots(root))):  # a Hub snapshot links into blobs
         raise UnsafeModel(
             f"{referrer}: {rel!r} is a link that points outside the model folder; refusing to read it"
-        ) from None
+        )
     return p
 
 
@@ -371,12 +373,21 @@ def _all_tensors(graph):
 
 
 def _load_onnx(path: Path, root: Path):
+    """The ModelProto with its external data read in, after `onnx_external_files` checked every reference (onnx's
+    own loader refuses any symlinked data file, which is how a Hub snapshot holds them)."""
     import onnx
-    from onnx.external_data_helper import load_external_data_for_model
 
     onnx_external_files(path, root)  # safety check first
     m = onnx.load(str(path), load_external_data=False)
-    load_external_data_for_model(m, str(path.parent))
+    for t in _all_tensors(m.graph):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        with open(_inside(path.parent, info["location"], path), "rb") as f:
+            f.seek(int(info.get("offset", 0) or 0))
+            t.raw_data = f.read(int(info["length"])) if info.get("length") else f.read()
+        del t.external_data[:]
+        t.data_location = onnx.TensorProto.DEFAULT
     return m
 
 
@@ -473,17 +484,23 @@ def _tokenizer_file(given: str | None, root: Path, wpath: Path) -> Path | None:
 
 
 def open_model(path: str | os.PathLike, need_tokenizer: bool = False, tokenizer: str | os.PathLike | None = None,
-               onnx_file: str | None = None) -> Model:
+               onnx_file: str | None = None, cache_dir: str | os.PathLike | None = None) -> Model:
     """Open MODEL; raises a named core error with one clear sentence on anything wrong.
 
-    :param path: a model folder, a .safetensors/.onnx file, or a `ModelRef` (which carries the next two)
+    :param path: a model folder, a .safetensors/.onnx file, a Hub id `org/name[@revision]` (core/hub.py: from the
+        Hub cache, downloaded when missing), or a `ModelRef` (which carries the next three)
     :param need_tokenizer: fail unless a tokenizer.json is found
-    :param tokenizer: a tokenizer.json (or a folder holding one) for a model that has none beside it
+    :param tokenizer: a tokenizer.json (or a folder holding one, or a Hub id) for a model that has none beside it
     :param onnx_file: which ONNX file of a folder with several (default: model.onnx)
+    :param cache_dir: the Hub cache for Hub ids (default: $HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub)
     """
     tokenizer = tokenizer if tokenizer is not None else getattr(path, "tokenizer", None)
     onnx_file = onnx_file if onnx_file is not None else getattr(path, "onnx_file", None)
-    root, layout, wpath, notes = _locate(Path(path), onnx_file)
+    cache_dir = cache_dir if cache_dir is not None else getattr(path, "cache_dir", None)
+    where, source = resolve_model(path, SNAPSHOTS, cache_dir=cache_dir, onnx_file=onnx_file)
+    if tokenizer is not None:
+        tokenizer = resolve_tokenizer(tokenizer, cache_dir=cache_dir)
+    root, layout, wpath, notes = _locate(where, onnx_file)
     for n in notes:
         log.info(n)
     refuse_lfs_pointer(wpath)
@@ -499,7 +516,8 @@ def open_model(path: str | os.PathLike, need_tokenizer: bool = False, tokenizer:
     elif need_tokenizer:
         raise ModelNotFound(f"{root}: no tokenizer.json beside the model; pass --tokenizer PATH "
                             "(the model's tokenizer.json, or a folder holding it; --source-tokenizer for init-subwords)")
-    model = Model(root=root, layout=layout, weight_path=wpath, config=config, tokenizer=tok, st=read_st_info(root, config))
+    model = Model(root=root, layout=layout, weight_path=wpath, config=config, tokenizer=tok, st=read_st_info(root, config),
+                  source=source)
     if layout.format == "safetensors":
         files = _shards(wpath) if wpath.name.endswith(".index.json") else [wpath]
         for f in files:
@@ -510,6 +528,70 @@ def open_model(path: str | os.PathLike, need_tokenizer: bool = False, tokenizer:
     else:
         model.onnx_external = onnx_external_files(wpath, root)
     return model
+
+
+class SnapshotLayouts:
+    """What core/hub.py asks about a Hub snapshot (its `Folders`), answered by this module's layouts: whether the
+    weights open as they are, which repository files are the weights to fetch, and an ONNX file's external data."""
+
+    def problem(self, folder: Path, onnx_file: str | None) -> str | None:
+        try:
+            root, layout, wpath, _ = _locate(folder, onnx_file)
+            if wpath.name.endswith(".index.json"):
+                _shards(wpath)
+            elif layout.format == "onnx":
+                onnx_external_files(wpath, root)
+        except (ModelNotFound, CorruptFile, UnsafeModel) as e:
+            return str(e).replace(f"{folder}: ", "").replace(f"{folder}/", "")
+        return None
+
+    def weights(self, folder: Path, names: set[str], onnx_file: str | None, label: str) -> list[str]:
+        """Chosen as `_locate` chooses in a folder: safetensors first unless embtool cannot build the architecture
+        and there is an ONNX model; --onnx-file; a lone .onnx file."""
+        onnx_here = sorted(n for n in names if n.lower().endswith(".onnx")
+                           and (n.count("/") == 0 or (n.startswith("onnx/") and n.count("/") == 1)))
+        if onnx_file:
+            for rel in (onnx_file, f"onnx/{onnx_file}"):
+                if rel in onnx_here:
+                    return [rel]
+            raise ModelNotFound(f"{label}: no ONNX file {onnx_file!r} in the repository (it has: {', '.join(onnx_here) or 'none'})")
+        st = next((lay for lay in LAYOUTS if lay.format == "safetensors" and lay.weights in names), None)
+        ox = next((lay for lay in LAYOUTS if lay.format == "onnx" and lay.weights in names), None)
+        if st is not None and (ox is None or _buildable(folder)[0]):
+            if not st.weights.endswith(".index.json"):
+                return [st.weights]
+            wm = read_json(folder / st.weights).get("weight_map") if (folder / st.weights).is_file() else None
+            if not isinstance(wm, dict) or not wm or not all(isinstance(v, str) for v in wm.values()):
+                raise CorruptFile(f"{label}: {st.weights} has no usable weight_map")
+            return sorted(set(wm.values()))
+        if ox is not None:
+            return [ox.weights]
+        if len(onnx_here) == 1:
+            return onnx_here
+        if onnx_here:
+            raise ModelNotFound(f"{label}: several ONNX files and none is model.onnx ({', '.join(onnx_here)}); choose one "
+                                "with --onnx-file NAME")
+        pickles = sorted(n for n in names if "/" not in n and any(Path(n).match(p) for p in PICKLE_PATTERNS))
+        if pickles:
+            raise UnsafeModel(f"{label} has only pickle-based weights ({', '.join(pickles)}); embtool never downloads nor "
+                              "loads them because unpickling can run arbitrary code (only its configs were fetched). Use "
+                              "a repository with model.safetensors or an ONNX model")
+        raise ModelNotFound(f"{label}: the repository holds no model weights embtool reads (looked for "
+                            f"{', '.join(lay.weights for lay in LAYOUTS)})")
+
+    def external_data(self, onnx_path: Path) -> set[str]:
+        import onnx
+        from google.protobuf.message import DecodeError
+
+        try:
+            m = onnx.load(str(onnx_path), load_external_data=False)
+        except (DecodeError, ValueError, RuntimeError) as e:
+            raise CorruptFile(f"{onnx_path}: not a valid ONNX model ({type(e).__name__})") from e
+        return {{e.key: e.value for e in t.external_data}.get("location", "") for t in _all_tensors(m.graph)
+                if t.data_location == onnx.TensorProto.EXTERNAL}
+
+
+SNAPSHOTS = SnapshotLayouts()
 
 
 # ----------------------------------------------------------------------------------------------

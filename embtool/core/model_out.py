@@ -10,7 +10,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from embtool.core.formats import record
-from embtool.core.model import Model, read_json
+from embtool.core.model import PICKLE_PATTERNS, Model, read_json
 from embtool.core.safetensors_io import write_safetensors
 from embtool.core.writer import OutputFolder
 
@@ -35,6 +35,9 @@ def other_weight_files(model: Model) -> list[str]:
     others = [f for f in _onnx_files(model.root) if f not in own]
     if model.format == "onnx":
         others += [p.name for p in sorted(model.root.glob("model*.safetensors*")) if p.name not in own]
+    # other frameworks' weights (a snapshot of the Hub cache often holds them beside model.safetensors)
+    others += sorted({p.name for pat in (*PICKLE_PATTERNS, "flax_model*.msgpack", "rust_model.ot") for p in model.root.glob(pat)})
+    others += [d.name for d in (model.root / "openvino", model.root / "coreml") if d.is_dir()]
     return others
 
 

@@ -36,6 +36,7 @@ class SearchRequest:
     metric: str = "cosine"
     model: str | None = None
     tokenizer: str | None = None  # a tokenizer.json for a model without one beside it (default: the index's record)
+    cache_dir: str | None = None  # the Hub cache, for a model (--model, or the index's record) that is a Hub id
     query_prefix: str | None = None
     strict: bool = False  # refuse, not warn: another model than the index's, files embedded apart, repeated ids
     rescore: int | None = None  # None: a depth chosen from the index size (algorithms.search.auto_rescore); 0: off
@@ -111,6 +112,7 @@ def _query_vectors(req: SearchRequest, idxs: list[StoredIndex], warn: Callable[[
     texts = list(iter_texts(req.queries, req.query_files, skip_empty=True))
     if not texts:
         raise InputError("no queries (the query input is empty)")
+    from embtool.core.hub import is_id
     from embtool.core.model import open_model
     from embtool.runtime.encoder import EmbedSettings, Encoder
 
@@ -120,10 +122,10 @@ def _query_vectors(req: SearchRequest, idxs: list[StoredIndex], warn: Callable[[
     model_path = req.model or src.model
     if not model_path:
         raise InputError(f"{first.path} does not record its model; give --model to embed text queries")
-    if not Path(model_path).exists():
+    if not Path(model_path).exists() and not is_id(model_path):
         raise InputError(f"the index's model {model_path} is not there; give --model")
     m = open_model(model_path, need_tokenizer=True, tokenizer=req.tokenizer or (None if req.model else src.tokenizer),
-                   onnx_file=None if req.model else src.onnx_file)
+                   onnx_file=None if req.model else src.onnx_file, cache_dir=req.cache_dir)
     msg = None
     if src.model_fingerprint and m.fingerprint() != src.model_fingerprint:
         msg = (f"--model {req.model} is not the model the index was made with ({src.model})" if req.model else

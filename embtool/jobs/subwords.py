@@ -24,6 +24,7 @@ from embtool.algorithms import vocab as VA
 from embtool.core.errors import BadUsage, InputError, Unsupported
 from embtool.core.architectures import FACTOR_F, FACTOR_P, pad_sets_positions
 from embtool.core.formats.record import provenance, write_model_record
+from embtool.core.hub import resolve_tokenizer
 from embtool.core.model import Model, find_vocab_tensors, open_model, read_json
 from embtool.core.model_out import copy_unchanged, metadata_json, updated_config, write_configs, write_weights
 from embtool.core.texts import iter_texts
@@ -60,8 +61,9 @@ class InitRequest(OutputRequest):
     dry_run: bool = False
 
 
-def load_target(path: str) -> tuple[TokenizerJson, Path]:
-    p = Path(path)
+def load_target(path: str, cache_dir: str | None = None) -> tuple[TokenizerJson, Path]:
+    """The target tokenizer: a tokenizer.json, a folder holding one, or a Hub id (its snapshot's tokenizer.json)."""
+    p = Path(resolve_tokenizer(path, cache_dir=cache_dir))
     if p.is_dir():
         p = p / "tokenizer.json"
     if not p.is_file():
@@ -323,7 +325,7 @@ def run_init_subwords(req: InitRequest, progress=None) -> dict[str, Any]:
     t0 = time.perf_counter()
     method = check_request(req)
     m = open_model(req.model, need_tokenizer=True)
-    tgt, tgt_path = load_target(req.tokenizer)
+    tgt, tgt_path = load_target(req.tokenizer, getattr(req.model, "cache_dir", None))
     vt = _vocab_table(m)
     V_src, D_table = vt.table.shape
     notes: list[str] = []

@@ -89,6 +89,7 @@ import numpy as np
 
 from embtool.algorithms import pooling as P
 from embtool.core.errors import CorruptFile, InputError
+from embtool.core.hub import recorded_name
 from embtool.core.safetensors_io import SafetensorsFile, write_safetensors
 
 VERSION = "1"
@@ -163,7 +164,7 @@ class IndexSource:
         tok = model.tokenizer.path if model.tokenizer is not None else None
         apart = tok is not None and Path(tok).parent.resolve() != Path(model.root).resolve()
         given = path if path is not None else model.root
-        return cls(model=str(Path(given).resolve()), model_fingerprint=model.fingerprint(),
+        return cls(model=recorded_name(model, given), model_fingerprint=model.fingerprint(),
                    tokenizer_fingerprint=model.tokenizer_fingerprint(), tokenizer=str(Path(tok).resolve()) if apart else None,
                    onnx_file=getattr(given, "onnx_file", None), encoder=EncoderRecord.of(settings),
                    shard=f"{shard[0]}/{shard[1]}" if shard else None)
