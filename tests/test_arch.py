@@ -1,6 +1,6 @@
 """Rotary encoders (ModernBERT, NomicBERT, GTE, EmbeddingGemma's Gemma 3) and the Qwen3 decoder against transformers.
 
-The fixtures in tests/data/arch/ were written once by tools/make_arch_fixtures.py with the real transformers
+The fixtures in tests/data/arch/ were written once by tools/fixtures/make_arch_fixtures.py with the real transformers
 model classes (random weights, real tokenizers); reference.npz holds the token ids and the pooled last hidden
 state of each text in texts.json (mean for the encoders, last token for Qwen3), identical with left and right
 padding. Here embtool, without torch, must reproduce them through safetensors and through export-onnx, and

@@ -15,7 +15,7 @@ COMMANDS = sorted(cli.list_commands(click.Context(cli)))
 
 
 def test_docs_are_current():
-    r = subprocess.run([sys.executable, str(ROOT / "tools" / "gen_docs.py"), "--check"], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "gen" / "gen_docs.py"), "--check"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
 

@@ -1,7 +1,7 @@
 """all-mpnet-base-v2 (tests/realmodels.py: five PyPI parts of one zip) against sentence-transformers.
 
 MPNet runs through embtool's graph builder (relative position bias, RoBERTa positions, no token types);
-the reference vectors were computed once by sentence-transformers (tools/make_reference_vectors.py).
+the reference vectors were computed once by sentence-transformers (tools/fixtures/make_reference_vectors.py).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """sentence-transformers folders of every release against sentence-transformers' own embeddings.
 
 The fixtures in tests/data/st_formats/ were saved, and their reference vectors computed, by the real
-sentence-transformers (tools/make_st_fixtures.py, run once in the peer venv): pooling modes (old boolean
+sentence-transformers (tools/fixtures/make_st_fixtures.py, run once in the peer venv): pooling modes (old boolean
 keys and the 6.x `pooling_mode` string, concatenated modes), Dense layers, Normalize or not,
 include_prompt false, prompts and default_prompt_name, max_seq_length from sentence_bert_config.json or
 tokenizer_config.json.
