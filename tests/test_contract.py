@@ -601,11 +601,7 @@ def test_compressed_corpora(tmp_path, tiny_bert):
 
 import re  # noqa: E402
 
-
-def _readme_block(lang: str, after: str) -> str:
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index(f"```{lang}\n", readme.index(after)) + len(lang) + 4
-    return readme[start:readme.index("```\n", start)]
+from helpers import doc_block  # noqa: E402
 
 
 def _workspace(tmp_path: Path) -> Path:
@@ -641,7 +637,7 @@ def test_readme_makefile_snippet(tmp_path, tiny_bert, shell_flags, gate):
     from conftest import corpus_lines
 
     w = _workspace(tmp_path)
-    make = _readme_block("make", "## Shrinking a model in a pipeline")
+    make = doc_block("make", after="## Shrinking a model in a pipeline")
     assert "--min-cosine" in make and "$(MODEL)" in make
     shutil.copytree(tiny_bert, w / "tiny")
     (w / "train.txt").write_text("\n".join(corpus_lines("fr", 300)) + "\n")
@@ -695,7 +691,7 @@ def test_readme_ci_snippet(tmp_path, tiny_bert, shell, gate):
     from conftest import corpus_lines
 
     w = _workspace(tmp_path)
-    steps = _ci_steps(_readme_block("yaml", "## Shrinking a model in a pipeline"))
+    steps = _ci_steps(doc_block("yaml", after="## Shrinking a model in a pipeline"))
     assert any("--min-cosine" in st["run"] for st in steps) and any(st.get("if") == "always()" for st in steps)
     shutil.copytree(tiny_bert, w / "model")
     (w / "data").mkdir()

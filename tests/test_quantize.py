@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import SENTENCES, corpus_lines, run_cli
+from helpers import forbid_sensitivity_work
 from embtool.algorithms import knapsack
 from embtool.algorithms import quantize as Q
 from embtool.core.model import open_model
@@ -488,13 +489,7 @@ def test_default_method_uses_calibration_text(tmp_path, tiny_bert):
 
 
 def test_infeasible_budget_fails_before_any_work_and_names_widths(tmp_path, tiny_bert, monkeypatch):
-    import embtool.jobs.mixed as mixed
-
-    def no_probe(*a, **k):
-        raise AssertionError("sensitivity work started for an infeasible budget")
-
-    monkeypatch.setattr(mixed, "SensitivityProbe", no_probe)
-    monkeypatch.setattr("embtool.jobs.calibrate.gram_matrices", no_probe)
+    forbid_sensitivity_work(monkeypatch)
     r = run_cli(["quantize", tiny_bert, "--bits", "4", "--target-bits", "4.5", "--group-size", "16", "-o", tmp_path / "m"])
     assert r.exit_code == 1 and "infeasible with --bits 4" in r.stderr and "--bits 2,4,8 can meet it" in r.stderr, r.stderr
     r = run_cli(["quantize", tiny_bert, "--bits", "4,8", "--target-bits", "1.5", "--group-size", "16", "-o", tmp_path / "m"])
@@ -699,13 +694,7 @@ def _shared_weights_copy(src: Path, dst: Path) -> Path:
 @pytest.mark.parametrize("case", ["infeasible", "quantized", "shared", "nothing", "3-bit"])
 def test_onnx_input_refusals_are_one_line(tmp_path, tiny_onnx, monkeypatch, case):
     """Each refusal of an ONNX input comes before any calibration work: exit 1, one `Error:` line, nothing written."""
-    import embtool.jobs.mixed as mixed
-
-    def no_work(*a, **k):
-        raise AssertionError("calibration work started for a refused request")
-
-    monkeypatch.setattr(mixed, "SensitivityProbe", no_work)
-    monkeypatch.setattr("embtool.jobs.calibrate.gram_matrices", no_work)
+    forbid_sensitivity_work(monkeypatch)
     model, args, message = tiny_onnx, ["--bits", "2,4,8", "--target-bits", "5"], None
     if case == "infeasible":
         args, message = ["--bits", "4", "--target-bits", "4.5", "--method", "gptq"], "infeasible with --bits 4: all tensors at 4 bits need"
