@@ -36,7 +36,7 @@ def test_embed_parquet_equals_the_index(tiny_bert, tmp_path):
 def test_parquet_refusals(tiny_bert, tmp_path):
     (tmp_path / "t.txt").write_text("a\nb\n")
     r = run_cli(["embed", tiny_bert, "-i", tmp_path / "t.txt", "-o", tmp_path / "t.parquet", "--precision", "int8"])
-    assert r.exit_code != 0 and "precision" in r.stderr
+    assert r.exit_code == 1 and r.stderr == "Error: --precision int8 is only stored in .npy or .safetensors outputs\n"
     (tmp_path / "notes.parquet").write_text("my notes, not embeddings\n")
     r = run_cli(["embed", tiny_bert, "-i", tmp_path / "t.txt", "-o", tmp_path / "notes.parquet", "--force"])
     assert r.exit_code == 1 and (tmp_path / "notes.parquet").read_text() == "my notes, not embeddings\n"

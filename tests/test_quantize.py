@@ -412,17 +412,18 @@ def test_mixed_precision_respects_budget_and_prefers_sensitive_tensors(tmp_path,
     assert r.exit_code == 0 and all("omega" in row for row in json.loads(r.stdout)["mixed_precision"]["per_tensor"])
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--bits", "5"], "supported bit widths"),
-    (["--group-size", "24"], "not a multiple of --group-size 24"),
-    (["--bits", "2,4", "--target-bits", "0.5"], "0.5"),
-    (["--bits", "2,4", "--max-size", "1KB"], "infeasible"),
-    (["--bits", "2,4"], "several --bits"),
-    (["--include", "nothing-matches"], "no tensor to quantize"),
+@pytest.mark.parametrize("args, code, message", [
+    (["--bits", "5"], 2, "supported bit widths"),  # a bad value: a usage error, found while parsing
+    (["--group-size", "24"], 1, "not a multiple of --group-size 24"),  # fits no tensor of this model: an error
+    (["--bits", "2,4", "--target-bits", "0.5"], 2, "0.5"),
+    (["--bits", "2,4", "--max-size", "1KB"], 1, "infeasible"),
+    (["--bits", "2,4"], 2, "several --bits"),  # a bad combination of flags
+    (["--include", "nothing-matches"], 1, "no tensor to quantize"),
 ])
-def test_quantize_bad_input(tmp_path, tiny_bert, args, message):
+def test_quantize_bad_input(tmp_path, tiny_bert, args, code, message):
     r = run_cli(["quantize", tiny_bert, *args, "-o", tmp_path / "out"])
-    assert r.exit_code in (1, 2) and message in r.stderr, r.stderr
+    assert r.exit_code == code and message in r.stderr.splitlines()[-1], r.stderr
+    assert (r.stderr.startswith("Usage: ") if code == 2 else r.stderr.startswith("Error: ") and r.stderr.count("\n") == 1), r.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -524,7 +525,9 @@ def test_mixed_plan_is_measured_and_never_worse_than_uniform(tmp_path, tiny_bert
     mp = json.loads(r.stdout)["mixed_precision"]
     assert mp["sensitivity"] == "measured" and all(row["omega"] is None for row in mp["per_tensor"])
     u = mp["uniform_check"]
-    assert u["bits"] == 4 and u["chose"] in ("mixed", "uniform") and (u["chose"] == "uniform") == (u["uniform_loss"] <= u["mixed_loss"])
+    assert u is not None and u["bits"] == 4 and (u["chose"] == "uniform") == (u["uniform_loss"] <= u["mixed_loss"]), u
+    widths = {(row["bits"], row["symmetric"]) for row in mp["per_tensor"]}
+    assert (widths == {(4, u["symmetric"])}) == (u["chose"] == "uniform"), (u, widths)  # the written plan is the choice
     sf = SafetensorsFile(tmp_path / "m" / "model.safetensors")
     rec, keys = json.loads(sf.metadata["embtool_quantization"]), set(sf.keys())
     for row in mp["per_tensor"]:
@@ -629,12 +632,25 @@ def test_onnx_input_mixed_plan_equals_the_safetensors_plan(tmp_path, tiny_bert, 
     assert np.min(np.sum(a * b, 1)) >= 0.9999
 
 
-def test_onnx_input_max_size_holds_in_the_file_with_gptq_and_portable_ops(tmp_path, tiny_onnx):
+@pytest.mark.parametrize("chose", ["mixed", "uniform"])
+def test_onnx_input_max_size_holds_in_the_file_with_gptq_and_portable_ops(tmp_path, tiny_onnx, monkeypatch, chose):
     """--max-size on an ONNX input counts the rewritten graph's bytes (float32 scales of DequantizeLinear here):
     the planned bytes are exactly those of the new initializers and the file fits; GPTQ statistics come from the
-    graph's own MatMul inputs; standard operators only."""
+    graph's own MatMul inputs; standard operators only. Uniform 4 bits fits this budget, so the uniform guard runs:
+    the mixed plan (4 and 8 bits) loses half as much and is kept; with the measured loss of any mixed plan made 10x,
+    uniform 4 bits loses less and is what is written (the budget still holds)."""
     import onnx
 
+    import embtool.jobs.mixed as mixed
+
+    if chose == "uniform":
+        real = mixed.SensitivityProbe.loss_with
+
+        def loss_with(self, values):
+            widths = {(q.bits, q.zeros is None) for q in values.values() if hasattr(q, "bits")}
+            return real(self, values) * (10 if len(widths) > 1 else 1)
+
+        monkeypatch.setattr(mixed.SensitivityProbe, "loss_with", loss_with)
     limit = 60_000
     r = run_cli(["quantize", tiny_onnx, "--bits", "2,4,8", "--max-size", limit, "--group-size", "16", "--method", "gptq",
                  "--calib", tiny_onnx.parent / "calib.txt", "--portable", "-o", tmp_path / "q", "--json"])
@@ -649,7 +665,10 @@ def test_onnx_input_max_size_holds_in_the_file_with_gptq_and_portable_ops(tmp_pa
     ops = {n.op_type for n in m.graph.node}
     assert "DequantizeLinear" in ops and not ops & {"MatMulNBits", "GatherBlockQuantized"}
     u = mp["uniform_check"]
-    assert u is None or (u["chose"] == "uniform") == (u["uniform_loss"] <= u["mixed_loss"])
+    assert u is not None and u["chose"] == chose, u  # the guard ran, and took this branch
+    assert (u["chose"] == "uniform") == (u["uniform_loss"] <= u["mixed_loss"]), u  # the one that loses less
+    widths = {(row["bits"], row["symmetric"]) for row in mp["per_tensor"]}
+    assert (widths == {(u["bits"], u["symmetric"])}) == (chose == "uniform"), widths  # what was written is the choice
     assert s["eval"]["cosine_mean"] > 0.98
 
 
