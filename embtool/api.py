@@ -257,43 +257,42 @@ def inspect(model) -> dict[str, Any]:
 
 
 class SearchHits(list):
-    """What `search` returns: a list with, per query, [(score, global id, text)] best first; `query_texts` are the
-    query texts (None for vector queries)."""
+    """What `search` returns: a list with, per query, its hits best first. A hit is a tuple (score, id, text) with
+    attributes `file` and `row` (the index file and its row there: rows whose ids repeat across files are told apart
+    by them). `query_texts` are the query texts (None for vector queries)."""
 
     query_texts: list[str] | None = None
 
 
 def search(index_paths, queries: Iterable[str] | np.ndarray | None = None, *, k: int = 10, metric: str = "cosine",
            ray: str | None = None, warn: Callable[[str], None] | None = None, **options) -> SearchHits:
-    """Exact top-k (`embtool search`). `queries` are texts (embedded with the index's model, or `model=`) or a
-    [q, dim] array of vectors; other options are SearchRequest's fields (query_files, query_embeddings,
-    query_prefix, model, tokenizer, strict, rescore, block_rows, threads). `ray="local"|"auto"|ADDRESS` scores
-    each index file in a Ray task; the hits are the same. `warn` receives warnings (e.g. a model mismatch)."""
-    import tempfile
+    """Exact top-k (`embtool search`).
 
+    :param index_paths: an index file or folder of shards, or a list of them (.safetensors, .parquet, .npy)
+    :param queries: texts (embedded with the index's model and settings, or `model=`), or a [q, dim] array of
+        vectors ([dim]: one query)
+    :param k: hits per query (at least 1)
+    :param metric: "cosine", "dot" or "l2" (squared distance, smaller is closer)
+    :param ray: "local" | "auto" | ADDRESS: score each index file in a Ray task; the hits are the same
+    :param warn: receives warnings (a model mismatch, repeated ids, ...)
+    :param options: SearchRequest's other fields (query_files, query_embeddings, query_prefix, model, tokenizer,
+        strict, rescore, block_rows, threads)
+    Bad values raise TypeError or BadUsage (k=0, an unknown metric); bad files a named embtool error."""
     from embtool.jobs.search import SearchRequest, run_search
 
     paths = [os.fspath(index_paths)] if isinstance(index_paths, (str, os.PathLike)) else [os.fspath(p) for p in index_paths]
     score_files = None
     if ray is not None:
         from embtool.distributed import search_files as score_files
-    run = {"warn": warn or (lambda m: None), "score_files": score_files}
-
-    def done(res) -> SearchHits:
-        hits = SearchHits(res.hits)
-        hits.query_texts = res.query_texts
-        return hits
-
     if isinstance(queries, np.ndarray):
-        with tempfile.TemporaryDirectory(prefix="embtool-q-") as d:
-            qfile = Path(d) / "q.npy"
-            np.save(qfile, np.asarray(queries, dtype=np.float32).reshape(len(queries), -1))
-            return done(run_search(SearchRequest(indexes=paths, query_embeddings=str(qfile), k=k, metric=metric, ray=ray,
-                                                 **options), **run))
-    if isinstance(queries, str):
-        queries = [queries]
-    return done(run_search(SearchRequest(indexes=paths, queries=list(queries or ()), k=k, metric=metric, ray=ray, **options),
-                           **run))
+        req = SearchRequest(indexes=paths, query_vectors=queries, k=k, metric=metric, ray=ray, **options)
+    else:
+        req = SearchRequest(indexes=paths, queries=[queries] if isinstance(queries, str) else list(queries or ()), k=k,
+                            metric=metric, ray=ray, **options)
+    res = run_search(req, warn=warn or (lambda m: None), score_files=score_files)
+    hits = SearchHits(res.hits)
+    hits.query_texts = res.query_texts
+    return hits
 
 
 def embed(model, output=None, *, texts: Iterable[str] | str = (), inputs: Iterable[str | os.PathLike] = (),
@@ -349,7 +348,7 @@ def sample_corpus(lang: str, split: str = "all", start: int = 0, limit: int | No
 def read_embeddings(path) -> np.ndarray:
     """Every vector of an embeddings file or index (.npy, .safetensors, .parquet) as float32 [n, dim]
     (int8 and binary indexes: their decoded values)."""
-    from embtool.core.embeddings_io import open_index
+    from embtool.core.formats.index import open_index
 
     ix = open_index(os.fspath(path))
     return np.asarray(ix.block(0, len(ix)), dtype=np.float32)
@@ -361,18 +360,23 @@ def write_embeddings(path, vectors: np.ndarray, texts: Iterable[str] | None = No
     """Write `vectors` (and their texts) with embtool's embeddings writer, atomically: an index `embtool search`
     reads (.safetensors / .parquet), or .npy / .jsonl / word2vec by the extension."""
     from embtool.core.embeddings_io import EmbeddingSink, format_for, not_embeddings_file
+    from embtool.core.formats.index import parse_metadata
     from embtool.core.writer import OutputFile
 
     texts = [str(i) for i in range(len(vectors))] if texts is None else list(texts)
     if len(texts) != len(vectors):
         raise InputError(f"{len(texts)} texts for {len(vectors)} vectors")
     fmt = format_for(os.fspath(path), None)
+    try:  # a value an index reader would refuse is refused now
+        record = parse_metadata(dict(metadata or {}), "write_embeddings")
+    except CorruptFile as e:
+        raise InputError(str(e)) from None
     sink = EmbeddingSink(fmt, precision, keep_float, keep_int8=keep_int8, binary_code=binary_code)
     try:
         with OutputFile(os.fspath(path), force, replaceable=lambda p: not_embeddings_file(p, fmt)) as tmp:
             for r0 in range(0, len(vectors), 65536):  # bounded temporaries, whatever the number of rows
                 sink.add(texts[r0 : r0 + 65536], np.asarray(vectors[r0 : r0 + 65536], dtype=np.float32))
-            sink.finish(tmp, dict(metadata or {}))
+            sink.finish(tmp, record.source, record.extra)
     finally:
         sink.close()
     return Path(path)
@@ -383,7 +387,7 @@ def open_index(path):
     `ix.meta` (what embed recorded), `ix.text(i)`, `ix.block(r0, r1)` (float32 rows, decoded), `ix.emb` (the stored
     rows: float, int8 codes or packed bits; int8 codes are of the rows minus `ix.int8_mean` when it is not None),
     `ix.query_bits(q)` (a binary index: the bits it compares queries by)."""
-    from embtool.core.embeddings_io import open_index as _open
+    from embtool.core.formats.index import open_index as _open
 
     return _open(os.fspath(path))
 

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from embtool.core.errors import InputError
+from embtool.core.formats.index import IndexSource
 
 FAULT_ENV = "EMBTOOL_FAULT_EXIT_AT_ID"  # test hook: a worker exits hard once when it meets this text id
 
@@ -163,7 +164,7 @@ def search_files(paths: list[str], queries: np.ndarray, req, threads: int = 1) -
 def embed_to_folder(texts: Iterable[str], model: str | os.PathLike, output: str | os.PathLike, *, address: str = "local",
                     workers: int = 1, threads: int | None = None, shard_rows: int = 100_000, fmt: str = "safetensors",
                     precision: str = "float32", force: bool = False, inputs: Iterable[Path] = (),
-                    metadata: dict[str, str] | None = None, **encoder_options) -> dict[str, Any]:
+                    metadata: IndexSource | None = None, **encoder_options) -> dict[str, Any]:
     """`embtool embed --ray`: embed on Ray, write OUTPUT/part-NNNNN.<fmt> (one index shard per `shard_rows` texts,
     global ids in input order) atomically. Returns a summary."""
     from embtool.core.embeddings_io import EmbeddingSink
@@ -183,9 +184,9 @@ def embed_to_folder(texts: Iterable[str], model: str | os.PathLike, output: str 
             sink = EmbeddingSink(fmt, precision)
             try:
                 sink.add(chunk, vecs)
-                sink.extra = {"ids": ids}
+                sink.ids = ids
                 name = f"part-{k:05d}.{fmt}"
-                sink.finish(out.path / name, {**(metadata or {}), "shard": f"{k}", "id_offset": str(int(ids[0]))})
+                sink.finish(out.path / name, None if metadata is None else metadata.part(k, int(ids[0])))
             finally:
                 sink.close()
             shards.append(name)
@@ -206,6 +207,7 @@ def embed_request_on_ray(model: str, output, *, texts: list[str], inputs: list[s
     from embtool.core.errors import BadUsage
     from embtool.core.model import open_model
     from embtool.core.texts import iter_texts
+    from embtool.runtime.encoder import EmbedSettings, resolve_settings
 
     if output is None:
         raise BadUsage("--ray needs -o FOLDER (it receives one index shard per --shard-rows texts)")
@@ -219,8 +221,7 @@ def embed_request_on_ray(model: str, output, *, texts: list[str], inputs: list[s
     t0 = time.perf_counter()
     m = open_model(model, need_tokenizer=True)
     opts = {k: v for k, v in encoder_options.items() if v not in (None, "")}
-    meta = {"model": str(Path(model).resolve()), "model_fingerprint": m.fingerprint(),
-            "tokenizer_fingerprint": m.tokenizer_fingerprint() or ""}
+    meta = IndexSource.of(m, resolve_settings(m, EmbedSettings(**opts)), path=model)  # what every shard records
     summary = embed_to_folder(iter_texts(texts, inputs, text_field), m.root, output, address=address, workers=workers,
                               threads=threads or None, shard_rows=shard_rows, fmt=fmt, precision=precision, force=force,
                               inputs=[Path(i) for i in inputs if i != "-"], metadata=meta, **opts)

@@ -7,6 +7,7 @@ that breaks a rule fails here, not in a review.
 - only `embtool/runtime/` imports onnxruntime (and so creates sessions);
 - the quantization record (`__metadata__["embtool_quantization"]`) is read and written in one module;
 - the model record (`embtool.json` and its keys) is spelled in one module, core/formats/record.py;
+- the embeddings index record (metadata keys, tensor and column names) is spelled in one module, its owner;
 - the CLI modules, `make demo` and every module of `make bench` (tools/bench/) use embtool through its public API only.
 """
 
@@ -135,18 +136,13 @@ def test_the_layer_rule_catches_a_wrong_import():
                                                                        "to LAYERS"]
 
 
-def _string_constants(path: Path) -> set[str]:
-    return {n.value for n in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
-            if isinstance(n, ast.Constant) and isinstance(n.value, str)}
-
-
 def test_the_model_record_has_one_owner():
     """"embtool.json" and the record's own keys appear as strings in core/formats/record.py only: every job builds its
     record through it (the keys it shares with other vocabularies, "command" and "inputs", are left out)."""
     from embtool.core.formats import record
 
     owned = {record.FILE, *record.KEYS} - {"command", "inputs"}
-    where = sorted(_module_name(p) for p in PKG.rglob("*.py") if _string_constants(p) & owned)
+    where = sorted(_module_name(p) for p in PKG.rglob("*.py") if _literals(p.read_text(encoding="utf-8")) & owned)
     assert where == ["embtool.core.formats.record"], where
 
 
@@ -166,6 +162,47 @@ def test_the_quantization_record_has_one_reader_and_writer():
                    if '"embtool_quantization"' in p.read_text(encoding="utf-8")
                    or "'embtool_quantization'" in p.read_text(encoding="utf-8"))
     assert where == ["embtool.core.qrecord"], where
+
+
+def _literals(source: str) -> set[str]:
+    """The str and bytes constants of Python source, docstrings aside (a docstring may name a key; code that
+    spells one reads or writes it)."""
+    tree = ast.parse(source)
+    docs = {id(n.body[0].value) for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.body
+            and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    return {n.value if isinstance(n.value, str) else repr(n.value) for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, (str, bytes)) and id(n) not in docs}
+
+
+# index keys that are also words of other vocabularies (JSON summaries, CLI options, Ray Data columns, the JSONL
+# output): every other index key is spelled only by its owner
+INDEX_SHARED_WORDS = {"count", "dim", "embedding", "embeddings", "id", "ids", "max_length", "model", "normalize",
+                      "onnx_file", "pooling", "precision", "prefix", "prompt_name", "text", "texts", "tokenizer"}
+
+
+def test_the_index_record_has_one_owner():
+    from dataclasses import fields
+
+    from embtool.core.formats import index
+
+    keys = {*index.KEYS, *(f.name for f in fields(index.IndexArrays)), *index.PARQUET_COLUMNS}
+    assert INDEX_SHARED_WORDS <= keys  # the exemptions are index keys still
+    owned = {*(keys - INDEX_SHARED_WORDS), repr(index.PARQUET_META_KEY)}
+    assert {"model_fingerprint", "text_offsets", "embtool_index", "id_offset", "b'embtool'"} <= owned
+    spelled = {_module_name(p): _literals(p.read_text(encoding="utf-8")) & owned for p in PKG.rglob("*.py")}
+    where = sorted(m for m, found in spelled.items() if found and m != "embtool.core.formats.index")
+    assert where == [], {m: sorted(spelled[m]) for m in where}
+    assert spelled["embtool.core.formats.index"] == owned
+
+
+def test_the_literal_finder_skips_docstrings_only():
+    src = '''"""model_fingerprint, in a docstring."""
+def f():
+    """text_offsets too."""
+    return {"model_fingerprint": 1, b"embtool": 2}, f"{x}"
+'''
+    assert _literals(src) == {"model_fingerprint", "b'embtool'"}
 
 
 PUBLIC = {"embtool", "embtool.api", "embtool.errors"}

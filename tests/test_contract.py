@@ -328,7 +328,8 @@ def test_every_command_json_matches_its_schema(tmp_path, tiny_bert, corpus_files
         "defactorize": [["defactorize", t / "f", "-o", t / "df", "--json"]],
         "init-subwords": [["init-subwords", tiny_bert, "--tokenizer", t / "trim" / "tokenizer.json", "-o", t / "sw",
                            "--eval", h, "--json"]],
-        "embed": [["embed", tiny_bert, "-i", h, "-o", t / "e.safetensors", "--json"]],
+        "embed": [["embed", tiny_bert, "-i", h, "-o", t / "e.safetensors", "--json"],
+                  ["embed", tiny_bert, "-i", h, "-o", t / "e.parquet", "--json"]],
         "search": [["search", t / "e.safetensors", "a query", "another", "-k", "3", "--json"]],
         "shrink": [["shrink", tiny_bert, "-c", c, "--max-size", "100KB", "-o", t / "sh", "--json"]],
     }

@@ -26,7 +26,9 @@ from embtool.cli.options import InputPath, common_options
               help="The model's tokenizer.json (or a folder holding it), for a model without one beside it "
                    "(default: the one recorded in the index, if any).")
 @click.option("--query-prefix", default=None, help="Prefix for text queries (default: the model's query prompt, else the index's prefix), e.g. 'query: ' for e5.")
-@click.option("--strict", is_flag=True, help="Refuse (instead of warn) when --model differs from the index's model.")
+@click.option("--strict", is_flag=True,
+              help="Refuse (instead of warn) when the model differs from the index's, when index files were embedded "
+                   "differently, or when ids repeat (name more than one row).")
 @click.option("--rescore", type=click.IntRange(min=0), default=None,
               help="int8/binary indexes: rescore this many candidates with the stored float vectors (binary: or int8 "
                    "codes) (0: off; default: a depth chosen from the index size).")
@@ -47,8 +49,9 @@ def command(index, queries, query_files, query_embeddings, k, metric, model_path
     and the result is always the exact one (recall 1.0).
 
     Output: TSV `query_no  rank  score  id  text` on stdout; --json gives JSON Lines, one JSON object
-    per hit (not one per query), each with the same fields and "schema": "embtool.search/1".
-    For l2 the score is the squared distance (smaller is closer).
+    per hit (not one per query), each with the same fields, the hit's index file and row, and
+    "schema": "embtool.search/1". For l2 the score is the squared distance (smaller is closer).
+    Ids are shown as the index stores them; ids that repeat across files are a warning.
 
     \b
     Example:
@@ -73,10 +76,12 @@ def command(index, queries, query_files, query_embeddings, k, metric, model_path
     query_texts = hits_per_query.query_texts
     out = sys.stdout
     for qi, hits in enumerate(hits_per_query):
-        for rank, (score, gid, text) in enumerate(hits, 1):
+        for rank, hit in enumerate(hits, 1):
+            score, gid, text = hit
             if as_json:
-                out.write(json.dumps({"schema": "embtool.search/1", "query_no": qi, "query": query_texts[qi] if query_texts else None, "rank": rank,
-                                      "score": round(float(score), 6), "id": int(gid), "text": text}, ensure_ascii=False) + "\n")
+                out.write(json.dumps({"schema": "embtool.search/1", "query_no": qi, "query": query_texts[qi] if query_texts else None,
+                                      "rank": rank, "score": round(float(score), 6), "id": int(gid), "text": text,
+                                      "file": hit.file, "row": hit.row}, ensure_ascii=False, allow_nan=False) + "\n")
             else:
                 clean = text.replace("\t", " ").replace("\n", " ")
                 out.write(f"{qi}\t{rank}\t{score:.6f}\t{gid}\t{clean}\n")

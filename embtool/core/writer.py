@@ -105,6 +105,13 @@ def _left_by_dead_run(name: str) -> bool:
     except OSError:
         return False
     now = _start_time(pid)
+    if now is None:  # gone between the two looks (a short-lived process that had reused the pid)?
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
     return start != 0 and now is not None and now != start  # the pid was given to another process since
 
 

@@ -6,7 +6,7 @@ batches carry little padding, run, pooled, and put back in input order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -162,6 +162,16 @@ def default_max_length(model: Model) -> int:
     return min(limits) if limits else 512
 
 
+def resolve_settings(model: Model, s: EmbedSettings) -> EmbedSettings:
+    """`s` with every default the model decides made explicit: pooling ("auto": the sentence-transformers config,
+    else mean), normalize, prefix and prompt_name (`resolve_prompt`), max_length. What an Encoder embeds with,
+    known without a session: an index records it, a Ray driver computes it for the shards its actors embed."""
+    prefix, prompt_name = resolve_prompt(model.st, s.prompt_name, s.prefix)
+    return replace(s, pooling=(model.st.pooling or "mean") if s.pooling == "auto" else s.pooling,
+                   normalize=s.normalize if s.normalize is not None else bool(model.st.normalize),
+                   prefix=prefix, prompt_name=prompt_name, max_length=s.max_length or default_max_length(model))
+
+
 def open_encoder(model: Model, **options) -> "Encoder":
     """An Encoder from EmbedSettings fields given by name; an unknown name is a TypeError (a caller's typo)."""
     unknown = set(options) - set(EmbedSettings.__dataclass_fields__)
@@ -176,8 +186,9 @@ class Encoder:
             raise InputError(f"{model.root}: no tokenizer.json beside the model; embtool needs it to embed text")
         self.model = model
         self.s = settings or EmbedSettings()
+        self.resolved = resolve_settings(model, self.s)  # what an index records of this encoder
         limit = default_max_length(model)
-        self.max_length = self.s.max_length or limit
+        self.max_length = self.resolved.max_length
         if self.max_length < 2:
             raise InputError(f"--max-length {self.max_length} is too small")
         if model.format == "safetensors" and self.max_length > limit and "max_position_embeddings" in model.config:
@@ -193,9 +204,7 @@ class Encoder:
         if unknown:
             raise Unsupported(f"{model.weight_path}: the ONNX graph needs inputs embtool cannot feed: {', '.join(sorted(unknown))}")
         self.output_name, self.pooled_output = self._pick_output()
-        pool = self.s.pooling
-        if pool == "auto":
-            pool = model.st.pooling or "mean"
+        pool = self.resolved.pooling
         try:
             P.pooling_modes(pool)
         except ValueError:
@@ -203,8 +212,8 @@ class Encoder:
         if model.st.unsupported and not self.pooled_output:
             raise Unsupported(f"{model.root}: modules.json has module(s) embtool cannot run: {', '.join(model.st.unsupported)}")
         self.pooling = pool
-        self.normalize = self.s.normalize if self.s.normalize is not None else bool(model.st.normalize)
-        self.prefix, self.prompt_name = resolve_prompt(model.st, self.s.prompt_name, self.s.prefix)
+        self.normalize = self.resolved.normalize
+        self.prefix, self.prompt_name = self.resolved.prefix, self.resolved.prompt_name
         self.prompt_length = 0  # prompt tokens left out of the pooling (include_prompt: false)
         if self.prefix and not model.st.include_prompt:
             self.prompt_length = prompt_length(self.tok, self.prefix, set(model.tokenizer.special_tokens().values()))

@@ -1,1 +1,2 @@
-"""On-disk records, one module each: the module reads, writes, validates and documents its record."""
+"""embtool's on-disk records: one module per record. Each module reads, writes, validates and documents its record
+(the format description is that module's docstring); nothing else spells its keys."""
