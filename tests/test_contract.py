@@ -445,17 +445,43 @@ def test_usage_errors_exit_2(tmp_path, tiny_bert):
     assert not (tmp_path / "o").exists()
 
 
+def _exit_status_entries(block: str) -> dict[int, str]:
+    """{code: meaning} of an "Exit status" block as --help and the man page print it, below its title: an entry starts
+    with its code and two spaces (`130  interrupted (SIGINT), 143 terminated (SIGTERM): ...` gives 130 and 143) and
+    goes on over the lines that do not."""
+    entries: dict[int, str] = {}
+    codes: list[int] = []
+    for line in block.splitlines()[1:]:
+        m = re.match(r"\s*(\d+) {2,}(\S.*)", line)
+        if m:
+            codes = [int(m.group(1))] + [int(c) for c in re.findall(r", (\d+) (?=[a-z])", m.group(2))]
+            entries.update({c: m.group(2) for c in codes})
+        elif line.strip() and not line.startswith(".") and codes:
+            entries.update({c: entries[c] + " " + line.strip() for c in codes})
+    return entries
+
+
 def test_the_exit_code_table_is_documented():
-    readme = (ROOT / "README.md").read_text()
-    table = readme[readme.index("### Exit codes"):]
-    table = table[:table.index("\n\n", table.index("| code |"))]
+    """The exit codes embtool uses (its error classes', click's usage error, the signal codes) are exactly those of
+    the table in the docs, of `embtool --help` and of `man embtool`, each with the same meaning in --help and man."""
+    from embtool.cli.main import SIGPIPE_EXIT
+    from embtool.core import errors
+
+    used = {0, 2, 130, 143, SIGPIPE_EXIT} | {c.exit_code for c in vars(errors).values()
+                                             if isinstance(c, type) and issubclass(c, errors.EmbtoolError)}
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    tables = [t[t.index("| code | meaning |"):].split("\n\n")[0] for t in (p.read_text(encoding="utf-8") for p in pages)
+              if "| code | meaning |" in t]
+    assert len(tables) == 1, f"{len(tables)} exit code tables in the README and docs/"
+    table = {int(c): row.split("|")[2].strip() for row in tables[0].splitlines()[2:] for c in row.split("|")[1].split("/")}
     help_text = run_cli(["--help"]).stdout
-    man = (ROOT / "man" / "embtool.1").read_text()
-    assert ".SH EXIT STATUS" in man
-    for code in ("0", "1", "2", "3", "130", "143", "141"):
-        assert f"| {code} " in table or f" {code} |" in table or f"/ {code} |" in table, code
-        assert f"  {code} " in help_text or f" {code} terminated" in help_text, code
-        assert f"  {code} " in man or f" {code} terminated" in man, code
+    help_codes = _exit_status_entries(help_text[help_text.index("Exit status:"):])
+    man = (ROOT / "man" / "embtool.1").read_text().replace("\\-", "-")
+    man_codes = _exit_status_entries(man[man.index(".SH EXIT STATUS"):man.index(".fi", man.index(".SH EXIT STATUS"))])
+    assert set(table) == set(help_codes) == used, (sorted(table), sorted(help_codes), sorted(used))
+    assert man_codes == help_codes
+    for code, words in {2: "usage", 3: "gate", 130: "SIGINT", 143: "SIGTERM", SIGPIPE_EXIT: "stdout"}.items():
+        assert words in table[code] and words in help_codes[code], code
 
 
 # ----------------------------------------------------------------------------------------------
@@ -602,11 +628,7 @@ def test_compressed_corpora(tmp_path, tiny_bert):
 
 import re  # noqa: E402
 
-
-def _readme_block(lang: str, after: str) -> str:
-    readme = (ROOT / "README.md").read_text()
-    start = readme.index(f"```{lang}\n", readme.index(after)) + len(lang) + 4
-    return readme[start:readme.index("```\n", start)]
+from helpers import doc_block  # noqa: E402
 
 
 def _workspace(tmp_path: Path) -> Path:
@@ -642,7 +664,7 @@ def test_readme_makefile_snippet(tmp_path, tiny_bert, shell_flags, gate):
     from conftest import corpus_lines
 
     w = _workspace(tmp_path)
-    make = _readme_block("make", "## Shrinking a model in a pipeline")
+    make = doc_block("make", after="## Shrinking a model in a pipeline")
     assert "--min-cosine" in make and "$(MODEL)" in make
     shutil.copytree(tiny_bert, w / "tiny")
     (w / "train.txt").write_text("\n".join(corpus_lines("fr", 300)) + "\n")
@@ -696,7 +718,7 @@ def test_readme_ci_snippet(tmp_path, tiny_bert, shell, gate):
     from conftest import corpus_lines
 
     w = _workspace(tmp_path)
-    steps = _ci_steps(_readme_block("yaml", "## Shrinking a model in a pipeline"))
+    steps = _ci_steps(doc_block("yaml", after="## Shrinking a model in a pipeline"))
     assert any("--min-cosine" in st["run"] for st in steps) and any(st.get("if") == "always()" for st in steps)
     shutil.copytree(tiny_bert, w / "model")
     (w / "data").mkdir()

@@ -81,16 +81,17 @@ def test_chained_pipelines(tmp_path, tiny_bert):
     assert np.min(np.sum(_emb(tmp_path / "tf", texts) * _emb(tmp_path / "tfq", texts), 1)) >= 0.99
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--rank", "33"], "saves nothing"),
-    (["--rank", "0"], "at least 1"),
-    (["--energy", "1.5"], "1.5"),
-    ([], "exactly one of"),
-    (["--rank", "4", "--energy", "0.9"], "exactly one of"),
+@pytest.mark.parametrize("args, code, message", [
+    (["--rank", "33"], 1, "saves nothing"),  # beyond this model's hidden size: an error
+    (["--rank", "0"], 1, "at least 1"),
+    (["--energy", "1.5"], 2, "1.5"),  # a bad value: a usage error, found while parsing
+    ([], 2, "exactly one of"),  # a bad combination of flags
+    (["--rank", "4", "--energy", "0.9"], 2, "exactly one of"),
 ])
-def test_factorize_bad_input(tmp_path, tiny_bert, args, message):
+def test_factorize_bad_input(tmp_path, tiny_bert, args, code, message):
     r = run_cli(["factorize", tiny_bert, *args, "-o", tmp_path / "out"])
-    assert r.exit_code in (1, 2) and message in r.stderr, r.stderr
+    assert r.exit_code == code and message in r.stderr.splitlines()[-1], r.stderr
+    assert (r.stderr.startswith("Usage: ") if code == 2 else r.stderr.startswith("Error: ") and r.stderr.count("\n") == 1), r.stderr
     assert not (tmp_path / "out").exists()
 
 

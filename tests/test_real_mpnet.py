@@ -1,7 +1,7 @@
 """all-mpnet-base-v2 (tests/realmodels.py: five PyPI parts of one zip) against sentence-transformers.
 
 MPNet runs through embtool's graph builder (relative position bias, RoBERTa positions, no token types);
-the reference vectors were computed once by sentence-transformers (tools/make_reference_vectors.py).
+the reference vectors were computed once by sentence-transformers (tools/fixtures/make_reference_vectors.py).
 """
 
 from __future__ import annotations
@@ -12,16 +12,13 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, corpus_lines, run_cli
+from helpers import cosines
 from embtool.core.model import open_model
 from embtool.runtime.encoder import EmbedSettings, Encoder
 
 pytestmark = pytest.mark.real
 
 REF = json.loads((ROOT / "tests" / "data" / "reference_vectors.json").read_text())["models"]["mpnet"]
-
-
-def _cos(a, b):
-    return np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +38,7 @@ def test_mpnet_equals_sentence_transformers(mpnet, reference_embeddings):
     alone = enc.embed(REF["texts"])
     assert enc.stats.truncated == 1  # the long text: cut at 384 tokens like sentence-transformers
     for got in (reference_embeddings, alone):  # padded batches and single texts
-        assert _cos(got, target).min() >= 0.9999
+        assert cosines(got, target).min() >= 0.9999
         assert np.abs(got - target).max() < 1e-4
 
 
@@ -50,7 +47,7 @@ def test_mpnet_portable_graph_and_export_onnx(mpnet, tmp_path, reference_embeddi
     r = run_cli(["export-onnx", mpnet, "-o", tmp_path / "onnx", "--quiet", "--no-eval"])
     assert r.exit_code == 0, r.stderr
     got = Encoder(open_model(tmp_path / "onnx")).embed(REF["texts"])
-    assert _cos(got, np.array(REF["vectors"], np.float32)).min() >= 0.9999
+    assert cosines(got, np.array(REF["vectors"], np.float32)).min() >= 0.9999
 
 
 def test_mpnet_trim_vocab_is_identical_on_training_text(mpnet, tmp_path):

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from conftest import run_cli
+from helpers import forbid_sensitivity_work
 from embtool.core.corpora import write_corpus
 from embtool.core.model import open_model
 
@@ -34,13 +35,7 @@ def test_infeasible_target_is_refused_at_once(minilm, tmp_path, monkeypatch):
     """4.25 bits a weight: below 4-bit even without zero points (4.5 at group 32), so --bits 4 cannot meet it; the
     refusal comes before any calibration or sensitivity work and names widths that can. (4.5 itself is met by
     zero-point-free 4-bit codes.)"""
-    import embtool.jobs.mixed as mixed
-
-    def no_work(*a, **k):
-        raise AssertionError("calibration or sensitivity work started for an infeasible budget")
-
-    monkeypatch.setattr(mixed, "SensitivityProbe", no_work)
-    monkeypatch.setattr("embtool.jobs.calibrate.gram_matrices", no_work)
+    forbid_sensitivity_work(monkeypatch)
     r = run_cli(["quantize", minilm, "--bits", "4", "--target-bits", "4.25", "-o", tmp_path / "m"])
     assert r.exit_code == 1 and "--bits 2,4,8 can meet it" in r.stderr, r.stderr
     assert not (tmp_path / "m").exists()

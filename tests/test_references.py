@@ -722,7 +722,7 @@ def _gate(args: list, out: Path) -> None:
     cos = json.loads(r.stdout)["eval"]["cosine_mean"]
     assert cos < 0.9999  # lossy enough for the gate to matter
     r = run_cli([*args, "--min-cosine", f"{cos + 1e-4:.6f}", "-o", out / "above"])
-    assert r.exit_code != 0 and r.stderr.splitlines()[-1].startswith("Error: ") and "below --min-cosine" in r.stderr
+    assert r.exit_code == 3 and r.stderr.splitlines()[-1].startswith("Error: ") and "below --min-cosine" in r.stderr
     assert not (out / "above").exists()
     r = run_cli([*args, "--min-cosine", f"{cos - 1e-4:.6f}", "-o", out / "below", "--json"])
     assert r.exit_code == 0, r.stderr

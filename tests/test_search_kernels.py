@@ -574,7 +574,7 @@ def test_rescore_both_ways_equal_reference(monkeypatch, metric, sweep):
 
 
 def test_search_does_not_import_onnx(tmp_path):
-    """The kernels' graphs are shipped serialized (embtool/runtime/kernel_graphs, kept current by tools/gen_docs.py):
+    """The kernels' graphs are shipped serialized (embtool/runtime/kernel_graphs, kept current by tools/gen/gen_docs.py):
     a search process never imports the onnx package (0.1 s of its start), for any precision and query count."""
     import subprocess
     import sys

@@ -1,7 +1,7 @@
 """sentence-transformers folders of every release against sentence-transformers' own embeddings.
 
 The fixtures in tests/data/st_formats/ were saved, and their reference vectors computed, by the real
-sentence-transformers (tools/make_st_fixtures.py, run once in the peer venv): pooling modes (old boolean
+sentence-transformers (tools/fixtures/make_st_fixtures.py, run once in the peer venv): pooling modes (old boolean
 keys and the 6.x `pooling_mode` string, concatenated modes), Dense layers, Normalize or not,
 include_prompt false, prompts and default_prompt_name, max_seq_length from sentence_bert_config.json or
 tokenizer_config.json.
@@ -22,14 +22,11 @@ from embtool.core.formats.index import open_index
 from embtool.core.model import open_model
 from embtool.core.st_config import pooling_modes, read_st_info
 from embtool.runtime.encoder import EmbedSettings, Encoder
+from helpers import cosines
 
 DATA = Path(__file__).parent / "data" / "st_formats"
 REF = json.loads((DATA / "reference.json").read_text(encoding="utf-8"))
 CASES = [(name, run["prompt_name"]) for name, m in REF["models"].items() for run in m["runs"]]
-
-
-def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
 @pytest.mark.parametrize("name,prompt_name", CASES, ids=[f"{n}-{p}" for n, p in CASES])
@@ -40,7 +37,7 @@ def test_embeddings_equal_sentence_transformers(name, prompt_name):
     got = enc.embed(REF["texts"])
     assert enc.max_length == ref["max_seq_length"]
     assert got.shape == expected.shape
-    assert _cos(got, expected).min() >= 0.9999
+    assert cosines(got, expected).min() >= 0.9999
     np.testing.assert_allclose(got, expected, atol=2e-5)
 
 
@@ -119,7 +116,7 @@ def test_embed_prompt_name_is_recorded_and_search_uses_the_query_prompt(tmp_path
     expected = np.array(next(x["vectors"] for x in REF["models"]["new-prompts"]["runs"] if x["prompt_name"] == "document"))
     stored = load_file(str(out))
     emb = next(v for k, v in stored.items() if v.ndim == 2 and v.shape[0] == len(REF["texts"]) and v.dtype == np.float32)
-    assert _cos(emb, expected / np.linalg.norm(expected, axis=1, keepdims=True)).min() >= 0.9999
+    assert cosines(emb, expected / np.linalg.norm(expected, axis=1, keepdims=True)).min() >= 0.9999
     # search embeds the query with the model's query prompt by default
     default = run_cli(["search", out, "lists files", "-k", "5"])
     explicit = run_cli(["search", out, "lists files", "-k", "5", "--query-prefix", "query: "])
@@ -176,7 +173,7 @@ def _same_with_prompt(out: Path, prompt_name: str) -> tuple[bool, float]:
     inv_a = {i: t for t, i in open_model(DATA / "new-prompts").tokenizer.runtime().get_vocab().items()}
     inv_b = {i: t for t, i in open_model(out).tokenizer.runtime().get_vocab().items()}
     same = all([inv_a[i] for i in x] == [inv_b[i] for i in y] for x, y in zip(ta, tb))
-    return same, float(_cos(a.encode_ids(ta), b.encode_ids(tb)).min())
+    return same, float(cosines(a.encode_ids(ta), b.encode_ids(tb)).min())
 
 
 def test_trim_counts_the_corpus_after_the_prompts(tmp_path):
@@ -254,7 +251,7 @@ MPNET = DATA / "mpnet-mean-normalize"
 
 def _fidelity(a: Path, b: Path, texts=None) -> float:
     texts = texts or REF["texts"]
-    return float(_cos(Encoder(open_model(a)).embed(texts), Encoder(open_model(b)).embed(texts)).min())
+    return float(cosines(Encoder(open_model(a)).embed(texts), Encoder(open_model(b)).embed(texts)).min())
 
 
 def test_mpnet_quantize_keeps_the_relative_bias_table_in_float(tmp_path):
@@ -280,7 +277,7 @@ def test_mpnet_trim_factorize_init_subwords_export(tmp_path):
     r = run_cli(["export-onnx", MPNET, "-o", tmp_path / "onnx", "--quiet"])
     assert r.exit_code == 0, r.stderr
     expected = np.array(REF["models"]["mpnet-mean-normalize"]["runs"][0]["vectors"], np.float32)
-    assert _cos(Encoder(open_model(tmp_path / "onnx")).embed(REF["texts"]), expected).min() >= 0.9999
+    assert cosines(Encoder(open_model(tmp_path / "onnx")).embed(REF["texts"]), expected).min() >= 0.9999
 
 
 def test_init_subwords_reports_how_the_prompts_are_carried(tmp_path):
@@ -324,5 +321,5 @@ def test_do_lower_case_of_the_old_layout_lowercases_the_text(tmp_path):
     for flag, same in ((True, True), (False, False)):
         (d / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128, "do_lower_case": flag}))
         got = Encoder(open_model(d)).embed(texts)
-        close = _cos(got, expected[ascii_rows]).min() >= 0.9999
-        assert close == same, (flag, _cos(got, expected[ascii_rows]))
+        close = cosines(got, expected[ascii_rows]).min() >= 0.9999
+        assert close == same, (flag, cosines(got, expected[ascii_rows]))

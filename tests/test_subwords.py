@@ -474,3 +474,43 @@ def test_dry_run_reports_what_a_run_does(tmp_path, tiny_bert, targets):
     r = run_cli(["init-subwords", tiny_bert, "--tokenizer", targets["unigram"], "--dry-run"])
     assert r.exit_code == 0 and "dry run: nothing written" in r.stderr
     assert run_cli(["init-subwords", tiny_bert, "--tokenizer", targets["unigram"]]).exit_code == 2  # no -o
+
+
+# ----------------------------------------------------------------------------------------------
+# shared rows across the architecture fixtures' vocabularies (tests/data/arch: every table on the vocabulary axis)
+# ----------------------------------------------------------------------------------------------
+
+ARCH = Path(__file__).parent / "data" / "arch"
+ARCH_MARKERS = {"modernbert": "Ġ", "qwen3": "Ġ", "qwen3-untied": "Ġ", "nomic_bert": "##", "gte": "▁", "gemma3_text": "▁"}
+ARCH_TABLES = ("model.embed_tokens.weight", "embed_tokens.weight", "lm_head.weight", "embeddings.tok_embeddings.weight",
+               "embeddings.word_embeddings.weight")
+
+
+def _ascii_word_form(token: str, marker: str) -> tuple[bool, str] | None:
+    """(starts a word, letters) of a token made of ASCII letters, read by hand from the fixture's marker (▁ and Ġ start a
+    word, ## continues one): independent of SW.canonical, and enough to name shared tokens across conventions."""
+    starts = token.startswith(marker)
+    body = token[len(marker):] if starts else token
+    return ((not starts) if marker == "##" else starts, body) if body.isascii() and body.isalpha() and len(body) > 1 else None
+
+
+@pytest.mark.parametrize("name,target", [("modernbert", "qwen3"), ("nomic_bert", "gte"), ("gte", "nomic_bert"), ("gemma3_text", "gte"),
+                                         ("qwen3", "modernbert"), ("qwen3-untied", "modernbert")])
+def test_shared_tokens_keep_their_rows_across_marker_conventions(tmp_path, name, target):
+    """A target token the source has, in the same spelling (byte-level BPE to byte-level BPE) or under another marker
+    convention (WordPiece `##ed` is Unigram `ed`, `the` is `▁the`), takes the source's row in every table on the
+    vocabulary axis (the untied LM head's too): 145 to 383 such word tokens per pair of fixtures."""
+    out = tmp_path / "init"
+    r = run_cli(["init-subwords", ARCH / name, "--tokenizer", ARCH / target / "tokenizer.json", "-o", out, "--quiet", "--no-eval"])
+    assert r.exit_code == 0, r.stderr
+    src, new = open_model(ARCH / name), open_model(out)
+    ts, tn = src.tokenizer.runtime(), new.tokenizer.runtime()
+    forms = {_ascii_word_form(t, ARCH_MARKERS[name]): t for t in ts.get_vocab()}
+    shared = {t: forms[f] for t in tn.get_vocab() if (f := _ascii_word_form(t, ARCH_MARKERS[target])) in forms and f is not None}
+    assert len(shared) >= 100, len(shared)
+    tables = [t for t in ARCH_TABLES if t in src.weights]
+    assert tables and {t for t in ARCH_TABLES if t in new.weights} == set(tables)
+    for table in tables:
+        old, rows = src.weights.get(table), new.weights.get(table)
+        for t, s in shared.items():
+            np.testing.assert_array_equal(rows[tn.token_to_id(t)], old[ts.token_to_id(s)], err_msg=f"{table}: {t!r} from {s!r}")

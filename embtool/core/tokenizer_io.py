@@ -92,6 +92,8 @@ class TokenizerJson:
             ids = sorted(vocab.values())
             if ids and (ids[0] < 0 or len(set(ids)) != len(ids)):
                 raise CorruptFile(f"{where}: vocab ids must be distinct and non-negative")
+            if mtype == "WordPiece" and data["model"].get("unk_token") not in vocab:  # tokenizers fails on the first unknown character
+                raise CorruptFile(f"{where}: the WordPiece unk_token {data['model'].get('unk_token')!r} is not in its vocab")
         added = data.get("added_tokens") or []
         if not isinstance(added, list) or not all(
             isinstance(a, dict) and isinstance(a.get("id"), int) and isinstance(a.get("content"), str) for a in added

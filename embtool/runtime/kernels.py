@@ -9,7 +9,7 @@ products of 0/1 and ±1 cannot saturate its 16-bit pair sums. On 1M × 384 bits 
 The graphs do not depend on the queries: they hold placeholder initializers that each session replaces with the
 queries' tensors (onnxruntime's SessionOptions.add_initializer; as constants they are packed once, where graph
 inputs measured 22% slower per block). So they are built once by `build_graph` and shipped serialized in
-embtool/runtime/kernel_graphs/ (tools/gen_docs.py writes them, tests/test_docs.py fails when they are stale),
+embtool/runtime/kernel_graphs/ (tools/gen/gen_docs.py writes them, tests/test_docs.py fails when they are stale),
 and a search process never imports the `onnx` package (0.1 s of its start).
 """
 

@@ -19,7 +19,7 @@ sees position differences); the attention mask is the key-padding mask combined 
 for Qwen3 through its sentence-transformers config) is the encoder's.
 
 Operators: by default two of onnxruntime's fused CPU kernels, each checked against the standard-op subgraph it
-replaces (tools/fused_ops.py): SimplifiedLayerNormalization for RMSNorm, and RotaryEmbedding (below). A third,
+replaces (tools/experiments/fused_ops.py): SimplifiedLayerNormalization for RMSNorm, and RotaryEmbedding (below). A third,
 com.microsoft SkipSimplifiedLayerNormalization, is built behind a switch (off, see below): where a residual add is followed by the RMSNorm of its sum (the RMS families, Qwen3 and EmbeddingGemma: each layer's
 attention residual then the MLP's pre-norm, the MLP residual then the next layer's input norm or the final norm; one
 kernel gives the normed sum and, through its input_skip_bias_sum output, the sum itself for the next residual; the
@@ -29,7 +29,7 @@ the rotation of q and k (heads [B, n, S, hd], non-interleaved, int64 positions c
 cos/sin cache [S, hd/2] per rotary theta computed from the batch's length, so any length the standard ops take
 runs, as before). The Skip fusion is off (`FUSE_SKIP_RMSNORM = False`): against Add + SimplifiedLayerNormalization, the
 default before it, onnxruntime 1.32's fused kernel measured 0.85x, 0.95x and 1.04x in three runs of
-`tools/fused_ops.py --only "Add + SimplifiedLayerNormalization"`, so the graph keeps the two nodes; the switch builds
+`tools/experiments/fused_ops.py --only "Add + SimplifiedLayerNormalization"`, so the graph keeps the two nodes; the switch builds
 it (tests/test_arch.py keeps it checked).
 `fused=False` (`export-onnx --portable`) keeps standard ONNX operators only: RMSNorm as seven ops after a plain Add,
 rotary as x * cos + rotate_half(x) * sin with cos/sin tables [B, 1, S, hd] from float positions.
@@ -91,7 +91,7 @@ def _rms_scale(w: WeightSource, base: str, a: Arch) -> np.ndarray:
 def _norm(b: GraphBuilder, w: WeightSource, x: str, base: str, a: Arch) -> str:
     if a.family.rms and not b.portable:
         # onnxruntime's SimplifiedLayerNormalization computes the same x / sqrt(mean(x^2) + eps) * weight in one
-        # kernel: measured 2.1x faster than the seven standard ops at [8, 256, 1024] (tools/fused_ops.py, docs/benchmarks.md)
+        # kernel: measured 2.1x faster than the seven standard ops at [8, 256, 1024] (tools/experiments/fused_ops.py, docs/benchmarks.md)
         return b.node("SimplifiedLayerNormalization", [x, b.const(base + ".weight", _rms_scale(w, base, a))], "rms", axis=-1,
                       epsilon=a.eps)
     if a.family.rms:  # RMSNorm in float32 with standard operators (--portable): x / sqrt(mean(x^2) + eps) * weight
@@ -166,7 +166,7 @@ def _rope_cache(b: GraphBuilder, r: str, theta: float, hd: int) -> tuple[str, st
 def _rotate_fused(b: GraphBuilder, x: str, pos_ids: str, cos_cache: str, sin_cache: str) -> str:
     """onnxruntime's RotaryEmbedding on heads [B, n, S, hd] (4-D: no num_heads attribute needed), non-interleaved
     (rotate_half, as transformers): the same x * cos + rotate_half(x) * sin as `_rotate` in one kernel, measured
-    1.9x faster than the six standard ops at [8, 16, 256, 64] (tools/fused_ops.py, docs/benchmarks.md)."""
+    1.9x faster than the six standard ops at [8, 16, 256, 64] (tools/experiments/fused_ops.py, docs/benchmarks.md)."""
     return b.node("RotaryEmbedding", [x, pos_ids, cos_cache, sin_cache], "rope", domain="com.microsoft", interleaved=0)
 
 

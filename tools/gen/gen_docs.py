@@ -1,7 +1,7 @@
 """Generate man/ and completions/ from the click command tree.
 
-    python tools/gen_docs.py           # (re)write the files
-    python tools/gen_docs.py --check   # exit 1 if any file is stale (used by the tests)
+    python tools/gen/gen_docs.py           # (re)write the files
+    python tools/gen/gen_docs.py --check   # exit 1 if any file is stale (used by the tests)
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 from click.shell_completion import BashComplete, FishComplete, ZshComplete
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from embtool import __version__  # noqa: E402

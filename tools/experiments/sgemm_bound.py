@@ -4,7 +4,7 @@ Prints onnxruntime's MatMul rate (GFLOP/s, 2 threads, medians) at the shapes of 
 an embed throughput implies: the Linear layers' and attention's multiply-adds of the texts' real token counts
 (model config + tokenizer), divided by the time. Usage:
 
-    python tools/sgemm_bound.py MODEL TEXTS.txt [TEXTS_PER_S ...] [--prefix "passage: "]
+    python tools/experiments/sgemm_bound.py MODEL TEXTS.txt [TEXTS_PER_S ...] [--prefix "passage: "]
 
 With throughputs given (texts/s of embtool and of a peer, as measured by `make bench`), each is turned into the
 GFLOP/s it implies, so a ratio between two tools can be read against the product's own ceiling."""

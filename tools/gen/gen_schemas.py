@@ -1,6 +1,6 @@
 """Write docs/schema/<command>.json: the JSON Schema of each command's --json output (`schema`:
 "embtool.<command>/1"). One vocabulary of keys across commands; tests/test_contract.py validates every
-command's --json against these files. Run: .venv/bin/python tools/gen_schemas.py"""
+command's --json against these files. Run: .venv/bin/python tools/gen/gen_schemas.py"""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 from embtool.api import FORMATS
 
-OUT = Path(__file__).resolve().parent.parent / "docs" / "schema"
+OUT = Path(__file__).resolve().parents[2] / "docs" / "schema"
 
 INT = {"type": "integer", "minimum": 0}
 NUM = {"type": "number"}

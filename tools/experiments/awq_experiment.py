@@ -7,7 +7,7 @@ English paragraphs.
 
 In a post-LN encoder (BERT, XLM-R, MPNet) the LayerNorm output is also the residual stream, so the scales cannot be
 folded into it as AWQ does in pre-norm decoders: only the attention output projection could take its scale from V;
-the others would need an explicit Mul before the quantized MatMul. Run: `.venv/bin/python tools/awq_experiment.py
+the others would need an explicit Mul before the quantized MatMul. Run: `.venv/bin/python tools/experiments/awq_experiment.py
 rtn gptq` (the model from tests/realmodels.py's cache; about 15 minutes on 2 cores)."""
 import os
 import shutil
@@ -21,7 +21,7 @@ from embtool.core.model import open_model
 from embtool.algorithms import quantize as QA
 from embtool.jobs.calibrate import gram_matrices
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'tests'))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / 'tests'))
 import realmodels  # noqa: E402
 
 SRC = Path(realmodels.minilm())

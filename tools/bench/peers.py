@@ -1,12 +1,12 @@
 """Peer measurements for `make bench`, run with the peers' own venv (torch, sentence-transformers, faiss,
 onnxruntime's quantizers) — never with embtool's. Each call prints one JSON object.
 
-    python tools/bench_peers.py st-embed MODEL TEXTS THREADS BATCH
-    python tools/bench_peers.py faiss INDEX.npy QUERIES.npy K THREADS BLAS_THRESHOLD [SINGLE [IDS_OUT.npy]]
-    python tools/bench_peers.py faiss-binary BITS.npy QUERY_BITS.npy K THREADS [SINGLE [IDS_OUT.npy]]
-    python tools/bench_peers.py ort-dynamic MODEL.onnx OUT.onnx PER_CHANNEL
-    python tools/bench_peers.py ort-nbits MODEL.onnx OUT.onnx BLOCK
-    python tools/bench_peers.py ort-loop MODEL.onnx TOKENIZER.json TEXTS THREADS BATCH [MAX_LENGTH]
+    python tools/bench/peers.py st-embed MODEL TEXTS THREADS BATCH
+    python tools/bench/peers.py faiss INDEX.npy QUERIES.npy K THREADS BLAS_THRESHOLD [SINGLE [IDS_OUT.npy]]
+    python tools/bench/peers.py faiss-binary BITS.npy QUERY_BITS.npy K THREADS [SINGLE [IDS_OUT.npy]]
+    python tools/bench/peers.py ort-dynamic MODEL.onnx OUT.onnx PER_CHANNEL
+    python tools/bench/peers.py ort-nbits MODEL.onnx OUT.onnx BLOCK
+    python tools/bench/peers.py ort-loop MODEL.onnx TOKENIZER.json TEXTS THREADS BATCH [MAX_LENGTH]
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@ embtool's runtime/rotary_graph.py emits under --portable, on the same inputs at 
 of the outputs, and the time per call (onnxruntime sessions with the graph optimizations embtool uses,
 ORT_ENABLE_ALL, 2 threads; the two variants alternate, RUNS rounds of CALLS calls each, median per call).
 
-    python tools/fused_ops.py            # prints a Markdown table; `make bench` writes it into docs/benchmarks.md
-    python tools/fused_ops.py --only Skip   # time only the rows whose name contains "Skip" (any substring of the op name)
-    python tools/fused_ops.py --check    # no timing: build every pair, run each once (1 thread), print the largest
+    python tools/experiments/fused_ops.py            # prints a Markdown table; `make bench` writes it into docs/benchmarks.md
+    python tools/experiments/fused_ops.py --only Skip   # time only the rows whose name contains "Skip" (any substring of the op name)
+    python tools/experiments/fused_ops.py --check    # no timing: build every pair, run each once (1 thread), print the largest
                                          # difference of the outputs, exit 1 if one is above CHECK_TOL
 
 - RMSNorm: Mul, ReduceMean, Add, Sqrt, Reciprocal, Mul, Mul  vs  SimplifiedLayerNormalization.

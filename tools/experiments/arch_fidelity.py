@@ -1,6 +1,6 @@
 """embtool's embeddings of the architecture fixtures (tests/data/arch) against transformers' reference vectors.
 
-    .venv/bin/python tools/arch_fidelity.py
+    .venv/bin/python tools/experiments/arch_fidelity.py
 
 For each fixture: max |embtool - transformers| and the smallest cosine over its texts, run from the safetensors
 folder, from `embtool export-onnx` (onnxruntime kernels) and from `export-onnx --portable` (standard ops).
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from embtool.core.model import open_model  # noqa: E402
