@@ -175,3 +175,62 @@ def test_trim_bad_input(tmp_path, tiny_bert, case, message):
     r = run_cli(["trim-vocab", model, *args, "-o", tmp_path / "out"])
     assert r.exit_code == (2 if case == "nothing" else 1) and message in r.stderr, r.stderr
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# prompts a model card documents (the model declares none): counted, kept, measured with, warned about
+# ----------------------------------------------------------------------------------------------
+
+E5_STYLE_CARD = """---
+license: mit
+---
+## Usage
+
+```python
+# Each input text should start with "query: " or "passage: ".
+input_texts = ['query: how much protein should a female eat',
+               "passage: As a general guideline, the CDC's average requirement ..."]
+```
+"""
+
+
+@pytest.mark.parametrize("card, expected", [
+    (E5_STYLE_CARD, {"query": "query: ", "passage": "passage: "}),
+    ("Prefix with `search_query: ` for queries and `search_document: ` for documents:\n"
+     "model.encode(['search_document: TSNE is a dimensionality reduction'])",
+     {"query": "search_query: ", "document": "search_document: "}),
+    ('instruction = "Represent this sentence for searching relevant passages: "\nq = [instruction + x for x in qs]',
+     {"query": "Represent this sentence for searching relevant passages: "}),
+    ('model = SentenceTransformer("x", prompts={"classification": "Classify: ", "retrieval": "Retrieve: "})',
+     {"classification": "Classify: ", "retrieval": "Retrieve: "}),
+    ("# A model\nEmbeds sentences; the query: field of the API is optional.", {}),  # prose, no prompt
+    ("", {}),
+])
+def test_card_prompts(card, expected):
+    from embtool.core.prompts import card_prompts
+
+    assert card_prompts(card) == expected
+
+
+def test_card_prompts_are_kept_and_measured_with(tmp_path, tiny_models):
+    """A model whose card documents 'query: ' / 'passage: ' but declares no prompts, trimmed to a corpus that never
+    says 'passage': the prompt's tokens are kept (the prefixed text tokenizes as before), the corpus is counted
+    with the prompts, the held-out texts are measured after 'passage: ', and a warning says so; --prefix silences it."""
+    model = tmp_path / "m"
+    shutil.copytree(tiny_models["xlm-roberta"], model)
+    (model / "README.md").write_text(E5_STYLE_CARD)
+    lines = [t for t in corpus_lines("en", 150) if "passage" not in t.lower()]
+    (tmp_path / "c.txt").write_text("\n".join(lines) + "\n")
+    (tmp_path / "h.txt").write_text("\n".join(corpus_lines("en", 20, 400)) + "\n")
+    r = run_cli(["trim-vocab", model, "-c", tmp_path / "c.txt", "-o", tmp_path / "out", "--eval", tmp_path / "h.txt", "--json"])
+    assert r.exit_code == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert "model card says texts start with 'query: ' / 'passage: '" in r.stderr
+    assert s["prefixes"] == ["", "query: ", "passage: "] and s["eval_prefix"] == "passage: "
+    a = open_model(model).tokenizer.runtime()
+    b = open_model(tmp_path / "out").tokenizer.runtime()
+    for text in ("passage: " + lines[0], "query: " + lines[1]):
+        assert a.encode(text).tokens == b.encode(text).tokens
+    r = run_cli(["trim-vocab", model, "-c", tmp_path / "c.txt", "-o", tmp_path / "out2", "--prefix", "query: ", "--json"])
+    assert r.exit_code == 0 and "model card" not in r.stderr
+    assert json.loads(r.stdout)["prefixes"] == ["query: "]

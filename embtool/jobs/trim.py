@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 import json
@@ -14,7 +15,7 @@ from embtool.core.counting import count_model_corpus
 from embtool.core.errors import BadUsage, CorruptFile, InputError, Unsupported
 from embtool.core.model import Model, find_vocab_tensors, open_model
 from embtool.core.qrecord import has_record, read_record, record_metadata, with_rows
-from embtool.core.st_config import counting_prefixes, eval_prefix_for
+from embtool.core.st_config import SentenceTransformersInfo, counting_prefixes, eval_prefix_for
 from embtool.core.model_out import (copy_unchanged, metadata_json, slice_onnx_initializers, updated_config,
                                     write_configs, write_weights)
 from embtool.core.texts import read_lines
@@ -60,6 +61,16 @@ def _keep_tokens(path: str, ids: dict[str, int]) -> tuple[set[int], list[str]]:
     return kept, unknown
 
 
+def card_prompt_note(st: SentenceTransformersInfo, given: list[str] | None) -> str | None:
+    """The warning when the corpus is read with prompts that only the model card documents (none declared, no
+    --prefix given); None otherwise."""
+    if given or st.prompts or not st.card_prompts:
+        return None
+    shown = " / ".join(repr(v) for v in dict.fromkeys(st.card_prompts.values()))
+    return (f"the model card says texts start with {shown}, but the model declares no prompts: the corpus is counted "
+            f"with each of them too (their tokens kept) and measured with the document one; give --prefix to choose")
+
+
 def plan_trim(m: Model, req: TrimRequest, progress=None) -> dict[str, Any]:
     """Decide the kept ids. Returns the plan (kept old ids, counts, coverage, notes)."""
     assert m.tokenizer is not None
@@ -81,6 +92,10 @@ def plan_trim(m: Model, req: TrimRequest, progress=None) -> dict[str, Any]:
     info: dict[str, Any] = {}
     prefixes = counting_prefixes(m.st, req.prefixes)
     info["prefixes"] = prefixes
+    card = card_prompt_note(m.st, req.prefixes)
+    if card:
+        notes.append(card)
+        logging.getLogger("embtool").warning(card)
     if req.corpus:
         t_count = time.perf_counter()
 
@@ -113,7 +128,7 @@ def plan_trim(m: Model, req: TrimRequest, progress=None) -> dict[str, Any]:
             notes.append(f"{len(unknown)} token(s) of --keep are not in the vocabulary (e.g. {unknown[0]!r})")
     # always: the prompts' own tokens (alone, with the special tokens around them)
     tok.no_truncation()
-    for p in dict.fromkeys([*prefixes, *m.st.prompt_texts()]):
+    for p in dict.fromkeys([*prefixes, *m.st.prompt_texts(), *m.st.expected_prompts().values()]):
         if p:
             keep[[i for i in tok.encode(p).ids if i < V_tok]] = True
     # always: special / added tokens, and what the tokenizer type needs
