@@ -431,7 +431,7 @@ def check_config_against_weights(model: Model) -> None:
         problems.append(f"{heads[0]} = {heads[1]} does not divide {hidden[0]} = {hidden[1]}")
     vt = find_vocab_tensors(model)
     if vt:
-        rows = vt[0].shape[0]
+        rows = vt[0].shape[0] + tail_rows(model, vt[0].name)
         vocab = _first_int(cfg, "vocab_size")
         if vocab and vocab[1] != rows:
             problems.append(f"vocab_size = {vocab[1]:,} but the token-embedding table has {rows:,} rows")
@@ -529,6 +529,23 @@ class VocabTensor:
     nbytes: int
 
 
+# A soft-trimmed token table (trim-vocab): the rows of tokens the corpus did not use follow the table's own rows, packed
+# at a few bits as BASE.tail.qweight / .scales / .qzeros (quantization record entry BASE.tail); ids >= the table's rows
+# read them. The vocabulary is the table's rows plus the tail's.
+TAIL = ".tail"
+
+
+def tail_rows(model: Model, table: str) -> int:
+    """Rows of the soft-trimmed tail after the token table `table` (a tensor name), 0 when it has none."""
+    from embtool.core.qrecord import read_record
+
+    if model.format != "safetensors":
+        return 0
+    base = table[: -len(".weight")] if table.endswith(".weight") else table[: -len(".qweight")] if table.endswith(".qweight") else table
+    info = read_record(model.weights.metadata, str(model.root)).get(base + TAIL)
+    return int(info["shape"][0]) if info else 0
+
+
 def find_vocab_tensors(model: Model) -> list[VocabTensor]:
     """Every tensor that has a vocabulary axis, with its role. The first is the input embedding."""
     if model.format == "onnx":
@@ -552,7 +569,7 @@ def find_vocab_tensors(model: Model) -> list[VocabTensor]:
     else:
         return []
     for k in ws.keys():
-        if any(v.name == k for v in out):
+        if any(v.name == k for v in out) or TAIL + "." in k:
             continue
         info = ws.info(k)
         if not info.shape:
