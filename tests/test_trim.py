@@ -98,7 +98,10 @@ def test_reference_tool_failure_modes_are_absent(tmp_path, tiny_models):
     assert ids == list(range(len(ids))) and "[UNK]" in doc["model"]["vocab"]
     cfg = json.loads((tmp_path / "wp" / "config.json").read_text())
     rows = SafetensorsFile(tmp_path / "wp" / "model.safetensors").tensors["embeddings.word_embeddings.weight"].shape[0]
-    assert cfg["vocab_size"] == rows == len(ids)
+    from embtool.core.model import tail_rows
+
+    tail = tail_rows(open_model(tmp_path / "wp"), "embeddings.word_embeddings.weight")  # the extra tokens' packed rows
+    assert tail > 0 and cfg["vocab_size"] == rows + tail == len(ids)
     pp = doc["post_processor"]["special_tokens"]
     assert pp["[CLS]"]["ids"] == [doc["model"]["vocab"]["[CLS]"]]
     assert cfg["pad_token_id"] == doc["model"]["vocab"]["[PAD]"]
@@ -110,14 +113,18 @@ def test_reference_tool_failure_modes_are_absent(tmp_path, tiny_models):
 
 def test_selection_flags_and_dry_run(tmp_path, tiny_bert):
     (tmp_path / "c.txt").write_text("\n".join(corpus_lines("en", 200)) + "\n")
-    full = _trim(tiny_bert, tmp_path / "c.txt", tmp_path / "full")
+    full = _trim(tiny_bert, tmp_path / "c.txt", tmp_path / "full", "--extra", "none")
+    dflt = _trim(tiny_bert, tmp_path / "c.txt", tmp_path / "dflt")  # + the extra tokens (--extra auto)
     top = _trim(tiny_bert, tmp_path / "c.txt", tmp_path / "top", "--top", "20")
     cov = _trim(tiny_bert, tmp_path / "c.txt", tmp_path / "cov", "--coverage", "0.5")
-    assert top["vocab_after"] < full["vocab_after"] and cov["vocab_after"] < full["vocab_after"]
+    assert top["vocab_after"] < full["vocab_after"] < dflt["vocab_after"] and cov["vocab_after"] < full["vocab_after"]
+    assert "extra" not in top and "extra" not in cov and dflt["extra"]["mode"] == "auto"
     assert full["corpus_coverage"] == 1.0 and 0.5 <= cov["corpus_coverage"] < 0.6  # measured 0.570
     r = run_cli(["trim-vocab", tiny_bert, "-c", tmp_path / "c.txt", "--dry-run", "--json"])
-    assert r.exit_code == 0 and json.loads(r.stdout)["vocab_after"] == full["vocab_after"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "cov", "full", "top"]
+    dry = json.loads(r.stdout)
+    assert r.exit_code == 0 and dry["vocab_after"] == dflt["vocab_after"]
+    assert abs(dry["bytes_after_estimate"] - dflt["bytes_after"]) < 0.01 * dflt["bytes_after"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "cov", "dflt", "full", "top"]
     # --script Latin without a corpus
     r = run_cli(["trim-vocab", tiny_bert, "--script", "Latin", "-o", tmp_path / "latin", "--json"])
     assert r.exit_code == 0, r.stderr
@@ -126,7 +133,7 @@ def test_selection_flags_and_dry_run(tmp_path, tiny_bert):
     (tmp_path / "one.txt").write_text("the\n")
     rare = next(t for t in vocab if t.isalpha() and len(t) > 4 and t not in json.loads((tmp_path / "full" / "tokenizer.json").read_text())["model"]["vocab"])
     (tmp_path / "keep.txt").write_text(rare + "\n")
-    _trim(tiny_bert, tmp_path / "one.txt", tmp_path / "kept", "--keep", tmp_path / "keep.txt")
+    _trim(tiny_bert, tmp_path / "one.txt", tmp_path / "kept", "--keep", tmp_path / "keep.txt", "--extra", "none")
     assert rare in json.loads((tmp_path / "kept" / "tokenizer.json").read_text())["model"]["vocab"]
 
 

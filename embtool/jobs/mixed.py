@@ -86,8 +86,11 @@ class SensitivityProbe:
         seqs = self.enc.tokenize(texts)
         ids, mask = self.enc.padded(seqs)
         self.token_counts = np.bincount(ids[mask > 0].ravel())
+        if table in self.arrays:  # the table's own rows (ids past it read a soft-trimmed tail, not probed)
+            self.token_counts = self.token_counts[: len(self.arrays[table])]
         if table in self.arrays:  # every id a batch holds, padding included
             rows = np.unique(np.append(ids.ravel(), self.enc.pad_id()))
+            rows = rows[rows < len(self.arrays[table])]  # ids past the table read a soft-trimmed tail (core.model.TAIL)
             self.arrays[table][rows] = built.feeds[table][rows]
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
         self.batches = []

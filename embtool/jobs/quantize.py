@@ -20,7 +20,7 @@ import numpy as np
 
 from embtool.algorithms import quantize as QA
 from embtool.core.errors import InputError, Unsupported
-from embtool.core.model import NOT_LINEAR, Model, find_vocab_tensors, open_model, weight_view
+from embtool.core.model import NOT_LINEAR, TAIL, Model, find_vocab_tensors, open_model, weight_view
 from embtool.core.qrecord import has_record, read_record, record_metadata
 from embtool.core.model_out import (copy_unchanged, metadata_json, updated_config, write_configs, write_derived_model,
                                     write_weights)
@@ -69,7 +69,7 @@ def select_tensors(m: Model, req: QuantRequest) -> tuple[list[str], str | None]:
         return select_onnx_tensors(m, req)
     ws = m.weights
     assert ws is not None
-    if any(k.endswith(".qweight") for k in ws.keys()) or has_record(ws.metadata):
+    if any(k.endswith(".qweight") and TAIL + "." not in k for k in ws.keys()) or any(not b.endswith(TAIL) for b in input_record(m)):
         raise InputError(f"{m.root} is already quantized (embtool packed weights); quantize the float model instead, "
                          "or `embtool dequantize` it first")
     vt = find_vocab_tensors(m)
@@ -97,6 +97,12 @@ def select_tensors(m: Model, req: QuantRequest) -> tuple[list[str], str | None]:
             raise InputError(f"{k}: input dimension {K} is not a multiple of --group-size {req.group_size} "
                              "(embtool does not pad groups; choose a group size that divides it)")
     return names, emb
+
+
+def input_record(m: Model) -> dict[str, Any]:
+    """The quantization record of a safetensors model: {} for a float model, the soft-trimmed table's tail
+    (core.model.TAIL, packed by trim-vocab; copied as it is) is the one packed tensor a model to quantize may have."""
+    return read_record(m.weights.metadata, str(m.root)) if has_record(m.weights.metadata) else {}
 
 
 def quantized_tensors(m: Model, plan: dict[str, int], group_size: int, symmetric: bool, grams: dict | None = None,
@@ -248,6 +254,7 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
         return _write_onnx(m, req, plan, grams or {}, done, summary, emb, t0)
     tensors, record, rows = quantized_tensors(m, plan, req.group_size, req.symmetric, grams, done)
     sym = symmetric_flag([bool(v["symmetric"]) for v in record.values()], req.symmetric)
+    record = {**input_record(m), **record}  # a soft-trimmed table's tail stays as trim-vocab packed it
     prov = provenance("quantize", {k: v for k, v in req.__dict__.items() if k not in ("output", "force")},
                       {"model": m.fingerprint()}, {"quantization": {"group_size": req.group_size, "symmetric": sym,
                                                                    "bits": sorted({r["bits"] for r in rows})}})
