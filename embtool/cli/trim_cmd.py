@@ -7,7 +7,7 @@ import click
 from embtool import api
 from embtool.api import SCRIPTS
 from embtool.cli.options import (InputPath, common_options, emit_summary, eval_options, eval_source, force_option, human_bytes,
-                                 model_argument, progress_bar)
+                                 model_argument, progress_bar, worst_lines)
 
 
 def render(s: dict) -> str:
@@ -36,6 +36,7 @@ def render(s: dict) -> str:
         lines.append(f"held-out     {e['texts']} texts{eval_source(e)}{pre}: {100 * e['identical_tokenization']:.1f}% tokenized identically, "
                      f"{100 * e['new_unknown_token_share']:.3f}% tokens newly unknown; embedding cosine mean {e['cosine_mean']:.5f}, "
                      f"min {e['cosine_min']:.5f}; recall@10 {e.get('recall@10', e.get('recall_at_10')):.3f}")
+        lines += worst_lines(e)
     for n in s["notes"]:
         lines.append(f"note         {n}")
     lines.append(("dry run: nothing written" if s["dry_run"] else f"wrote        {s['output']}") + f" ({s['seconds']} s)")

@@ -48,10 +48,40 @@ def neighbour_agreement(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
     return float(np.mean(overlap))
 
 
-def compare(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+WORST = 3  # the held-out texts a summary names, worst cosine first
+WORST_WORDS = 8  # ... by their first words
+
+
+def compare(a: np.ndarray, b: np.ndarray, texts: list[str] | None = None) -> dict[str, Any]:
+    """Cosine (mean, min) and recall@10 of embeddings `b` against `a` (same texts, same order); with `texts`, also the
+    WORST texts by cosine (their first words), so that a summary shows what was lost, not only an average."""
     cos = np.sum(a * b, 1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-    return {"texts": int(a.shape[0]), "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
-            "recall@10": neighbour_agreement(a, b, 10)}
+    out = {"texts": int(a.shape[0]), "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+           "recall@10": neighbour_agreement(a, b, 10)}
+    if texts is not None:
+        out["worst"] = [{"cosine": float(cos[i]), "text": first_words(texts[i])} for i in np.argsort(cos, kind="stable")[:WORST]]
+    return out
+
+
+def first_words(text: str, n: int = WORST_WORDS) -> str:
+    """The first `n` words of a text (at most 80 characters), with "..." when there is more."""
+    words = text.split()
+    head = " ".join(words[:n])[:80]
+    return head + (" ..." if len(words) > n or len(head) < len(" ".join(words[:n])) else "")
+
+
+def identical_tokenization(orig: Model, new: Model, texts: list[str], prefix: str = "") -> float:
+    """The share of `texts` (after `prefix`) the new model's tokenizer splits into the same tokens as the original's:
+    a text that does not keeps its meaning only as far as the model recovers it from other pieces."""
+    from embtool.core.tokenizer_io import encode_batch
+
+    a_tok, b_tok = orig.tokenizer.runtime(), new.tokenizer.runtime()
+    a_tok.no_truncation()
+    b_tok.no_truncation()
+    seen = [prefix + t for t in texts]
+    same = sum(x.tokens == y.tokens for x, y in zip(encode_batch(a_tok, seen, what="held-out text"),
+                                                   encode_batch(b_tok, seen, what="held-out text")))
+    return same / max(len(texts), 1)
 
 
 def embed_both(orig: Model, new: Model, texts: list[str], threads: int = 0, prefix: str = "",
@@ -107,7 +137,7 @@ def evaluate_output(orig: Model, out, req, summary: dict[str, Any]) -> dict[str,
         return None
     texts, source = got
     cap = SAMPLE_MAX_TOKENS if source["source"] == "built-in sample" else None
-    summary["eval"] = {**compare(*embed_both(orig, new, texts, req.threads, req.eval_prefix, cap)), **source}
+    summary["eval"] = {**compare(*embed_both(orig, new, texts, req.threads, req.eval_prefix, cap), texts), **source}
     warn_if_low(summary["eval"])
     gate(summary, req, out)
     return summary["eval"]

@@ -21,6 +21,7 @@ import numpy as np
 from embtool.algorithms import quantize as QA
 from embtool.core.errors import InputError, Unsupported
 from embtool.core.model import NOT_LINEAR, TAIL, Model, find_vocab_tensors, open_model, weight_view
+from embtool.core.phases import Phases
 from embtool.core.qrecord import has_record, read_record, record_metadata
 from embtool.core.model_out import (copy_unchanged, metadata_json, updated_config, write_configs, write_derived_model,
                                     write_weights)
@@ -209,6 +210,7 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
         fixed_plan = {k: req.bits[0] for k in names}
     sequential = method == "gptq" and req.gptq_sequential
     seq_done: dict = {}
+    phases = Phases()
     if method == "gptq":
         from embtool.core.calibration import calibration_texts
         from embtool.jobs.calibrate import gram_matrices, sequential_gptq
@@ -216,12 +218,14 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
         texts = calibration_texts(req.calib, limit=GPTQ_TEXTS, builtin="corpus")
         source = "--calib" if req.calib else "the built-in calibration sample"
         if sequential and not mixed_run:
-            seq_done, n_tok, n_stages = sequential_gptq(m, fixed_plan, emb, texts, req.group_size, req.symmetric, req.threads,
-                                                        progress=progress)
+            with phases("gptq"):
+                seq_done, n_tok, n_stages = sequential_gptq(m, fixed_plan, emb, texts, req.group_size, req.symmetric, req.threads,
+                                                            progress=progress)
             grams = {k: None for k in seq_done if k != emb}  # records these layers as GPTQ
             say(f"gptq: {len(grams)} linear layers quantized in {n_stages} sequential stages, on {n_tok} tokens of {source}")
         else:
-            grams, n_tok = gram_matrices(m, [k for k in names if k != emb], texts, req.threads)
+            with phases("statistics"):  # one forward pass: the input Gram matrix of every Linear
+                grams, n_tok = gram_matrices(m, [k for k in names if k != emb], texts, req.threads)
             say(f"gptq: input statistics of {len(grams)} linear layers from {n_tok} tokens of {source}")
     elif req.calib and not mixed_run:
         say("--calib is not used by --method rtn")
@@ -238,21 +242,24 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
 
         plan, mixed, done = plan_mixed(m, names, emb, req, progress, say, grams)
         summary["mixed_precision"] = mixed
+        phases.add(mixed["phases"])
         if req.sensitivity_only:
             summary["seconds"] = round(time.perf_counter() - t0, 2)
             return summary
         if sequential:  # the plan's widths, quantized stage by stage on the partly quantized model
             grams = dict.fromkeys(grams or {})  # the one-pass statistics are done with (the record names GPTQ layers)
             options = {k: (plan[k], q.group_size, q.zeros is None) for k, q in done.items()}
-            seq_done, n_tok, n_stages = sequential_gptq(m, plan, emb, texts, req.group_size, req.symmetric, req.threads,
-                                                        progress=progress, options=options, table=done.get(emb))
+            with phases("gptq_sequential"):
+                seq_done, n_tok, n_stages = sequential_gptq(m, plan, emb, texts, req.group_size, req.symmetric, req.threads,
+                                                            progress=progress, options=options, table=done.get(emb))
             done = {**done, **seq_done}
             say(f"gptq: the plan's {sum(1 for k in seq_done if k != emb)} linear layers quantized in {n_stages} "
                 f"sequential stages, on {n_tok} tokens of {source}")
     summary["tensor_bytes_before"] = sum(ws.info(k).nbytes for k in ws.keys())
     if onnx_in:
         return _write_onnx(m, req, plan, grams or {}, done, summary, emb, t0)
-    tensors, record, rows = quantized_tensors(m, plan, req.group_size, req.symmetric, grams, done)
+    with phases("quantize_rest"):  # the tensors no earlier phase quantized (round-to-nearest, or GPTQ from the statistics)
+        tensors, record, rows = quantized_tensors(m, plan, req.group_size, req.symmetric, grams, done)
     sym = symmetric_flag([bool(v["symmetric"]) for v in record.values()], req.symmetric)
     record = {**input_record(m), **record}  # a soft-trimmed table's tail stays as trim-vocab packed it
     prov = provenance("quantize", {k: v for k, v in req.__dict__.items() if k not in ("output", "force")},
@@ -280,8 +287,10 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
         summary["bytes_before"] = m.weight_bytes()
         summary["bytes_after"] = new.weight_bytes()
         if checkable:
-            evaluate_output(m, out, req, summary)
+            with phases("measurement"):
+                evaluate_output(m, out, req, summary)
     summary.update(size_summary(rows, emb, t0))
+    summary["phases"] = phases.as_dict()
     return summary
 
 

@@ -22,10 +22,11 @@ from typing import Any, Callable
 
 from embtool.core.errors import BadUsage, InputError
 from embtool.core.model import open_model
+from embtool.core.phases import Phases
 from embtool.core.st_config import counting_prefixes, eval_prefix_for
 from embtool.core.texts import iter_texts
 from embtool.core.writer import OutputFolder, provenance
-from embtool.jobs.fidelity import compare, embed_both, gate, warn_if_low
+from embtool.jobs.fidelity import compare, embed_both, gate, identical_tokenization, warn_if_low
 
 HOLDOUT_EVERY = 10
 
@@ -95,13 +96,17 @@ def run_shrink(req: ShrinkRequest, progress=None, say: Callable[[str], None] = l
     bytes_before = orig.weight_bytes()
     steps: list[dict[str, Any]] = []
     work = Path(tempfile.mkdtemp(prefix="embtool-shrink-"))
+    phases = Phases()
     try:
-        train, held, n_train = _split_corpus(req, work)
+        with phases("split"):
+            train, held, n_train = _split_corpus(req, work)
         say(f"corpus: {n_train:,} training lines, {len(held)} held-out lines (every {HOLDOUT_EVERY}th)")
         eval_prefix = req.eval_prefix if req.eval_prefix is not None else eval_prefix_for(orig.st, counting_prefixes(orig.st, req.prefixes))
         t = time.perf_counter()
-        trim = run_trim(TrimRequest(model=req.model, output=str(work / "trimmed"), corpus=[str(train)], prefixes=req.prefixes,
-                                    no_eval=True, force=True, threads=req.threads), progress)
+        with phases("trim"):
+            trim = run_trim(TrimRequest(model=req.model, output=str(work / "trimmed"), corpus=[str(train)], prefixes=req.prefixes,
+                                        no_eval=True, force=True, threads=req.threads), progress)
+        phases.add({"seconds": {"trim.counting": trim.get("count_seconds", 0.0), "trim.extra_fit": trim.get("extra_seconds", 0.0)}})
         steps.append({"step": "trim-vocab", "vocab_before": trim["vocab_before"], "vocab_after": trim["vocab_after"],
                       "bytes_after": trim["bytes_after"], "seconds": round(time.perf_counter() - t, 2)})
         say(f"trim-vocab: {trim['vocab_before']:,} -> {trim['vocab_after']:,} tokens, {trim['bytes_after'] / 1e6:.1f} MB "
@@ -109,11 +114,13 @@ def run_shrink(req: ShrinkRequest, progress=None, say: Callable[[str], None] = l
         final = work / "trimmed"
         if trim["bytes_after"] > req.max_size:
             t = time.perf_counter()
-            q = run_quantize(QuantRequest(model=str(final), output=str(work / "quantized"), bits=sorted(req.bits),
-                                          group_size=req.group_size, max_size=req.max_size, calib=str(train),
-                                          method="rtn" if req.quick else "auto",
-                                          sensitivity="hessian" if req.quick else "measured", probes=1 if req.quick else 2,
-                                          no_eval=True, force=True, threads=req.threads), None, say)
+            with phases("quantize"):
+                q = run_quantize(QuantRequest(model=str(final), output=str(work / "quantized"), bits=sorted(req.bits),
+                                              group_size=req.group_size, max_size=req.max_size, calib=str(train),
+                                              method="rtn" if req.quick else "auto",
+                                              sensitivity="hessian" if req.quick else "measured", probes=1 if req.quick else 2,
+                                              no_eval=True, force=True, threads=req.threads), None, say)
+            phases.add(q.get("phases", {}), "quantize.")
             mp = q.get("mixed_precision", {})
             widths = sorted({r["bits"] for r in mp.get("table", [])}) if mp.get("table") else sorted(req.bits)
             steps.append({"step": "quantize", "bits": widths, "bits_per_weight": q["bits_per_weight"], "method": q["method"],
@@ -127,13 +134,15 @@ def run_shrink(req: ShrinkRequest, progress=None, say: Callable[[str], None] = l
         if size > req.max_size:  # the budget counts the file's header too; a miss is a bug, never a silent one
             raise InputError(f"the shrunk model has {size:,} bytes, over --max-size {req.max_size:,}; nothing written")
         t = time.perf_counter()
-        ev = compare(*embed_both(orig, new, held, req.threads, eval_prefix))
-        ev.update({"source": "held-out corpus lines", "prefix": eval_prefix})
+        with phases("measurement"):
+            ev = compare(*embed_both(orig, new, held, req.threads, eval_prefix), held)
+            ev.update({"source": "held-out corpus lines", "prefix": eval_prefix,
+                       "identical_tokenization": identical_tokenization(orig, new, held, eval_prefix)})
         warn_if_low(ev)
         summary: dict[str, Any] = {"model": str(req.model), "output": req.output, "max_size": req.max_size,
                                    "bytes_before": bytes_before, "bytes_after": size, "share": size / bytes_before,
                                    "steps": steps, "training_lines": n_train, "eval": ev,
-                                   "eval_seconds": round(time.perf_counter() - t, 2)}
+                                   "eval_seconds": round(time.perf_counter() - t, 2), "phases": phases.as_dict()}
         say(f"held-out ({len(held)} texts): cosine mean {ev['cosine_mean']:.4f}, min {ev['cosine_min']:.4f}, "
             f"recall@10 {ev['recall@10']:.3f} vs the original")
         if not gate(summary, req):

@@ -154,7 +154,9 @@ def plan_trim(m: Model, req: TrimRequest, progress=None) -> dict[str, Any]:
     if extra_mode != "none":
         if counts is None:
             raise BadUsage("--extra needs a corpus (-c): the extra tokens are those of the corpus' characters")
+        t_extra = time.perf_counter()
         extra, info["extra"] = _extra_tokens(m, req, doc, inv, keep, always, counts, chars, prefixes, extra_mode, notes)
+        info["extra_seconds"] = round(time.perf_counter() - t_extra, 3)
     kept = np.flatnonzero(keep | extra)
     if doc["model"]["type"] == "BPE":
         closure = lambda ids_: np.array(sorted(VA.bpe_closure(doc["model"]["vocab"], doc["model"].get("merges", []),  # noqa: E731
@@ -256,7 +258,7 @@ def evaluate(orig: Model, new: Model, remap: dict[int, int], texts: list[str], t
         same += mapped == y.ids
         n_tok += len(x.ids)
         new_unk += sum(1 for i in y.ids if i == unk_b) - sum(1 for i in x.ids if i == unk_a)
-    fid = compare(*embed_both(orig, new, texts, threads, prefix, max_length))
+    fid = compare(*embed_both(orig, new, texts, threads, prefix, max_length), texts)
     return {"identical_tokenization": same / len(texts), "new_unknown_token_share": new_unk / max(n_tok, 1), **fid}
 
 
@@ -264,6 +266,10 @@ def run_trim(req: TrimRequest, progress=None) -> dict[str, Any]:
     t0 = time.perf_counter()
     if not req.corpus and not req.scripts and not req.keep_file:
         raise BadUsage("nothing to select by: give a corpus (-c), --script or --keep")
+    if req.extra not in (None, "auto", "all", "none"):
+        raise BadUsage(f"extra must be 'auto', 'all' or 'none', not {req.extra!r}")
+    if req.extra_bits not in (2, 4, 8, 32):
+        raise BadUsage(f"extra_bits must be 2, 4, 8 or 32, not {req.extra_bits!r}")
     m = open_model(req.model, need_tokenizer=True)
     notes: list[str] = []
     checkable = check_runnable(m, req, notes)
@@ -280,7 +286,8 @@ def run_trim(req: TrimRequest, progress=None) -> dict[str, Any]:
         "vocab_before": plan["V_tok"], "embedding_rows_before": plan["rows"], "vocab_after": int(len(kept)),
         "parameters_before": params_before, "parameters_after": params_after,
         "bytes_before": bytes_before, "corpus_coverage": plan["coverage"],
-        **{k: plan[k] for k in ("corpus_lines", "corpus_bytes", "counting", "corpus_tokens", "count_seconds", "prefixes", "extra")
+        **{k: plan[k] for k in ("corpus_lines", "corpus_bytes", "counting", "corpus_tokens", "count_seconds", "extra_seconds",
+                                "prefixes", "extra")
            if k in plan},
         "notes": plan["notes"], "dry_run": req.dry_run,
     }
