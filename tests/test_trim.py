@@ -241,3 +241,83 @@ def test_card_prompts_are_kept_and_measured_with(tmp_path, tiny_models):
     r = run_cli(["trim-vocab", model, "-c", tmp_path / "c.txt", "-o", tmp_path / "out2", "--prefix", "query: ", "--json"])
     assert r.exit_code == 0 and "model card" not in r.stderr
     assert json.loads(r.stdout)["prefixes"] == ["query: "]
+
+
+# ----------------------------------------------------------------------------------------------
+# --extra: held-out text of the corpus' scripts keeps its characters; the extra rows live in a packed tail
+# ----------------------------------------------------------------------------------------------
+
+def _script_chars(model) -> str:
+    """Every character the model's vocabulary has as a token of its own in the Latin script or none (digits,
+    punctuation): what held-out text of an English corpus may contain."""
+    from embtool.algorithms import vocab as VA
+
+    bodies = VA.token_bodies(open_model(model).tokenizer.data)
+    return "".join(sorted({b for b in bodies if b and len(b) == 1 and VA.char_script(b) in ("Latin", "Common")}))
+
+
+@pytest.fixture(scope="module")
+def trimmed_en(tmp_path_factory, tiny_models):
+    """tiny WordPiece and Unigram models trimmed (default --extra auto) to English text that lacks most accented
+    letters of the vocabulary."""
+    d = tmp_path_factory.mktemp("trim-extra")
+    lines = [t for t in corpus_lines("en", 300) if t.isascii()]
+    (d / "c.txt").write_text("\n".join(lines) + "\n")
+    out = {}
+    for arch in ("bert", "xlm-roberta"):
+        s = _trim(tiny_models[arch], d / "c.txt", d / arch)
+        out[arch] = (tiny_models[arch], d / arch, s, _script_chars(tiny_models[arch]))
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+@pytest.mark.parametrize("arch", ["bert", "xlm-roberta"])
+def test_no_character_of_the_corpus_scripts_becomes_unknown(trimmed_en, arch, data):
+    """Any text made of characters of the scripts the corpus uses (letters it never had included) tokenizes to the
+    unknown token no more often after trimming than before."""
+    from embtool.algorithms import vocab as VA
+
+    model, out, s, chars = trimmed_en[arch]
+    assert any(not c.isascii() for c in chars)  # the property is about letters the corpus never had
+    text = data.draw(st.text(alphabet=chars + "  ", min_size=1, max_size=40))
+    a, b = open_model(model).tokenizer, open_model(out).tokenizer
+    ua, ub = VA.unk_id(a.data), VA.unk_id(b.data)
+    na = a.runtime().encode(text).ids.count(ua)
+    nb = b.runtime().encode(text).ids.count(ub)
+    assert nb <= na, (text, na, nb)
+
+
+def test_extra_rows_are_a_packed_tail_the_graph_reads(tmp_path, trimmed_en):
+    """The extra tokens' rows are stored after the table's own rows at --extra-bits; texts that use them embed as the
+    original model with those rows rounded (8 bits: cosine >= 0.9999; 32 bits: no tail, equal), and the ONNX export
+    (fused and standard operators) reads the tail as the safetensors graph does."""
+    from embtool.core.model import tail_rows
+    from embtool.core.qrecord import read_record
+
+    model, out, s, _ = trimmed_en["xlm-roberta"]
+    m = open_model(out)
+    head = SafetensorsFile(out / "model.safetensors").tensors["embeddings.word_embeddings.weight"].shape[0]
+    tail = tail_rows(m, "embeddings.word_embeddings.weight")
+    assert tail == s["extra_rows"]["rows"] > 0 and head + tail == s["vocab_after"]
+    assert read_record(m.weights.metadata)["embeddings.word_embeddings.tail"]["bits"] == 2
+    held = corpus_lines("fr", 150, 300)
+    encs = m.tokenizer.runtime().encode_batch(held)
+    before = open_model(model).tokenizer.runtime().encode_batch(held)
+    # texts tokenized as before, with at least one token of the tail: any difference is the tail's rounding
+    uses_tail = [t for t, e, e0 in zip(held, encs, before) if max(e.ids) >= head and e.tokens == e0.tokens]
+    assert len(uses_tail) >= 10
+    (tmp_path / "c.txt").write_text("\n".join(t for t in corpus_lines("en", 300) if t.isascii()) + "\n")
+    ref = Encoder(open_model(model)).embed(uses_tail)
+    for bits, floor in (("8", 0.9999), ("32", 0.999999)):
+        s2 = _trim(model, tmp_path / "c.txt", tmp_path / f"b{bits}", "--extra-bits", bits)
+        assert ("extra_rows" in s2) == (bits != "32") and s2["vocab_after"] == s["vocab_after"]
+        got = Encoder(open_model(tmp_path / f"b{bits}")).embed(uses_tail)
+        assert np.min(np.sum(ref * got, 1)) >= floor, bits
+    two = Encoder(m).embed(uses_tail)
+    assert 0.9 < np.min(np.sum(ref * two, 1)) < 0.99999  # 2-bit rows: close, not equal
+    for extra in ([], ["--portable"]):
+        r = run_cli(["export-onnx", out, "-o", tmp_path / f"onnx{len(extra)}", *extra, "--json"])
+        assert r.exit_code == 0, r.stderr
+        got = Encoder(open_model(tmp_path / f"onnx{len(extra)}")).embed(uses_tail)
+        assert np.min(np.sum(two * got, 1)) >= 0.99999
