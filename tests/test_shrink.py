@@ -52,6 +52,27 @@ def test_shrink_trims_quantizes_to_the_budget_and_measures_on_held_out_lines(tin
     assert s["eval"]["texts"] == len(held) and s["training_lines"] == len(lines) - len(held)
     ref = embtool.compare_models(tiny_bert, tmp_path / "out", held)
     assert abs(ref["cosine_mean"] - s["eval"]["cosine_mean"]) < 1e-5 and 0.5 < s["eval"]["cosine_mean"] < 1.0
+    # what was lost is named: the held-out texts tokenized as before, the worst texts by their first words
+    from embtool.core.model import open_model
+
+    from embtool.jobs.fidelity import identical_tokenization
+
+    a, b = open_model(tiny_bert).tokenizer.runtime(), open_model(tmp_path / "out").tokenizer.runtime()
+    same = np.mean([a.encode(t).tokens == b.encode(t).tokens for t in held])
+    assert s["eval"]["identical_tokenization"] == pytest.approx(same) and same > 0.5
+    fr = corpus_lines("fr", 60, 500)  # text of another language: some of it splits differently
+    share = np.mean([a.encode(t).tokens == b.encode(t).tokens for t in fr])
+    assert identical_tokenization(open_model(tiny_bert), open_model(tmp_path / "out"), fr) == pytest.approx(share) and share < 0.9
+    worst = s["eval"]["worst"]
+    assert len(worst) == 3 and worst[0]["cosine"] == pytest.approx(s["eval"]["cosine_min"], abs=1e-6)
+    assert [w["cosine"] for w in worst] == sorted(w["cosine"] for w in worst)
+    assert any(t.startswith(worst[0]["text"].removesuffix(" ...")) for t in held)
+    # where the time went: every phase of the pipeline, wall and CPU seconds
+    ph = s["phases"]
+    for name in ("split", "trim", "trim.counting", "quantize", "quantize.statistics", "quantize.probe_setup",
+                 "quantize.sensitivity", "quantize.gptq", "measurement"):
+        assert ph["seconds"][name] >= 0 and name in ph["seconds"], name
+    assert ph["seconds"]["trim.counting"] <= ph["seconds"]["trim"] and ph["seconds"]["quantize.sensitivity"] <= ph["seconds"]["quantize"]
     # what it wrote runs, and says how it was made
     info = embtool.inspect(tmp_path / "out")
     assert [p["command"] for p in info["provenance"]][-3:] == ["trim-vocab", "quantize", "shrink"]

@@ -45,7 +45,7 @@ def measure(name: str, selection: str, threads: int = 0) -> dict:
     return {"model": name, "lang": lang, "selection": selection, "vocab_after": s["vocab_after"],
             "extra_rows": s.get("extra_rows", {}).get("rows", 0), "bytes_after": s["bytes_after"],
             "share": s["bytes_after"] / s["bytes_before"], "identical": e["identical_tokenization"],
-            "cosine_mean": e["cosine_mean"], "cosine_min": e["cosine_min"], "recall@10": e["recall@10"],
+            "cosine_mean": e["cosine_mean"], "cosine_min": e["cosine_min"], "recall@10": e["recall_at_10"],
             "worst": e.get("worst", []), "extra": s.get("extra")}
 
 
