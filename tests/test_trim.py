@@ -321,3 +321,33 @@ def test_extra_rows_are_a_packed_tail_the_graph_reads(tmp_path, trimmed_en):
         assert r.exit_code == 0, r.stderr
         got = Encoder(open_model(tmp_path / f"onnx{len(extra)}")).embed(uses_tail)
         assert np.min(np.sum(two * got, 1)) >= 0.99999
+
+
+def test_hostile_model_card_is_read_bounded(tmp_path):
+    """A README.md of megabytes of binary junk: read up to CARD_BYTES, undecodable bytes replaced, no error; a prompt
+    mentioned only past that head is not seen."""
+    from embtool.core.prompts import CARD_BYTES, card_prompts, read_card
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "README.md").write_bytes(rng.integers(0, 256, 3 * CARD_BYTES, dtype=np.uint8).tobytes() + E5_STYLE_CARD.encode())
+    text = read_card(tmp_path)
+    assert len(text) <= CARD_BYTES and card_prompts(text) == {}
+    (tmp_path / "README.md").write_bytes(b"\xff\xfe" + E5_STYLE_CARD.encode() + b"\x80" * 10)
+    assert card_prompts(read_card(tmp_path)) == {"query": "query: ", "passage": "passage: "}
+    assert read_card(tmp_path / "nowhere") == ""
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"extra": "some"}, "extra must be"),
+    ({"extra_bits": 3}, "extra_bits must be"),
+    ({"extra": "all", "corpus": [], "scripts": ["Latin"]}, "--extra needs a corpus"),
+])
+def test_extra_bad_values(tmp_path, tiny_bert, options, message):
+    import embtool
+    from embtool.errors import BadUsage
+
+    (tmp_path / "c.txt").write_text("hello world\n")
+    options = {"corpus": [str(tmp_path / "c.txt")], **options}
+    with pytest.raises(BadUsage, match=message):
+        embtool.trim_vocab(tiny_bert, tmp_path / "out", **options)
+    assert not (tmp_path / "out").exists()
