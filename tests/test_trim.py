@@ -321,6 +321,12 @@ def test_extra_rows_are_a_packed_tail_the_graph_reads(tmp_path, trimmed_en):
         assert r.exit_code == 0, r.stderr
         got = Encoder(open_model(tmp_path / f"onnx{len(extra)}")).embed(uses_tail)
         assert np.min(np.sum(two * got, 1)) >= 0.99999
+    # dequantize: the tail's rows appended to the table, one float matrix that embeds the same
+    r = run_cli(["dequantize", out, "-o", tmp_path / "deq", "--json"])
+    assert r.exit_code == 0, r.stderr
+    rows = SafetensorsFile(tmp_path / "deq" / "model.safetensors").tensors["embeddings.word_embeddings.weight"].shape[0]
+    assert rows == s["vocab_after"] and tail_rows(open_model(tmp_path / "deq"), "embeddings.word_embeddings.weight") == 0
+    assert np.min(np.sum(two * Encoder(open_model(tmp_path / "deq")).embed(uses_tail), 1)) >= 0.99999
 
 
 def test_hostile_model_card_is_read_bounded(tmp_path):

@@ -324,6 +324,10 @@ def run_dequantize(req: ConvertRequest) -> dict[str, Any]:
     for k in ws.keys():
         if k not in skip:
             tensors[k] = ws.get(k)
+    for base in [b for b in record if b.endswith(TAIL)]:  # a soft-trimmed table's tail: its rows after the table's own
+        table = base[: -len(TAIL)] + ".weight"
+        tail = tensors.pop(base + ".weight")
+        tensors[table] = np.concatenate([np.asarray(tensors[table], np.float32), tail]) if table in tensors else tail
     prov = provenance("dequantize", {"model": model}, {"model": m.fingerprint()})
     summary: dict[str, Any] = {"model": model, "output": output, "tensors": len(record), "bytes_before": m.weight_bytes()}
     summary["bytes_after"] = write_derived_model(m, output, req.force, tensors, prov, drop="quantization", keep_input_metadata=False,
