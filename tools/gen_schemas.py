@@ -107,7 +107,9 @@ SCHEMAS = {
                   "properties": {"mode": {"enum": ["auto", "all"]}, "single_characters": INT, "candidates": INT,
                                  "tokens": {**INT, "description": "of the candidates (the model's most common tokens of the "
                                             "corpus' characters), the first kept"},
-                                 "split_texts": INT, "target": SHARE, "split_missed_tokens": INT},
+                                 "split_texts": INT, "target": SHARE, "split_missed_tokens": INT,
+                                 "max_bytes": {**INT, "description": "auto: the extra rows' bytes at most"},
+                                 "capped": {**BOOL, "description": "auto: max_bytes kept fewer than the fit asked for"}},
                   "additionalProperties": False},
         "extra_rows": {"type": "object", "description": "the extra tokens' rows, packed after the table's own",
                        "required": ["rows", "bits", "group_size"],

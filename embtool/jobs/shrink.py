@@ -2,7 +2,8 @@
 
 1. The corpus is split: every 10th non-empty line (up to --holdout lines) is kept aside as held-out text, the
    rest is the training text.
-2. trim-vocab to the training text (every token it uses is kept, so it tokenizes exactly as before).
+2. trim-vocab to the training text (every token it uses is kept, so it tokenizes exactly as before; the extra tokens
+   of its language that trim-vocab keeps for held-out text, at 2 bits, take at most EXTRA_SHARE of the budget).
 3. If the trimmed model is still over --max-size, quantize it with mixed precision to the budget: widths per
    tensor from --bits, chosen by the measured loss of the pooled embedding on the training text (GPTQ on
    the same text), never worse than the uniform width that fits (quantize's guard).
@@ -29,6 +30,7 @@ from embtool.core.writer import OutputFolder, provenance
 from embtool.jobs.fidelity import compare, embed_both, gate, identical_tokenization, warn_if_low
 
 HOLDOUT_EVERY = 10
+EXTRA_SHARE = 0.1  # of --max-size, for the rows of the extra tokens trim-vocab keeps for held-out text (at 2 bits)
 
 
 @dataclass
@@ -105,7 +107,8 @@ def run_shrink(req: ShrinkRequest, progress=None, say: Callable[[str], None] = l
         t = time.perf_counter()
         with phases("trim"):
             trim = run_trim(TrimRequest(model=req.model, output=str(work / "trimmed"), corpus=[str(train)], prefixes=req.prefixes,
-                                        no_eval=True, force=True, threads=req.threads), progress)
+                                        extra_max_bytes=int(EXTRA_SHARE * req.max_size), no_eval=True, force=True,
+                                        threads=req.threads), progress)
         phases.add({"seconds": {"trim.counting": trim.get("count_seconds", 0.0), "trim.extra_fit": trim.get("extra_seconds", 0.0)}})
         steps.append({"step": "trim-vocab", "vocab_before": trim["vocab_before"], "vocab_after": trim["vocab_after"],
                       "bytes_after": trim["bytes_after"], "seconds": round(time.perf_counter() - t, 2)})

@@ -11,6 +11,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from embtool.algorithms import vocab as VA
+from embtool.algorithms.quantize import stored_bytes
 from embtool.core.counting import count_corpus, count_model_corpus
 from embtool.core.errors import BadUsage, CorruptFile, InputError, Unsupported
 from embtool.core.model import Model, find_vocab_tensors, open_model
@@ -26,11 +27,13 @@ from embtool.jobs.fidelity import SAMPLE_MAX_TOKENS, check_runnable, eval_texts,
 
 
 # --extra auto: fitted on every EXTRA_EVERY-th of the first EXTRA_LINES corpus texts, to cover EXTRA_TARGET of what they
-# use beyond the other lines' selection (on held-out text of another source the share fitted this way is met:
-# all-MiniLM 0.918 for 0.9, multilingual-e5-small German 0.890; tools/trim_heldout.py)
+# use beyond the other lines' selection (on held-out text of another source the share fitted this way is met: for
+# 0.9, all-MiniLM 0.918, multilingual-e5-small German 0.890; for 0.98, 0.996 and 0.974), the extra rows taking at most
+# EXTRA_SHARE of the bytes the corpus' own selection keeps (shrink: a share of its budget)
 EXTRA_EVERY = 10
 EXTRA_LINES = 20000
-EXTRA_TARGET = 0.9
+EXTRA_TARGET = 0.98
+EXTRA_SHARE = 0.08
 EXTRA_BITS = 2  # the extra tokens' rows, packed (a rare word keeps its token at 1/10 of a float row's bytes)
 
 
@@ -47,6 +50,7 @@ class TrimRequest:
     scripts: list[str] = field(default_factory=list)
     extra: str | None = None  # "auto" | "all" | "none"; None: auto with the default selection, else none
     extra_bits: int = EXTRA_BITS  # bits of the extra tokens' rows (32: as the others)
+    extra_max_bytes: int | None = None  # --extra auto: the extra rows' bytes at most (None: EXTRA_SHARE of the rest)
     prefixes: list[str] | None = None  # None: the text alone and with each of the model's prompts
     eval_prefix: str | None = None  # None: the model's document prompt / the first prefix
     eval_file: str | None = None
@@ -155,7 +159,13 @@ def plan_trim(m: Model, req: TrimRequest, progress=None) -> dict[str, Any]:
         if counts is None:
             raise BadUsage("--extra needs a corpus (-c): the extra tokens are those of the corpus' characters")
         t_extra = time.perf_counter()
-        extra, info["extra"] = _extra_tokens(m, req, doc, inv, keep, always, counts, chars, prefixes, extra_mode, notes)
+        group, _ = soft_group(m, vt, req)
+        row = sum(v.nbytes // v.shape[v.axis] for v in vt)  # a kept row's bytes at the table's width
+        row_extra = stored_bytes(1, vt[0].shape[1], req.extra_bits, group, False) if group else row
+        cap = (req.extra_max_bytes if req.extra_max_bytes is not None
+               else EXTRA_SHARE * (m.weight_bytes() - sum(v.nbytes for v in vt) + row * int(keep.sum())))
+        extra, info["extra"] = _extra_tokens(m, req, doc, inv, keep, always, counts, chars, prefixes, extra_mode, notes,
+                                             row_extra, cap)
         info["extra_seconds"] = round(time.perf_counter() - t_extra, 3)
     kept = np.flatnonzero(keep | extra)
     if doc["model"]["type"] == "BPE":
@@ -185,11 +195,13 @@ def _with_required(doc: dict[str, Any], inv: dict[int, str], keep: np.ndarray) -
 
 
 def _extra_tokens(m: Model, req: TrimRequest, doc: dict[str, Any], inv: dict[int, str], keep: np.ndarray, always: np.ndarray,
-                  counts: np.ndarray, chars: set[str], prefixes: list[str], mode: str, notes: list[str]) -> tuple[np.ndarray, dict[str, Any]]:
+                  counts: np.ndarray, chars: set[str], prefixes: list[str], mode: str, notes: list[str], row_bytes: int,
+                  max_bytes: float) -> tuple[np.ndarray, dict[str, Any]]:
     """(mask of the extra tokens, what was fitted): every single character of the scripts the corpus uses, and the
     model's most common tokens (VA.token_prior) made of the corpus' characters only, as many as cover EXTRA_TARGET of
     what a held-out split of the corpus (every EXTRA_EVERY-th of its first EXTRA_LINES texts) uses beyond the
-    selection made from the other lines ("auto"), or all of them ("all")."""
+    selection made from the other lines, and whose rows (`row_bytes` each) take at most `max_bytes` ("auto"), or all
+    of them ("all")."""
     V = len(keep)
     bodies = (VA.token_bodies(doc) + [None] * V)[:V]
     prior = np.resize(VA.token_prior(doc), V)
@@ -214,6 +226,9 @@ def _extra_tokens(m: Model, req: TrimRequest, doc: dict[str, Any], inv: dict[int
             n = VA.fit_extra(VA.extra_order(VA.made_of(bodies, rest_chars) & ~core, prior), misses, EXTRA_TARGET)
             fit.update(split_texts=n_split, target=EXTRA_TARGET,
                        split_missed_tokens=int(misses.sum()))
+        allowed = max(0, int(max_bytes // max(row_bytes, 1)) - int(singles.sum()))
+        fit.update(max_bytes=int(max_bytes), capped=n > allowed)
+        n = min(n, allowed)
     extra = singles.copy()
     extra[order[:n]] = True
     fit["tokens"] = int(n)
@@ -296,8 +311,6 @@ def run_trim(req: TrimRequest, progress=None) -> dict[str, Any]:
     if soft:
         summary["extra_rows"] = {"rows": n_tail, "bits": req.extra_bits, "group_size": soft}
     if req.dry_run:
-        from embtool.algorithms.quantize import stored_bytes
-
         byte_ratio = sum(v.nbytes for v in vt) / max(1, sum(int(np.prod(v.shape)) for v in vt))
         tail = stored_bytes(n_tail, vt[0].shape[1], req.extra_bits, soft, False) if soft else 0
         summary["bytes_after_estimate"] = int(bytes_before - sum(v.nbytes for v in vt) + per_row * (len(kept) - n_tail) * byte_ratio + tail)
@@ -360,10 +373,20 @@ def run_trim(req: TrimRequest, progress=None) -> dict[str, Any]:
 
 def _soft_table(m: Model, vt: list, req: TrimRequest, n_extra: int, notes: list[str]) -> int:
     """The group size of the packed tail that holds the extra tokens' rows, 0 when they are kept as the other rows
-    (none, --extra-bits 32, or a model whose table cannot take a tail: ONNX, quantized, or more vocabulary tensors
-    than the token table, e.g. an LM head)."""
-    if not n_extra or req.extra_bits >= 32:
+    (none, --extra-bits 32, or a model whose table cannot take a tail: see soft_group)."""
+    if not n_extra:
         return 0
+    group, why = soft_group(m, vt, req)
+    if why:
+        notes.append(f"the {n_extra:,} extra tokens' rows are kept at full width ({why})")
+    return group
+
+
+def soft_group(m: Model, vt: list, req: TrimRequest) -> tuple[int, str | None]:
+    """(group size of the extra rows' packed tail, why there is none): 0 with --extra-bits 32, and for a model whose
+    table cannot take a tail (ONNX, quantized, or more vocabulary tensors than the token table, e.g. an LM head)."""
+    if req.extra_bits >= 32:
+        return 0, None
     why = None
     if m.format != "safetensors":
         why = "an ONNX model"
@@ -374,10 +397,7 @@ def _soft_table(m: Model, vt: list, req: TrimRequest, n_extra: int, notes: list[
     group = next((g for g in (32, 16, 8) if vt[0].shape[1] % g == 0), 0)
     if why is None and not group:
         why = f"its width {vt[0].shape[1]} is not a multiple of 8"
-    if why:
-        notes.append(f"the {n_extra:,} extra tokens' rows are kept at full width ({why})")
-        return 0
-    return group
+    return (0, why) if why else (group, None)
 
 
 def soft_tail(table: str, rows: np.ndarray, bits: int, group_size: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
