@@ -4,7 +4,7 @@ The public API (see README "Python API"): `Encoder`, `trim_vocab`, `quantize`, `
 `inspect`, `search`, `embed`, `export_onnx`, `dequantize`, `defactorize` (typed `Result`s), `open_model`, and, with the `ray` extra, `embed_dataset`. Names are imported lazily, so `import embtool` (and `embtool --version`) stay light.
 """
 
-__version__ = "0.1.0"
+from embtool._version import __version__
 
 _LAZY = {
     "Encoder": "embtool.api",

@@ -167,6 +167,7 @@ def embed_to_folder(texts: Iterable[str], model: str | os.PathLike, output: str 
     """`embtool embed --ray`: embed on Ray, write OUTPUT/part-NNNNN.<fmt> (one index shard per `shard_rows` texts,
     global ids in input order) atomically. Returns a summary."""
     from embtool.core.embeddings_io import EmbeddingSink
+    from embtool.core.formats.record import write_folder_record
     from embtool.core.writer import OutputFolder
 
     if fmt not in ("safetensors", "parquet"):
@@ -190,7 +191,7 @@ def embed_to_folder(texts: Iterable[str], model: str | os.PathLike, output: str 
             shards.append(name)
             count += len(ids)
             dim = vecs.shape[1]
-        out.write_json("embtool.json", {"tool": "embtool", "command": "embed --ray", "shards": shards, "texts": count})
+        write_folder_record(out, "embed --ray", shards=shards, texts=count)
     return {"output": str(output), "shards": len(shards), "texts": count, "dim": dim, "workers": workers,
             "format": fmt, "precision": precision}
 

@@ -214,7 +214,7 @@ input_texts = ['query: how much protein should a female eat',
     ("", {}),
 ])
 def test_card_prompts(card, expected):
-    from embtool.core.prompts import card_prompts
+    from embtool.core.card import card_prompts
 
     assert card_prompts(card) == expected
 
@@ -332,7 +332,7 @@ def test_extra_rows_are_a_packed_tail_the_graph_reads(tmp_path, trimmed_en):
 def test_hostile_model_card_is_read_bounded(tmp_path):
     """A README.md of megabytes of binary junk: read up to CARD_BYTES, undecodable bytes replaced, no error; a prompt
     mentioned only past that head is not seen."""
-    from embtool.core.prompts import CARD_BYTES, card_prompts, read_card
+    from embtool.core.card import MAX_BASE_CARD as CARD_BYTES, card_prompts, card_text as read_card
 
     rng = np.random.default_rng(0)
     (tmp_path / "README.md").write_bytes(rng.integers(0, 256, 3 * CARD_BYTES, dtype=np.uint8).tobytes() + E5_STYLE_CARD.encode())

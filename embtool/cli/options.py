@@ -136,8 +136,8 @@ def eval_options(prefix: bool = True) -> Callable:
 def force_option(f: Callable) -> Callable:
     return click.option("--force", is_flag=True,
                         help="Replace the output if it exists and embtool wrote it (a folder whose embtool.json lists "
-                             "every file in it, an embeddings file of the same format, or an empty one); anything "
-                             "else is refused.")(f)
+                             "every file in it with its sha256, an embeddings file of the same format, or an empty "
+                             "one); anything else is refused.")(f)
 
 
 def progress_bar(quiet: bool, total: int | None = None, unit: str = "text", desc: str | None = None):

@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 
 from embtool.core.errors import CorruptFile
+from embtool.core.formats import record
 from embtool.core.qrecord import KEY, has_record, read_record, record_metadata
 from embtool.core.model import Model, architecture, find_vocab_tensors, num_layers, onnx_initializer_stats
-from embtool.core.writer import provenance_chain
 
 
 def describe(model: Model) -> dict[str, Any]:
@@ -44,7 +44,7 @@ def describe(model: Model) -> dict[str, Any]:
         ops = {}
         for n in model.onnx_model.graph.node:
             ops[n.op_type] = ops.get(n.op_type, 0) + 1
-    et = model.embtool_meta()
+    et = record.read(model.root)
     state = {"quantized": _quant_state(model, meta, et), "factorized": _factor_state(model, meta, et)}
     tok = model.tokenizer
     out: dict[str, Any] = {
@@ -74,7 +74,7 @@ def describe(model: Model) -> dict[str, Any]:
         "pooling": model.st.pooling,
         "normalize": model.st.normalize,
         "state": state,
-        "provenance": provenance_chain(et),
+        "provenance": record.chain(et),
     }
     if model.format == "onnx":
         out["onnx_ops"] = dict(sorted(ops.items(), key=lambda kv: -kv[1]))

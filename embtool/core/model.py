@@ -168,13 +168,6 @@ class Model:
             return None
         return hashlib.sha256(Path(self.tokenizer.path).read_bytes()).hexdigest()[:16]
 
-    def embtool_meta(self) -> dict[str, Any]:
-        """What an earlier embtool command recorded (embtool.json), if any."""
-        p = self.root / "embtool.json"
-        if not p.is_file():
-            return {}
-        return read_json(p)
-
 
 def read_json(path: Path) -> Any:
     try:

@@ -82,7 +82,7 @@ class SentenceTransformersInfo:
     do_lower_case: bool = False
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
-    card_prompts: dict[str, str] = field(default_factory=dict)  # documented by README.md only (core.prompts), when none are declared
+    card_prompts: dict[str, str] = field(default_factory=dict)  # documented by the model card only (core.card), when none are declared
     unsupported: list[str] = field(default_factory=list)  # module types embtool cannot run
 
     @property
@@ -296,9 +296,9 @@ def read_st_info(root: Path, config: dict[str, Any] | None = None) -> SentenceTr
                 raise CorruptFile(f"{cst}: default_prompt_name {dp!r} is not one of its prompts")
             info.default_prompt_name = dp
     if not info.prompts:
-        from embtool.core.prompts import card_prompts, read_card
+        from embtool.core.card import card_prompts, card_text
 
-        info.card_prompts = card_prompts(read_card(root))
+        info.card_prompts = card_prompts(card_text(root))
     return info
 
 

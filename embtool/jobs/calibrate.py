@@ -9,6 +9,7 @@ import numpy as np
 
 from embtool.algorithms import quantize as QA
 from embtool.core.model import Model, weight_view
+from embtool.core.threads import cpu_threads
 
 ASYM_DAMP = 1.0  # ridge λ of sequential GPTQ's target, relative to mean(diag X̃ᵀX̃) (see `sequential_gptq`)
 
@@ -122,7 +123,7 @@ def sequential_gptq(model: Model, plan: dict[str, int], emb: str | None, texts: 
     done: dict[str, QA.QTensor] = {}
     spec = {w: (options or {}).get(w, (plan[w], group_size, symmetric)) for w in plan}
     if emb is not None and emb in fed:
-        q = table if table is not None else QA.quantize(ws.get(emb), *spec[emb])
+        q = table if table is not None else QA.quantize(ws.get(emb), *spec[emb], workers=cpu_threads(threads))
         done[emb] = q
         arrays[fed[emb]] = q.dequantize().astype(arrays[fed[emb]].dtype)
     stages = gptq_stages(inputs, lambda w: runner.first_use_of([fed[w]]), sorted(w for w in fed if w != emb))

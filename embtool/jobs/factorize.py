@@ -10,9 +10,10 @@ import numpy as np
 
 from embtool.algorithms import factorize as FA
 from embtool.core.errors import InputError, Unsupported
+from embtool.core.formats.record import provenance, write_model_record
 from embtool.core.model import FACTOR_F, FACTOR_P, Model, find_vocab_tensors, onnx_embedding_gather, open_model
 from embtool.core.model_out import copy_unchanged, metadata_json, updated_config, write_configs, write_derived_model, write_weights
-from embtool.core.writer import OutputFolder, provenance
+from embtool.core.writer import OutputFolder
 from embtool.jobs.fidelity import ConvertRequest, OutputRequest, check_conversion, check_runnable, evaluate_output
 
 
@@ -87,8 +88,7 @@ def run_factorize(req: FactorRequest) -> dict[str, Any]:
     if weighting is not None:
         weighting.update(energy=spec.energy(k), rel_error=spec.rel_error(k))
         info["corpus_weighted"] = weighting
-    prov = provenance("factorize", {k_: v for k_, v in req.__dict__.items() if k_ not in ("output", "force")},
-                      {"model": m.fingerprint()}, {"factorization": {"rank": int(k), "table": name}})
+    prov = provenance("factorize", req, m, extra={"factorization": {"rank": int(k), "table": name}})
     with OutputFolder(req.output, req.force, inputs=[m.root]) as out:
         copy_unchanged(m, out, changed=["config.json"])
         base = name[: -len(".weight")]
@@ -114,11 +114,12 @@ def run_factorize(req: FactorRequest) -> dict[str, Any]:
             save_onnx(m.onnx_model, out, prov, rel=str(m.weight_path.relative_to(m.root)))
             if m.config:  # kept as it is (it was held back from the copy above)
                 write_configs(m, out, dict(m.config))
-        out.write_json("embtool.json", {**m.embtool_meta(), **prov})
+        summary: dict[str, Any] = {}
+        write_model_record(out, m, prov, summary)
         new = open_model(out.path, need_tokenizer=bool(req.eval_file))
-        summary = {"model": req.model, "output": req.output, "format": req.fmt if m.format == "safetensors" else "onnx",
-                   **info, "bytes_before": m.weight_bytes(), "bytes_after": new.weight_bytes(),
-                   "factorize_seconds": round(t_fact, 2), "notes": notes}
+        summary.update({"model": req.model, "output": req.output, "format": req.fmt if m.format == "safetensors" else "onnx",
+                        **info, "bytes_before": m.weight_bytes(), "bytes_after": new.weight_bytes(),
+                        "factorize_seconds": round(t_fact, 2), "notes": notes})
         if checkable:
             evaluate_output(m, out, req, summary)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
@@ -179,10 +180,10 @@ def run_defactorize(req: ConvertRequest) -> dict[str, Any]:
     for f in Fs:
         base = f[: -len(".factor_F")]
         tensors[base + ".weight"] = np.asarray(ws.get(f), np.float32) @ np.asarray(ws.get(base + ".factor_P"), np.float32)
-    prov = provenance("defactorize", {"model": model}, {"model": m.fingerprint()})
+    prov = provenance("defactorize", {}, m)
     summary: dict[str, Any] = {"model": model, "output": output, "bytes_before": m.weight_bytes()}
     summary["bytes_after"] = write_derived_model(m, output, req.force, tensors, prov, drop="factorization",
-                                                 check=lambda out: check_conversion(m, out, req, summary))
+                                                 check=lambda out: check_conversion(m, out, req, summary), summary=summary)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
 

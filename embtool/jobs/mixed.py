@@ -49,6 +49,7 @@ from embtool.core.calibration import CALIB_SENTENCES, calibration_texts  # noqa:
 from embtool.core.errors import InputError
 from embtool.core.model import Model, weight_view
 from embtool.core.phases import Phases
+from embtool.core.threads import cpu_threads
 
 EMB_COARSE_GROUPS = (128, 64, 32)  # the token table's alternative group size in mixed precision: the first that fits
 SIGMA_REL = 0.05  # probe size relative to the tensor's RMS (the scale of 4-bit quantization noise)
@@ -312,6 +313,7 @@ def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
     phases = Phases()
     with phases("probe_setup"):  # the float model's forward pass, its tensors cached at every cut
         probe = SensitivityProbe(m, names, emb, texts, req.threads)
+    workers = cpu_threads(req.threads)  # round-to-nearest's threads
     measured = getattr(req, "sensitivity", "measured") == "measured"
     rng = np.random.default_rng(req.seed)
     if progress is not None:
@@ -357,9 +359,9 @@ def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
                 continue
             with phases("round_to_nearest" if k == emb or k not in gptq_done else "gptq"):
                 if k == emb:
-                    q = QA.quantize(np.asarray(W[used], np.float32) if measured else W, b, g, sym)
+                    q = QA.quantize(np.asarray(W[used], np.float32) if measured else W, b, g, sym, workers=workers)
                 else:
-                    q = gptq_done[k][own.index(j)] if k in gptq_done else QA.quantize_matrix(W, b, g, sym)
+                    q = gptq_done[k][own.index(j)] if k in gptq_done else QA.quantize_matrix(W, b, g, sym, workers=workers)
             cache[(k, j)] = q
             costs[i, j] = cost(k, W.shape, b, g, sym)
             if not measured:
@@ -393,7 +395,7 @@ def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
     if emb in names and measured:  # the whole table at its chosen width
         b, g, sym = options[int(picks[names.index(emb)])]
         with phases("round_to_nearest"):
-            report_cache[emb] = QA.quantize(ws.get(emb), b, g, sym)
+            report_cache[emb] = QA.quantize(ws.get(emb), b, g, sym, workers=workers)
     for i, k in enumerate(names):
         if measured:  # the error of the chosen option only (it feeds the report, not the plan)
             errs[i, int(picks[i])] = _error(ws.get(k), report_cache[k], grams.get(k), rows_w if k == emb else None)

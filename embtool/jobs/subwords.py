@@ -22,12 +22,13 @@ from embtool.algorithms import factorize as FA
 from embtool.algorithms import subwords as SW
 from embtool.algorithms import vocab as VA
 from embtool.core.errors import BadUsage, InputError, Unsupported
+from embtool.core.formats.record import provenance, write_model_record
 from embtool.core.model import FACTOR_F, FACTOR_P, Model, find_vocab_tensors, open_model, read_json
 from embtool.core.model_out import copy_unchanged, metadata_json, updated_config, write_configs, write_weights
 from embtool.core.texts import iter_texts
 from embtool.core.tokenizer_io import TokenizerJson, encode_batch
 from embtool.core.word_vectors import WordVectors, corpus_words, read_word_vectors
-from embtool.core.writer import OutputFolder, provenance
+from embtool.core.writer import OutputFolder
 from embtool.jobs.fidelity import OutputRequest, check_runnable, evaluate_output
 
 METHODS = ("ofa", "fvt", "random")
@@ -385,7 +386,7 @@ def run_init_subwords(req: InitRequest, progress=None) -> dict[str, Any]:
     cfg, cfg_notes = _config(m, tgt, recipe.size)
     notes += cfg_notes
     args = {k: v for k, v in req.__dict__.items() if k not in ("output", "force")}
-    prov = provenance("init-subwords", {**args, "method": method}, {"model": m.fingerprint(), "tokenizer": tgt.fingerprint()},
+    prov = provenance("init-subwords", {**args, "method": method}, m, {"tokenizer": tgt.fingerprint()},
                       {"init_subwords": {"method": method, "vocab_before": int(V_src), "vocab_after": recipe.size, **counts},
                        **({"factorization": {"rank": int(P.shape[0]), "table": vt.name}} if P is not None else {})})
     with OutputFolder(req.output, req.force, inputs=[m.root]) as out:
@@ -419,7 +420,7 @@ def run_init_subwords(req: InitRequest, progress=None) -> dict[str, Any]:
             save_onnx(om, out, prov, rel=str(m.weight_path.relative_to(m.root)))
         if m.config or (m.root / "config.json").is_file():
             write_configs(m, out, cfg)
-        out.write_json("embtool.json", {**m.embtool_meta(), **prov})
+        write_model_record(out, m, prov, summary)
         summary.update(bytes_before=m.weight_bytes(), bytes_after=open_model(out.path).weight_bytes(),
                        plan_seconds=round(t_plan, 2))
         if checkable:
