@@ -123,7 +123,7 @@ def test_selection_flags_and_dry_run(tmp_path, tiny_bert):
     r = run_cli(["trim-vocab", tiny_bert, "-c", tmp_path / "c.txt", "--dry-run", "--json"])
     dry = json.loads(r.stdout)
     assert r.exit_code == 0 and dry["vocab_after"] == dflt["vocab_after"]
-    assert abs(dry["bytes_after_estimate"] - dflt["bytes_after"]) < 0.01 * dflt["bytes_after"]
+    assert abs(dry["bytes_after_estimate"] - dflt["bytes_after"]) < 0.02 * dflt["bytes_after"]  # headers not counted
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "cov", "dflt", "full", "top"]
     # --script Latin without a corpus
     r = run_cli(["trim-vocab", tiny_bert, "--script", "Latin", "-o", tmp_path / "latin", "--json"])
@@ -144,7 +144,7 @@ def test_min_cosine_gate(tmp_path, tiny_bert):
                  "--min-cosine", "0.99999", "-o", tmp_path / "out"])
     assert r.exit_code == 3 and "below --min-cosine" in r.stderr and not (tmp_path / "out").exists()
     r = run_cli(["trim-vocab", tiny_bert, "-c", tmp_path / "c.txt", "--eval", tmp_path / "h.txt", "--min-cosine", "0.5",
-                 "-o", tmp_path / "out", "--json"])
+                 "--extra", "none", "-o", tmp_path / "out", "--json"])
     assert r.exit_code == 0
     e = json.loads(r.stdout)["eval"]
     # French held-out text on a model trimmed to English: most texts tokenize differently (measured 0.14

@@ -107,7 +107,10 @@ SCHEMAS = {
                   "properties": {"mode": {"enum": ["auto", "all"]}, "single_characters": INT, "candidates": INT,
                                  "tokens": {**INT, "description": "of the candidates (the model's most common tokens of the "
                                             "corpus' characters), the first kept"},
-                                 "split_texts": INT, "target": SHARE, "split_missed_tokens": INT,
+                                 "split_texts": INT, "split_missed_tokens": INT,
+                                 "split_coverage": {**SHARE, "description": "auto: the share of what a held-out split of "
+                                                    "the corpus needs beyond the other lines' tokens that the extra tokens "
+                                                    "cover (the held-out coverage predicted)"},
                                  "max_bytes": {**INT, "description": "auto: the extra rows' bytes at most"},
                                  "capped": {**BOOL, "description": "auto: max_bytes kept fewer than the fit asked for"}},
                   "additionalProperties": False},

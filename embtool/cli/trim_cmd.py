@@ -25,8 +25,8 @@ def render(s: dict) -> str:
     if s.get("extra"):
         x = s["extra"]
         rows = s.get("extra_rows")
-        fit = (f", fitted to cover {100 * x['target']:.0f}% of what a held-out split of {x['split_texts']:,} corpus texts "
-               f"missed" if "target" in x else "")
+        fit = (f"; they cover {100 * x['split_coverage']:.1f}% of what a held-out split of {x['split_texts']:,} corpus "
+               f"texts needs beyond the others' tokens" if "split_coverage" in x else "")
         lines.append(f"extra        {x['single_characters'] + x['tokens']:,} tokens the corpus did not use ({x['single_characters']:,} "
                      f"single characters, {x['tokens']:,} of {x['candidates']:,} tokens of its characters{fit})"
                      + (f"; rows at {rows['bits']} bits" if rows else ""))

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from embtool.core.errors import CorruptFile, ModelNotFound, UnsafeModel
+from embtool.core.errors import CorruptFile, ModelNotFound, UnsafeModel, Unsupported
 from embtool.core.safetensors_io import SafetensorsFile, TensorInfo
 from embtool.core.st_config import SentenceTransformersInfo, read_st_info
 from embtool.core.tokenizer_io import TokenizerJson
@@ -537,6 +537,14 @@ def tail_rows(model: Model, table: str) -> int:
     base = table[: -len(".weight")] if table.endswith(".weight") else table[: -len(".qweight")] if table.endswith(".qweight") else table
     info = read_record(model.weights.metadata, str(model.root)).get(base + TAIL)
     return int(info["shape"][0]) if info else 0
+
+
+def refuse_tail(model: Model, command: str) -> None:
+    """A command that rewrites the token table itself (factorize, init-subwords) takes no soft-trimmed tail."""
+    vt = find_vocab_tensors(model)
+    if vt and tail_rows(model, vt[0].name):
+        raise Unsupported(f"{model.root}: its token table has a packed tail of extra tokens (trim-vocab --extra); {command} "
+                          "the float table: `embtool dequantize` it first, or trim with --extra-bits 32")
 
 
 def find_vocab_tensors(model: Model) -> list[VocabTensor]:
