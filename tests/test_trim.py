@@ -238,6 +238,11 @@ def test_card_prompts_are_kept_and_measured_with(tmp_path, tiny_models):
     b = open_model(tmp_path / "out").tokenizer.runtime()
     for text in ("passage: " + lines[0], "query: " + lines[1]):
         assert a.encode(text).tokens == b.encode(text).tokens
+    # shrink (its trim step) warns too, and its --json summary carries the note
+    r = run_cli(["shrink", model, "-c", tmp_path / "c.txt", "--max-size", "60KB", "-o", tmp_path / "shr", "--json"])
+    assert r.exit_code == 0, r.stderr
+    assert "model card says" in r.stderr and any("model card says" in n for n in json.loads(r.stdout)["notes"])
+    assert json.loads(r.stdout)["eval"]["prefix"] == "passage: "
     r = run_cli(["trim-vocab", model, "-c", tmp_path / "c.txt", "-o", tmp_path / "out2", "--prefix", "query: ", "--json"])
     assert r.exit_code == 0 and "model card" not in r.stderr
     assert json.loads(r.stdout)["prefixes"] == ["query: "]

@@ -146,7 +146,8 @@ def run_shrink(req: ShrinkRequest, progress=None, say: Callable[[str], None] = l
         summary: dict[str, Any] = {"model": str(req.model), "output": req.output, "max_size": req.max_size,
                                    "bytes_before": bytes_before, "bytes_after": size, "share": size / bytes_before,
                                    "steps": steps, "training_lines": n_train, "eval": ev,
-                                   "eval_seconds": round(time.perf_counter() - t, 2), "phases": phases.as_dict()}
+                                   "eval_seconds": round(time.perf_counter() - t, 2), "phases": phases.as_dict(),
+                                   "notes": [f"trim-vocab: {n}" for n in trim.get("notes", [])]}
         say(f"held-out ({len(held)} texts): cosine mean {ev['cosine_mean']:.4f}, min {ev['cosine_min']:.4f}, "
             f"recall@10 {ev['recall@10']:.3f} vs the original")
         if not gate(summary, req):
