@@ -71,7 +71,10 @@ def test_chained_pipelines(tmp_path, tiny_bert):
     assert F.shape == (json.loads(r.stdout)["vocab_after"], 16)
     assert np.min(np.sum(_emb(tmp_path / "f", texts) * _emb(tmp_path / "ft", texts), 1)) >= 0.99999
     # trim-vocab -> factorize -> quantize: F quantized (P float); embeds as predicted by the dequantized model
-    assert run_cli(["trim-vocab", tiny_bert, "-c", corpus, "-o", tmp_path / "t", "--quiet"]).exit_code == 0
+    assert run_cli(["trim-vocab", tiny_bert, "-c", corpus, "-o", tmp_path / "soft", "--quiet"]).exit_code == 0
+    r = run_cli(["factorize", tmp_path / "soft", "--rank", "16", "-o", tmp_path / "x", "--quiet"])  # a packed tail: refused
+    assert r.exit_code == 1 and "packed tail" in r.stderr and not (tmp_path / "x").exists()
+    assert run_cli(["trim-vocab", tiny_bert, "-c", corpus, "--extra-bits", "32", "-o", tmp_path / "t", "--quiet"]).exit_code == 0
     assert run_cli(["factorize", tmp_path / "t", "--rank", "16", "-o", tmp_path / "tf", "--quiet"]).exit_code == 0
     r = run_cli(["quantize", tmp_path / "tf", "--bits", "8", "--group-size", "16", "-o", tmp_path / "tfq", "--quiet"])
     assert r.exit_code == 0, r.stderr

@@ -60,10 +60,10 @@ def test_every_model_writer_checks_its_output_by_default(tmp_path, tiny_models, 
 def test_low_fidelity_warns_and_min_cosine_gates_the_default_check(tmp_path, tiny_bert):
     corpus = tmp_path / "c.txt"
     corpus.write_text("the dog\n")  # trimmed to a handful of tokens: far from the input on the sample
-    r = run_cli(["trim-vocab", tiny_bert, "-c", corpus, "-o", tmp_path / "t", "--quiet"])
+    r = run_cli(["trim-vocab", tiny_bert, "-c", corpus, "-o", tmp_path / "t", "--extra", "none", "--quiet"])
     assert r.exit_code == 0 and (tmp_path / "t").is_dir()
     assert "warning: the output is far from the input: mean cosine" in r.stderr and "built-in sample" in r.stderr
-    r = run_cli(["trim-vocab", tiny_bert, "-c", corpus, "-o", tmp_path / "t2", "--min-cosine", "0.95", "--quiet"])
+    r = run_cli(["trim-vocab", tiny_bert, "-c", corpus, "-o", tmp_path / "t2", "--extra", "none", "--min-cosine", "0.95", "--quiet"])
     assert r.exit_code == 3 and not (tmp_path / "t2").exists()
     r = run_cli(["trim-vocab", tiny_bert, "-c", corpus, "-o", tmp_path / "t3", "--min-cosine", "0.95", "--no-eval"])
     assert r.exit_code == 2 and "--min-cosine needs the fidelity check" in r.stderr

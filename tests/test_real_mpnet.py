@@ -58,7 +58,7 @@ def test_mpnet_trim_vocab_is_identical_on_training_text(mpnet, tmp_path):
                  "--eval-limit", "200", "--json"])
     assert r.exit_code == 0, r.stderr
     s = json.loads(r.stdout)
-    assert s["vocab_after"] < 0.4 * s["vocab_before"]
+    assert s["vocab_after"] - s["extra_rows"]["rows"] < 0.4 * s["vocab_before"]  # the extra tokens: packed at 2 bits
     assert s["eval"]["identical_tokenization"] == 1.0
     assert s["eval"]["cosine_min"] > 0.99999
 

@@ -52,6 +52,29 @@ def test_shrink_trims_quantizes_to_the_budget_and_measures_on_held_out_lines(tin
     assert s["eval"]["texts"] == len(held) and s["training_lines"] == len(lines) - len(held)
     ref = embtool.compare_models(tiny_bert, tmp_path / "out", held)
     assert abs(ref["cosine_mean"] - s["eval"]["cosine_mean"]) < 1e-5 and 0.5 < s["eval"]["cosine_mean"] < 1.0
+    # what was lost is named: the held-out texts tokenized as before, the worst texts by their first words
+    from embtool.core.model import open_model
+
+    from embtool.jobs.fidelity import identical_tokenization
+
+    a, b = open_model(tiny_bert).tokenizer.runtime(), open_model(tmp_path / "out").tokenizer.runtime()
+    same = np.mean([a.encode(t).tokens == b.encode(t).tokens for t in held])
+    assert s["eval"]["identical_tokenization"] == pytest.approx(same) and same > 0.5
+    fr = corpus_lines("fr", 60, 500)  # text of another language, on the corpus' own tokens: some of it splits differently
+    assert run_cli(["trim-vocab", tiny_bert, "-c", corpus, "--extra", "none", "-o", tmp_path / "en", "--no-eval"]).exit_code == 0
+    c = open_model(tmp_path / "en").tokenizer.runtime()
+    share = np.mean([a.encode(t).tokens == c.encode(t).tokens for t in fr])
+    assert identical_tokenization(open_model(tiny_bert), open_model(tmp_path / "en"), fr) == pytest.approx(share) and share < 0.9
+    worst = s["eval"]["worst"]
+    assert len(worst) == 3 and worst[0]["cosine"] == pytest.approx(s["eval"]["cosine_min"], abs=1e-6)
+    assert [w["cosine"] for w in worst] == sorted(w["cosine"] for w in worst)
+    assert any(t.startswith(worst[0]["text"].removesuffix(" ...")) for t in held)
+    # where the time went: every phase of the pipeline, wall and CPU seconds
+    ph = s["phases"]
+    for name in ("split", "trim", "trim.counting", "quantize", "quantize.statistics", "quantize.probe_setup",
+                 "quantize.sensitivity", "quantize.gptq", "measurement"):
+        assert ph["seconds"][name] >= 0 and name in ph["seconds"], name
+    assert ph["seconds"]["trim.counting"] <= ph["seconds"]["trim"] and ph["seconds"]["quantize.sensitivity"] <= ph["seconds"]["quantize"]
     # what it wrote runs, and says how it was made
     info = embtool.inspect(tmp_path / "out")
     assert [p["command"] for p in info["provenance"]][-3:] == ["trim-vocab", "quantize", "shrink"]
@@ -73,10 +96,10 @@ def test_shrink_gate_infeasible_budget_and_bad_input_write_nothing(tiny_bert, tm
     corpus, _ = _corpus(tmp_path)
     before = _leftovers()
     budget = str(int(0.45 * embtool.inspect(tiny_bert)["bytes"]["weights_file"]))
-    r = run_cli(["shrink", tiny_bert, "-c", corpus, "--max-size", budget, "--min-cosine", "0.9999", "-o", tmp_path / "g", "--json"])
+    r = run_cli(["shrink", tiny_bert, "-c", corpus, "--max-size", budget, "--min-cosine", "0.999999", "-o", tmp_path / "g", "--json"])
     assert r.exit_code == 3 and not (tmp_path / "g").exists()
     s = json.loads(r.stdout)
-    assert not s["passed"] and not s["written"] and "below --min-cosine 0.9999" in s["gate"]["message"]
+    assert not s["passed"] and not s["written"] and "below --min-cosine 0.999999" in s["gate"]["message"]
     r = run_cli(["shrink", tiny_bert, "-c", corpus, "--max-size", "1KB", "-o", tmp_path / "i", "--quiet"])
     assert r.exit_code == 1 and "infeasible" in r.stderr and r.stderr.count("\n") == 1 and not (tmp_path / "i").exists()
     (tmp_path / "tiny.txt").write_text("one line\ntwo lines\n")

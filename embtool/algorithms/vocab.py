@@ -188,17 +188,18 @@ def required_ids(tok: dict[str, Any], chars: Iterable[str]) -> set[int]:
     return req
 
 
-def rewrite_tokenizer(tok: dict[str, Any], kept_old_ids: np.ndarray) -> tuple[dict[str, Any], dict[int, int]]:
-    """A new tokenizer.json keeping exactly `kept_old_ids` (sorted), renumbered 0..n-1 in their
-    original order; returns (document, old id -> new id). BPE merges whose parts or result are gone
-    are dropped; added tokens, unk ids and post-processor ids are remapped."""
+def rewrite_tokenizer(tok: dict[str, Any], kept_old_ids: np.ndarray, sort: bool = True) -> tuple[dict[str, Any], dict[int, int]]:
+    """A new tokenizer.json keeping exactly `kept_old_ids`, renumbered 0..n-1 in their original order (sort=False: in
+    the order given, e.g. a soft-trimmed table's own rows first, then its tail's); returns (document, old id -> new
+    id). BPE merges whose parts or result are gone are dropped; added tokens, unk ids and post-processor ids are
+    remapped. The order of ids changes no tokenization (WordPiece and BPE look tokens up by text, Unigram by score)."""
     # copy only what changes (a deep copy of a 250k-piece vocabulary costs seconds)
     new = dict(tok)
     new["model"] = dict(tok["model"])
     for key in ("post_processor", "padding"):
         if key in new:
             new[key] = copy.deepcopy(tok[key])
-    kept = [int(i) for i in np.sort(kept_old_ids)]
+    kept = [int(i) for i in (np.sort(kept_old_ids) if sort else kept_old_ids)]
     remap = {old: new_id for new_id, old in enumerate(kept)}
     model = new["model"]
     mtype = model["type"]
@@ -268,3 +269,79 @@ def unk_id(tok: dict[str, Any], ids: dict[str, int] | None = None) -> int | None
     if not model.get("unk_token"):
         return None
     return (ids if ids is not None else tokenizer_ids(tok)).get(model["unk_token"])
+
+
+# ----------------------------------------------------------------------------------------------
+# Generalising beyond the corpus: what held-out text of the same language will need
+# ----------------------------------------------------------------------------------------------
+
+def token_bodies(tok: dict[str, Any]) -> list[str | None]:
+    """The text of each id without its markers (byte-level BPE tokens decoded from their bytes; None when they
+    are not whole UTF-8 characters), None for ids without a token."""
+    model = tok["model"]
+    if model["type"] == "Unigram":
+        toks: list[str | None] = [p[0] for p in model["vocab"]]
+    else:
+        toks = [None] * (max(model["vocab"].values(), default=-1) + 1)
+        for t, i in model["vocab"].items():
+            toks[i] = t
+    byte_level = model["type"] == "BPE" and ("ByteLevel" in str(tok.get("pre_tokenizer")) or "ByteLevel" in str(tok.get("decoder")))
+    if byte_level:
+        inv = {c: b for b, c in bytes_to_unicode().items()}
+
+        def body(t: str) -> str | None:
+            try:
+                return bytes(inv[c] for c in t).decode("utf-8").strip()
+            except (KeyError, UnicodeDecodeError):
+                return None
+
+        return [None if t is None else body(t) for t in toks]
+    prefix = model.get("continuing_subword_prefix") or "##"
+    return [None if t is None else strip_markers(t[len(prefix):] if t.startswith(prefix) else t) for t in toks]
+
+
+def token_prior(tok: dict[str, Any]) -> np.ndarray:
+    """The model's own evidence of how common each token is, as a rank (0 = most common): a Unigram piece's
+    log-probability (its score), a BPE token's merge rank (merges were learned most frequent first; base symbols
+    first), a WordPiece id (vocabularies are written most frequent first after their characters)."""
+    model = tok["model"]
+    if model["type"] == "Unigram":
+        scores = np.array([float(p[1]) if len(p) > 1 else 0.0 for p in model["vocab"]])
+        prior = np.empty(len(scores))
+        prior[np.argsort(-scores, kind="stable")] = np.arange(len(scores))
+        return prior
+    vocab = model["vocab"]
+    V = max(vocab.values(), default=-1) + 1
+    if model["type"] == "BPE":
+        prior = np.zeros(V)
+        for rank, (a, b) in enumerate(_merge_pairs(model.get("merges", []))):
+            i = vocab.get(a + b)
+            if i is not None and prior[i] == 0:
+                prior[i] = rank + 1
+        return prior
+    return np.arange(V, dtype=float)
+
+
+def single_characters(bodies: list[str | None], scripts: set[str]) -> np.ndarray:
+    """Mask of the tokens that are one character (any marker form) of `scripts` or of no script (digits,
+    punctuation, symbols): what keeps every character of those scripts from becoming the unknown token."""
+    return np.array([b is not None and len(b) == 1 and char_script(b) in scripts | {"Common"} for b in bodies], dtype=bool)
+
+
+def made_of(bodies: list[str | None], chars: set[str]) -> np.ndarray:
+    """Mask of the tokens whose text is made of `chars` only (e.g. the characters a corpus uses)."""
+    return np.array([bool(b) and all(c in chars for c in b) for b in bodies], dtype=bool)
+
+
+def extra_order(candidates: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """The candidate ids, most common first by the model's own evidence (ties: smaller id first)."""
+    ids = np.flatnonzero(candidates)
+    return ids[np.lexsort((ids, prior[ids]))]
+
+
+def covered_share(order: np.ndarray, misses: np.ndarray, n: int) -> float:
+    """The share of `misses` (occurrences, per id, of the tokens a held-out split used that the selection made without
+    it lacks) that the first `n` ids of `order` cover: the held-out coverage a choice of extra tokens predicts
+    (1.0 when nothing is missed)."""
+    total = float(misses.sum())
+    return float(misses[order[:n]].sum() / total) if total > 0 else 1.0

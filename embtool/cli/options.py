@@ -207,9 +207,14 @@ def bytes_line(before: int, after: int) -> str:
 
 
 def eval_line(e: dict, what: str = "") -> str:
-    """The `held-out` line of a summary from an --eval result (fidelity.compare)."""
-    return (f"held-out     {e['texts']} texts{eval_source(e)}{what}: cosine mean {e['cosine_mean']:.5f}, min {e['cosine_min']:.5f}; "
-            f"recall@10 agreement {e['recall_at_10']:.3f}")
+    """The `held-out` line of a summary from an --eval result (fidelity.compare), and its worst texts."""
+    return "\n".join([f"held-out     {e['texts']} texts{eval_source(e)}{what}: cosine mean {e['cosine_mean']:.5f}, "
+                      f"min {e['cosine_min']:.5f}; recall@10 agreement {e['recall_at_10']:.3f}", *worst_lines(e)])
+
+
+def worst_lines(e: dict) -> list[str]:
+    """The `worst` lines of a summary: the held-out texts that lost most (cosine, first words)."""
+    return [f"worst        {w['cosine']:.4f}  {w['text']}" for w in e.get("worst", [])]
 
 
 def eval_source(e: dict) -> str:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from embtool import api
-from embtool.cli.options import InputPath, common_options, emit_summary, force_option, human_bytes, model_argument, progress_bar
+from embtool.cli.options import (InputPath, common_options, emit_summary, force_option, human_bytes, model_argument, progress_bar,
+                                 worst_lines)
 from embtool.cli.quantize_cmd import BitsList, Size
 
 
@@ -20,8 +21,10 @@ def render(s: dict) -> str:
     lines.append(f"bytes        {human_bytes(s['bytes_before'])} -> {human_bytes(s['bytes_after'])} ({100 * s['share']:.1f}%; "
                  f"budget {human_bytes(s['max_size'])})")
     e = s["eval"]
-    lines.append(f"held-out     {e['texts']} texts of the corpus (kept aside), vs the original model: cosine mean "
+    lines.append(f"held-out     {e['texts']} texts of the corpus (kept aside), vs the original model: "
+                 f"{100 * e['identical_tokenization']:.1f}% tokenized identically; cosine mean "
                  f"{e['cosine_mean']:.4f}, min {e['cosine_min']:.4f}; recall@10 {e['recall_at_10']:.3f}")
+    lines += worst_lines(e)
     lines.append(f"wrote        {s['output']} ({s['seconds']} s)" if s.get("written") else "nothing written")
     return "\n".join(lines)
 

@@ -540,3 +540,47 @@ def _code(s: Any) -> str:
 def _md(s: Any) -> str:
     """Text for Markdown prose: Markdown and HTML characters escaped."""
     return re.sub(r"([\\`*_{}\[\]()<>#+!|~])", r"\\\1", _code(s))
+
+
+# ---------------------------------------------------------------------------------------------- prompts the card documents
+MAX_PROMPT_CHARS = 200
+
+_NOMIC = re.compile(r"""\b(search_(?:query|document|clustering|classification)): ?""")
+_REPRESENT = re.compile(r"""["'`](Represent this sentence[^"'`\n]{0,160}?: ?)["'`]""")
+# sentence-transformers' usage code: prompts={"query": "...", ...} or SentenceTransformer(..., prompts={...})
+_ST_PROMPTS = re.compile(r"""prompts\s*=\s*\{([^{}]{0,2000})\}""")
+_PAIR = re.compile(r"""["']([A-Za-z_][\w-]{0,40})["']\s*:\s*(["'])(.{1,%d}?)\2""" % MAX_PROMPT_CHARS)
+
+
+def card_text(folder: Path) -> str:
+    """The head of the folder's model card as text (MAX_BASE_CARD bytes at most: a card's usage section is near its
+    top, the rest is MTEB tables; undecodable bytes replaced); "" when it has none."""
+    p = Path(folder) / CARD
+    if not p.is_file():
+        return ""
+    try:
+        with open(p, "rb") as f:
+            return f.read(MAX_BASE_CARD).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def card_prompts(text: str) -> dict[str, str]:
+    """{name: prompt text} a card (card_text) documents for a model that declares none (many embedding models are
+    trained with a text before every input but ship no config_sentence_transformers.json prompts: only the card says
+    so, in prose or in its usage code). Only the prompt strings are taken, nothing else of the card is trusted. In a
+    fixed order: e5's `query: `/`passage: `, nomic's `search_*: `, bge's `Represent this sentence...: ` (as "query"),
+    and sentence-transformers `prompts={...}` in usage code."""
+    out: dict[str, str] = {}
+    for m in _ST_PROMPTS.finditer(text):
+        for name, _, value in _PAIR.findall(m.group(1)):
+            out.setdefault(name, value)
+    for name in ("query", "passage"):  # quoted, or starting a string of the usage code
+        if re.search(r"""["'`]%s: """ % name, text):
+            out.setdefault(name, f"{name}: ")
+    for m in _NOMIC.finditer(text):
+        out.setdefault(m.group(1).split("_", 1)[1], m.group(1) + ": ")
+    m = _REPRESENT.search(text)
+    if m:
+        out.setdefault("query", m.group(1) if m.group(1).endswith(" ") else m.group(1) + " ")
+    return {k: v for k, v in out.items() if v.strip() and len(v) <= MAX_PROMPT_CHARS}

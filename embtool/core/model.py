@@ -19,7 +19,7 @@ import numpy as np
 
 from embtool.core.architectures import (SUPPORTED, Arch, check_value, find_token_table, model_type, read_arch,
                                         table_width)
-from embtool.core.errors import CorruptFile, ModelNotFound, UnsafeModel
+from embtool.core.errors import CorruptFile, ModelNotFound, UnsafeModel, Unsupported
 from embtool.core.hub import HubSource, blob_roots, resolve_model, resolve_tokenizer
 from embtool.core.safetensors_io import SafetensorsFile, TensorInfo
 from embtool.core.st_config import SentenceTransformersInfo, read_st_info
@@ -439,7 +439,7 @@ def check_config_against_weights(model: Model) -> None:
         problems.append(f"{heads[0]} = {heads[1]} does not divide {hidden[0]} = {hidden[1]}")
     table = find_token_table(cfg, ws)
     if table is not None:
-        rows = ws.info(table.rows).shape[0]
+        rows = ws.info(table.rows).shape[0] + tail_rows(model, table.rows)
         vocab = _first_int(cfg, "vocab_size")
         if vocab and vocab[1] != rows:
             problems.append(f"vocab_size = {vocab[1]:,} but the token-embedding table has {rows:,} rows")
@@ -608,6 +608,31 @@ class VocabTensor:
     nbytes: int
 
 
+# A soft-trimmed token table (trim-vocab): the rows of tokens the corpus did not use follow the table's own rows, packed
+# at a few bits as BASE.tail.qweight / .scales / .qzeros (quantization record entry BASE.tail); ids >= the table's rows
+# read them. The vocabulary is the table's rows plus the tail's.
+TAIL = ".tail"
+
+
+def tail_rows(model: Model, table: str) -> int:
+    """Rows of the soft-trimmed tail after the token table `table` (a tensor name), 0 when it has none."""
+    from embtool.core.qrecord import read_record
+
+    if model.format != "safetensors":
+        return 0
+    base = table[: -len(".weight")] if table.endswith(".weight") else table[: -len(".qweight")] if table.endswith(".qweight") else table
+    info = read_record(model.weights.metadata, str(model.root)).get(base + TAIL)
+    return int(info["shape"][0]) if info else 0
+
+
+def refuse_tail(model: Model, command: str) -> None:
+    """A command that rewrites the token table itself (factorize, init-subwords) takes no soft-trimmed tail."""
+    vt = find_vocab_tensors(model)
+    if vt and tail_rows(model, vt[0].name):
+        raise Unsupported(f"{model.root}: its token table has a packed tail of extra tokens (trim-vocab --extra); {command} "
+                          "the float table: `embtool dequantize` it first, or trim with --extra-bits 32")
+
+
 def find_vocab_tensors(model: Model) -> list[VocabTensor]:
     """Every tensor that has a vocabulary axis, with its role. The first is the input embedding: the token table in
     its stored form (`find_token_table`: float, OFA factor F, packed codes), then the other stored parts of the table
@@ -622,7 +647,7 @@ def find_vocab_tensors(model: Model) -> list[VocabTensor]:
     V = ws.info(table.rows).shape[0]
     out: list[VocabTensor] = [_vt(ws, table.rows, table.role, 0)]
     for k in ws.keys():
-        if k == table.rows:
+        if k == table.rows or TAIL + "." in k:
             continue
         info = ws.info(k)
         if not info.shape:

@@ -82,6 +82,7 @@ class SentenceTransformersInfo:
     do_lower_case: bool = False
     prompts: dict[str, str] = field(default_factory=dict)
     default_prompt_name: str | None = None
+    card_prompts: dict[str, str] = field(default_factory=dict)  # documented by the model card only (core.card), when none are declared
     unsupported: list[str] = field(default_factory=list)  # module types embtool cannot run
 
     @property
@@ -105,10 +106,7 @@ class SentenceTransformersInfo:
 
     def document_prompt(self) -> str | None:
         """The prompt `encode_document` uses: the first of "document", "passage", "corpus"."""
-        for name in ("document", "passage", "corpus"):
-            if name in self.prompts:
-                return self.prompts[name]
-        return None
+        return document_prompt_of(self.prompts)
 
     def prompt_texts(self) -> list[str]:
         """The distinct non-empty prompt texts, in the config's order."""
@@ -117,6 +115,10 @@ class SentenceTransformersInfo:
             if v and v not in out:
                 out.append(v)
         return out
+
+    def expected_prompts(self) -> dict[str, str]:
+        """The prompts the model's texts are read with: the declared ones, else those its card documents."""
+        return self.prompts or self.card_prompts
 
 
 def _read(path: Path) -> Any:
@@ -238,6 +240,11 @@ def resolve_max_seq_length(module_cfg: dict[str, Any], tokenizer_cfg: dict[str, 
     return tml if tml is not None else mpe
 
 
+def document_prompt_of(prompts: dict[str, str]) -> str | None:
+    """The document prompt among `prompts`, as `encode_document` picks it: "document", "passage", then "corpus"."""
+    return next((prompts[n] for n in ("document", "passage", "corpus") if n in prompts), None)
+
+
 def read_st_info(root: Path, config: dict[str, Any] | None = None) -> SentenceTransformersInfo:
     """Everything sentence-transformers reads from the folder besides the transformer's own weights."""
     root = Path(root)
@@ -288,6 +295,10 @@ def read_st_info(root: Path, config: dict[str, Any] | None = None) -> SentenceTr
             if not isinstance(dp, str) or dp not in info.prompts:
                 raise CorruptFile(f"{cst}: default_prompt_name {dp!r} is not one of its prompts")
             info.default_prompt_name = dp
+    if not info.prompts:
+        from embtool.core.card import card_prompts, card_text
+
+        info.card_prompts = card_prompts(card_text(root))
     return info
 
 
@@ -315,16 +326,17 @@ def resolve_prompt(info: SentenceTransformersInfo, prompt_name: str | None, pref
 
 def counting_prefixes(info: SentenceTransformersInfo, given: list[str] | None) -> list[str]:
     """The prefixes a corpus is read with when counting the tokens a model will see: the given ones, else
-    the plain text and each of the model's prompts (prompt + text is what the model is fed)."""
+    the plain text and each of the model's prompts (prompt + text is what the model is fed): the declared ones, else
+    those its model card documents (`SentenceTransformersInfo.card_prompts`)."""
     if given:
         return list(dict.fromkeys(given))
-    return ["", *info.prompt_texts()]
+    return ["", *dict.fromkeys(v for v in info.expected_prompts().values() if v)]
 
 
 def eval_prefix_for(info: SentenceTransformersInfo, prefixes: list[str]) -> str:
-    """The prefix held-out texts are evaluated with: the model's document prompt when it is among the
-    counting prefixes, else the first non-empty one, else none."""
-    doc = info.document_prompt()
+    """The prefix held-out texts are evaluated with: the model's document prompt (declared, else documented by its
+    card) when it is among the counting prefixes, else the first non-empty one, else none."""
+    doc = document_prompt_of(info.expected_prompts())
     if doc and doc in prefixes:
         return doc
     return next((p for p in prefixes if p), "")

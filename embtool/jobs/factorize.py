@@ -12,7 +12,7 @@ from embtool.algorithms import factorize as FA
 from embtool.core.errors import InputError, Unsupported
 from embtool.core.architectures import FACTOR_F, FACTOR_P, find_token_table
 from embtool.core.formats.record import provenance, write_model_record
-from embtool.core.model import Model, find_vocab_tensors, onnx_embedding_gather, open_model
+from embtool.core.model import Model, find_vocab_tensors, onnx_embedding_gather, open_model, refuse_tail
 from embtool.core.model_out import copy_unchanged, metadata_json, updated_config, write_configs, write_derived_model, write_weights
 from embtool.core.writer import OutputFolder
 from embtool.jobs.fidelity import ConvertRequest, OutputRequest, check_conversion, check_runnable, evaluate_output
@@ -45,6 +45,7 @@ def embedding_table(m: Model, command: str = "factorize") -> tuple[str, np.ndarr
         if E.dtype not in (np.float32, np.float16) or E.ndim != 2:
             raise Unsupported(f"{m.root}: the embedding table is {E.dtype}, not float")
         return t.name, E, gather
+    refuse_tail(m, command)
     vt = find_vocab_tensors(m)
     if not vt:
         raise InputError(f"{m.root}: no token-embedding matrix found")

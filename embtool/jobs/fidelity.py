@@ -56,18 +56,47 @@ def neighbour_agreement(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
     return float(np.mean(overlap))
 
 
-def compare(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+WORST = 3  # the held-out texts a summary names, worst cosine first
+WORST_WORDS = 8  # ... by their first words
+
+
+def compare(a: np.ndarray, b: np.ndarray, texts: list[str] | None = None) -> dict[str, Any]:
     """The fidelity figures of embeddings `b` against `a` (the same texts, row by row): mean and min cosine and
-    recall@10. Every figure is a finite number: embeddings that hold NaN or infinity (which the encoder never returns)
-    are an InputError, never a null figure that a gate could let pass."""
+    recall@10; with `texts`, also the WORST texts by cosine (their first words), so that a summary shows what was
+    lost, not only an average. Every figure is a finite number: embeddings that hold NaN or infinity (which the
+    encoder never returns) are an InputError, never a null figure that a gate could let pass."""
     from embtool.core.errors import InputError
 
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise InputError("the embeddings to compare hold NaN or infinite values")
     a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)  # float32 norms overflow from 1.9e19
     cos = np.sum(a64 * b64, 1) / np.maximum(np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1), 1e-12)
-    return {"texts": int(a.shape[0]), "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
-            "recall@10": neighbour_agreement(a, b, 10)}
+    out = {"texts": int(a.shape[0]), "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+           "recall@10": neighbour_agreement(a, b, 10)}
+    if texts is not None:
+        out["worst"] = [{"cosine": float(cos[i]), "text": first_words(texts[i])} for i in np.argsort(cos, kind="stable")[:WORST]]
+    return out
+
+
+def first_words(text: str, n: int = WORST_WORDS) -> str:
+    """The first `n` words of a text (at most 80 characters), with "..." when there is more."""
+    words = text.split()
+    head = " ".join(words[:n])[:80]
+    return head + (" ..." if len(words) > n or len(head) < len(" ".join(words[:n])) else "")
+
+
+def identical_tokenization(orig: Model, new: Model, texts: list[str], prefix: str = "") -> float:
+    """The share of `texts` (after `prefix`) the new model's tokenizer splits into the same tokens as the original's:
+    a text that does not keeps its meaning only as far as the model recovers it from other pieces."""
+    from embtool.core.tokenizer_io import encode_batch
+
+    a_tok, b_tok = orig.tokenizer.runtime(), new.tokenizer.runtime()
+    a_tok.no_truncation()
+    b_tok.no_truncation()
+    seen = [prefix + t for t in texts]
+    same = sum(x.tokens == y.tokens for x, y in zip(encode_batch(a_tok, seen, what="held-out text"),
+                                                   encode_batch(b_tok, seen, what="held-out text")))
+    return same / max(len(texts), 1)
 
 
 def embed_both(orig: Model, new: Model, texts: list[str], threads: int = 0, prefix: str = "",
@@ -123,7 +152,7 @@ def evaluate_output(orig: Model, out, req, summary: dict[str, Any]) -> dict[str,
         return None
     texts, source = got
     cap = SAMPLE_MAX_TOKENS if source["source"] == "built-in sample" else None
-    summary["eval"] = {**compare(*embed_both(orig, new, texts, req.threads, req.eval_prefix, cap)), **source}
+    summary["eval"] = {**compare(*embed_both(orig, new, texts, req.threads, req.eval_prefix, cap), texts), **source}
     warn_if_low(summary["eval"])
     gate(summary, req, out)
     return summary["eval"]

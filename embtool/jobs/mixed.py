@@ -48,6 +48,7 @@ from embtool.algorithms import quantize as QA
 from embtool.core.calibration import CALIB_SENTENCES, calibration_texts  # noqa: F401 (CALIB_SENTENCES re-exported)
 from embtool.core.errors import InputError
 from embtool.core.model import Model, weight_view
+from embtool.core.phases import Phases
 from embtool.core.threads import cpu_threads
 
 EMB_COARSE_GROUPS = (128, 64, 32)  # the token table's alternative group size in mixed precision: the first that fits
@@ -87,8 +88,11 @@ class SensitivityProbe:
         seqs = self.enc.tokenize(texts)
         ids, mask = self.enc.padded(seqs)
         self.token_counts = np.bincount(ids[mask > 0].ravel())
+        if table in self.arrays:  # the table's own rows (ids past it read a soft-trimmed tail, not probed)
+            self.token_counts = self.token_counts[: len(self.arrays[table])]
         if table in self.arrays:  # every id a batch holds, padding included
             rows = np.unique(np.append(ids.ravel(), self.enc.pad_id()))
+            rows = rows[rows < len(self.arrays[table])]  # ids past the table read a soft-trimmed tail (core.model.TAIL)
             self.arrays[table][rows] = built.feeds[table][rows]
         order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
         self.batches = []
@@ -306,7 +310,9 @@ def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
     bits = sorted(req.bits)
     budget = mixed_budget(m, names, req, emb)  # before any heavy work: an infeasible target fails at once
     texts = calibration_texts(req.calib)
-    probe = SensitivityProbe(m, names, emb, texts, req.threads)
+    phases = Phases()
+    with phases("probe_setup"):  # the float model's forward pass, its tensors cached at every cut
+        probe = SensitivityProbe(m, names, emb, texts, req.threads)
     workers = cpu_threads(req.threads)  # round-to-nearest's threads
     measured = getattr(req, "sensitivity", "measured") == "measured"
     rng = np.random.default_rng(req.seed)
@@ -337,11 +343,13 @@ def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
         if measured:
             omega[k] = stderr[k] = None
         else:
-            omega[k], stderr[k], _ = probe.hutchinson(k, req.probes, rng)
+            with phases("sensitivity"):
+                omega[k], stderr[k], _ = probe.hutchinson(k, req.probes, rng)
         if grams.get(k) is not None and k not in gptq_done:
             H = grams[k]
             group = [n for n in names if n != emb and grams.get(n) is H]
-            done = QA.gptq_many([ws.get(n) for n in group], H, [(options[j][0], options[j][2]) for j in own], req.group_size)
+            with phases("gptq"):
+                done = QA.gptq_many([ws.get(n) for n in group], H, [(options[j][0], options[j][2]) for j in own], req.group_size)
             gptq_done.update(zip(group, done))
         sq: dict[int, float] = {}  # ‖Q(W) − W‖² of each option (the token table: its used rows, weighted)
         for j, (b, g, sym) in enumerate(options):
@@ -349,10 +357,11 @@ def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
                 j0 = bits.index(b)
                 cache[(k, j)], costs[i, j], errs[i, j], damages[i, j] = cache[(k, j0)], costs[i, j0], errs[i, j0], damages[i, j0]
                 continue
-            if k == emb:
-                q = QA.quantize(np.asarray(W[used], np.float32) if measured else W, b, g, sym, workers=workers)
-            else:
-                q = gptq_done[k][own.index(j)] if k in gptq_done else QA.quantize_matrix(W, b, g, sym, workers=workers)
+            with phases("round_to_nearest" if k == emb or k not in gptq_done else "gptq"):
+                if k == emb:
+                    q = QA.quantize(np.asarray(W[used], np.float32) if measured else W, b, g, sym, workers=workers)
+                else:
+                    q = gptq_done[k][own.index(j)] if k in gptq_done else QA.quantize_matrix(W, b, g, sym, workers=workers)
             cache[(k, j)] = q
             costs[i, j] = cost(k, W.shape, b, g, sym)
             if not measured:
@@ -366,12 +375,14 @@ def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
             elif j0 is not None and sq[j0] > 0:  # quadratic in the error: the narrower width's measured loss, scaled
                 damages[i, j] = damages[i, j0] * sq[j] / sq[j0]
             else:  # the real loss of the pooled embedding with this tensor alone at b bits
-                damages[i, j] = probe.measured_damage(k, q)
+                with phases("sensitivity"):
+                    damages[i, j] = probe.measured_damage(k, q)
         gptq_done.pop(k, None)
         if progress is not None:
             progress.update(1)
     picks, chosen, total_damage = knapsack.solve(costs, damages, budget)  # feasible: checked by mixed_budget
-    guard = _uniform_guard(probe, names, options, req.group_size, costs, budget, picks, cache)
+    with phases("uniform_guard"):
+        guard = _uniform_guard(probe, names, options, req.group_size, costs, budget, picks, cache)
     if guard is not None and guard["chose"] == "uniform":
         picks = np.full(len(names), guard.pop("option"))
         chosen, total_damage = float(costs[:, picks[0]].sum()), float(damages[:, picks[0]].sum())
@@ -383,7 +394,8 @@ def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
     cache.clear()
     if emb in names and measured:  # the whole table at its chosen width
         b, g, sym = options[int(picks[names.index(emb)])]
-        report_cache[emb] = QA.quantize(ws.get(emb), b, g, sym, workers=workers)
+        with phases("round_to_nearest"):
+            report_cache[emb] = QA.quantize(ws.get(emb), b, g, sym, workers=workers)
     for i, k in enumerate(names):
         if measured:  # the error of the chosen option only (it feeds the report, not the plan)
             errs[i, int(picks[i])] = _error(ws.get(k), report_cache[k], grams.get(k), rows_w if k == emb else None)
@@ -394,7 +406,7 @@ def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
              for i, k in enumerate(names)]
     report = {"bits": bits, "budget_bytes": int(budget), "chosen_bytes": int(chosen), "predicted_damage": total_damage,
               "sensitivity": "measured" if measured else "hessian", "uniform_check": guard, "probes": req.probes, "calib_texts": len(texts), "forward_passes": probe.runs,
-              "seconds": round(time.perf_counter() - t0, 1), "table": table}
+              "seconds": round(time.perf_counter() - t0, 1), "phases": phases.as_dict(), "table": table}
     return plan, report, report_cache
 
 

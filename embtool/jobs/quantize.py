@@ -21,7 +21,8 @@ import numpy as np
 from embtool.algorithms import quantize as QA
 from embtool.core.errors import InputError, Unsupported
 from embtool.core.formats.record import provenance, write_model_record
-from embtool.core.model import NOT_LINEAR, Model, find_vocab_tensors, open_model, weight_view
+from embtool.core.model import NOT_LINEAR, TAIL, Model, find_vocab_tensors, open_model, weight_view
+from embtool.core.phases import Phases
 from embtool.core.qrecord import has_record, read_record, record_metadata
 from embtool.core.model_out import (copy_unchanged, metadata_json, updated_config, write_configs, write_derived_model,
                                     write_weights)
@@ -71,7 +72,7 @@ def select_tensors(m: Model, req: QuantRequest) -> tuple[list[str], str | None]:
         return select_onnx_tensors(m, req)
     ws = m.weights
     assert ws is not None
-    if any(k.endswith(".qweight") for k in ws.keys()) or has_record(ws.metadata):
+    if any(k.endswith(".qweight") and TAIL + "." not in k for k in ws.keys()) or any(not b.endswith(TAIL) for b in input_record(m)):
         raise InputError(f"{m.root} is already quantized (embtool packed weights); quantize the float model instead, "
                          "or `embtool dequantize` it first")
     vt = find_vocab_tensors(m)
@@ -99,6 +100,12 @@ def select_tensors(m: Model, req: QuantRequest) -> tuple[list[str], str | None]:
             raise InputError(f"{k}: input dimension {K} is not a multiple of --group-size {req.group_size} "
                              "(embtool does not pad groups; choose a group size that divides it)")
     return names, emb
+
+
+def input_record(m: Model) -> dict[str, Any]:
+    """The quantization record of a safetensors model: {} for a float model, the soft-trimmed table's tail
+    (core.model.TAIL, packed by trim-vocab; copied as it is) is the one packed tensor a model to quantize may have."""
+    return read_record(m.weights.metadata, str(m.root)) if has_record(m.weights.metadata) else {}
 
 
 def quantized_tensors(m: Model, plan: dict[str, int], group_size: int, symmetric: bool, grams: dict | None = None,
@@ -207,6 +214,7 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
         fixed_plan = {k: req.bits[0] for k in names}
     sequential = method == "gptq" and req.gptq_sequential
     seq_done: dict = {}
+    phases = Phases()
     if method == "gptq":
         from embtool.core.calibration import calibration_texts
         from embtool.jobs.calibrate import gram_matrices, sequential_gptq
@@ -214,12 +222,14 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
         texts = calibration_texts(req.calib, limit=GPTQ_TEXTS, builtin="corpus")
         source = "--calib" if req.calib else "the built-in calibration sample"
         if sequential and not mixed_run:
-            seq_done, n_tok, n_stages = sequential_gptq(m, fixed_plan, emb, texts, req.group_size, req.symmetric, req.threads,
-                                                        progress=progress)
+            with phases("gptq"):
+                seq_done, n_tok, n_stages = sequential_gptq(m, fixed_plan, emb, texts, req.group_size, req.symmetric, req.threads,
+                                                            progress=progress)
             grams = {k: None for k in seq_done if k != emb}  # records these layers as GPTQ
             say(f"gptq: {len(grams)} linear layers quantized in {n_stages} sequential stages, on {n_tok} tokens of {source}")
         else:
-            grams, n_tok = gram_matrices(m, [k for k in names if k != emb], texts, req.threads)
+            with phases("statistics"):  # one forward pass: the input Gram matrix of every Linear
+                grams, n_tok = gram_matrices(m, [k for k in names if k != emb], texts, req.threads)
             say(f"gptq: input statistics of {len(grams)} linear layers from {n_tok} tokens of {source}")
     elif req.calib and not mixed_run:
         say("--calib is not used by --method rtn")
@@ -236,22 +246,26 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
 
         plan, mixed, done = plan_mixed(m, names, emb, req, progress, say, grams)
         summary["mixed_precision"] = mixed
+        phases.add(mixed["phases"])
         if req.sensitivity_only:
             summary["seconds"] = round(time.perf_counter() - t0, 2)
             return summary
         if sequential:  # the plan's widths, quantized stage by stage on the partly quantized model
             grams = dict.fromkeys(grams or {})  # the one-pass statistics are done with (the record names GPTQ layers)
             options = {k: (plan[k], q.group_size, q.zeros is None) for k, q in done.items()}
-            seq_done, n_tok, n_stages = sequential_gptq(m, plan, emb, texts, req.group_size, req.symmetric, req.threads,
-                                                        progress=progress, options=options, table=done.get(emb))
+            with phases("gptq_sequential"):
+                seq_done, n_tok, n_stages = sequential_gptq(m, plan, emb, texts, req.group_size, req.symmetric, req.threads,
+                                                            progress=progress, options=options, table=done.get(emb))
             done = {**done, **seq_done}
             say(f"gptq: the plan's {sum(1 for k in seq_done if k != emb)} linear layers quantized in {n_stages} "
                 f"sequential stages, on {n_tok} tokens of {source}")
     summary["tensor_bytes_before"] = sum(ws.info(k).nbytes for k in ws.keys())
     if onnx_in:
         return _write_onnx(m, req, plan, grams or {}, done, summary, emb, t0)
-    tensors, record, rows = quantized_tensors(m, plan, req.group_size, req.symmetric, grams, done, cpu_threads(req.threads))
+    with phases("quantize_rest"):  # the tensors no earlier phase quantized (round-to-nearest, or GPTQ from the statistics)
+        tensors, record, rows = quantized_tensors(m, plan, req.group_size, req.symmetric, grams, done, cpu_threads(req.threads))
     sym = symmetric_flag([bool(v["symmetric"]) for v in record.values()], req.symmetric)
+    record = {**input_record(m), **record}  # a soft-trimmed table's tail stays as trim-vocab packed it
     prov = provenance("quantize", req, m, extra={"quantization": {"group_size": req.group_size, "symmetric": sym,
                                                                   "bits": sorted({r["bits"] for r in rows})}})
     meta = {**record_metadata(record), "embtool": metadata_json(prov)}
@@ -276,8 +290,10 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
         summary["bytes_before"] = m.weight_bytes()
         summary["bytes_after"] = new.weight_bytes()
         if checkable:
-            evaluate_output(m, out, req, summary)
+            with phases("measurement"):
+                evaluate_output(m, out, req, summary)
     summary.update(size_summary(rows, emb, t0))
+    summary["phases"] = phases.as_dict()
     return summary
 
 
@@ -311,6 +327,10 @@ def run_dequantize(req: ConvertRequest) -> dict[str, Any]:
     for k in ws.keys():
         if k not in skip:
             tensors[k] = ws.get(k)
+    for base in [b for b in record if b.endswith(TAIL)]:  # a soft-trimmed table's tail: its rows after the table's own
+        table = base[: -len(TAIL)] + ".weight"
+        tail = tensors.pop(base + ".weight")
+        tensors[table] = np.concatenate([np.asarray(tensors[table], np.float32), tail]) if table in tensors else tail
     prov = provenance("dequantize", {}, m)
     summary: dict[str, Any] = {"model": model, "output": output, "tensors": len(record), "bytes_before": m.weight_bytes()}
     summary["bytes_after"] = write_derived_model(m, output, req.force, tensors, prov, drop="quantization", keep_input_metadata=False,

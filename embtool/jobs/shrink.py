@@ -2,7 +2,8 @@
 
 1. The corpus is split: every 10th non-empty line (up to --holdout lines) is kept aside as held-out text, the
    rest is the training text.
-2. trim-vocab to the training text (every token it uses is kept, so it tokenizes exactly as before).
+2. trim-vocab to the training text (every token it uses is kept, so it tokenizes exactly as before; the extra tokens
+   of its language that trim-vocab keeps for held-out text, at 2 bits, take at most EXTRA_SHARE of the budget).
 3. If the trimmed model is still over --max-size, quantize it with mixed precision to the budget: widths per
    tensor from --bits, chosen by the measured loss of the pooled embedding on the training text (GPTQ on
    the same text), never worse than the uniform width that fits (quantize's guard).
@@ -23,12 +24,14 @@ from typing import Any, Callable
 from embtool.core.errors import BadUsage, InputError
 from embtool.core.formats.record import provenance, write_model_record
 from embtool.core.model import open_model
+from embtool.core.phases import Phases
 from embtool.core.st_config import counting_prefixes, eval_prefix_for
 from embtool.core.texts import iter_texts
 from embtool.core.writer import OutputFolder
-from embtool.jobs.fidelity import compare, embed_both, gate, warn_if_low
+from embtool.jobs.fidelity import compare, embed_both, gate, identical_tokenization, warn_if_low
 
 HOLDOUT_EVERY = 10
+EXTRA_SHARE = 0.1  # of --max-size, for the rows of the extra tokens trim-vocab keeps for held-out text (at 2 bits)
 
 
 @dataclass
@@ -96,13 +99,18 @@ def run_shrink(req: ShrinkRequest, progress=None, say: Callable[[str], None] = l
     bytes_before = orig.weight_bytes()
     steps: list[dict[str, Any]] = []
     work = Path(tempfile.mkdtemp(prefix="embtool-shrink-"))
+    phases = Phases()
     try:
-        train, held, n_train = _split_corpus(req, work)
+        with phases("split"):
+            train, held, n_train = _split_corpus(req, work)
         say(f"corpus: {n_train:,} training lines, {len(held)} held-out lines (every {HOLDOUT_EVERY}th)")
         eval_prefix = req.eval_prefix if req.eval_prefix is not None else eval_prefix_for(orig.st, counting_prefixes(orig.st, req.prefixes))
         t = time.perf_counter()
-        trim = run_trim(TrimRequest(model=req.model, output=str(work / "trimmed"), corpus=[str(train)], prefixes=req.prefixes,
-                                    no_eval=True, force=True, threads=req.threads), progress)
+        with phases("trim"):
+            trim = run_trim(TrimRequest(model=req.model, output=str(work / "trimmed"), corpus=[str(train)], prefixes=req.prefixes,
+                                        extra_max_bytes=int(EXTRA_SHARE * req.max_size), no_eval=True, force=True,
+                                        threads=req.threads), progress)
+        phases.add({"seconds": {"trim.counting": trim.get("count_seconds", 0.0), "trim.extra_fit": trim.get("extra_seconds", 0.0)}})
         steps.append({"step": "trim-vocab", "vocab_before": trim["vocab_before"], "vocab_after": trim["vocab_after"],
                       "bytes_after": trim["bytes_after"], "seconds": round(time.perf_counter() - t, 2)})
         say(f"trim-vocab: {trim['vocab_before']:,} -> {trim['vocab_after']:,} tokens, {trim['bytes_after'] / 1e6:.1f} MB "
@@ -110,11 +118,13 @@ def run_shrink(req: ShrinkRequest, progress=None, say: Callable[[str], None] = l
         final = work / "trimmed"
         if trim["bytes_after"] > req.max_size:
             t = time.perf_counter()
-            q = run_quantize(QuantRequest(model=str(final), output=str(work / "quantized"), bits=sorted(req.bits),
-                                          group_size=req.group_size, max_size=req.max_size, calib=str(train),
-                                          method="rtn" if req.quick else "auto",
-                                          sensitivity="hessian" if req.quick else "measured", probes=1 if req.quick else 2,
-                                          no_eval=True, force=True, threads=req.threads), None, say)
+            with phases("quantize"):
+                q = run_quantize(QuantRequest(model=str(final), output=str(work / "quantized"), bits=sorted(req.bits),
+                                              group_size=req.group_size, max_size=req.max_size, calib=str(train),
+                                              method="rtn" if req.quick else "auto",
+                                              sensitivity="hessian" if req.quick else "measured", probes=1 if req.quick else 2,
+                                              no_eval=True, force=True, threads=req.threads), None, say)
+            phases.add(q.get("phases", {}), "quantize.")
             mp = q.get("mixed_precision", {})
             widths = sorted({r["bits"] for r in mp.get("table", [])}) if mp.get("table") else sorted(req.bits)
             steps.append({"step": "quantize", "bits": widths, "bits_per_weight": q["bits_per_weight"], "method": q["method"],
@@ -128,13 +138,16 @@ def run_shrink(req: ShrinkRequest, progress=None, say: Callable[[str], None] = l
         if size > req.max_size:  # the budget counts the file's header too; a miss is a bug, never a silent one
             raise InputError(f"the shrunk model has {size:,} bytes, over --max-size {req.max_size:,}; nothing written")
         t = time.perf_counter()
-        ev = compare(*embed_both(orig, new, held, req.threads, eval_prefix))
-        ev.update({"source": "held-out corpus lines", "prefix": eval_prefix})
+        with phases("measurement"):
+            ev = compare(*embed_both(orig, new, held, req.threads, eval_prefix), held)
+            ev.update({"source": "held-out corpus lines", "prefix": eval_prefix,
+                       "identical_tokenization": identical_tokenization(orig, new, held, eval_prefix)})
         warn_if_low(ev)
         summary: dict[str, Any] = {"model": str(req.model), "output": req.output, "max_size": req.max_size,
                                    "bytes_before": bytes_before, "bytes_after": size, "share": size / bytes_before,
                                    "steps": steps, "training_lines": n_train, "eval": ev,
-                                   "eval_seconds": round(time.perf_counter() - t, 2)}
+                                   "eval_seconds": round(time.perf_counter() - t, 2), "phases": phases.as_dict(),
+                                   "notes": [f"trim-vocab: {n}" for n in trim.get("notes", [])]}
         say(f"held-out ({len(held)} texts): cosine mean {ev['cosine_mean']:.4f}, min {ev['cosine_min']:.4f}, "
             f"recall@10 {ev['recall@10']:.3f} vs the original")
         if not gate(summary, req):

@@ -25,7 +25,7 @@ from embtool.core.errors import BadUsage, InputError, Unsupported
 from embtool.core.architectures import FACTOR_F, FACTOR_P, pad_sets_positions
 from embtool.core.formats.record import provenance, write_model_record
 from embtool.core.hub import resolve_tokenizer
-from embtool.core.model import Model, find_vocab_tensors, open_model, read_json
+from embtool.core.model import Model, find_vocab_tensors, open_model, read_json, refuse_tail
 from embtool.core.model_out import copy_unchanged, metadata_json, updated_config, write_configs, write_weights
 from embtool.core.texts import iter_texts
 from embtool.core.tokenizer_io import TokenizerJson, encode_batch
@@ -109,6 +109,7 @@ class VocabTable:
 
 
 def _vocab_table(m: Model) -> VocabTable:
+    refuse_tail(m, "init-subwords")
     vt = find_vocab_tensors(m)
     if not vt:
         raise Unsupported(f"{m.root}: no token-embedding matrix found")

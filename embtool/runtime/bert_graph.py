@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from embtool.core.architectures import FACTOR_F, FACTOR_P, Arch
 from embtool.core.errors import CorruptFile, Unsupported
-from embtool.core.model import Model
+from embtool.core.model import TAIL, Model
 
 OPSET = 21
 MS_OPSET = 1
@@ -153,7 +153,40 @@ def _linear(b: GraphBuilder, w: WeightSource, x: str, base: str, with_bias: bool
 
 
 def _embedding(b: GraphBuilder, w: WeightSource, ids: str, base: str) -> str:
-    """Token embedding lookup: plain Gather, quantized GatherBlockQuantized, or OFA Gather(F)·P."""
+    """Token embedding lookup: plain Gather, quantized GatherBlockQuantized, or OFA Gather(F)·P; a soft-trimmed
+    table (core.model.TAIL: the rows after the table's own, packed at a few bits) is looked up in both and the
+    right row taken per token (Where)."""
+    tail = base + TAIL
+    if not w.has(tail + ".qweight"):
+        return _table(b, w, ids, base)
+    from embtool.runtime import qops
+
+    n_head = table_rows(w, base)
+    start = b.const(tail + ".start", np.array(n_head, np.int64))
+    head_ids = b.node("Min", [ids, b.const(tail + ".last_head", np.array(n_head - 1, np.int64))], "head_ids")
+    tail_ids = b.node("Max", [b.node("Sub", [ids, start], "tail_sub"), b.const(tail + ".zero", np.array(0, np.int64))], "tail_ids")
+    head = _table(b, w, head_ids, base)
+    if b.portable:
+        rows = b.node("Gather", [qops.emit_dequantize_linear(b, w, tail), tail_ids], "gather_tail")
+    else:
+        rows = qops.emit_gather_block_quantized(b, w, tail_ids, tail)
+    in_tail = b.node("Unsqueeze", [b.node("GreaterOrEqual", [ids, start], "in_tail"), b.const(tail + ".axis", np.array([-1], np.int64))],
+                     "in_tail3")
+    return b.node("Where", [in_tail, rows, head], "emb_rows")
+
+
+def table_rows(w: WeightSource, base: str) -> int:
+    """Rows of the token table `base` itself (float, packed or factorized), without a soft-trimmed tail."""
+    for name in (base + ".weight", base + ".factor_F"):
+        if w.has(name):
+            return int(w.ws.info(name).shape[0])
+    for name in (base, base + ".factor_F"):
+        if name in w.qmeta:
+            return int(w.qmeta[name]["shape"][0])
+    raise CorruptFile(f"weight {base}.weight is missing from the model")
+
+
+def _table(b: GraphBuilder, w: WeightSource, ids: str, base: str) -> str:
     if w.has(base + ".qweight"):
         from embtool.runtime import qops
 

@@ -26,7 +26,13 @@ EVAL = {"type": "object", "description": "The output vs the input model on --eva
         "required": ["texts", "cosine_mean", "cosine_min", "recall_at_10"],
         "properties": {"texts": INT, "cosine_mean": COSINE, "cosine_min": COSINE,
                        "recall_at_10": {**SHARE, "description": "mean overlap of each text's 10 nearest held-out neighbours, input vs output"},
-                       "identical_tokenization": SHARE, "new_unknown_token_share": NUM,
+                       "identical_tokenization": {**SHARE, "description": "share of the held-out texts the output's tokenizer "
+                                                  "splits into the same tokens as the input's"},
+                       "new_unknown_token_share": NUM,
+                       "worst": {"type": "array", "description": "the held-out texts that lost most, worst first",
+                                 "items": {"type": "object", "required": ["cosine", "text"],
+                                           "properties": {"cosine": COSINE, "text": {**STR, "description": "its first words"}},
+                                           "additionalProperties": False}},
                        "source": {**STR, "description": "the --eval file, \"built-in sample\", or (shrink) \"held-out corpus lines\""},
                        "prefix": {**STR, "description": "shrink: the prefix the held-out lines were embedded with"},
                        "languages": {"type": "array", "items": STR}},
@@ -36,6 +42,12 @@ GATE = {"type": "object", "description": "The --min-* thresholds given and those
         "properties": {"min_cosine": COSINE, "min_cosine_min": COSINE, "min_recall": SHARE,
                        "failed": {"type": "array", "items": STR}, "message": STR},
         "additionalProperties": False}
+PHASES = {"type": "object", "description": "Where the time went: wall and CPU seconds (the process's, all threads) per "
+          "phase; a step's phases are prefixed with its name (shrink: trim., quantize.).",
+          "required": ["seconds", "cpu_seconds"],
+          "properties": {"seconds": {"type": "object", "additionalProperties": NUM},
+                         "cpu_seconds": {"type": "object", "additionalProperties": NUM}},
+          "additionalProperties": False}
 PER_TENSOR = {"type": "array", "items": {"type": "object", "required": ["tensor", "bits"],
                                          "properties": {"tensor": STR, "bits": INT, "shape": {"type": "array", "items": INT},
                                                         "bytes_before": INT, "bytes_after": INT}}}
@@ -55,7 +67,7 @@ def summary(command: str, description: str, props: dict, required: list[str], wr
         "type": "object",
         "required": ["schema", "model", *(["output", "written"] if writer else []), *required],
         "properties": {**{k: False for k in RETIRED}, **common, **props},
-        "$defs": {"eval": EVAL, "gate": GATE} if writer else {},
+        "$defs": {"eval": EVAL, "gate": GATE, "phases": PHASES} if writer else {},
     }
 
 
@@ -100,12 +112,29 @@ SCHEMAS = {
     "trim-vocab": summary("trim-vocab", "Vocabulary trimming.", {
         "vocab_before": INT, "vocab_after": INT, "parameters_before": INT, "parameters_after": INT,
         "corpus_coverage": {"type": ["number", "null"]}, "dry_run": BOOL, "bytes_after_estimate": INT,
+        "count_seconds": NUM, "extra_seconds": NUM, "prefixes": {"type": "array", "items": STR},
+        "extra": {"type": "object", "description": "--extra: tokens kept beyond the corpus' own for held-out text of its "
+                  "language", "required": ["mode", "single_characters", "candidates", "tokens"],
+                  "properties": {"mode": {"enum": ["auto", "all"]}, "single_characters": INT, "candidates": INT,
+                                 "tokens": {**INT, "description": "of the candidates (the model's most common tokens of the "
+                                            "corpus' characters), the first kept"},
+                                 "split_texts": INT, "split_missed_tokens": INT,
+                                 "split_coverage": {**SHARE, "description": "auto: the share of what a held-out split of "
+                                                    "the corpus needs beyond the other lines' tokens that the extra tokens "
+                                                    "cover (the held-out coverage predicted)"},
+                                 "max_bytes": {**INT, "description": "auto: the extra rows' bytes at most"},
+                                 "capped": {**BOOL, "description": "auto: max_bytes kept fewer than the fit asked for"}},
+                  "additionalProperties": False},
+        "extra_rows": {"type": "object", "description": "the extra tokens' rows, packed after the table's own",
+                       "required": ["rows", "bits", "group_size"],
+                       "properties": {"rows": INT, "bits": INT, "group_size": INT}, "additionalProperties": False},
     }, ["vocab_before", "vocab_after", "parameters_before", "parameters_after", "bytes_before", "dry_run"]),
     "quantize": summary("quantize", "Group-wise quantization (uniform or mixed precision).", {
         "group_size": INT, "symmetric": BOOL, "method": STR, "gptq_sequential": BOOL, "format": STR, "tensors": INT,
         "bits_per_weight": NUM,
         "per_tensor": PER_TENSOR,
-        "mixed_precision": {"type": "object", "properties": {"per_tensor": PER_TENSOR}},
+        "mixed_precision": {"type": "object", "properties": {"per_tensor": PER_TENSOR, "phases": {"$ref": "#/$defs/phases"}}},
+        "phases": {"$ref": "#/$defs/phases"},
     }, ["group_size", "method"]),
     "dequantize": summary("dequantize", "A quantized model back to float weights.", {"tensors": INT},
                           ["bytes_before", "bytes_after"]),
@@ -121,12 +150,13 @@ SCHEMAS = {
     }, ["rank", "embedding_parameters_before", "embedding_parameters_after", "bytes_before", "bytes_after"]),
     "shrink": summary("shrink", "Trim to a corpus, quantize to a size budget, measure on held-out corpus lines.", {
         "max_size": INT, "share": {"type": "number", "minimum": 0}, "training_lines": INT, "eval_seconds": NUM,
+        "phases": {"$ref": "#/$defs/phases"},
         "steps": {"type": "array", "items": {"type": "object", "required": ["step", "bytes_after", "seconds"],
                                              "properties": {"step": {"enum": ["trim-vocab", "quantize"]}, "bytes_after": INT,
                                                             "seconds": NUM, "vocab_before": INT, "vocab_after": INT,
                                                             "bits": {"type": "array", "items": INT}, "bits_per_weight": NUM,
                                                             "method": STR}}},
-    }, ["max_size", "bytes_before", "bytes_after", "steps", "eval", "passed"]),
+    }, ["max_size", "bytes_before", "bytes_after", "steps", "eval", "passed", "phases"]),
     "defactorize": summary("defactorize", "A factorized table multiplied back out.", {}, ["bytes_before", "bytes_after"]),
     "init-subwords": summary("init-subwords", "A new vocabulary's embedding rows from the source model.", {
         "tokenizer": STR, "method": STR, "vocab_before": INT, "vocab_after": INT, "dry_run": BOOL,
