@@ -96,7 +96,7 @@ def _query_prefix(req: SearchRequest, model, meta: dict) -> str:
 
 def run_search(req: SearchRequest, warn: Callable[[str], None] = lambda m: None, score_files: Callable | None = None) -> SearchResult:
     """Exact top-k over every index file, merged. `score_files(paths, queries, req, threads)` scores the files
-    elsewhere (embtool.distributed.search_files on Ray, for `ray=`) and returns what `search_file` returns per file."""
+    elsewhere (embtool.ray.search_files on Ray, for `ray=`) and returns what `search_file` returns per file."""
     paths = expand_index_paths(req.indexes)
     idxs = [open_index(p) for p in paths]
     for ix in idxs:

@@ -1,0 +1,125 @@
+"""`embtool embed --ray`: texts read and numbered here, embedded by Ray actors (`embtool.ray.embed_blocks`), written
+here as index shards OUTPUT/part-NNNNN.<fmt> (global ids in input order) that `embtool search OUTPUT` reads as one
+index. Workers only compute; the driver writes, so no shared filesystem is needed and a killed worker (its block
+re-run by Ray) cannot leave a partial file; the folder is published atomically when every shard is written.
+
+Memory on the driver is bounded whatever the input: texts are read in blocks of BLOCK_TEXTS, a few blocks per
+worker are in flight, and each shard's rows are spooled to disk by the embeddings writer as its blocks arrive.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from embtool.core.embeddings_io import EmbeddingSink
+from embtool.core.errors import InputError
+from embtool.core.model import Model, ModelRef, open_model
+from embtool.core.texts import iter_texts
+from embtool.core.writer import OutputFolder
+from embtool.jobs.embed import EmbedRequest, check_request
+
+BLOCK_TEXTS = 1024  # texts per block sent to an actor
+
+
+def run_embed_ray(req: EmbedRequest) -> dict[str, Any]:
+    """Embed the texts of `req` on Ray (`req.ray`: 'local', 'auto' or HOST:PORT) into the folder `req.output`, one
+    index shard per `req.shard_rows` texts. Returns the summary."""
+    fmt = check_request(req)
+    t0 = time.perf_counter()
+    m = open_model(req.model, need_tokenizer=True)
+    import embtool.ray as on_ray  # the extra's own check: one clear line when Ray is not installed
+
+    options = {k: v for k, v in req.encoder.items() if v not in (None, "")}
+    blocks = _blocks(iter_texts(req.texts, req.inputs, req.text_field))
+    first = next(blocks, None)  # an empty or unreadable input fails here, before Ray starts
+    if first is None:
+        raise InputError("no texts to embed (the input is empty)")
+    inputs = [m.root, *[Path(i) for i in req.inputs if i != "-"]]
+    with OutputFolder(req.output, req.force, inputs=inputs) as out:
+        shards = _ShardWriter(out.path, fmt, req.precision, req.shard_rows, lambda k, first_id: shard_metadata(req, m, k, first_id))
+        try:
+            with on_ray.session(req.ray):
+                for texts, vecs in on_ray.embed_blocks(itertools.chain([first], blocks), _portable(req.model),
+                                                       workers=req.workers, threads=req.threads or None, **options):
+                    shards.add(texts, vecs)
+            shards.finish()
+        finally:
+            shards.close()
+        out.write_json("embtool.json", {"tool": "embtool", "command": "embed --ray", "shards": shards.names,
+                                        "texts": shards.count})
+    dt = time.perf_counter() - t0
+    return {"model": str(req.model), "output": str(req.output), "written": True, "shards": len(shards.names),
+            "texts": shards.count, "dim": shards.dim, "workers": req.workers, "format": fmt, "precision": req.precision,
+            "seconds": round(dt, 3), "texts_per_second": round(shards.count / dt, 1) if dt > 0 else None}
+
+
+def shard_metadata(req: EmbedRequest, m: Model, k: int, first_id: int) -> dict[str, str]:
+    """The index metadata of shard `k` (its first global id `first_id`)."""
+    return {"model": str(Path(req.model).resolve()), "model_fingerprint": m.fingerprint(),
+            "tokenizer_fingerprint": m.tokenizer_fingerprint() or "", "shard": f"{k}", "id_offset": str(first_id)}
+
+
+def _blocks(texts: Iterable[str]) -> Iterator[list[str]]:
+    it = iter(texts)
+    while block := list(itertools.islice(it, BLOCK_TEXTS)):
+        yield block
+
+
+def _portable(model: str) -> str:
+    """The model argument with absolute paths, as a worker (another process, maybe another node) opens it."""
+    if isinstance(model, ModelRef):
+        tok = str(Path(model.tokenizer).resolve()) if model.tokenizer else None
+        return ModelRef(Path(model).resolve(), tokenizer=tok, onnx_file=model.onnx_file)
+    return str(Path(model).resolve())
+
+
+class _ShardWriter:
+    """Rows in input order into part-NNNNN.<fmt> files of `rows` rows each, ids 0, 1, 2, ... in order; each shard
+    spooled by the one embeddings writer as blocks arrive and finished when full."""
+
+    def __init__(self, folder: Path, fmt: str, precision: str, rows: int, metadata: Callable[[int, int], dict[str, str]]):
+        self.folder, self.fmt, self.precision, self.rows, self.metadata = folder, fmt, precision, rows, metadata
+        self.names: list[str] = []
+        self.count = 0  # rows written or spooled
+        self.dim: int | None = None
+        self._sink: EmbeddingSink | None = None
+        self._first = 0  # global id of the open shard's first row
+
+    def add(self, texts: list[str], vecs: np.ndarray) -> None:
+        self.dim = int(vecs.shape[1])
+        at = 0
+        while at < len(texts):
+            if self._sink is None:
+                self._sink = EmbeddingSink(self.fmt, self.precision, spool_dir=self.folder)  # gone with the folder
+                self._first = self.count
+            take = min(len(texts) - at, self.rows - self._sink.count)
+            self._sink.add(texts[at:at + take], vecs[at:at + take])
+            self.count += take
+            at += take
+            if self._sink.count == self.rows:
+                self._close_shard()
+
+    def finish(self) -> None:
+        if self._sink is not None and self._sink.count:
+            self._close_shard()
+
+    def _close_shard(self) -> None:
+        sink, k = self._sink, len(self.names)
+        name = f"part-{k:05d}.{self.fmt}"
+        try:
+            sink.extra = {"ids": np.arange(self._first, self._first + sink.count, dtype=np.int64)}
+            sink.finish(self.folder / name, self.metadata(k, self._first))
+        finally:
+            sink.close()
+            self._sink = None
+        self.names.append(name)
+
+    def close(self) -> None:
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None
