@@ -2,7 +2,7 @@
 that breaks a rule fails here, not in a review.
 
 - the import graph of the package has no cycle (imports inside functions count: they are edges too);
-- only `embtool/runtime/` imports onnxruntime (and so creates sessions);
+- only `embtool/runtime/` imports onnxruntime (and so creates sessions); only `embtool/ray/` imports Ray;
 - the quantization record (`__metadata__["embtool_quantization"]`) is read and written in one module;
 - the CLI modules, `make demo` and `make bench` use embtool through its public API only.
 """
@@ -74,15 +74,25 @@ def test_the_cycle_finder_finds_cycles():
     assert _cycles({"a": {"b"}, "b": set()}) == []
 
 
+def _importers(top: str) -> list[str]:
+    """The embtool modules that import the package `top` (at any depth of their code)."""
+    def imports(tree) -> bool:
+        return any((isinstance(n, ast.Import) and any(a.name.split(".")[0] == top for a in n.names))
+                   or (isinstance(n, ast.ImportFrom) and n.level == 0 and (n.module or "").split(".")[0] == top)
+                   for n in ast.walk(tree))
+    return sorted(_module_name(p) for p in PKG.rglob("*.py") if imports(ast.parse(p.read_text(encoding="utf-8"))))
+
+
 def test_only_the_runtime_imports_onnxruntime():
-    users = sorted(_module_name(p) for p in PKG.rglob("*.py")
-                   if any(isinstance(n, (ast.Import, ast.ImportFrom)) and
-                          any(a.name.split(".")[0] == "onnxruntime" for a in n.names) if isinstance(n, ast.Import)
-                          else isinstance(n, ast.ImportFrom) and (n.module or "").split(".")[0] == "onnxruntime"
-                          for n in ast.walk(ast.parse(p.read_text(encoding="utf-8")))))
+    users = _importers("onnxruntime")
     assert users and all(u.startswith("embtool.runtime.") for u in users), users
     sessions = sorted(_module_name(p) for p in PKG.rglob("*.py") if "InferenceSession(" in p.read_text(encoding="utf-8"))
     assert sessions == ["embtool.runtime.encoder"], sessions
+
+
+def test_only_the_ray_subpackage_imports_ray():
+    users = _importers("ray")
+    assert users and all(u == "embtool.ray" or u.startswith("embtool.ray.") for u in users), users
 
 
 def test_the_quantization_record_has_one_reader_and_writer():

@@ -70,7 +70,7 @@ def _readme_block(marker: str) -> str:
 
 def test_readme_ray_and_spark_examples_run(ray_local, tiny_bert):
     scope: dict = {"model": str(tiny_bert)}
-    code = _readme_block("embtool.embed_dataset(").replace("ray.init()", "pass  # the fixture started Ray")
+    code = _readme_block("embtool.embed_dataset(")  # its embtool.ray.session() uses the fixture's Ray
     exec(compile(code, "README.md", "exec"), scope)
     assert [r["id"] for r in sorted(scope["rows"], key=lambda r: r["id"])] == [0, 1]
     assert np.asarray(scope["rows"][0]["embedding"]).shape == (32,)
@@ -146,7 +146,7 @@ def test_ray_failures_become_one_line(ray_local, tiny_bert, tmp_path, monkeypatc
     from embtool.ray import session
 
     # an embtool error raised in a worker comes back as itself, not as Ray's remote traceback
-    wrapped = ray.exceptions.RayTaskError("f", "Traceback (most recent call last):\n  ...", InputError("bad input")).as_instanceof_cause()
+    wrapped = ray.exceptions.RayTaskError("f", "Traceback ...", InputError("bad input")).as_instanceof_cause()
     with pytest.raises(InputError) as e, session():
         raise wrapped
     assert type(e.value) is InputError and str(e.value) == "bad input"
@@ -161,9 +161,15 @@ def test_ray_failures_become_one_line(ray_local, tiny_bert, tmp_path, monkeypatc
     # more actors than the cluster has CPUs would wait forever: refused
     monkeypatch.undo()
     (tmp_path / "t.txt").write_text("\n".join(SENTENCES) + "\n")
-    r = run_cli(["embed", tiny_bert, "-i", tmp_path / "t.txt", "--ray", "--workers", "3", "--threads", "1", "-o", tmp_path / "s"])
-    assert r.exit_code == 1 and r.stderr == ("Error: 3 worker(s) of 1 thread(s) need 3 CPUs; the Ray cluster has 2: use fewer "
-                                             "--workers or --threads\n")
+    # what a worker refuses when it opens the model reads as it does without --ray
+    plain = run_cli(["embed", tiny_bert, "-i", tmp_path / "t.txt", "--prompt-name", "nosuch", "-o", tmp_path / "p.npy"])
+    on_ray = run_cli(["embed", tiny_bert, "-i", tmp_path / "t.txt", "--prompt-name", "nosuch", "--ray", "-o", tmp_path / "s"])
+    assert (on_ray.exit_code, on_ray.stdout, on_ray.stderr) == (plain.exit_code, "", plain.stderr) and plain.exit_code == 1
+    assert plain.stderr.startswith("Error: ") and len(plain.stderr.splitlines()) == 1
+    r = run_cli(["embed", tiny_bert, "-i", tmp_path / "t.txt", "--ray", "--workers", "3", "--threads", "1",
+                 "-o", tmp_path / "s"])
+    assert r.exit_code == 1 and r.stderr == ("Error: 3 worker(s) of 1 thread(s) need 3 CPUs; the Ray cluster has 2: "
+                                             "use fewer --workers or --threads\n")
     assert not (tmp_path / "s").exists() and not list(tmp_path.glob(".embtool-tmp-*"))
 
 
@@ -278,8 +284,8 @@ class _EmbedOnRay:
         self.out = tmp_path / "shards"
         self.tmp_path, self.tmpdir = tmp_path, tmpdir
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "embtool", "embed", str(model), "-i", "-", "--ray", "--shard-rows", "100", "-o", str(self.out),
-             *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            [sys.executable, "-m", "embtool", "embed", str(model), "-i", "-", "--ray", "--shard-rows", "100",
+             "-o", str(self.out), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
             env={**os.environ, "TMPDIR": str(tmpdir), "OMP_NUM_THREADS": "1", **(env or {})})
         self.proc.stdin.write("".join(f"line {i} of a text that streams\n" for i in range(self.LINES)).encode())
         self.proc.stdin.flush()
@@ -394,8 +400,8 @@ def test_without_ray_installed_the_extra_is_named(tiny_bert, tmp_path):
     r = subprocess.run([sys.executable, "-c", code, "embed", str(tiny_bert), "a text", "--ray", "-o", str(tmp_path / "s")],
                        capture_output=True, text=True, timeout=300)
     assert (r.returncode, r.stdout, r.stderr) == (1, "", "Error: Ray is not installed: pip install 'embtool[ray]'\n")
-    r = subprocess.run([sys.executable, "-c", "import sys; sys.modules['ray'] = None; import embtool.ray"], capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", "import sys; sys.modules['ray'] = None; import embtool.ray"],
+                       capture_output=True, text=True, timeout=300)
     assert "embtool.core.errors.InputError: Ray is not installed: pip install 'embtool[ray]'" in r.stderr
 
 
@@ -406,3 +412,16 @@ def test_a_long_temporary_directory_falls_back_to_tmp(monkeypatch):
     assert cluster._temp_root() == "/tmp"
     monkeypatch.setattr(tempfile, "tempdir", "/tmp/short")
     assert cluster._temp_root() == "/tmp/short"
+
+
+def test_a_killed_runs_folder_is_swept_and_a_live_ones_kept(tmp_path):
+    from embtool.ray import cluster
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a process that ran and is gone: its pid names a driver that no longer runs
+    for name, pid in (("embtool-ray-killed", dead.pid), ("embtool-ray-live", os.getpid())):
+        (tmp_path / name / f"session_2026-01-01_00-00-00_000000_{pid}" / "logs").mkdir(parents=True)
+    (tmp_path / "embtool-ray-starting").mkdir()  # no session yet: not provably abandoned
+    (tmp_path / "someone-elses" / f"session_2026-01-01_00-00-00_000000_{dead.pid}").mkdir(parents=True)
+    cluster._sweep(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["embtool-ray-live", "embtool-ray-starting", "someone-elses"]

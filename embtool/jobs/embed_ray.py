@@ -35,13 +35,14 @@ def run_embed_ray(req: EmbedRequest) -> dict[str, Any]:
     import embtool.ray as on_ray  # the extra's own check: one clear line when Ray is not installed
 
     options = {k: v for k, v in req.encoder.items() if v not in (None, "")}
-    blocks = _blocks(iter_texts(req.texts, req.inputs, req.text_field))
-    first = next(blocks, None)  # an empty or unreadable input fails here, before Ray starts
-    if first is None:
-        raise InputError("no texts to embed (the input is empty)")
     inputs = [m.root, *[Path(i) for i in req.inputs if i != "-"]]
     with OutputFolder(req.output, req.force, inputs=inputs) as out:
-        shards = _ShardWriter(out.path, fmt, req.precision, req.shard_rows, lambda k, first_id: shard_metadata(req, m, k, first_id))
+        blocks = _blocks(iter_texts(req.texts, req.inputs, req.text_field))
+        first = next(blocks, None)  # an empty or unreadable input fails here, before Ray starts
+        if first is None:
+            raise InputError("no texts to embed (the input is empty)")
+        shards = _ShardWriter(out.path, fmt, req.precision, req.shard_rows,
+                              lambda k, first_id: shard_metadata(req, m, k, first_id))
         try:
             with on_ray.session(req.ray):
                 for texts, vecs in on_ray.embed_blocks(itertools.chain([first], blocks), _portable(req.model),

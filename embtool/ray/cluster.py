@@ -1,24 +1,27 @@
 """One Ray session for embtool: a local Ray that only this machine can reach, or a cluster joined within a bounded
 wait; Ray's failures as one `ClusterError` line; Ray's own chatter kept off stdout.
 
-What a local Ray started here exposes, and why each setting (read from Ray's source, 2.4x to 2.6x):
+What a local Ray started here exposes, and why each setting (read from Ray 2.60's source; a test reads every
+listening socket of the process tree while `embed --ray` runs):
 - Ray's gRPC servers (GCS, raylet node and object managers, the core worker of every worker and of the driver) and
   its runtime-env agent listen on every interface unless the node's address is exactly 127.0.0.1, and `ray.init`
   replaces `_node_ip_address="127.0.0.1"` by the machine's network address on Linux unless Ray "clusters" are
   disabled (`ray_constants.ENABLE_RAY_CLUSTER`, read when the address is resolved). It is disabled for the
   duration of `ray.init`, and the node's address is checked afterwards: a Ray that would listen elsewhere is
   stopped and refused.
-- no dashboard (an HTTP server) and so no dashboard agent or metrics export port; usage stats are off for
+- no dashboard: Ray's API server runs minimal (no HTTP server) and its agents open no port; usage stats are off for
   `ray.init` clusters (Ray's own rule).
 - Ray keeps its Unix sockets, logs and spilled objects in a session folder: here a private folder (mode 0700) in
-  the temporary directory, removed when the session ends; nothing is written under /tmp/ray. Ray's token
-  authentication stays as Ray sets it (on by default: Ray keeps its token in ~/.ray/auth_token, shared by every
-  local Ray of the user; `RAY_AUTH_MODE=disabled` turns it off).
+  the temporary directory, removed when the session ends (and by the next local session when its process was
+  killed with SIGKILL); nothing is written under /tmp/ray. Ray's token authentication stays as Ray sets it (on by
+  default: Ray keeps its token in ~/.ray/auth_token, shared by every local Ray of the user; `RAY_AUTH_MODE=disabled`
+  turns it off).
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
 import shutil
@@ -34,6 +37,7 @@ import ray
 from embtool.core.errors import ClusterError, EmbtoolError
 
 LOOPBACK = "127.0.0.1"
+FOLDER_PREFIX = "embtool-ray-"  # a local Ray's private folder in the temporary directory
 JOIN_TIMEOUT_S = 60.0  # the longest `--ray ADDRESS` waits for a cluster to answer before giving up
 _SOCKET_ROOM = 64  # what Ray appends to its temporary folder for a Unix socket path: session_<date>_<pid>/sockets/...
 _SUN_PATH_MAX = 107  # Linux's limit on a Unix socket path
@@ -75,7 +79,9 @@ def _start_local(num_cpus: int | None) -> str:
     """Start a local Ray bound to 127.0.0.1 in a new private folder; returns the folder."""
     from ray._private import ray_constants
 
-    folder = tempfile.mkdtemp(prefix="embtool-ray-", dir=_temp_root())
+    root = _temp_root()
+    _sweep(root)
+    folder = tempfile.mkdtemp(prefix=FOLDER_PREFIX, dir=root)
     clusters = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False  # or ray.init resolves 127.0.0.1 to the machine's network address
     try:
@@ -94,10 +100,32 @@ def _start_local(num_cpus: int | None) -> str:
     return folder
 
 
+def _sweep(root: str) -> None:
+    """Remove the folders that local Rays of killed embtool processes (SIGKILL) left in `root`: an `embtool-ray-*`
+    folder whose every Ray session names (session_<date>_<pid>) a driver process that no longer runs."""
+    for folder in glob.glob(os.path.join(glob.escape(root), FOLDER_PREFIX + "*")):
+        drivers = []
+        for session_dir in glob.glob(os.path.join(glob.escape(folder), "session_2*")):
+            with contextlib.suppress(ValueError):
+                drivers.append(int(session_dir.rsplit("_", 1)[1]))
+        if drivers and not any(_running(pid) for pid in drivers):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _temp_root() -> str:
     """The temporary directory, unless Ray's Unix socket paths would not fit under it (then /tmp)."""
     root = tempfile.gettempdir()
-    if len(root) + len("/embtool-ray-XXXXXXXX/") + _SOCKET_ROOM > _SUN_PATH_MAX and os.path.isdir("/tmp"):
+    if len(root) + len(f"/{FOLDER_PREFIX}XXXXXXXX/") + _SOCKET_ROOM > _SUN_PATH_MAX and os.path.isdir("/tmp"):
         return "/tmp"
     return root
 
@@ -167,22 +195,25 @@ def _init(**kwargs) -> None:
 
 def _stop(folder: str | None) -> None:
     """Disconnect (and stop a local Ray: `ray.shutdown` waits for its processes), then remove its folder."""
-    with contextlib.suppress(ray.exceptions.RayError, ConnectionError, OSError):
-        ray.shutdown()
-    if folder is not None:
-        shutil.rmtree(folder, ignore_errors=True)
+    try:
+        with contextlib.suppress(ray.exceptions.RayError, ConnectionError, OSError):
+            ray.shutdown()
+    finally:  # even when a signal interrupts the shutdown
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def _ray_failures() -> Iterator[None]:
-    """Ray's exceptions as embtool's: an embtool error raised in a worker is raised again as it is (Ray wraps it in
-    a RayTaskError whose text is a remote traceback); any other failure becomes one ClusterError line."""
+    """Ray's exceptions as embtool's: an embtool error (or a TypeError / ValueError of a wrong option) raised in a
+    worker is raised again as it is (Ray wraps it in a RayTaskError whose text is a remote traceback); any other
+    failure becomes one ClusterError line."""
     try:
         yield
     except ray.exceptions.RayTaskError as e:
         cause = e.cause
-        if isinstance(cause, EmbtoolError):
-            raise type(cause)(*cause.args) from None
+        if isinstance(cause, (EmbtoolError, TypeError, ValueError)):
+            raise cause.with_traceback(None) from None
         raise ClusterError(f"a Ray worker failed: {type(cause).__name__}: {_first_line(cause)}") from None
     except ray.exceptions.RayError as e:
         raise ClusterError(f"Ray failed: {type(e).__name__}: {_first_line(e)}") from None

@@ -17,28 +17,40 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import ray
 
-from embtool.core.errors import ClusterError, InputError
+from embtool.core.errors import ClusterError, EmbtoolError, InputError
 
 FAULT_ENV = "EMBTOOL_FAULT_EXIT_AT_ID"  # test hook: a worker exits hard once when it meets this text id
 RETRIES = 3  # restarts of a dead actor, and re-runs of its block, before the job fails
 
 
 class _EmbedActor:
-    """One model per actor: `embed(texts)` for `embed_blocks`, `__call__(batch)` for Ray Data."""
+    """One model per actor: `embed(texts)` for `embed_blocks`, `__call__(batch)` for Ray Data.
+
+    A model or option the worker refuses (a --prompt-name the model lacks, an unknown option) is raised by the first
+    call rather than by the constructor: Ray reports a failed constructor as an ActorDiedError that keeps only the
+    remote traceback's text, while a call's error comes back as the exception itself."""
 
     def __init__(self, model: str, column: str, output_column: str, options: dict[str, Any]):
         from embtool.core.model import open_model
         from embtool.runtime.encoder import open_encoder
 
-        self.enc = open_encoder(open_model(model, need_tokenizer=True), **options)
+        self.refused: Exception | None = None
+        try:
+            self.enc = open_encoder(open_model(model, need_tokenizer=True), **options)
+        except (EmbtoolError, TypeError, ValueError) as e:
+            self.refused = e
         self.column, self.output_column = column, output_column
         fault = os.environ.get(FAULT_ENV)
         self.fault = None if not fault else (int(fault.split(":")[0]), Path(fault.split(":", 1)[1]))
 
     def embed(self, texts: list[str]) -> np.ndarray:
+        if self.refused is not None:
+            raise self.refused
         return self.enc.embed(texts)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.refused is not None:
+            raise self.refused
         if self.column not in batch:
             raise InputError(f"the dataset has no column {self.column!r} (columns: {', '.join(batch)})")
         ids = batch["id"].tolist() if "id" in batch else None
