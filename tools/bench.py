@@ -538,14 +538,14 @@ def bench_init() -> None:
 
 
 def _ray_peak_rss(stop, peaks: dict) -> None:
-    """Poll /proc for Ray's embedding actors (`ray::MapWorker...`) and keep each one's peak RSS (VmHWM, MB)."""
+    """Poll /proc for Ray's embedding actors (`ray::_EmbedActor...`) and keep each one's peak RSS (VmHWM, MB)."""
     while not stop.is_set():
         for d in Path("/proc").iterdir():
             if not d.name.isdigit():
                 continue
             try:
                 cmd = (d / "cmdline").read_bytes()
-                if not cmd.startswith(b"ray::") or b"MapWorker" not in cmd:
+                if not cmd.startswith(b"ray::_EmbedActor"):
                     continue
                 hwm = [ln for ln in (d / "status").read_text().splitlines() if ln.startswith("VmHWM:")]
             except OSError:
