@@ -425,3 +425,31 @@ def test_a_killed_runs_folder_is_swept_and_a_live_ones_kept(tmp_path):
     (tmp_path / "someone-elses" / f"session_2026-01-01_00-00-00_000000_{dead.pid}").mkdir(parents=True)
     cluster._sweep(str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["embtool-ray-live", "embtool-ray-starting", "someone-elses"]
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "--ray needs -o FOLDER"),
+    (["-o", "s", "--shard", "0/2"], "--ray splits the work itself"),
+    (["-o", "s", "--precision", "int8"], "--ray writes float32 or float16 shards"),
+    (["-o", "s", "--format", "npy"], "--ray writes .safetensors or .parquet shards"),
+])
+def test_embed_ray_usage_errors_come_before_ray_starts(tiny_bert, tmp_path, monkeypatch, args, message):
+    from embtool.ray import cluster
+
+    monkeypatch.setattr(cluster, "_start_local", lambda *a: pytest.fail("Ray started for a usage error"))
+    monkeypatch.chdir(tmp_path)
+    r = run_cli(["embed", tiny_bert, "a text", "--ray", *args])
+    assert (r.exit_code, r.stdout) == (2, "") and r.stderr == f"Error: {message}" + r.stderr.split(message, 1)[1]
+    assert len(r.stderr.splitlines()) == 1 and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("field", ["workers", "shard_rows"])
+def test_embed_ray_counts_must_be_whole_numbers(tiny_bert, tmp_path, monkeypatch, field):
+    import embtool
+    from embtool.errors import BadUsage
+    from embtool.ray import cluster
+
+    monkeypatch.setattr(cluster, "_start_local", lambda *a: pytest.fail("Ray started for a usage error"))
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(BadUsage, match=f"^{field} must be a whole number >= 1, not "):
+            embtool.embed(tiny_bert, tmp_path / "s", texts=["a"], ray="local", **{field: bad})
