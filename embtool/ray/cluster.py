@@ -30,6 +30,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 from typing import Iterator
 
 import ray
@@ -143,17 +144,18 @@ def _join(address: str) -> None:
         port = int(port)
     except (ConnectionError, ValueError, TypeError) as e:
         raise ClusterError(f"--ray {address}: {_first_line(e)}") from None
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
     try:
-        socket.create_connection((host, port), timeout=min(10.0, JOIN_TIMEOUT_S)).close()
+        socket.create_connection((host, port), timeout=JOIN_TIMEOUT_S / 2).close()
     except OSError as e:
         raise ClusterError(f"no Ray cluster at {address} ({host}:{port}: {e.strerror or e})") from None
-    _probe_gcs(target, address)
+    _probe_gcs(target, address, deadline)
     _init(address=target)
 
 
-def _probe_gcs(target: str, address: str) -> None:
-    """Ask the GCS at `target` for its cluster id, in a thread waited for at most JOIN_TIMEOUT_S: `ray.init` retries
-    an address that does not answer for many minutes, silently."""
+def _probe_gcs(target: str, address: str, deadline: float | None = None) -> None:
+    """Ask the GCS at `target` for its cluster id, in a thread waited for until `deadline` (time.monotonic(); default:
+    JOIN_TIMEOUT_S from now): `ray.init` retries an address that does not answer for many minutes, silently."""
     from ray._raylet import GcsClient
 
     failed: list[BaseException] = []
@@ -166,7 +168,7 @@ def _probe_gcs(target: str, address: str) -> None:
 
     t = threading.Thread(target=probe, name="embtool-ray-probe", daemon=True)
     t.start()
-    t.join(JOIN_TIMEOUT_S)
+    t.join(max(0.0, (deadline or time.monotonic() + JOIN_TIMEOUT_S) - time.monotonic()))
     if t.is_alive():
         raise ClusterError(f"no Ray cluster answered at {address} within {JOIN_TIMEOUT_S:.0f} s")
     if failed:
