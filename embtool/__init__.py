@@ -1,14 +1,17 @@
 """embtool: shrink transformer text-embedding models and run them, without PyTorch.
 
 The public API (see README "Python API"): `Encoder`, `trim_vocab`, `quantize`, `factorize`, `init_subwords`,
-`inspect`, `search`, `embed`, `export_onnx`, `dequantize`, `defactorize` (typed `Result`s), `open_model`, and, with the `ray` extra, `embed_dataset` (the `embtool.ray` subpackage holds the rest: `session`, a local Ray on 127.0.0.1 only). Names are imported lazily, so `import embtool` (and `embtool --version`) stay light.
+`inspect`, `search`, `embed`, `export_onnx`, `dequantize`, `defactorize` (typed `Result`s), `open_model`, `ModelRef`
+(a model path or Hub id with --tokenizer / --onnx-file / --cache-dir settings), and, with the `ray` extra, `embed_dataset` (the `embtool.ray` subpackage holds the rest: `session`, a local Ray on 127.0.0.1 only). Names are imported lazily, so `import embtool` (and `embtool --version`) stay light.
 """
 
-__version__ = "0.1.0"
+from embtool._version import __version__
 
 _LAZY = {
     "Encoder": "embtool.api",
     "open_model": "embtool.api",
+    "ModelRef": "embtool.api",
+    "quiet_downloads": "embtool.api",
     "Result": "embtool.api",
     "trim_vocab": "embtool.api",
     "quantize": "embtool.api",

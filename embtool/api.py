@@ -3,6 +3,7 @@
     import embtool
     enc = embtool.Encoder("all-MiniLM-L6-v2/")
     vecs = enc.embed(["a first sentence", "a second one"])      # np.ndarray [2, 384] float32
+    enc = embtool.Encoder("sentence-transformers/all-MiniLM-L6-v2")  # a Hub id: the HF cache, else a download
 
 Errors are the named exceptions of `embtool.errors` (`EmbtoolError` and its subclasses); the CLI turns them into
 `Error: ...` lines and exit codes.
@@ -10,20 +11,22 @@ Errors are the named exceptions of `embtool.errors` (`EmbtoolError` and its subc
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from embtool.core.hub import quiet_downloads  # noqa: F401  (no Hub download progress bars inside the block)
 from embtool.core.model import Model, ModelRef, open_model, weight_view  # noqa: F401  (ModelRef: a model path with --tokenizer / --onnx-file)
 from embtool.errors import (BadUsage, CorruptFile, EmbtoolError, FidelityError, InputError, ModelNotFound,  # noqa: F401
                             OutputExists, UnsafeModel, Unsupported)
 
-__all__ = ["BINARY_CODE", "BINARY_CODES", "Encoder", "FORMATS", "METRICS", "POOLINGS", "PRECISIONS", "Result", "SCRIPTS",
+__all__ = ["BINARY_CODE", "BINARY_CODES", "Encoder", "FORMATS", "METRICS", "ModelRef", "POOLINGS", "PRECISIONS", "Result", "SCRIPTS",
            "SearchHits", "TensorInfo", "compare_embeddings", "compare_models", "defactorize", "dequantize", "embed",
            "embed_dataset", "export_onnx", "factorize", "frequent_words", "init_subwords", "inspect", "open_index", "open_model",
-           "quantizable_tensors", "quantize", "quantized_bytes", "read_embeddings", "rescore_depth", "sample_corpus", "search", "shrink", "trim_vocab",
+           "quantizable_tensors", "quantize", "quantized_bytes", "quiet_downloads", "read_embeddings", "rescore_depth", "sample_corpus", "search", "shrink", "trim_vocab",
            "write_embeddings"]
 
 from embtool.algorithms.pooling import ALL_POOLINGS as POOLINGS, PRECISIONS  # noqa: E402  (the choices the CLI offers)
@@ -36,7 +39,8 @@ class Encoder:
     """A model ready to embed text: opened once, one onnxruntime session, reused for every call.
 
     model        a model folder (Hugging Face / sentence-transformers layout), a .safetensors or .onnx file next to
-                 a tokenizer.json, or an opened `Model`
+                 a tokenizer.json, a Hub id "org/name" or "org/name@revision" (read from the Hugging Face cache, or
+                 downloaded with the `hub` extra; docs/hub.md), or an opened `Model`
     pooling      "auto" (the sentence-transformers config, else mean), "mean", "cls", "max", "last", ...
     normalize    L2-normalise; None = as the model's sentence-transformers config says
     prefix       text put before every input (e.g. "query: " for e5)
@@ -45,14 +49,16 @@ class Encoder:
     dim          keep the first `dim` dimensions (Matryoshka), then normalise
     batch_size   texts per onnxruntime call (default: about 1,024 padded tokens per call)
     threads      onnxruntime intra-op threads (0: $OMP_NUM_THREADS if set, else onnxruntime's default)
+    cache_dir    the Hugging Face Hub cache for a Hub id (default: $HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub)
     """
 
     def __init__(self, model: str | os.PathLike | Model, *, pooling: str = "auto", normalize: bool | None = None,
                  prefix: str = "", prompt_name: str | None = None, max_length: int | None = None, dim: int | None = None,
-                 batch_size: int | None = None, threads: int = 0, output_name: str | None = None, **extra):
+                 batch_size: int | None = None, threads: int = 0, output_name: str | None = None,
+                 cache_dir: str | os.PathLike | None = None, **extra):
         from embtool.runtime.encoder import open_encoder
 
-        m = model if isinstance(model, Model) else open_model(_path(model), need_tokenizer=True)
+        m = model if isinstance(model, Model) else open_model(_path(model), need_tokenizer=True, cache_dir=cache_dir)
         if prompt_name is not None:
             extra["prompt_name"] = prompt_name
         self.model = m
@@ -150,7 +156,8 @@ class Result:
 
 
 def _path(model):
-    """A model argument as the jobs take it: a str (a ModelRef keeps its --tokenizer / --onnx-file)."""
+    """A model argument as the jobs take it: a str (a path or a Hub id; a ModelRef keeps its --tokenizer, --onnx-file
+    and --cache-dir: `quantize(ModelRef("org/name", cache_dir="/data/hf"), ...)`)."""
     return model if isinstance(model, str) else os.fspath(model)
 
 
@@ -247,53 +254,59 @@ def init_subwords(model, output, *, tokenizer, progress=None, check: bool = True
                 tokenizer=os.fspath(tokenizer))
 
 
-def inspect(model) -> dict[str, Any]:
-    """What `embtool inspect --json` prints: architecture, vocabulary, parameters, bytes, quantization, provenance."""
+def inspect(model, *, cache_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """What `embtool inspect --json` prints: architecture, vocabulary, parameters, bytes, quantization, provenance,
+    and for a Hub id its `source` (id, revision, commit).
+
+    :param model: a model folder or file, a Hub id, a ModelRef or an opened Model
+    :param cache_dir: the Hub cache for a Hub id (default: the environment's, docs/hub.md)"""
     from embtool.core.describe import describe
     from embtool.core.summary import summary_json
 
-    m = model if isinstance(model, Model) else open_model(_path(model))
+    m = model if isinstance(model, Model) else open_model(_path(model), cache_dir=cache_dir)
     return summary_json("inspect", describe(m))
 
 
 class SearchHits(list):
-    """What `search` returns: a list with, per query, [(score, global id, text)] best first; `query_texts` are the
-    query texts (None for vector queries)."""
+    """What `search` returns: a list with, per query, its hits best first. A hit is a tuple (score, id, text) with
+    attributes `file` and `row` (the index file and its row there: rows whose ids repeat across files are told apart
+    by them). `query_texts` are the query texts (None for vector queries)."""
 
     query_texts: list[str] | None = None
 
 
 def search(index_paths, queries: Iterable[str] | np.ndarray | None = None, *, k: int = 10, metric: str = "cosine",
            ray: str | None = None, warn: Callable[[str], None] | None = None, **options) -> SearchHits:
-    """Exact top-k (`embtool search`). `queries` are texts (embedded with the index's model, or `model=`) or a
-    [q, dim] array of vectors; other options are SearchRequest's fields (query_files, query_embeddings,
-    query_prefix, model, tokenizer, strict, rescore, block_rows, threads). `ray="local"|"auto"|ADDRESS` scores
-    each index file in a Ray task; the hits are the same. `warn` receives warnings (e.g. a model mismatch)."""
-    import tempfile
+    """Exact top-k (`embtool search`).
 
+    :param index_paths: an index file or folder of shards, or a list of them (.safetensors, .parquet, .npy)
+    :param queries: texts (embedded with the index's model and settings, or `model=`), or a [q, dim] array of
+        vectors ([dim]: one query)
+    :param k: hits per query (at least 1)
+    :param metric: "cosine", "dot" or "l2" (squared distance, smaller is closer)
+    :param ray: "local" | "auto" | ADDRESS: score each index file in a Ray task; the hits are the same
+    :param warn: receives warnings (a model mismatch, repeated ids, ...)
+    :param options: SearchRequest's other fields (query_files, query_embeddings, query_prefix, model, tokenizer,
+        strict, rescore, block_rows, threads)
+    Bad values raise TypeError or BadUsage (k=0, an unknown metric); bad files a named embtool error."""
     from embtool.jobs.search import SearchRequest, run_search
 
     paths = [os.fspath(index_paths)] if isinstance(index_paths, (str, os.PathLike)) else [os.fspath(p) for p in index_paths]
     score_files = None
     if ray is not None:
-        from embtool.ray import search_files as score_files
-    run = {"warn": warn or (lambda m: None), "score_files": score_files}
+        from embtool.jobs.search import search_file
+        from embtool.ray import search_files
 
-    def done(res) -> SearchHits:
-        hits = SearchHits(res.hits)
-        hits.query_texts = res.query_texts
-        return hits
-
+        score_files = functools.partial(search_files, search_file)
     if isinstance(queries, np.ndarray):
-        with tempfile.TemporaryDirectory(prefix="embtool-q-") as d:
-            qfile = Path(d) / "q.npy"
-            np.save(qfile, np.asarray(queries, dtype=np.float32).reshape(len(queries), -1))
-            return done(run_search(SearchRequest(indexes=paths, query_embeddings=str(qfile), k=k, metric=metric, ray=ray,
-                                                 **options), **run))
-    if isinstance(queries, str):
-        queries = [queries]
-    return done(run_search(SearchRequest(indexes=paths, queries=list(queries or ()), k=k, metric=metric, ray=ray, **options),
-                           **run))
+        req = SearchRequest(indexes=paths, query_vectors=queries, k=k, metric=metric, ray=ray, **options)
+    else:
+        req = SearchRequest(indexes=paths, queries=[queries] if isinstance(queries, str) else list(queries or ()), k=k,
+                            metric=metric, ray=ray, **options)
+    res = run_search(req, warn=warn or (lambda m: None), score_files=score_files)
+    hits = SearchHits(res.hits)
+    hits.query_texts = res.query_texts
+    return hits
 
 
 def embed(model, output=None, *, texts: Iterable[str] | str = (), inputs: Iterable[str | os.PathLike] = (),
@@ -348,7 +361,7 @@ def sample_corpus(lang: str, split: str = "all", start: int = 0, limit: int | No
 def read_embeddings(path) -> np.ndarray:
     """Every vector of an embeddings file or index (.npy, .safetensors, .parquet) as float32 [n, dim]
     (int8 and binary indexes: their decoded values)."""
-    from embtool.core.embeddings_io import open_index
+    from embtool.core.formats.index import open_index
 
     ix = open_index(os.fspath(path))
     return np.asarray(ix.block(0, len(ix)), dtype=np.float32)
@@ -360,18 +373,23 @@ def write_embeddings(path, vectors: np.ndarray, texts: Iterable[str] | None = No
     """Write `vectors` (and their texts) with embtool's embeddings writer, atomically: an index `embtool search`
     reads (.safetensors / .parquet), or .npy / .jsonl / word2vec by the extension."""
     from embtool.core.embeddings_io import EmbeddingSink, format_for, not_embeddings_file
+    from embtool.core.formats.index import parse_metadata
     from embtool.core.writer import OutputFile
 
     texts = [str(i) for i in range(len(vectors))] if texts is None else list(texts)
     if len(texts) != len(vectors):
         raise InputError(f"{len(texts)} texts for {len(vectors)} vectors")
     fmt = format_for(os.fspath(path), None)
+    try:  # a value an index reader would refuse is refused now
+        record = parse_metadata(dict(metadata or {}), "write_embeddings")
+    except CorruptFile as e:
+        raise InputError(str(e)) from None
     sink = EmbeddingSink(fmt, precision, keep_float, keep_int8=keep_int8, binary_code=binary_code)
     try:
         with OutputFile(os.fspath(path), force, replaceable=lambda p: not_embeddings_file(p, fmt)) as tmp:
             for r0 in range(0, len(vectors), 65536):  # bounded temporaries, whatever the number of rows
                 sink.add(texts[r0 : r0 + 65536], np.asarray(vectors[r0 : r0 + 65536], dtype=np.float32))
-            sink.finish(tmp, dict(metadata or {}))
+            sink.finish(tmp, record.source, record.extra)
     finally:
         sink.close()
     return Path(path)
@@ -382,7 +400,7 @@ def open_index(path):
     `ix.meta` (what embed recorded), `ix.text(i)`, `ix.block(r0, r1)` (float32 rows, decoded), `ix.emb` (the stored
     rows: float, int8 codes or packed bits; int8 codes are of the rows minus `ix.int8_mean` when it is not None),
     `ix.query_bits(q)` (a binary index: the bits it compares queries by)."""
-    from embtool.core.embeddings_io import open_index as _open
+    from embtool.core.formats.index import open_index as _open
 
     return _open(os.fspath(path))
 

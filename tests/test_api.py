@@ -12,7 +12,7 @@ from conftest import ROOT, SENTENCES, run_cli
 
 def test_encoder_equals_cli_bit_for_bit(tiny_model, tmp_path):
     import embtool
-    from embtool.core.embeddings_io import Index
+    from embtool.core.formats.index import open_index
 
     enc = embtool.Encoder(tiny_model)
     vecs = enc.embed(SENTENCES)
@@ -20,7 +20,7 @@ def test_encoder_equals_cli_bit_for_bit(tiny_model, tmp_path):
     (tmp_path / "t.txt").write_text("\n".join(SENTENCES) + "\n")
     r = run_cli(["embed", tiny_model, "-i", tmp_path / "t.txt", "-o", tmp_path / "t.safetensors", "--quiet"])
     assert r.exit_code == 0, r.stderr
-    ix = Index(tmp_path / "t.safetensors")
+    ix = open_index(tmp_path / "t.safetensors")
     assert np.array_equal(np.asarray(ix.block(0, len(ix))), vecs)
     # the stream form gives the same rows, whatever the chunking
     assert np.array_equal(np.concatenate(list(enc.embed_iter(iter(SENTENCES), chunk=3))), vecs)

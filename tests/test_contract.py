@@ -46,16 +46,32 @@ def test_force_replaces_an_embtool_output_only_while_it_holds_only_embtool_files
     assert r.exit_code == 1 and "already exists (use --force" in r.stderr
     assert _export(tiny_bert, out, "--force").exit_code == 0
     # a file the user added: refused, kept
-    (out / "README.md").write_text("my notes")
+    (out / "notes.txt").write_text("my notes")
     r = _export(tiny_bert, out, "--force")
-    assert r.exit_code == 1 and "holds README.md, which embtool did not write" in r.stderr
-    assert (out / "README.md").read_text() == "my notes"
-    (out / "README.md").unlink()
-    # a file the user edited: refused
-    with open(out / "config.json", "a") as f:
-        f.write(" ")
+    assert r.exit_code == 1 and "holds notes.txt, which embtool did not write" in r.stderr
+    assert (out / "notes.txt").read_text() == "my notes"
+    (out / "notes.txt").unlink()
+    # a file the user edited: refused, whether its size changed or not (the manifest holds a sha256 of each file)
+    config = (out / "config.json").read_text()
+    assert '"gelu"' in config
+    for edited in (config + " ", config.replace('"gelu"', '"relu"')):
+        (out / "config.json").write_text(edited)
+        r = _export(tiny_bert, out, "--force")
+        assert r.exit_code == 1 and "config.json changed since embtool wrote it" in r.stderr, r.stderr
+        assert (out / "config.json").read_text() == edited
+    # the model card is a file embtool wrote like any other: edited, it is kept too
+    (out / "config.json").write_text(config)
+    card = (out / "README.md").read_text()
+    (out / "README.md").write_text(card.replace("embtool", "EMBTOOL", 1))
     r = _export(tiny_bert, out, "--force")
-    assert r.exit_code == 1 and "config.json changed since embtool wrote it" in r.stderr
+    assert r.exit_code == 1 and "README.md changed since embtool wrote it" in r.stderr
+    (out / "README.md").write_text(card)
+    # an output of an older embtool, whose manifest lists sizes only: refused, saying why and what to do
+    doc = json.loads((out / "embtool.json").read_text())
+    (out / "embtool.json").write_text(json.dumps({**doc, "files": {k: v["size"] for k, v in doc["files"].items()}}))
+    r = _export(tiny_bert, out, "--force")
+    assert r.exit_code == 1 and "lists file sizes only" in r.stderr and "remove the folder yourself" in r.stderr
+    assert (out / "config.json").read_text() == config
     # an embtool.json written by someone else (no file list): refused
     (out / "config.json").write_text("{}")
     (out / "embtool.json").write_text('{"command": "x"}')
@@ -312,7 +328,8 @@ def test_every_command_json_matches_its_schema(tmp_path, tiny_bert, corpus_files
         "defactorize": [["defactorize", t / "f", "-o", t / "df", "--json"]],
         "init-subwords": [["init-subwords", tiny_bert, "--tokenizer", t / "trim" / "tokenizer.json", "-o", t / "sw",
                            "--eval", h, "--json"]],
-        "embed": [["embed", tiny_bert, "-i", h, "-o", t / "e.safetensors", "--json"]],
+        "embed": [["embed", tiny_bert, "-i", h, "-o", t / "e.safetensors", "--json"],
+                  ["embed", tiny_bert, "-i", h, "-o", t / "e.parquet", "--json"]],
         "search": [["search", t / "e.safetensors", "a query", "another", "-k", "3", "--json"]],
         "shrink": [["shrink", tiny_bert, "-c", c, "--max-size", "100KB", "-o", t / "sh", "--json"]],
     }

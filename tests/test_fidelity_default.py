@@ -99,3 +99,36 @@ def test_a_model_embtool_cannot_run_is_refused_or_written_unchecked(tmp_path, ti
     assert "eval" not in s and any(n.startswith("NOT CHECKED: embtool cannot run this model") for n in s["notes"])
     assert "warning: NOT CHECKED" in r.stderr
     assert (tmp_path / "out").is_dir()
+
+
+def test_compare_figures_are_always_finite():
+    """compare() gives finite figures or refuses: NaN/inf embeddings are an InputError (never a null cosine that a
+    summary would show beside "passed": true), and vectors too large for float32 norms still compare by their cosine."""
+    import numpy as np
+
+    from embtool.core.errors import InputError
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((30, 8)).astype(np.float32)
+    for bad in (np.nan, np.inf, -np.inf):
+        b = a.copy()
+        b[3, 1] = bad
+        for x, y in ((a, b), (b, a)):
+            with pytest.raises(InputError, match="NaN or infinite"):
+                F.compare(x, y)
+    big = F.compare(a, a * np.float32(1e20))  # float32 squares overflow from 1.8e19
+    assert big["cosine_min"] == pytest.approx(1.0, abs=1e-12) and big["recall@10"] == 1.0
+    noisy = a + rng.standard_normal(a.shape).astype(np.float32)
+    small, large = F.compare(a, noisy), F.compare(a * np.float32(1e20), noisy * np.float32(1e20))
+    assert small["cosine_mean"] == pytest.approx(large["cosine_mean"], rel=1e-6) and small["recall@10"] == large["recall@10"] < 1
+
+
+def test_a_gate_never_passes_on_nan():
+    """Should a NaN figure ever reach a gate, it fails it: comparisons with NaN are false."""
+    from types import SimpleNamespace
+
+    for key in ("cosine_mean", "cosine_min", "recall@10"):
+        ev = {"cosine_mean": 0.99, "cosine_min": 0.98, "recall@10": 0.97, key: float("nan")}
+        req = SimpleNamespace(min_cosine=0.5, min_cosine_min=0.5, min_recall=0.5)
+        summary = {"eval": ev}
+        assert F.gate(summary, req) is False and summary["passed"] is False and len(summary["gate"]["failed"]) == 1

@@ -81,6 +81,21 @@ def test_several_onnx_files_model_onnx_by_default_or_onnx_file(tmp_path, exporte
     assert r.exit_code == 1 and "choose one with --onnx-file NAME" in r.stderr and r.stderr.count("\n") == 1
 
 
+def test_other_frameworks_weights_are_never_copied_to_an_output(tmp_path, tiny_bert):
+    """A Hub cache snapshot often holds pytorch_model.bin, tf_model.h5, ... beside model.safetensors: an output
+    carries none of them (they would be stale, and pickles are never handed on)."""
+    m = tmp_path / "m"
+    shutil.copytree(tiny_bert, m)
+    others = ["pytorch_model.bin", "tf_model.h5", "flax_model.msgpack", "rust_model.ot", "model.ckpt", "openvino/openvino_model.bin"]
+    for rel in others:
+        (m / rel).parent.mkdir(exist_ok=True)
+        (m / rel).write_bytes(b"\x80\x04never loaded")
+    r = run_cli(["quantize", m, "--bits", "8", "-o", tmp_path / "out", "--no-eval"])
+    assert r.exit_code == 0, r.stderr
+    assert not [rel for rel in others if (tmp_path / "out" / rel).exists()] and not (tmp_path / "out" / "openvino").exists()
+    assert "not copied to the output (other weights, they would be stale)" in r.stderr
+
+
 def test_unsupported_safetensors_architecture_falls_back_to_onnx(tmp_path, tiny_bert, exported):
     m = tmp_path / "m"
     shutil.copytree(tiny_bert, m)

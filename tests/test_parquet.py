@@ -13,8 +13,7 @@ pq = pytest.importorskip("pyarrow.parquet", reason="the parquet extra is install
 
 
 def test_embed_parquet_equals_the_index(tiny_bert, tmp_path):
-    from embtool.core.embeddings_io import Index
-    from embtool.core.parquet_io import ParquetIndex
+    from embtool.core.formats.index import ParquetIndex, SafetensorsIndex
 
     texts = SENTENCES + ["", "ünïcödé ✓ 漢字"]
     (tmp_path / "t.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
@@ -28,7 +27,7 @@ def test_embed_parquet_equals_the_index(tiny_bert, tmp_path):
     assert table.column("text").to_pylist() == texts
     meta = json.loads(table.schema.metadata[b"embtool"])
     assert meta["embtool_index"] == "1" and meta["pooling"] == "mean"
-    ix, pix = Index(tmp_path / "t.safetensors"), ParquetIndex(tmp_path / "t.parquet")
+    ix, pix = SafetensorsIndex(tmp_path / "t.safetensors"), ParquetIndex(tmp_path / "t.parquet")
     np.testing.assert_array_equal(pix.block(0, len(pix)), np.asarray(ix.block(0, len(ix))))
     assert [pix.text(i) for i in range(len(pix))] == texts
 
@@ -36,12 +35,12 @@ def test_embed_parquet_equals_the_index(tiny_bert, tmp_path):
 def test_parquet_refusals(tiny_bert, tmp_path):
     (tmp_path / "t.txt").write_text("a\nb\n")
     r = run_cli(["embed", tiny_bert, "-i", tmp_path / "t.txt", "-o", tmp_path / "t.parquet", "--precision", "int8"])
-    assert r.exit_code != 0 and "precision" in r.stderr
+    assert r.exit_code == 1 and r.stderr == "Error: --precision int8 is only stored in .npy or .safetensors outputs\n"
     (tmp_path / "notes.parquet").write_text("my notes, not embeddings\n")
     r = run_cli(["embed", tiny_bert, "-i", tmp_path / "t.txt", "-o", tmp_path / "notes.parquet", "--force"])
     assert r.exit_code == 1 and (tmp_path / "notes.parquet").read_text() == "my notes, not embeddings\n"
     from embtool.core.errors import CorruptFile
-    from embtool.core.parquet_io import ParquetIndex
+    from embtool.core.formats.index import ParquetIndex
 
     with pytest.raises(CorruptFile):
         ParquetIndex(tmp_path / "notes.parquet")

@@ -128,6 +128,27 @@ def _assert_same_hits(got, want, name, tol=1e-5):
             assert ig in tied, (name, qg, ig, iw)
 
 
+@pytest.fixture(scope="module")
+def options_bert(tiny_bert, tmp_path_factory):
+    from index_helpers import options_model
+
+    return options_model(tiny_bert, tmp_path_factory.mktemp("options") / "model")
+
+
+@pytest.mark.parametrize("writer, option", [("ray", o) for o in ("pooling-cls", "pooling-mean", "no-normalize", "prefix",
+                                                                   "prompt-name", "max-length", "dim")]
+                         + [("ray-parquet", "pooling-cls")])
+def test_ray_shards_record_every_encoder_option(ray_local, options_bert, tmp_path, writer, option):
+    """`embed --ray` parts record how their texts were embedded (they once recorded only the model), so `search
+    FOLDER "a query"` embeds queries as the documents were (the plain, --shard and Parquet writers:
+    tests/test_embed_search.py; the Parquet parts share the metadata path, one option shows it)."""
+    from index_helpers import ENCODER_OPTIONS, TEXTS, assert_search_embeds_queries_like_the_documents, embed_with
+
+    files = embed_with(writer, options_bert, ENCODER_OPTIONS[option], TEXTS, tmp_path / "shards")
+    assert len(files) == 2
+    assert_search_embeds_queries_like_the_documents(files, TEXTS)
+
+
 # ------------------------------------------------------------------------------------------ in-process, shared Ray
 def test_embed_dataset_refuses_null_and_non_text_values(ray_local, tiny_bert):
     import embtool

@@ -12,7 +12,8 @@ from safetensors.numpy import load_file
 
 from conftest import run_cli
 from embtool.algorithms import search as S
-from embtool.core.embeddings_io import EmbeddingSink, Index
+from embtool.core.embeddings_io import EmbeddingSink
+from embtool.core.formats.index import EncoderRecord, IndexSource, open_index
 from embtool.core.safetensors_io import write_safetensors
 
 
@@ -86,8 +87,8 @@ def _write(path, X, precision, keep_float=False, keep_int8=False, code="itq", no
         for r0 in range(0, len(X), 37):  # several chunks
             sink.add([f"t{r0 + j}" for j in range(len(X[r0:r0 + 37]))], X[r0:r0 + 37])
         if ids is not None:
-            sink.extra = {"ids": np.asarray(ids, np.int64)}
-        sink.finish(path, {"normalize": str(normalize).lower()})
+            sink.ids = np.asarray(ids, np.int64)
+        sink.finish(path, IndexSource(encoder=EncoderRecord(normalize=normalize)))
     finally:
         sink.close()
     return path
@@ -325,7 +326,7 @@ def test_int8_centring_lowers_the_score_error(tmp_path):
     X = (3 * base + rng.standard_normal((3000, 64)) @ np.diag(np.linspace(2, 0.2, 64))).astype(np.float32)
     q = X[:100] + 0.3 * rng.standard_normal((100, 64)).astype(np.float32)
     p = _write(tmp_path / "c.safetensors", X, "int8")
-    ix = Index(p)
+    ix = open_index(p)
     assert ix.int8_mean is not None
     plain_codes, plain_scales = to_precision(X, "int8")
     for metric in ("cosine", "dot"):
@@ -381,9 +382,9 @@ def test_cli_float_int8_reference_across_shards(tmp_path, metric, precision):
             np.testing.assert_allclose(t["int8_mean"], X[part].astype(np.float64).mean(0), atol=1e-5)
             rows.append(t["int8_mean"].astype(np.float64) + t["embeddings"].astype(np.float64) * t["scales"].astype(np.float64)[:, None])
         rows = np.concatenate(rows)
-        np.testing.assert_allclose(np.concatenate([Index(a).block(0, 250), Index(b).block(0, 250)]), rows, rtol=1e-6, atol=1e-5)
+        np.testing.assert_allclose(np.concatenate([open_index(a).block(0, 250), open_index(b).block(0, 250)]), rows, rtol=1e-6, atol=1e-5)
     else:
-        rows = np.concatenate([Index(a).block(0, 250), Index(b).block(0, 250)])
+        rows = np.concatenate([open_index(a).block(0, 250), open_index(b).block(0, 250)])
     order = np.concatenate([even, odd])
     full = np.empty_like(rows)
     full[order] = rows
@@ -408,7 +409,7 @@ def test_cli_binary_hamming_reference_across_shards(tmp_path, metric, code, nq):
     # reference: per shard, bits of (x - mean) @ R with that shard's stored mean/rotation, Hamming, merged
     per = []
     for path, base in ((a, 0), (b, 150)):
-        ix = Index(path)
+        ix = open_index(path)
         mean = None if ix.binary_mean is None else np.asarray(ix.binary_mean, np.float64)
         rot = None if ix.binary_rotation is None else np.asarray(ix.binary_rotation)
         assert (mean is None) == (code == "sign") and (rot is None) == (code != "itq")
@@ -438,7 +439,7 @@ def test_cli_binary_rescoring_reference(tmp_path, metric, keep):
     q = _vectors(5, d, 12, dup=False)
     np.save(tmp_path / "q.npy", q)
     p = _write(tmp_path / "i.safetensors", X, "binary", keep_float=keep == "float", keep_int8=keep == "int8")
-    ix = Index(p)
+    ix = open_index(p)
     ids, sc, r = _cli_hits([p, "--query-embeddings", tmp_path / "q.npy", "-k", "5", "--metric", metric, "--rescore", "40"])
     assert "no rescoring" not in r.stderr
     # reference: 40 candidates by Hamming (ties by id), re-ranked by the exact metric on the stored rescoring rows
@@ -515,8 +516,8 @@ def test_old_int8_index_and_bad_binary_tensors(tmp_path):
     q = _vectors(2, d, 17, dup=False)
     np.save(tmp_path / "q.npy", q)
     rows = codes.astype(np.float64) * scales[:, None]
-    assert Index(old).int8_mean is None
-    np.testing.assert_array_equal(Index(old).block(0, 100), codes.astype(np.float32) * scales[:, None])
+    assert open_index(old).int8_mean is None
+    np.testing.assert_array_equal(open_index(old).block(0, 100), codes.astype(np.float32) * scales[:, None])
     for metric in S.METRICS:
         ids, sc, _ = _cli_hits([old, "--query-embeddings", tmp_path / "q.npy", "-k", "5", "--metric", metric])
         ws, want = ref_float(q, rows, 5, metric)
@@ -539,7 +540,7 @@ def test_embed_cli_binary_options(tmp_path, tiny_bert):
     out = tmp_path / "b.safetensors"
     r = run_cli(["embed", tiny_bert, *SENTENCES, "-o", out, "--precision", "binary", "--keep-int8", "--quiet"])
     assert r.exit_code == 0, r.stderr
-    ix = Index(out)
+    ix = open_index(out)
     assert ix.meta["binary_code"] == "itq" and ix.int8 is not None and ix.rescore_source == "embeddings_int8"
     r = run_cli(["search", out, SENTENCES[1], "-k", "1", "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["id"] == 1

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import corpus_lines, run_cli
 from embtool.algorithms.pooling import to_precision
-from embtool.core.embeddings_io import EmbeddingSink, Index
+from embtool.core.embeddings_io import EmbeddingSink
+from embtool.core.formats.index import open_index
 from embtool.core.safetensors_io import write_safetensors
 
 pytestmark = pytest.mark.real
@@ -36,14 +37,14 @@ def test_int8_and_binary_recall_on_e5(e5_small, tmp_path):
                  ["-i", tmp_path / "q.txt", "--prefix", "query: ", "-o", tmp_path / "q.npy"]):
         r = run_cli(["embed", e5_small, *args, "--quiet"])
         assert r.exit_code == 0, r.stderr
-    src = Index(fl)
+    src = open_index(fl)
     X = np.asarray(src.emb)
     for name, prec, extra in (("int8", "int8", {}), ("binary", "binary", {"keep_float": True}),
                               ("sign", "binary", {"binary_code": "sign"})):
         sink = EmbeddingSink("safetensors", prec, **extra)  # the writer embed uses
         try:
             sink.add(docs, X)
-            sink.finish(tmp_path / f"{name}.safetensors", {"normalize": src.meta["normalize"]})
+            sink.finish(tmp_path / f"{name}.safetensors", src.record.source)
         finally:
             sink.close()
     # an int8 index as written before codes were centred: plain codes of x, no int8_mean

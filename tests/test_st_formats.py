@@ -18,7 +18,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from conftest import run_cli
-from embtool.core.embeddings_io import Index
+from embtool.core.formats.index import open_index
 from embtool.core.model import open_model
 from embtool.core.st_config import pooling_modes, read_st_info
 from embtool.runtime.encoder import EmbedSettings, Encoder
@@ -114,7 +114,7 @@ def test_embed_prompt_name_is_recorded_and_search_uses_the_query_prompt(tmp_path
     r = run_cli(["embed", d, "-i", docs, "--prompt-name", "document", "-o", out])
     assert r.exit_code == 0, r.stderr
     assert "note: this model has prompts" not in r.stderr
-    meta = Index(out).meta
+    meta = open_index(out).meta
     assert meta["prompt_name"] == "document" and meta["prefix"] == "passage: "
     expected = np.array(next(x["vectors"] for x in REF["models"]["new-prompts"]["runs"] if x["prompt_name"] == "document"))
     stored = load_file(str(out))

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from embtool.api import FORMATS
+
 OUT = Path(__file__).resolve().parent.parent / "docs" / "schema"
 
 INT = {"type": "integer", "minimum": 0}
@@ -59,6 +61,11 @@ def summary(command: str, description: str, props: dict, required: list[str], wr
 
 SCHEMAS = {
     "inspect": summary("inspect", "What a model holds.", {
+        "source": {"type": ["object", "null"], "required": ["id", "revision", "commit"],
+                   "description": "For a model given as a Hub id: the id, the revision asked for and the commit it "
+                                  "resolved to (null for a local path).",
+                   "properties": {"id": STR, "revision": STR, "commit": {"type": "string", "pattern": "^[0-9a-f]{40}$"}},
+                   "additionalProperties": False},
         "format": {"enum": ["safetensors", "onnx"]}, "layout": STR, "weight_files": {"type": "array", "items": STR},
         "architecture": {"type": ["string", "null"]}, "model_type": {"type": ["string", "null"]},
         "hidden_size": {"type": ["integer", "null"]}, "layers": INT,
@@ -73,7 +80,7 @@ SCHEMAS = {
     "embed": summary("embed", "Embeddings written to a file (-o FILE).", {
         "texts": INT, "dim": INT, "tokens": INT, "truncated": INT, "max_length": INT, "pooling": STR,
         "normalize": BOOL, "output": STR, "written": BOOL,
-        "format": {"enum": ["npy", "safetensors", "jsonl", "word2vec"]},
+        "format": {"enum": list(FORMATS)},
         "precision": {"enum": ["float32", "float16", "int8", "binary"]}, "texts_per_second": {"type": ["number", "null"]},
     }, ["texts", "dim", "output", "written", "format", "precision"], writer=False),
     "search": {
@@ -81,7 +88,11 @@ SCHEMAS = {
         "title": "embtool search --json", "description": "JSON Lines: one object per hit, in query order then rank order.",
         "type": "object", "required": ["schema", "query_no", "rank", "score", "id", "text"],
         "properties": {"schema": {"const": "embtool.search/1"}, "query_no": INT, "query": {"type": ["string", "null"]},
-                       "rank": {"type": "integer", "minimum": 1}, "score": NUM, "id": INT, "text": STR},
+                       "rank": {"type": "integer", "minimum": 1}, "score": NUM,
+                       "id": {"type": "integer", "description": "the row's id as the index stores it (ids may repeat "
+                              "across index files: file and row tell the rows apart)"},
+                       "text": STR, "file": {**STR, "description": "the index file of the hit"},
+                       "row": {**INT, "description": "the hit's row in that file"}},
         "additionalProperties": False,
     },
     "export-onnx": summary("export-onnx", "A safetensors model exported to an ONNX folder.", {"file": STR},

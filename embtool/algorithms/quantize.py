@@ -20,8 +20,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embtool.core.threads import cpu_threads
-
 BITS = (2, 3, 4, 8)
 RUNNABLE_BITS = (2, 4, 8)  # onnxruntime MatMulNBits / GatherBlockQuantized; 3-bit runs as 4-bit codes
 CLIP_GRID = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6, 0.5)
@@ -81,8 +79,9 @@ def check_shape(shape: tuple[int, ...], group_size: int, name: str = "tensor") -
 
 
 def quantize(W: np.ndarray, bits: int, group_size: int, symmetric: bool = False,
-             clip_grid: tuple[float, ...] = CLIP_GRID) -> QTensor:
-    """Round-to-nearest group-wise quantization with a per-group clipping search."""
+             clip_grid: tuple[float, ...] = CLIP_GRID, workers: int = 1) -> QTensor:
+    """Round-to-nearest group-wise quantization with a per-group clipping search, on `workers` threads (chunks of
+    rows; the result does not depend on it: the caller decides, core/threads.py's rule)."""
     if bits not in BITS:
         raise ValueError(f"bits must be one of {BITS}")
     check_shape(W.shape, group_size)
@@ -130,7 +129,7 @@ def quantize(W: np.ndarray, bits: int, group_size: int, symmetric: bool = False,
             zeros[r0 : r0 + n] = z.astype(np.uint8).reshape(n, G)
 
     starts = range(0, rows, chunk)
-    workers = min(len(starts), cpu_threads())
+    workers = min(len(starts), max(1, int(workers)))
     if workers > 1:  # numpy's ufuncs release the GIL: chunks on several cores
         from concurrent.futures import ThreadPoolExecutor
 
@@ -409,11 +408,12 @@ def gptq_many(Ws: list[np.ndarray], H: np.ndarray, specs: list[tuple[int, bool]]
 
 
 def quantize_matrix(W: np.ndarray, bits: int, group_size: int, symmetric: bool = False,
-                    H: np.ndarray | None = None) -> QTensor:
-    """GPTQ (with act-order) when the input Gram matrix H of the layer is known, else round-to-nearest."""
+                    H: np.ndarray | None = None, workers: int = 1) -> QTensor:
+    """GPTQ (with act-order) when the input Gram matrix H of the layer is known, else round-to-nearest (on
+    `workers` threads)."""
     if H is not None:
         return gptq(W, H, bits, group_size, symmetric, act_order=True)
-    return quantize(W, bits, group_size, symmetric)
+    return quantize(W, bits, group_size, symmetric, workers=workers)
 
 
 def weighted_error(W: np.ndarray, q: QTensor, H: np.ndarray | None) -> float:

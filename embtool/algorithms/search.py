@@ -44,6 +44,24 @@ PRODUCT_MIN_QUERIES = 8
 PRODUCT_MAX_INT8_QUERIES = 24
 
 
+class NonFiniteScore(ValueError):
+    """A row scored NaN or infinity: a value of the row (or its scale, mean or norm) is not a finite number. Scores
+    are checked block by block, so no ranking is ever built on them."""
+
+    def __init__(self, row: int, value: float):
+        super().__init__(f"row {row} scores {value}")
+        self.row, self.value = row, value
+
+
+def _check_finite(s: np.ndarray, ids: np.ndarray | int) -> None:
+    """Raise NonFiniteScore for the first non-finite score of s [Q, B]; ids: the rows' ids [B] (or the first id)."""
+    if s.dtype.kind != "f" or np.isfinite(s).all():
+        return
+    col = int(np.flatnonzero(~np.isfinite(s).all(0))[0])
+    row = int(ids[col]) if isinstance(ids, np.ndarray) else ids + col
+    raise NonFiniteScore(row, float(s[~np.isfinite(s[:, col]), col][0]))
+
+
 def approx_depth(k: int) -> int:
     """Candidates per query of a one-part int8 scan rescored exactly: the one-part scores are within about 2^-6
     of each query's largest value per term, far less than the score gap between rank k and rank 4k on real
@@ -69,7 +87,9 @@ def block_scores(q: np.ndarray, block: np.ndarray, metric: str, unit_rows: bool 
     # 1M x 384 rows and 100 queries (OpenBLAS, 2 threads)
     s = (block @ q.T).T
     if metric == "cosine" and not unit_rows:
-        s /= np.maximum(np.linalg.norm(block, axis=1), 1e-12)[None, :]
+        norms = np.linalg.norm(block, axis=1)
+        s /= np.maximum(norms, 1e-12)[None, :]
+        s[:, ~np.isfinite(norms)] = np.nan  # a norm that overflows would score 0: a row of such values is refused
     elif metric == "l2":
         sq = 1.0 if unit_rows else np.einsum("ij,ij->i", block, block)[None, :]
         s = 2 * s - sq - (q * q).sum(1)[:, None]
@@ -419,6 +439,7 @@ def _scan(n_queries, n_rows, score, k, metric, block_rows, id_offset, after_bloc
         if before_block is not None and r1 < n_rows:  # e.g. ask the OS to read the next block ahead
             before_block(r1, min(n_rows, r1 + block_rows))
         s = score(r0, r1)
+        _check_finite(s, r0 + id_offset)
         if after_block is not None:  # e.g. let the memory-mapped rows go
             after_block(r0, r1)
         run.push(s, r0 + id_offset)
@@ -618,6 +639,9 @@ def _rescore_sweep(qp, uniq, inv, rows, metric, unit, out_s) -> None:
 
 def _best(out_s: np.ndarray, cand: np.ndarray, metric: str, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The best k of each query's rescored candidates (score desc, id asc); l2 as squared distances."""
+    if not np.isfinite(out_s).all():
+        r = int(np.flatnonzero(~np.isfinite(out_s).all(1))[0])
+        _check_finite(out_s[r:r + 1], cand[r])
     o = np.lexsort((cand, -out_s), axis=1)[:, :k]
     s, i = np.take_along_axis(out_s, o, 1), np.take_along_axis(cand, o, 1)
     if metric == "l2":
@@ -625,11 +649,10 @@ def _best(out_s: np.ndarray, cand: np.ndarray, metric: str, k: int) -> tuple[np.
     return s, i.astype(np.int64)
 
 
-def merge(results: list[tuple[np.ndarray, np.ndarray]], k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
-    """Merge top-k lists of several shards (ids already global)."""
-    s = np.concatenate([r[0] for r in results], 1)
-    i = np.concatenate([r[1] for r in results], 1)
-    if metric == "l2":
-        s2, i2 = _select(-s, i, k)
-        return -s2, i2
-    return _select(s, i, k)
+def merge(results: list[tuple[np.ndarray, np.ndarray, np.ndarray]], k: int, metric: str) -> tuple[np.ndarray, ...]:
+    """Merge the top-k lists of several index files: `results` holds per file (scores [Q, k_f], ids [Q, k_f],
+    positions [Q, k_f]), a position naming one row of all files (ids may repeat). Returns (scores, ids, positions)
+    [Q, k]: best first (l2: smallest), ties by the smaller id, then the smaller position."""
+    s, i, p = (np.concatenate([r[j] for r in results], 1) for j in range(3))
+    o = np.lexsort((p, i, s if metric == "l2" else -s), axis=1)[:, :k]
+    return tuple(np.take_along_axis(x, o, 1) for x in (s, i, p))

@@ -16,6 +16,7 @@ def render(d: dict) -> str:
     tok = d["tokenizer"]
     rows = [
         ["path", d["model"]],
+        *([["hub", f"{d['source']['id']}@{d['source']['revision']} (commit {d['source']['commit']})"]] if d.get("source") else []),
         ["format", f"{d['format']} ({d['layout']}: {', '.join(d['weight_files'])})"],
         ["architecture", f"{d['architecture']}  hidden {_or(d['hidden_size'], 'unknown')}  layers {_or(d['layers'], 'unknown')}"],
         ["tokenizer", "none" if tok is None else f"{tok['type']}, {tok['vocab_size']:,} tokens"],
@@ -113,9 +114,13 @@ def command(model: str, as_json: bool) -> None:
     The table goes to stdout (it is the command's data); --json prints one JSON object instead,
     for CI checks on sizes.
 
+    A Hub id (org/name, org/name@revision) is read from the Hugging Face cache, or downloaded; the
+    table then shows the commit it resolved to (--json: "source").
+
     \b
     Example:
       embtool inspect all-MiniLM-L6-v2/
+      embtool inspect sentence-transformers/all-MiniLM-L6-v2@main
       embtool inspect model-fr/ --json | jq .parameters.total
     """
     d = api.inspect(model)

@@ -15,8 +15,8 @@ GATE_FAILED_EXIT = 3  # a --min-* gate failed (see embtool.core.errors.FidelityE
 
 
 class ModelPath(click.ParamType):
-    """A model folder or a .safetensors/.onnx file. Existence is checked by the core, so that a
-    missing model is a one-line error (exit 1) like every other unusable model."""
+    """A model folder, a .safetensors/.onnx file, or a Hub id (org/name[@revision]). Existence is checked
+    by the core, so that a missing model is a one-line error (exit 1) like every other unusable model."""
 
     name = "MODEL"
 
@@ -26,10 +26,13 @@ class ModelPath(click.ParamType):
 
 class InputPath(click.Path):
     """An input file (or folder, with dir_okay): a missing or unreadable one is an error like a missing MODEL
-    (`Error: PATH: no such file or folder`, exit 1), not a usage error (exit 2): the command line was right."""
+    (`Error: PATH: no such file or folder`, exit 1), not a usage error (exit 2): the command line was right.
+    With hub_id, a value that is no path is passed on for the core to resolve as a Hub id (org/name[@revision]), or
+    to refuse with the same `no such file or folder` line."""
 
-    def __init__(self, dir_okay: bool = False, allow_dash: bool = False):
+    def __init__(self, dir_okay: bool = False, allow_dash: bool = False, hub_id: bool = False):
         super().__init__(exists=False, dir_okay=dir_okay, file_okay=True, allow_dash=allow_dash)
+        self.hub_id = hub_id
 
     def convert(self, value: Any, param, ctx) -> Any:
         import os
@@ -38,6 +41,8 @@ class InputPath(click.Path):
         if self.allow_dash and value == "-":
             return value
         p = Path(value)
+        if not p.exists() and self.hub_id:
+            return value  # the core resolves it as a Hub id, or says "no such file or folder"
         if not p.exists():
             raise click.ClickException(f"{value}: no such file or folder")
         if p.is_dir() and not self.dir_okay:
@@ -47,24 +52,35 @@ class InputPath(click.Path):
         return super().convert(value, param, ctx)
 
 
+def cache_dir_option(f: Callable) -> Callable:
+    """--cache-dir DIR: the Hugging Face Hub cache that Hub ids (MODEL, --tokenizer, --model) are read from and
+    downloaded into."""
+    return click.option("--cache-dir", type=click.Path(file_okay=False), default=None, metavar="DIR",
+                        help="The Hugging Face Hub cache for a MODEL given as a Hub id, org/name[@revision] (default: "
+                             "$HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub; see docs/hub.md).")(f)
+
+
 def model_argument(f: Callable | None = None, *, tokenizer_flag: str = "--tokenizer") -> Callable:
-    """The MODEL argument, with --tokenizer PATH (for a model without a tokenizer.json beside it) and
-    --onnx-file NAME (which ONNX file of a folder with several); the command receives one `model`
-    (a `ModelRef` when either option is given). init-subwords spells the first --source-tokenizer."""
+    """The MODEL argument (a folder, a file, or a Hub id org/name[@revision]), with --tokenizer PATH (for a model
+    without a tokenizer.json beside it), --onnx-file NAME (which ONNX file of a folder with several) and --cache-dir
+    DIR (the Hub cache); the command receives one `model` (a `ModelRef` when any option is given). init-subwords
+    spells the first --source-tokenizer."""
 
     def deco(f: Callable) -> Callable:
         @functools.wraps(f)
-        def inner(*a, model, model_tokenizer=None, onnx_file=None, **k):
+        def inner(*a, model, model_tokenizer=None, onnx_file=None, cache_dir=None, **k):
             from embtool.api import ModelRef
 
-            if model_tokenizer is not None or onnx_file is not None:
-                model = ModelRef(model, model_tokenizer, onnx_file)
+            if model_tokenizer is not None or onnx_file is not None or cache_dir is not None:
+                model = ModelRef(model, model_tokenizer, onnx_file, cache_dir)
             return f(*a, model=model, **k)
 
+        g = cache_dir_option(inner)
         g = click.option("--onnx-file", default=None, metavar="NAME",
-                         help="Which ONNX file of a folder with several (e.g. model_quantized.onnx; default model.onnx).")(inner)
-        g = click.option(tokenizer_flag, "model_tokenizer", type=InputPath(dir_okay=True), default=None,
-                         help="The model's tokenizer.json (or a folder holding it), when there is none beside the model.")(g)
+                         help="Which ONNX file of a folder with several (e.g. model_quantized.onnx; default model.onnx).")(g)
+        g = click.option(tokenizer_flag, "model_tokenizer", type=InputPath(dir_okay=True, hub_id=True), default=None,
+                         help="The model's tokenizer.json (or a folder holding it, or a Hub id), when there is none "
+                              "beside the model.")(g)
         return click.argument("model", type=ModelPath())(g)
 
     return deco(f) if f is not None else deco
@@ -76,13 +92,21 @@ def output_option(required: bool = True, help: str = "Output model folder (built
 
 def common_options(f: Callable | None = None, *,
                    json_help: str = "Print the summary as one JSON object on stdout (schema: docs/schema/).") -> Callable:
-    """--json, --quiet and --threads (`@common_options`, or `@common_options(json_help=...)`)."""
+    """--json, --quiet and --threads (`@common_options`, or `@common_options(json_help=...)`). --quiet also
+    silences the progress bars of Hub downloads."""
 
     def deco(f: Callable) -> Callable:
-        f = click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
-                         help="CPU threads for onnxruntime and numpy (0: OMP_NUM_THREADS if set, else all cores).")(f)
-        f = click.option("--quiet", is_flag=True, help="No progress bars or summaries on stderr.")(f)
-        return click.option("--json", "as_json", is_flag=True, help=json_help)(f)
+        @functools.wraps(f)
+        def inner(*a, **k):
+            from embtool.api import quiet_downloads
+
+            with quiet_downloads(bool(k.get("quiet"))):
+                return f(*a, **k)
+
+        g = click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+                         help="CPU threads for onnxruntime and numpy (0: OMP_NUM_THREADS if set, else all cores).")(inner)
+        g = click.option("--quiet", is_flag=True, help="No progress bars or summaries on stderr.")(g)
+        return click.option("--json", "as_json", is_flag=True, help=json_help)(g)
 
     return deco(f) if f is not None else deco
 
@@ -136,8 +160,8 @@ def eval_options(prefix: bool = True) -> Callable:
 def force_option(f: Callable) -> Callable:
     return click.option("--force", is_flag=True,
                         help="Replace the output if it exists and embtool wrote it (a folder whose embtool.json lists "
-                             "every file in it, an embeddings file of the same format, or an empty one); anything "
-                             "else is refused.")(f)
+                             "every file in it with its sha256, an embeddings file of the same format, or an empty "
+                             "one); anything else is refused.")(f)
 
 
 def progress_bar(quiet: bool, total: int | None = None, unit: str = "text", desc: str | None = None):

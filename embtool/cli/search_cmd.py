@@ -10,7 +10,7 @@ import click
 
 from embtool import api
 from embtool.api import METRICS
-from embtool.cli.options import InputPath, common_options
+from embtool.cli.options import InputPath, cache_dir_option, common_options
 
 
 @click.command(name="search")
@@ -21,12 +21,16 @@ from embtool.cli.options import InputPath, common_options
               help="Queries as vectors: a .npy matrix or an embtool .safetensors file.")
 @click.option("-k", "--top-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="Neighbours per query.")
 @click.option("--metric", type=click.Choice(METRICS), default="cosine", show_default=True)
-@click.option("--model", "model_path", default=None, help="Embed text queries with this model (default: the one recorded in the index).")
-@click.option("--tokenizer", "tokenizer_path", type=InputPath(dir_okay=True), default=None,
-              help="The model's tokenizer.json (or a folder holding it), for a model without one beside it "
+@click.option("--model", "model_path", default=None,
+              help="Embed text queries with this model, a folder, file or Hub id (default: the one recorded in the index).")
+@click.option("--tokenizer", "tokenizer_path", type=InputPath(dir_okay=True, hub_id=True), default=None,
+              help="The model's tokenizer.json (or a folder holding it, or a Hub id), for a model without one beside it "
                    "(default: the one recorded in the index, if any).")
+@cache_dir_option
 @click.option("--query-prefix", default=None, help="Prefix for text queries (default: the model's query prompt, else the index's prefix), e.g. 'query: ' for e5.")
-@click.option("--strict", is_flag=True, help="Refuse (instead of warn) when --model differs from the index's model.")
+@click.option("--strict", is_flag=True,
+              help="Refuse (instead of warn) when the model differs from the index's, when index files were embedded "
+                   "differently, or when ids repeat (name more than one row).")
 @click.option("--rescore", type=click.IntRange(min=0), default=None,
               help="int8/binary indexes: rescore this many candidates with the stored float vectors (binary: or int8 "
                    "codes) (0: off; default: a depth chosen from the index size).")
@@ -39,7 +43,7 @@ from embtool.cli.options import InputPath, common_options
                    "HOST:PORT: a cluster) and merge the top-k here; the hits are the same as without --ray.")
 @common_options(json_help="Print JSON Lines on stdout: one JSON object per hit (schema: docs/schema/search.json), "
                           "in query order, then rank order.")
-def command(index, queries, query_files, query_embeddings, k, metric, model_path, tokenizer_path, query_prefix, strict, rescore, block_rows,
+def command(index, queries, query_files, query_embeddings, k, metric, model_path, tokenizer_path, cache_dir, query_prefix, strict, rescore, block_rows,
             shards, ray_address, as_json, quiet, threads) -> None:
     """Exact top-k search of an index written by `embtool embed -o X.safetensors` (or .parquet, or a .npy
     matrix; a folder stands for the index shards in it, as `embed --ray` writes them),
@@ -47,8 +51,9 @@ def command(index, queries, query_files, query_embeddings, k, metric, model_path
     and the result is always the exact one (recall 1.0).
 
     Output: TSV `query_no  rank  score  id  text` on stdout; --json gives JSON Lines, one JSON object
-    per hit (not one per query), each with the same fields and "schema": "embtool.search/1".
-    For l2 the score is the squared distance (smaller is closer).
+    per hit (not one per query), each with the same fields, the hit's index file and row, and
+    "schema": "embtool.search/1". For l2 the score is the squared distance (smaller is closer).
+    Ids are shown as the index stores them; ids that repeat across files are a warning.
 
     \b
     Example:
@@ -67,16 +72,18 @@ def command(index, queries, query_files, query_embeddings, k, metric, model_path
             raise click.UsageError("no queries: give them as arguments, with -q FILE, or with --query-embeddings")
         query_files = ("-",)
     hits_per_query = api.search([index, *extra], queries, query_files=list(query_files), query_embeddings=query_embeddings,
-                                k=k, metric=metric, model=model_path, tokenizer=tokenizer_path, query_prefix=query_prefix,
+                                k=k, metric=metric, model=model_path, tokenizer=tokenizer_path, cache_dir=cache_dir, query_prefix=query_prefix,
                                 strict=strict, rescore=rescore, block_rows=block_rows or 0, threads=threads, ray=ray_address,
                                 warn=(lambda msg: None) if quiet else (lambda msg: click.echo(f"warning: {msg}", err=True)))
     query_texts = hits_per_query.query_texts
     out = sys.stdout
     for qi, hits in enumerate(hits_per_query):
-        for rank, (score, gid, text) in enumerate(hits, 1):
+        for rank, hit in enumerate(hits, 1):
+            score, gid, text = hit
             if as_json:
-                out.write(json.dumps({"schema": "embtool.search/1", "query_no": qi, "query": query_texts[qi] if query_texts else None, "rank": rank,
-                                      "score": round(float(score), 6), "id": int(gid), "text": text}, ensure_ascii=False) + "\n")
+                out.write(json.dumps({"schema": "embtool.search/1", "query_no": qi, "query": query_texts[qi] if query_texts else None,
+                                      "rank": rank, "score": round(float(score), 6), "id": int(gid), "text": text,
+                                      "file": hit.file, "row": hit.row}, ensure_ascii=False, allow_nan=False) + "\n")
             else:
                 clean = text.replace("\t", " ").replace("\n", " ")
                 out.write(f"{qi}\t{rank}\t{score:.6f}\t{gid}\t{clean}\n")

@@ -37,8 +37,8 @@ def render(s: dict) -> str:
 
 @click.command(name="init-subwords")
 @model_argument(tokenizer_flag="--source-tokenizer")
-@click.option("--tokenizer", "tokenizer", required=True, type=InputPath(dir_okay=True),
-              help="The new tokenizer.json (or a folder holding it, with its tokenizer_config.json).")
+@click.option("--tokenizer", "tokenizer", required=True, type=InputPath(dir_okay=True, hub_id=True),
+              help="The new tokenizer.json (or a folder holding it, with its tokenizer_config.json, or a Hub id).")
 @click.option("--method", type=click.Choice(["ofa", "fvt", "random"]), default=None,
               help="ofa: neighbours by word vectors; fvt: mean of the source pieces; random: N(mean, std). "
                    "Shared tokens are copied by every method. Default: ofa with --word-vectors, else fvt.")

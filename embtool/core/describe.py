@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 
 from embtool.core.errors import CorruptFile
+from embtool.core.formats import record
 from embtool.core.qrecord import KEY, has_record, read_record, record_metadata
 from embtool.core.model import Model, architecture, find_vocab_tensors, num_layers, onnx_initializer_stats
-from embtool.core.writer import provenance_chain
 
 
 def describe(model: Model) -> dict[str, Any]:
@@ -44,11 +44,12 @@ def describe(model: Model) -> dict[str, Any]:
         ops = {}
         for n in model.onnx_model.graph.node:
             ops[n.op_type] = ops.get(n.op_type, 0) + 1
-    et = model.embtool_meta()
+    et = record.read(model.root)
     state = {"quantized": _quant_state(model, meta, et), "factorized": _factor_state(model, meta, et)}
     tok = model.tokenizer
     out: dict[str, Any] = {
         "path": str(model.root),
+        "source": model.source.as_dict() if model.source is not None else None,  # a Hub id: id, revision, commit
         "format": model.format,
         "layout": model.layout.name,
         "weight_files": [str(p.relative_to(model.root)) if p.is_relative_to(model.root) else str(p) for p in model.weight_files()],
@@ -74,7 +75,7 @@ def describe(model: Model) -> dict[str, Any]:
         "pooling": model.st.pooling,
         "normalize": model.st.normalize,
         "state": state,
-        "provenance": provenance_chain(et),
+        "provenance": record.chain(et),
     }
     if model.format == "onnx":
         out["onnx_ops"] = dict(sorted(ops.items(), key=lambda kv: -kv[1]))

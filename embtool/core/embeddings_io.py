@@ -1,35 +1,17 @@
-"""Embedding outputs (.npy, .safetensors index, .jsonl, word2vec, stdout) and the index reader.
+"""Embedding outputs: the streaming writer every embed output goes through (.npy, .safetensors and .parquet index,
+.jsonl, word2vec text, stdout), and what `embed --force` may replace.
 
-The index format is plain safetensors, readable with `safetensors.numpy.load_file`:
-  embeddings    [N, D] float32 | float16 | int8, or [N, ceil(D/8)] uint8 sign bits (binary)
-  scales        [N] float32            (int8 only: row i = int8_mean + embeddings[i] * scales[i])
-  int8_sqnorms  [N] float32            (int8 with int8_mean: |row i|^2 of the decoded rows, so cosine and l2 search
-                                        need no pass over the codes for norms; computed when absent)
-  int8_mean     [D] float32            (int8 codes, of embeddings or embeddings_int8: the corpus mean they are centred
-                                        by; codes = rint((x - int8_mean) / scale), scale = max|x - int8_mean| / 127)
-  embeddings_float [N, D] float16      (optional, --keep-float: used by search to rescore)
-  embeddings_int8 [N, D] int8, scales_int8 [N] float32
-                                       (optional, binary with --keep-int8: rescoring at 1 byte per dimension;
-                                        row i = int8_mean + embeddings_int8[i] * scales_int8[i])
-  binary_mean   [D] float32            (binary: the corpus mean, subtracted before taking signs)
-  binary_rotation [D, D] float32       (binary, optional: bits = sign((x - mean) @ rotation))
-  texts         [bytes] uint8          UTF-8 of all texts, concatenated
-  text_offsets  [N + 1] int64          text i = texts[text_offsets[i]:text_offsets[i+1]]
-  __metadata__  embtool_index=1, model, model_fingerprint, pooling, normalize, dim, precision,
-                prefix, max_length, count, id_offset (first id of this shard), binary_code (sign | centred | itq)
-
-Older binary indexes have no binary_mean: their bits are the plain signs, and search binarizes queries the same way.
-int8 codes without int8_mean (older indexes; the rescoring codes of a binary index with the plain `sign` code) are
-of x itself: the mean is 0. A .npy output has no room for a mean: int8 .npy files hold plain codes rint(x / scale).
-Each file has its own mean (shards written apart too); its search scores are those of its decoded rows, so scores
-of several files compare and merge as they are.
+The index (.safetensors / .parquet: vectors, texts, ids, and how they were embedded) is a record with its own owner,
+embtool/core/formats/index.py, which describes, reads, validates and writes it; the writer here spools rows and
+computes the codes that depend on the whole corpus, then hands the arrays to that owner.
 
 Why centred int8 codes: real sentence embeddings share a large common direction (multilingual-e5-small paragraphs:
 mean pairwise cosine 0.83) that takes much of each row's range max|x|; codes of x - mean spend the 255 levels on
 what tells rows apart. On 6,000 e5-small paragraphs, recall@10 of `embtool search` over the int8 index against the
 float index: cosine 0.989 -> 0.991 (300 half-paragraph queries), 0.990 -> 0.995 (2,000 paragraphs as queries); dot
 0.977 -> 0.988 and 0.979 -> 0.990. Per-row asymmetric codes (min..max, a zero point per row) measured no better
-than symmetric centred ones (2,000 queries: +0.0006 ± 0.0006 cosine), so the codes stay symmetric.
+than symmetric centred ones (2,000 queries: +0.0006 ± 0.0006 cosine), so the codes stay symmetric. A .npy output has
+no room for a mean: int8 .npy files hold plain codes rint(x / scale), binary ones plain signs.
 
 Writers spool rows to temporary files so that any number of texts streams in bounded memory.
 """
@@ -37,8 +19,8 @@ Writers spool rows to temporary files so that any number of texts streams in bou
 from __future__ import annotations
 
 import json
+import math
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import IO
@@ -46,11 +28,14 @@ from typing import IO
 import numpy as np
 
 from embtool.algorithms import pooling as P
-from embtool.core.errors import BadUsage, CorruptFile, InputError
-from embtool.core.safetensors_io import SafetensorsFile, write_safetensors
+from embtool.core.errors import BadUsage, InputError
+from embtool.core.formats.index import (BINARY_CODES, INDEX_SUFFIXES, IndexArrays, IndexSource, index_metadata,
+                                        open_index, replace_problem, write_index)
+
+__all__ = ["BINARY_CODE", "BINARY_CODES", "EmbeddingSink", "FORMATS", "expand_index_paths", "format_for",
+           "not_embeddings_file", "open_index"]
 
 FORMATS = ("npy", "safetensors", "jsonl", "word2vec", "parquet")
-BINARY_CODES = ("sign", "centred", "itq")  # how float rows become bits: plain signs, minus the corpus mean, + ITQ rotation
 BINARY_CODE = "itq"
 ROTATION_SAMPLE = 20000  # rows the ITQ rotation is fitted on (the first ones)
 SPOOL_BLOCK_BYTES = 32 << 20  # spooled float rows quantized at a time at finish() (a few such temporaries)
@@ -70,35 +55,76 @@ def format_for(path: str | None, fmt: str | None) -> str:
 
 
 def not_embeddings_file(path: Path, fmt: str) -> str | None:
-    """Why an existing `path` is not an embeddings file of format `fmt` as embed writes it (None: it is, so
-    `embed --force` may replace it): an index carries embtool_index in its metadata, a .npy is a 2-D numeric
-    matrix, a JSONL file starts with an {"id", "text", "embedding"} row, a word2vec file with "COUNT DIM"."""
+    """Why an existing `path` is not an embeddings file embed writes as `fmt` (None: it is, so `embed --force` may
+    replace it). The whole file is checked, not its first line: an index must carry embtool's metadata and agree with
+    it (formats.index.replace_problem); a .npy must be a 2-D matrix of a dtype embed writes, of exactly the bytes its
+    header announces; a JSONL file only {"id", "text", "embedding"} rows numbered from 0, with vectors of one length;
+    a word2vec file exactly the rows of a word and DIM numbers its "COUNT DIM" header announces."""
+    if fmt in ("safetensors", "parquet"):
+        return replace_problem(path, fmt)
+    check = {"npy": _npy_problem, "jsonl": _jsonl_problem, "word2vec": _word2vec_problem}.get(fmt)
+    if check is None:
+        return f"is not a {fmt} file"
     try:
         with open(path, "rb") as f:
-            head = f.read(1 << 16)
-        if fmt == "safetensors":
-            if SafetensorsFile(path).metadata.get("embtool_index") is None:
-                return "is not an embtool embeddings index (no embtool_index metadata)"
-        elif fmt == "npy":
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
-            if arr.ndim != 2 or arr.dtype.kind not in "fiu":
-                return "is not a 2-D numeric .npy matrix"
-        elif fmt == "jsonl":
-            row = json.loads(head.split(b"\n", 1)[0])
-            if not (isinstance(row, dict) and {"id", "text", "embedding"} <= set(row)):
-                return "is not a JSONL embeddings file (first row lacks id, text, embedding)"
-        elif fmt == "word2vec":
-            count, dim = head.split(b"\n", 1)[0].split()
-            int(count), int(dim)
-        elif fmt == "parquet":
-            from embtool.core.parquet_io import ParquetIndex
+            why = check(f)
+    except OSError as e:
+        return f"cannot be read ({e.strerror})"
+    return None if why is None else f"is not a {fmt} embeddings file as embed writes it: {why}"
 
-            ParquetIndex(path)
-        else:
-            return f"is not a {fmt} file"
-    except (CorruptFile, ValueError, OSError, UnicodeDecodeError):
-        return f"is not a {fmt} embeddings file"
-    return None
+
+def _npy_problem(f: IO[bytes]) -> str | None:
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+    except (ValueError, OSError, SyntaxError):
+        return "no .npy header"
+    if len(shape) != 2 or fortran or dtype not in (np.float32, np.float16, np.int8, np.uint8):
+        return f"a {dtype} array of shape {list(shape)}"
+    want = f.tell() + int(np.prod(shape)) * dtype.itemsize
+    size = os.fstat(f.fileno()).st_size
+    return None if size == want else f"{size} bytes where its header announces {want}"
+
+
+def _jsonl_problem(f: IO[bytes]) -> str | None:
+    dim = None
+    for no, line in enumerate(f):
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            return f"line {no + 1} is not JSON"
+        if not isinstance(row, dict) or set(row) != {"id", "text", "embedding"}:
+            return f"line {no + 1} is not an {{id, text, embedding}} row"
+        vec = row["embedding"]
+        if row["id"] != no or isinstance(row["id"], bool) or not isinstance(row["text"], str) or not isinstance(vec, list):
+            return f"line {no + 1} is not row {no} with a text and a vector"
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in vec):
+            return f"line {no + 1} has a vector value that is not a finite number"
+        if dim is None:
+            dim = len(vec)
+        if len(vec) != dim or not dim:
+            return f"line {no + 1} has {len(vec)} values, line 1 has {dim}"
+    return None if dim is not None else "no rows"
+
+
+def _word2vec_problem(f: IO[bytes]) -> str | None:
+    head = f.readline().split()
+    if len(head) != 2 or not all(h.isdigit() for h in head):
+        return 'no "COUNT DIM" header'
+    count, dim = int(head[0]), int(head[1])
+    n = 0
+    for n, line in enumerate(f, 1):
+        parts = line.rstrip(b"\n").split(b" ")
+        try:
+            ok = len(parts) == dim + 1 and parts[0] != b"" and all(math.isfinite(float(x)) for x in parts[1:])
+            parts[0].decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            ok = False
+        if not ok:
+            return f"line {n + 1} is not a word and {dim} numbers"
+    return None if n == count else f"{n} vectors where its header announces {count}"
 
 
 class EmbeddingSink:
@@ -139,7 +165,7 @@ class EmbeddingSink:
         self._offsets = [0]
         self._codes_dtype: np.dtype | None = None
         self._codes_cols = 0
-        self.extra: dict[str, np.ndarray] = {}  # more tensors for the index (e.g. global "ids")
+        self.ids: np.ndarray | None = None  # an index's ids (global text numbers); None: 0..N-1
 
     def add(self, texts: list[str], vecs: np.ndarray) -> None:
         if self.dim is None:
@@ -181,9 +207,10 @@ class EmbeddingSink:
             self._offsets.append(self._offsets[-1] + len(b))
         self.count += len(texts)
 
-    def _quantize_spooled(self, out: dict[str, np.ndarray]) -> None:
+    def _quantize_spooled(self) -> dict[str, np.ndarray]:
         """Codes of the spooled float rows, by the corpus mean: binary bits centred (and rotated, ITQ, when asked);
-        int8 codes of x - mean (the index's own, or a binary index's rescoring codes)."""
+        int8 codes of x - mean (the index's own, or a binary index's rescoring codes). Returns the corpus-level
+        arrays (IndexArrays fields: the mean, the rotation, the int8 rows' squared norms)."""
         from embtool.algorithms.search import binarize, fit_rotation
 
         self._raw.flush()
@@ -209,19 +236,12 @@ class EmbeddingSink:
                     dec = P.from_precision(c8, s8, "int8", x.shape[1], mean)
                     sqnorms.append(np.einsum("ij,ij->i", dec, dec, dtype=np.float64).astype(np.float32))
         del raw
-        if sqnorms:
-            out["int8_sqnorms"] = np.concatenate(sqnorms)
-        if self.precision == "binary":
-            out["binary_mean"] = mean
-        if rot is not None:
-            out["binary_rotation"] = rot
-        if self.centre_int8:
-            out["int8_mean"] = mean
+        return dict(int8_sqnorms=np.concatenate(sqnorms) if sqnorms else None,
+                    binary_mean=mean if self.precision == "binary" else None, binary_rotation=rot,
+                    int8_mean=mean if self.centre_int8 else None)
 
-    def _arrays(self) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {}
-        if self._raw is not None and self.count:
-            self._quantize_spooled(out)
+    def _arrays(self) -> IndexArrays:
+        corpus = self._quantize_spooled() if self._raw is not None and self.count else {}
         for f in (self._vec, self._scl, self._txt, self._flt, self._i8, self._i8s):
             if f is not None:
                 f.flush()
@@ -229,50 +249,43 @@ class EmbeddingSink:
         n = self.count
         cols = self._codes_cols if n else (self.dim or 0)
         dt = self._codes_dtype if n else np.dtype(np.float32)
-        out["embeddings"] = (np.memmap(d / "vec.bin", dtype=dt, mode="r", shape=(n, cols)) if n
-                             else np.zeros((0, cols), dt))
-        if self.precision == "int8":
-            out["scales"] = np.memmap(d / "scale.bin", dtype=np.float32, mode="r", shape=(n,)) if n else np.zeros(0, np.float32)
-        if self._flt is not None:
-            out["embeddings_float"] = (np.memmap(d / "flt.bin", dtype=np.float16, mode="r", shape=(n, self.dim))
-                                       if n else np.zeros((0, self.dim or 0), np.float16))
-        if self._i8 is not None:
-            out["embeddings_int8"] = (np.memmap(d / "i8.bin", dtype=np.int8, mode="r", shape=(n, self.dim))
-                                      if n else np.zeros((0, self.dim or 0), np.int8))
-            out["scales_int8"] = np.memmap(d / "i8s.bin", dtype=np.float32, mode="r", shape=(n,)) if n else np.zeros(0, np.float32)
-        size = self._offsets[-1]
-        out["texts"] = np.memmap(d / "text.bin", dtype=np.uint8, mode="r", shape=(size,)) if size else np.zeros(0, np.uint8)
-        out["text_offsets"] = np.asarray(self._offsets, dtype=np.int64)
-        out.update(self.extra)
-        return out
 
-    def finish(self, path: Path, metadata: dict[str, str]) -> None:
-        """Write the collected rows to `path` (a temporary name the caller then publishes)."""
+        def spool(name: str, dtype, shape: tuple[int, ...]) -> np.ndarray:
+            return np.memmap(d / name, dtype=dtype, mode="r", shape=shape) if math.prod(shape) else np.zeros(shape, dtype)
+
+        dim = self.dim or 0
+        keep_i8 = self._i8 is not None
+        return IndexArrays(
+            embeddings=spool("vec.bin", dt, (n, cols)),
+            scales=spool("scale.bin", np.float32, (n,)) if self.precision == "int8" else None,
+            embeddings_float=spool("flt.bin", np.float16, (n, dim)) if self._flt is not None else None,
+            embeddings_int8=spool("i8.bin", np.int8, (n, dim)) if keep_i8 else None,
+            scales_int8=spool("i8s.bin", np.float32, (n,)) if keep_i8 else None,
+            texts=spool("text.bin", np.uint8, (self._offsets[-1],)),
+            text_offsets=np.asarray(self._offsets, dtype=np.int64),
+            ids=None if self.ids is None else np.asarray(self.ids, dtype=np.int64), **corpus)
+
+    def finish(self, path: Path, source: IndexSource | None = None, extra: dict[str, str] | None = None) -> None:
+        """Write the collected rows to `path` (a temporary name the caller then publishes).
+
+        :param source: for an index, what it records of the model and the encoder settings (formats.index)
+        :param extra: more metadata strings for an index (keys formats.index does not own)"""
         if self.stream is not None:
             return
         arrays = self._arrays()
-        if self.fmt == "safetensors":
-            meta = {"embtool_index": "1", "precision": self.precision, "count": str(self.count),
-                    "dim": str(self.dim or 0), **metadata}
-            if self.precision == "binary":
-                meta["binary_code"] = self.binary_code
-            write_safetensors(path, arrays, meta)
-        elif self.fmt == "parquet":
-            from embtool.core.parquet_io import write_parquet
-
-            meta = {"embtool_index": "1", "precision": self.precision, "count": str(self.count),
-                    "dim": str(self.dim or 0), **metadata}
-            write_parquet(path, arrays["embeddings"], arrays["texts"], arrays["text_offsets"], arrays.get("ids"), meta)
+        if self.fmt in ("safetensors", "parquet"):
+            meta = index_metadata(source, precision=self.precision, count=self.count, dim=self.dim or 0,
+                                  binary_code=self.binary_code, extra=extra)
+            write_index(path, self.fmt, arrays, meta)
         elif self.fmt == "npy":
-            emb = arrays["embeddings"]
+            emb = arrays.embeddings
             with open(path, "wb") as f:
                 np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(emb.dtype),
                                                           "fortran_order": False, "shape": emb.shape})
                 for r0 in range(0, emb.shape[0], 65536):
                     f.write(np.ascontiguousarray(emb[r0:r0 + 65536]).tobytes())
         elif self.fmt in ("jsonl", "word2vec"):
-            emb = arrays["embeddings"]
-            texts, offs = arrays["texts"], arrays["text_offsets"]
+            emb, texts, offs = arrays.embeddings, arrays.texts, arrays.text_offsets
             with open(path, "w", encoding="utf-8") as f:
                 if self.fmt == "word2vec":
                     f.write(f"{self.count} {self.dim or 0}\n")
@@ -292,160 +305,6 @@ class EmbeddingSink:
             if f is not None:
                 f.close()
         self._tmpdir.cleanup()
-
-
-class Index:
-    """A search index: one embtool .safetensors embeddings file (or a bare .npy matrix)."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise InputError(f"{self.path}: no such index file")
-        if self.path.suffix.lower() == ".npy":
-            try:
-                arr = np.load(self.path, mmap_mode="r", allow_pickle=False)
-            except (ValueError, OSError) as e:
-                raise CorruptFile(f"{self.path}: not a readable .npy matrix ({e})") from e
-            if arr.ndim != 2:
-                raise CorruptFile(f"{self.path}: expected a 2-D matrix, got shape {arr.shape}")
-            self.emb, self.scales, self.float, self.meta = arr, None, None, {"precision": str(arr.dtype)}
-            self.int8 = self.int8_scales = self.int8_mean = self.int8_sqnorms = self.binary_mean = self.binary_rotation = None
-            self.precision = "float16" if arr.dtype == np.float16 else "float32"
-            self._texts = None
-            self.ids = None
-            self.dim = arr.shape[1]
-            return
-        self.file = SafetensorsFile(self.path)
-        self.meta = dict(self.file.metadata)
-        if "embeddings" not in self.file.tensors:
-            raise CorruptFile(f"{self.path}: not an embtool index (no 'embeddings' tensor)")
-        self.emb = self.file.get("embeddings")
-        self.precision = self.meta.get("precision", {np.dtype(np.int8): "int8", np.dtype(np.uint8): "binary",
-                                                     np.dtype(np.float16): "float16"}.get(self.emb.dtype, "float32"))
-        self.scales = self.file.get("scales") if "scales" in self.file.tensors else None
-        self.float = self.file.get("embeddings_float") if "embeddings_float" in self.file.tensors else None
-        self.dim = int(self.meta.get("dim", self.emb.shape[1] * (8 if self.precision == "binary" else 1)))
-        if self.precision == "int8" and (self.scales is None or self.scales.shape[0] != self.emb.shape[0]):
-            raise CorruptFile(f"{self.path}: int8 index without matching 'scales'")
-        self._texts = (self.file.get("texts"), self.file.get("text_offsets")) if "texts" in self.file.tensors else None
-        if self._texts is not None and self._texts[1].shape[0] != self.emb.shape[0] + 1:
-            raise CorruptFile(f"{self.path}: text_offsets does not match the number of embeddings")
-        self.ids = self.file.get("ids") if "ids" in self.file.tensors else None
-        if self.ids is not None and self.ids.shape[0] != self.emb.shape[0]:
-            raise CorruptFile(f"{self.path}: 'ids' does not match the number of embeddings")
-        n = self.emb.shape[0]
-        get = lambda name: self.file.get(name) if name in self.file.tensors else None  # noqa: E731
-        self.int8, self.int8_scales = get("embeddings_int8"), get("scales_int8")
-        self.int8_mean = get("int8_mean")  # None: older int8 codes, of the rows themselves (mean 0)
-        self.int8_sqnorms = get("int8_sqnorms") if self.precision == "int8" else None  # None: computed when searching
-        self.binary_mean, self.binary_rotation = get("binary_mean"), get("binary_rotation")
-        for name, arr, shape in (("embeddings_float", self.float, (n, self.dim)), ("embeddings_int8", self.int8, (n, self.dim)),
-                                 ("scales_int8", self.int8_scales, (n,)), ("int8_mean", self.int8_mean, (self.dim,)),
-                                 ("int8_sqnorms", self.int8_sqnorms, (n,)),
-                                 ("binary_mean", self.binary_mean, (self.dim,)),
-                                 ("binary_rotation", self.binary_rotation, (self.dim, self.dim))):
-            if arr is not None and tuple(arr.shape) != shape:
-                raise CorruptFile(f"{self.path}: '{name}' has shape {list(arr.shape)}, expected {list(shape)}")
-        if (self.int8 is None) != (self.int8_scales is None):
-            raise CorruptFile(f"{self.path}: 'embeddings_int8' and 'scales_int8' go together")
-        if self.precision == "binary" and self.emb.shape[1] != -(-self.dim // 8):
-            raise CorruptFile(f"{self.path}: binary rows of {self.emb.shape[1]} bytes do not hold {self.dim} bits")
-
-    @property
-    def unit_rows(self) -> bool:
-        """The index records that its rows were L2-normalised (so cosine needs no row norms)."""
-        return self.meta.get("normalize") == "true"
-
-    def query_bits(self, q: np.ndarray) -> np.ndarray:
-        """Queries binarized the way this binary index's rows were (mean, rotation when stored)."""
-        from embtool.algorithms.search import binarize
-
-        return binarize(q, self.binary_mean, self.binary_rotation)
-
-    @property
-    def rescore_source(self) -> str | None:
-        """Which stored vectors can rescore candidates of this index's scan: embeddings_float, else (binary)
-        embeddings_int8, else None."""
-        if self.precision not in ("int8", "binary"):
-            return None
-        if self.float is not None:
-            return "embeddings_float"
-        if self.precision == "binary" and self.int8 is not None:
-            return "embeddings_int8"
-        return None
-
-    def rescore_rows(self, ids: np.ndarray) -> np.ndarray:
-        """float32 rows `ids` (sorted local row numbers) from the rescoring vectors."""
-        if self.float is not None:
-            return np.asarray(self.float[ids], dtype=np.float32)
-        return P.from_precision(self.int8[ids], self.int8_scales[ids], "int8", self.dim, self.int8_mean)
-
-    def prefetch(self, r0: int, r1: int) -> None:
-        """Ask the OS to read rows r0..r1 ahead (MADV_WILLNEED), so reading overlaps the scoring of the block before."""
-        self._advise(r0, r1, "MADV_WILLNEED")
-
-    def release(self, r0: int, r1: int) -> None:
-        """Drop the pages of rows r0..r1 from this process once they are scored, so the resident set stays
-        bounded by one block whatever the index size (the data stays in the OS page cache)."""
-        self._advise(r0, r1, "MADV_DONTNEED")
-
-    def _advise(self, r0: int, r1: int, what: str) -> None:
-        f = getattr(self, "file", None)
-        mm = f._mm if f is not None else None
-        if mm is None or not hasattr(mm, "madvise"):
-            return
-        import mmap
-
-        advice = getattr(mmap, what, None)
-        if advice is None:
-            return
-        t = f.tensors["embeddings"]
-        row = t.nbytes // max(1, t.shape[0])
-        start = f.data_start + t.begin + r0 * row
-        end = f.data_start + t.begin + r1 * row
-        page = mmap.PAGESIZE
-        a = start - start % page
-        b = end - end % page  # keep the partial last page: the next block starts in it
-        if what == "MADV_WILLNEED":
-            b = min(len(mm), end + page - 1 - (end + page - 1) % page)
-        if b > a:
-            mm.madvise(advice, a, b - a)
-
-    def __len__(self) -> int:
-        return int(self.emb.shape[0])
-
-    @property
-    def has_texts(self) -> bool:
-        return self._texts is not None
-
-    def block(self, r0: int, r1: int) -> np.ndarray:
-        """Rows r0..r1 as float32 (dequantized for int8: int8_mean + codes * scale; ±1/sqrt(D) for binary)."""
-        codes = self.emb[r0:r1]
-        scale = self.scales[r0:r1] if self.scales is not None else None
-        return P.from_precision(codes, scale, self.precision, self.dim, self.int8_mean if self.precision == "int8" else None)
-
-    def text(self, i: int) -> str:
-        if self._texts is None:
-            return ""
-        t, o = self._texts
-        return bytes(t[o[i]:o[i + 1]]).decode("utf-8", errors="replace")
-
-
-def write_stdout_line(line: str) -> None:
-    sys.stdout.write(line + "\n")
-
-
-INDEX_SUFFIXES = (".safetensors", ".parquet", ".npy")
-
-
-def open_index(path: str | os.PathLike):
-    """The one way to open a search index file: embtool .safetensors (memory-mapped), a bare .npy matrix, or a
-    Parquet embeddings file (read into RAM)."""
-    if Path(path).suffix.lower() == ".parquet":
-        from embtool.core.parquet_io import ParquetIndex
-
-        return ParquetIndex(path)
-    return Index(path)
 
 
 def expand_index_paths(paths: list[str]) -> list[str]:

@@ -17,7 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from embtool.core.architectures import (SUPPORTED, Arch, check_value, find_token_table, model_type, read_arch,
+                                        table_width)
 from embtool.core.errors import CorruptFile, ModelNotFound, UnsafeModel
+from embtool.core.hub import HubSource, blob_roots, resolve_model, resolve_tokenizer
 from embtool.core.safetensors_io import SafetensorsFile, TensorInfo
 from embtool.core.st_config import SentenceTransformersInfo, read_st_info
 from embtool.core.tokenizer_io import TokenizerJson
@@ -128,6 +131,7 @@ class Model:
     st: SentenceTransformersInfo
     weights: WeightStore | None = None  # safetensors models
     onnx_external: list[Path] = field(default_factory=list)
+    source: HubSource | None = None  # opened from a Hub id: the id, the revision asked for and its commit (core/hub.py)
 
     @property
     def format(self) -> str:
@@ -167,13 +171,6 @@ class Model:
         if self.tokenizer is None or self.tokenizer.path is None:
             return None
         return hashlib.sha256(Path(self.tokenizer.path).read_bytes()).hexdigest()[:16]
-
-    def embtool_meta(self) -> dict[str, Any]:
-        """What an earlier embtool command recorded (embtool.json), if any."""
-        p = self.root / "embtool.json"
-        if not p.is_file():
-            return {}
-        return read_json(p)
 
 
 def read_json(path: Path) -> Any:
@@ -217,18 +214,20 @@ def refuse_lfs_pointer(p: Path, what: str = "weights") -> None:
 
 class ModelRef(str):
     """A MODEL argument together with how to read it: `tokenizer` (a tokenizer.json, or a folder
-    holding one, for a model that has none beside it) and `onnx_file` (which ONNX file of a folder
-    with several). It is a str, so it goes wherever a model path goes (requests, summaries,
-    provenance) and `open_model` reads the two settings from it."""
+    holding one, or a Hub id, for a model that has none beside it), `onnx_file` (which ONNX file of a
+    folder with several) and `cache_dir` (the Hub cache, for a Hub id). It is a str, so it goes wherever
+    a model path goes (requests, summaries, provenance) and `open_model` reads the settings from it."""
 
     tokenizer: str | None
     onnx_file: str | None
+    cache_dir: str | None
 
     def __new__(cls, path: str | os.PathLike, tokenizer: str | os.PathLike | None = None,
-                onnx_file: str | None = None) -> "ModelRef":
+                onnx_file: str | None = None, cache_dir: str | os.PathLike | None = None) -> "ModelRef":
         self = super().__new__(cls, os.fspath(path))
         self.tokenizer = os.fspath(tokenizer) if tokenizer is not None else None
         self.onnx_file = onnx_file
+        self.cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
         return self
 
 
@@ -240,25 +239,18 @@ def _onnx_files(folder: Path) -> list[str]:
     return found
 
 
-# the safetensors architectures embtool's runtime builds (config.json model_type): the BERT family
-# (runtime/bert_graph.py) and the rotary families (runtime/rotary_graph.py)
 # weights that are not Linear layers nor the token table: norms, position/type tables, MPNet's relative attention
 # bias. quantize keeps them in float; the runtime never feeds them as Linear weights
 NOT_LINEAR = re.compile(r"(LayerNorm|layer_norm|layernorm|norm\.|position_embeddings|token_type_embeddings|position_ids|relative_attention_bias)")
 
-BERT_FAMILY = ("bert", "roberta", "xlm-roberta", "camembert", "distilbert", "mpnet")
-ROTARY = ("modernbert", "nomic_bert", "gte", "new", "qwen3", "gemma3_text")
-SUPPORTED = BERT_FAMILY + ROTARY
-
-
 def _buildable(folder: Path) -> tuple[bool, str]:
-    """(whether embtool's runtime builds this safetensors architecture, its model_type)."""
+    """(whether embtool's runtime builds this safetensors architecture (core/architectures.py), its model_type)."""
 
     cfg_p = folder / "config.json"
     if not cfg_p.is_file():
         return True, ""
     cfg = read_json(cfg_p)
-    mt = str(cfg.get("model_type", "")).lower() if isinstance(cfg, dict) else ""
+    mt = model_type(cfg) if isinstance(cfg, dict) else ""
     return (not mt or mt in SUPPORTED), mt
 
 
@@ -334,13 +326,11 @@ def _inside(root: Path, rel: str, referrer: Path) -> Path:
     if os.path.isabs(rel) or ".." in Path(rel).parts:
         raise UnsafeModel(f"{referrer}: refers to {rel!r}, outside the model folder; refusing to read it")
     p = root / rel
-    real_root = root.resolve()
-    try:
-        p.resolve().relative_to(real_root)
-    except ValueError:
+    real = p.resolve()
+    if not any(real.is_relative_to(r) for r in (root.resolve(), *blob_roots(root))):  # a Hub snapshot links into blobs
         raise UnsafeModel(
             f"{referrer}: {rel!r} is a link that points outside the model folder; refusing to read it"
-        ) from None
+        )
     return p
 
 
@@ -383,26 +373,42 @@ def _all_tensors(graph):
 
 
 def _load_onnx(path: Path, root: Path):
+    """The ModelProto with its external data read in, after `onnx_external_files` checked every reference (onnx's
+    own loader refuses any symlinked data file, which is how a Hub snapshot holds them)."""
     import onnx
-    from onnx.external_data_helper import load_external_data_for_model
 
     onnx_external_files(path, root)  # safety check first
     m = onnx.load(str(path), load_external_data=False)
-    load_external_data_for_model(m, str(path.parent))
+    for t in _all_tensors(m.graph):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        with open(_inside(path.parent, info["location"], path), "rb") as f:
+            f.seek(int(info.get("offset", 0) or 0))
+            t.raw_data = f.read(int(info["length"])) if info.get("length") else f.read()
+        del t.external_data[:]
+        t.data_location = onnx.TensorProto.DEFAULT
     return m
 
 
+SIZE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+             "max_position_embeddings", "type_vocab_size", "dim", "n_layers", "n_heads", "hidden_dim")
+
+
 def _check_config(cfg: Any, path: Path) -> dict[str, Any]:
+    """The checks every config.json gets, whatever its architecture: sizes are integers in [0, 2^31], and
+    pad_token_id (which the encoder pads with) an integer or null. A family's own keys are checked
+    against the weights by `check_config_against_weights` (core/architectures.py)."""
     if not isinstance(cfg, dict):
         raise CorruptFile(f"{path}: config must be a JSON object")
-    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                "intermediate_size", "max_position_embeddings", "type_vocab_size", "dim", "n_layers",
-                "n_heads", "hidden_dim"):
+    for key in SIZE_KEYS:
         v = cfg.get(key)
         if v is None:
             continue
         if not isinstance(v, int) or isinstance(v, bool) or v < 0 or v > 1 << 31:
             raise CorruptFile(f"{path}: {key} = {v!r} is not a sensible size")
+    if cfg.get("pad_token_id") is not None:
+        check_value(cfg["pad_token_id"], "an integer", None, None, str(path), "pad_token_id")
     return cfg
 
 
@@ -415,8 +421,10 @@ def _first_int(cfg: dict[str, Any], *keys: str) -> tuple[str, int] | None:
 
 
 def check_config_against_weights(model: Model) -> None:
-    """Refuse a config.json that contradicts the safetensors weights (layers, hidden size, heads,
-    vocabulary rows): a graph built from it would be wrong, or fail half-way through a command."""
+    """Refuse a config.json that contradicts the safetensors weights (layers, hidden size, heads, vocabulary rows,
+    the padding id), and, for a family embtool builds, any key of the wrong type or out of range or any size the
+    weights' shapes contradict (`model_arch`): a graph built from it would be wrong, give NaN, or fail half-way
+    through a command."""
     cfg, ws = model.config, model.weights
     assert ws is not None
     where = model.root / "config.json"
@@ -429,21 +437,34 @@ def check_config_against_weights(model: Model) -> None:
     heads = _first_int(cfg, "num_attention_heads", "n_heads")
     if hidden and heads and (heads[1] == 0 or (hidden[1] % heads[1] and "head_dim" not in cfg)):  # head_dim: sizes free
         problems.append(f"{heads[0]} = {heads[1]} does not divide {hidden[0]} = {hidden[1]}")
-    vt = find_vocab_tensors(model)
-    if vt:
-        rows = vt[0].shape[0]
+    table = find_token_table(cfg, ws)
+    if table is not None:
+        rows = ws.info(table.rows).shape[0]
         vocab = _first_int(cfg, "vocab_size")
         if vocab and vocab[1] != rows:
             problems.append(f"vocab_size = {vocab[1]:,} but the token-embedding table has {rows:,} rows")
-        width = None
-        if vt[0].role == "input embedding" and len(vt[0].shape) == 2:
-            width = vt[0].shape[1]
-        elif vt[0].name.endswith(FACTOR_F) and vt[0].name[: -len(FACTOR_F)] + FACTOR_P in ws:
-            width = ws.info(vt[0].name[: -len(FACTOR_F)] + FACTOR_P).shape[-1]
+        pad = _first_int(cfg, "pad_token_id")
+        if pad and not -rows <= pad[1] < rows:  # the padding id indexes the table (from its end when negative)
+            problems.append(f"pad_token_id = {pad[1]:,} but the token-embedding table has {rows:,} rows")
+        width = table_width(table, ws, {})
         if hidden and width and hidden[1] != width:
             problems.append(f"{hidden[0]} = {hidden[1]:,} but the token embeddings have {width} columns")
     if problems:
         raise CorruptFile(f"{where} contradicts the weights: " + "; ".join(problems))
+    model_arch(model)
+
+
+def model_arch(model: Model) -> Arch | None:
+    """The architecture of a safetensors model as core/architectures.py resolves it from config.json and the weights'
+    headers (None: not a family embtool builds). Raises CorruptFile on a key of the wrong type, out of range, or
+    contradicted by the weights; a variant the runtime does not build comes back with `Arch.unsupported` set."""
+    from embtool.core.qrecord import read_record
+
+    ws = model.weights
+    if ws is None:
+        return None
+    logical = {base: tuple(info["shape"]) for base, info in read_record(ws.metadata, str(model.root)).items()}
+    return read_arch(model.config, ws, model.root / "config.json", logical)
 
 
 def _tokenizer_file(given: str | None, root: Path, wpath: Path) -> Path | None:
@@ -463,17 +484,23 @@ def _tokenizer_file(given: str | None, root: Path, wpath: Path) -> Path | None:
 
 
 def open_model(path: str | os.PathLike, need_tokenizer: bool = False, tokenizer: str | os.PathLike | None = None,
-               onnx_file: str | None = None) -> Model:
+               onnx_file: str | None = None, cache_dir: str | os.PathLike | None = None) -> Model:
     """Open MODEL; raises a named core error with one clear sentence on anything wrong.
 
-    :param path: a model folder, a .safetensors/.onnx file, or a `ModelRef` (which carries the next two)
+    :param path: a model folder, a .safetensors/.onnx file, a Hub id `org/name[@revision]` (core/hub.py: from the
+        Hub cache, downloaded when missing), or a `ModelRef` (which carries the next three)
     :param need_tokenizer: fail unless a tokenizer.json is found
-    :param tokenizer: a tokenizer.json (or a folder holding one) for a model that has none beside it
+    :param tokenizer: a tokenizer.json (or a folder holding one, or a Hub id) for a model that has none beside it
     :param onnx_file: which ONNX file of a folder with several (default: model.onnx)
+    :param cache_dir: the Hub cache for Hub ids (default: $HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub)
     """
     tokenizer = tokenizer if tokenizer is not None else getattr(path, "tokenizer", None)
     onnx_file = onnx_file if onnx_file is not None else getattr(path, "onnx_file", None)
-    root, layout, wpath, notes = _locate(Path(path), onnx_file)
+    cache_dir = cache_dir if cache_dir is not None else getattr(path, "cache_dir", None)
+    where, source = resolve_model(path, SNAPSHOTS, cache_dir=cache_dir, onnx_file=onnx_file)
+    if tokenizer is not None:
+        tokenizer = resolve_tokenizer(tokenizer, cache_dir=cache_dir)
+    root, layout, wpath, notes = _locate(where, onnx_file)
     for n in notes:
         log.info(n)
     refuse_lfs_pointer(wpath)
@@ -489,7 +516,8 @@ def open_model(path: str | os.PathLike, need_tokenizer: bool = False, tokenizer:
     elif need_tokenizer:
         raise ModelNotFound(f"{root}: no tokenizer.json beside the model; pass --tokenizer PATH "
                             "(the model's tokenizer.json, or a folder holding it; --source-tokenizer for init-subwords)")
-    model = Model(root=root, layout=layout, weight_path=wpath, config=config, tokenizer=tok, st=read_st_info(root, config))
+    model = Model(root=root, layout=layout, weight_path=wpath, config=config, tokenizer=tok, st=read_st_info(root, config),
+                  source=source)
     if layout.format == "safetensors":
         files = _shards(wpath) if wpath.name.endswith(".index.json") else [wpath]
         for f in files:
@@ -502,22 +530,73 @@ def open_model(path: str | os.PathLike, need_tokenizer: bool = False, tokenizer:
     return model
 
 
+class SnapshotLayouts:
+    """What core/hub.py asks about a Hub snapshot (its `Folders`), answered by this module's layouts: whether the
+    weights open as they are, which repository files are the weights to fetch, and an ONNX file's external data."""
+
+    def problem(self, folder: Path, onnx_file: str | None) -> str | None:
+        try:
+            root, layout, wpath, _ = _locate(folder, onnx_file)
+            if wpath.name.endswith(".index.json"):
+                _shards(wpath)
+            elif layout.format == "onnx":
+                onnx_external_files(wpath, root)
+        except (ModelNotFound, CorruptFile, UnsafeModel) as e:
+            return str(e).replace(f"{folder}: ", "").replace(f"{folder}/", "")
+        return None
+
+    def weights(self, folder: Path, names: set[str], onnx_file: str | None, label: str) -> list[str]:
+        """Chosen as `_locate` chooses in a folder: safetensors first unless embtool cannot build the architecture
+        and there is an ONNX model; --onnx-file; a lone .onnx file."""
+        onnx_here = sorted(n for n in names if n.lower().endswith(".onnx")
+                           and (n.count("/") == 0 or (n.startswith("onnx/") and n.count("/") == 1)))
+        if onnx_file:
+            for rel in (onnx_file, f"onnx/{onnx_file}"):
+                if rel in onnx_here:
+                    return [rel]
+            raise ModelNotFound(f"{label}: no ONNX file {onnx_file!r} in the repository (it has: {', '.join(onnx_here) or 'none'})")
+        st = next((lay for lay in LAYOUTS if lay.format == "safetensors" and lay.weights in names), None)
+        ox = next((lay for lay in LAYOUTS if lay.format == "onnx" and lay.weights in names), None)
+        if st is not None and (ox is None or _buildable(folder)[0]):
+            if not st.weights.endswith(".index.json"):
+                return [st.weights]
+            wm = read_json(folder / st.weights).get("weight_map") if (folder / st.weights).is_file() else None
+            if not isinstance(wm, dict) or not wm or not all(isinstance(v, str) for v in wm.values()):
+                raise CorruptFile(f"{label}: {st.weights} has no usable weight_map")
+            return sorted(set(wm.values()))
+        if ox is not None:
+            return [ox.weights]
+        if len(onnx_here) == 1:
+            return onnx_here
+        if onnx_here:
+            raise ModelNotFound(f"{label}: several ONNX files and none is model.onnx ({', '.join(onnx_here)}); choose one "
+                                "with --onnx-file NAME")
+        pickles = sorted(n for n in names if "/" not in n and any(Path(n).match(p) for p in PICKLE_PATTERNS))
+        if pickles:
+            raise UnsafeModel(f"{label} has only pickle-based weights ({', '.join(pickles)}); embtool never downloads nor "
+                              "loads them because unpickling can run arbitrary code (only its configs were fetched). Use "
+                              "a repository with model.safetensors or an ONNX model")
+        raise ModelNotFound(f"{label}: the repository holds no model weights embtool reads (looked for "
+                            f"{', '.join(lay.weights for lay in LAYOUTS)})")
+
+    def external_data(self, onnx_path: Path) -> set[str]:
+        import onnx
+        from google.protobuf.message import DecodeError
+
+        try:
+            m = onnx.load(str(onnx_path), load_external_data=False)
+        except (DecodeError, ValueError, RuntimeError) as e:
+            raise CorruptFile(f"{onnx_path}: not a valid ONNX model ({type(e).__name__})") from e
+        return {{e.key: e.value for e in t.external_data}.get("location", "") for t in _all_tensors(m.graph)
+                if t.data_location == onnx.TensorProto.EXTERNAL}
+
+
+SNAPSHOTS = SnapshotLayouts()
+
+
 # ----------------------------------------------------------------------------------------------
 # The vocabulary axis
 # ----------------------------------------------------------------------------------------------
-
-EMBEDDING_SUFFIXES = (
-    "embeddings.word_embeddings.weight",
-    "embed_tokens.weight",
-    "tok_embeddings.weight",  # ModernBERT
-    "wte.weight",
-    "shared.weight",
-    "word_embeddings.weight",
-)
-# embtool's factorized and quantized forms of the table
-FACTOR_F = "embeddings.word_embeddings.factor_F"
-FACTOR_P = "embeddings.word_embeddings.factor_P"
-
 
 @dataclass
 class VocabTensor:
@@ -530,34 +609,25 @@ class VocabTensor:
 
 
 def find_vocab_tensors(model: Model) -> list[VocabTensor]:
-    """Every tensor that has a vocabulary axis, with its role. The first is the input embedding."""
+    """Every tensor that has a vocabulary axis, with its role. The first is the input embedding: the token table in
+    its stored form (`find_token_table`: float, OFA factor F, packed codes), then the other stored parts of the table
+    (scales, zero points), then the LM heads and output biases whose axis has the table's row count."""
     if model.format == "onnx":
         return _onnx_vocab_tensors(model)
     ws = model.weights
     assert ws is not None
-    emb = next((k for suf in EMBEDDING_SUFFIXES for k in ws.keys() if k.endswith(suf) and len(ws.info(k).shape) == 2), None)
-    fac = next((k for k in ws.keys() if k.endswith(FACTOR_F)), None)
-    qcodes = next((k for k in ws.keys() if k.endswith(("embeddings.word_embeddings.qweight",
-                                                       "embeddings.word_embeddings.factor_F.qweight"))), None)
-    out: list[VocabTensor] = []
-    if emb is not None:
-        V = ws.info(emb).shape[0]
-        out.append(_vt(ws, emb, "input embedding", 0))
-    elif fac is not None:
-        V = ws.info(fac).shape[0]
-        out.append(_vt(ws, fac, "input embedding (factor F)", 0))
-    elif qcodes is not None:
-        V = ws.info(qcodes).shape[0]
-        out.append(_vt(ws, qcodes, "input embedding (quantized codes)", 0))
-    else:
+    table = find_token_table(model.config, ws)
+    if table is None:
         return []
+    V = ws.info(table.rows).shape[0]
+    out: list[VocabTensor] = [_vt(ws, table.rows, table.role, 0)]
     for k in ws.keys():
-        if any(v.name == k for v in out):
+        if k == table.rows:
             continue
         info = ws.info(k)
         if not info.shape:
             continue
-        if k.startswith(out[0].name.rsplit(".", 1)[0] + ".") and info.shape[0] == V:
+        if k.startswith(table.parts()) and info.shape[0] == V:
             out.append(_vt(ws, k, "input embedding (" + k.rsplit(".", 1)[1] + ")", 0))
         elif len(info.shape) == 2 and info.shape[0] == V and ("decoder" in k or "lm_head" in k or "head" in k):
             out.append(_vt(ws, k, "LM head", 0))

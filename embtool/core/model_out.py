@@ -1,4 +1,5 @@
-"""Writing an output model folder: weights (safetensors or ONNX), configs kept consistent, provenance."""
+"""Writing an output model folder: weights (safetensors or ONNX), configs kept consistent; its record and card are
+core/formats/record.py's and core/card.py's."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from embtool.core.model import Model, read_json
+from embtool.core.formats import record
+from embtool.core.model import PICKLE_PATTERNS, Model, read_json
 from embtool.core.safetensors_io import write_safetensors
 from embtool.core.writer import OutputFolder
 
@@ -33,12 +35,16 @@ def other_weight_files(model: Model) -> list[str]:
     others = [f for f in _onnx_files(model.root) if f not in own]
     if model.format == "onnx":
         others += [p.name for p in sorted(model.root.glob("model*.safetensors*")) if p.name not in own]
+    # other frameworks' weights (a snapshot of the Hub cache often holds them beside model.safetensors)
+    others += sorted({p.name for pat in (*PICKLE_PATTERNS, "flax_model*.msgpack", "rust_model.ot") for p in model.root.glob(pat)})
+    others += [d.name for d in (model.root / "openvino", model.root / "coreml") if d.is_dir()]
     return others
 
 
 def copy_unchanged(model: Model, out: OutputFolder, changed: Iterable[str] = ()) -> None:
-    """Copy every file of the input except its weights, embtool.json and the files in `changed`; a
-    tokenizer.json given with --tokenizer is copied in, so that the output runs on its own."""
+    """Copy every file of the input except its weights, its record and the files in `changed`; a
+    tokenizer.json given with --tokenizer is copied in, so that the output runs on its own. (Its README.md is
+    copied too, and replaced by the output's own card when the folder is complete.)"""
     import logging
     import shutil
 
@@ -46,7 +52,7 @@ def copy_unchanged(model: Model, out: OutputFolder, changed: Iterable[str] = ())
     others = other_weight_files(model)
     if others:
         logging.getLogger("embtool").info(f"not copied to the output (other weights, they would be stale): {', '.join(others)}")
-    out.copy_from(model.root, exclude=[*weight_file_names(model), "embtool.json", *changed, *others])
+    out.copy_from(model.root, exclude=[*weight_file_names(model), record.FILE, *changed, *others])
     tok = model.tokenizer.path if model.tokenizer is not None else None
     if tok is not None and tok.parent.resolve() != model.root.resolve() and "tokenizer.json" not in changed:
         shutil.copyfile(tok, out.path / "tokenizer.json")
@@ -67,18 +73,21 @@ def write_weights(model: Model, out: OutputFolder, tensors: dict[str, np.ndarray
 
 
 def write_derived_model(model: Model, output: str, force: bool, tensors: dict[str, np.ndarray], prov: dict[str, Any],
-                        drop: str, keep_input_metadata: bool = True, check=None) -> int:
+                        drop: str, keep_input_metadata: bool = True, check=None,
+                        summary: dict[str, Any] | None = None) -> int:
     """A safetensors model folder from the input's files and `tensors`, with the `drop` state (e.g.
-    "quantization", "factorization") removed from config.json and embtool.json. Returns the weights' bytes.
-    `check(out)` runs on the finished folder before it is published (it may discard it: a failed fidelity gate)."""
+    "quantization", "factorization") removed from config.json and the record. Returns the weights' bytes (also
+    put in `summary["bytes_after"]`, for the card). `check(out)` runs on the finished folder before it is
+    published (it may discard it: a failed fidelity gate)."""
     cfg = {k: v for k, v in model.config.items() if k not in (f"{drop}_config", f"embtool_{drop}")}
-    meta = {k: v for k, v in model.embtool_meta().items() if k != drop}
     with OutputFolder(output, force, inputs=[model.root]) as out:
         copy_unchanged(model, out, changed=["config.json"])
         write_weights(model, out, tensors, {"embtool": metadata_json(prov)}, keep_input_metadata)
         write_configs(model, out, cfg if model.config else None)
-        out.write_json("embtool.json", {**meta, **prov})
+        record.write_model_record(out, model, prov, summary, drop=(drop,))
         size = (out.path / "model.safetensors").stat().st_size
+        if summary is not None:
+            summary["bytes_after"] = size
         if check is not None:
             check(out)
         return size

@@ -157,9 +157,9 @@ def _read_npy(p: Path, vocab: str | None, limit: int | None) -> tuple[list[str],
 
 
 def _read_index(p: Path, limit: int | None) -> tuple[list[str], np.ndarray, bool]:
-    from embtool.core.embeddings_io import Index
+    from embtool.core.formats.index import open_index
 
-    idx = Index(p)
+    idx = open_index(p)
     if not idx.has_texts:
         raise CorruptFile(f"{p}: this embeddings file stores no texts, so it has no words")
     if idx.precision == "binary":

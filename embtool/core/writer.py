@@ -1,35 +1,51 @@
 """Atomic outputs: a folder (or file) is built beside its target and renamed into place.
 
 A failed or interrupted command leaves the target untouched: either absent or the previous
-complete output (which is only replaced with --force). Temporary names start with
-`.embtool-tmp-` so that stale ones from a SIGKILL are recognisable and cleaned on the next run.
+complete output (which is only replaced with --force, and only when embtool wrote it: for a folder,
+core/formats/record.py's `not_replaceable`, checked by content).
+
+Temporary names. The folder or file being built, and an output being replaced, sit beside the target as
+
+    .embtool-tmp-<target name>.<new|old>.<pid>.<start>.<host>.<nonce>.<mac>
+
+pid and start: the process that made it and its start time (clock ticks since boot, /proc/<pid>/stat; 0 where the
+platform does not say); host: 8 hex digits of the kernel's boot id and the pid namespace, so that pids are only
+compared on the machine and in the namespace that gave them out; nonce: random; mac: 16 hex digits of an HMAC of
+everything before it. A killed run's leftovers are removed by the next output written to the same folder, and only
+a name that (a) parses, (b) carries a valid mac, (c) comes from this host, and (d) names a process that is gone (its
+pid is free, or now belongs to a process with another start time). A user's file that merely looks like one
+(`.embtool-tmp-diary.99999.txt`) fails (a)-(b) and is never touched; a live run's folder fails (d). The mac's key is
+not a secret (it is in this source): it separates embtool's names from names people choose, which is what the sweep
+needs -- someone who forges one can only have embtool remove an entry they could remove themselves. Names older
+embtool versions used (no mac) are not swept: nothing proves who made them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
+import re
+import secrets
 import shutil
 import sys
 import time
-import uuid
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from embtool import __version__
 from embtool.core.errors import BadUsage, InputError, OutputExists
+from embtool.core.formats import record
 
 TMP_PREFIX = ".embtool-tmp-"
-
-
-PROVENANCE = "embtool.json"
 
 
 def check_output(target: Path, force: bool, inputs: Iterable[Path] = (),
                  replaceable: Callable[[Path], str | None] | None = None) -> None:
     """Refuse a target that is (inside) an input, the current folder or one of its parents, and an existing
     target that --force may not replace. `replaceable(target)` says why an existing target is not one embtool
-    wrote (None: it is); the default is `folder_not_replaceable`, the rule for model folders."""
+    wrote (None: it is); the default is `record.not_replaceable`, the rule for output folders."""
     if str(target) == "-":
         raise BadUsage("-o -: a model is written as a folder and cannot go to stdout (only embed writes to stdout); "
                        "name a folder")
@@ -43,7 +59,7 @@ def check_output(target: Path, force: bool, inputs: Iterable[Path] = (),
         if t == s or s in t.parents or (s.is_file() and t == s.parent) or t in s.parents:
             raise InputError(f"output {target} would overwrite or sit inside the input {src}; choose another path")
     if target.exists() or target.is_symlink():
-        why = (replaceable or folder_not_replaceable)(target)
+        why = (replaceable or record.not_replaceable)(target)
         if why is not None:
             raise OutputExists(f"{target} already exists and {why}; --force only replaces what embtool wrote, "
                                "choose another path")
@@ -53,68 +69,84 @@ def check_output(target: Path, force: bool, inputs: Iterable[Path] = (),
         raise InputError(f"{target.parent}: the output's parent folder does not exist")
 
 
-def folder_not_replaceable(target: Path) -> str | None:
-    """Why --force may not replace `target` as a model folder, or None when it may.
-
-    The rule: an empty folder, or a folder whose embtool.json (written by embtool at its top) lists every
-    file under it with its current size. So a folder holding anything embtool did not write (a file added
-    or edited later, another tool's output, a home or project folder) is never removed."""
-    if target.is_symlink():
-        return "is a symbolic link"
-    if not target.is_dir():
-        return "is a file, not a model folder"
-    files = {str(p.relative_to(target)): p for p in target.rglob("*") if not p.is_dir() or p.is_symlink()}
-    if not files:
-        return None
-    prov = target / PROVENANCE
-    if not prov.is_file():
-        return f"has no {PROVENANCE} (not a folder embtool wrote)"
-    try:
-        doc = json.loads(prov.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, OSError):
-        return f"its {PROVENANCE} is not one embtool wrote"
-    listed = doc.get("files") if isinstance(doc, dict) and doc.get("tool") == "embtool" else None
-    if not isinstance(listed, dict):
-        return f"its {PROVENANCE} has no file list (written by another tool or an older embtool)"
-    for rel, p in sorted(files.items()):
-        if rel == PROVENANCE:
-            continue
-        if rel not in listed:
-            return f"holds {rel}, which embtool did not write"
-        if p.is_symlink() or p.stat().st_size != listed[rel]:
-            return f"its {rel} changed since embtool wrote it"
-    return None
-
-
-def file_manifest(folder: Path) -> dict[str, int]:
-    """Every file embtool wrote in an output folder, with its size: what --force checks before replacing."""
-    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
-            if p.is_file() and p != folder / PROVENANCE}
-
-
 def _clean_stale(parent: Path) -> None:
-    """Remove embtool temporary outputs in `parent` left by processes that no longer run (SIGKILL)."""
-    for p in parent.glob(f"{TMP_PREFIX}*"):
-        try:
-            pid = int(p.name.rsplit(".", 2)[-2])
-        except (ValueError, IndexError):
+    """Remove the temporary outputs in `parent` that embtool processes now gone left behind (SIGKILL, power loss)."""
+    try:
+        entries = list(parent.glob(f"{TMP_PREFIX}*"))
+    except OSError:
+        return
+    for p in entries:
+        if p.is_symlink() or not _left_by_dead_run(p.name):
             continue
-        if not _alive(pid):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+_TMP = re.compile(r"\.embtool-tmp-(?P<name>.*)\.(?P<kind>new|old)\.(?P<pid>[1-9][0-9]{0,9})\.(?P<start>[0-9]{1,20})"
+                  r"\.(?P<host>[0-9a-f]{8})\.(?P<nonce>[0-9a-f]{8})\.(?P<mac>[0-9a-f]{16})", re.S)
+_MAC_KEY = b"embtool temporary output, v1"
+
+
+def _mac(stem: str) -> str:
+    return hmac.new(_MAC_KEY, stem.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()[:16]
+
+
+def _left_by_dead_run(name: str) -> bool:
+    """Whether `name` is a temporary name embtool made (see the module docstring) whose process is gone."""
+    m = _TMP.fullmatch(name)
+    if m is None or not hmac.compare_digest(m["mac"], _mac(name[: m.start("mac") - 1])) or m["host"] != _host():
+        return False
+    pid, start = int(m["pid"]), int(m["start"])
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
-    except PermissionError:
         return True
-    return True
+    except PermissionError:  # it exists (another user's)
+        pass
+    except OSError:
+        return False
+    now = _start_time(pid)
+    if now is None:  # gone between the two looks (a short-lived process that had reused the pid)?
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+    return start != 0 and now is not None and now != start  # the pid was given to another process since
 
 
-def _tmp_name(target: Path) -> Path:
-    return target.parent / f"{TMP_PREFIX}{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+def _start_time(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot (field 22 of /proc/<pid>/stat); None if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 1 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@lru_cache(maxsize=1)
+def _host() -> str:
+    """8 hex digits naming this kernel boot and pid namespace: where a pid in a temporary name means something."""
+    parts = []
+    for path in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        try:
+            parts.append(os.readlink(path) if path.endswith("/pid") else Path(path).read_text().strip())
+        except OSError:
+            parts.append("")
+    if not any(parts):
+        import platform
+
+        parts.append(platform.node())
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:8]
+
+
+def _tmp_name(target: Path, kind: str = "new") -> Path:
+    """A temporary name beside `target`: `kind` "new" (the output being built) or "old" (an output being replaced)."""
+    short = target.name.encode("utf-8", "surrogateescape")[:100].decode("utf-8", "ignore")
+    pid = os.getpid()
+    stem = f"{TMP_PREFIX}{short}.{kind}.{pid}.{_start_time(pid) or 0}.{_host()}.{secrets.token_hex(4)}"
+    return target.parent / f"{stem}.{_mac(stem)}"
 
 
 def _publish(tmp: Path, target: Path, force: bool, replaceable: Callable[[Path], str | None] | None = None) -> None:
@@ -123,10 +155,10 @@ def _publish(tmp: Path, target: Path, force: bool, replaceable: Callable[[Path],
     if target.exists() or target.is_symlink():
         if not force:
             raise OutputExists(f"{target} appeared while this command ran (another process?); not replacing it")
-        why = (replaceable or folder_not_replaceable)(target)
+        why = (replaceable or record.not_replaceable)(target)
         if why is not None:
             raise OutputExists(f"{target} {why}; --force only replaces what embtool wrote, choose another path")
-        old = target.parent / f"{TMP_PREFIX}{target.name}.{os.getpid()}.old{uuid.uuid4().hex[:6]}"
+        old = _tmp_name(target, "old")
         os.rename(target, old)
         try:
             os.rename(tmp, target)
@@ -167,70 +199,6 @@ def _fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
-# what does not change the output, or is identified otherwise (the input model by its fingerprint in "inputs")
-NOT_RECORDED = ("model", "output", "force", "threads", "quiet", "as_json")
-
-
-def provenance(command: str, args: dict[str, Any], inputs: dict[str, str], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The provenance record of an output: what identifies its inputs, not how they were typed. The model
-    is its fingerprint (in `inputs`); a file argument is its name and fingerprint (so `c.txt`, `./c.txt`
-    and `/abs/c.txt` give the same record); --threads and the output path are left out. So the same
-    inputs and flags give byte-identical outputs."""
-    doc = {
-        "tool": "embtool",
-        "version": __version__,
-        "command": command,
-        "arguments": {k: _identity(v) for k, v in sorted(args.items()) if k not in NOT_RECORDED},
-        "inputs": inputs,
-    }
-    if extra:
-        doc.update(extra)
-    return doc
-
-
-def _identity(v: Any) -> Any:
-    if isinstance(v, (list, tuple)):
-        return [_identity(x) for x in v]
-    if isinstance(v, (str, Path)) and str(v) not in ("", "-", "auto"):
-        p = Path(v)
-        try:
-            if p.is_file():
-                return {"file": p.name, "fingerprint": file_fingerprint(p)}
-            if p.is_dir():
-                return {"folder": p.resolve().name}
-        except OSError:
-            pass
-        return str(v)
-    return v
-
-
-def file_fingerprint(path: Path) -> str:
-    """A cheap identity of a file's content: sha256 over its size and its first and last MiB."""
-    import hashlib
-
-    h = hashlib.sha256()
-    size = path.stat().st_size
-    h.update(str(size).encode())
-    with open(path, "rb") as f:
-        h.update(f.read(1 << 20))
-        if size > 2 << 20:
-            f.seek(size - (1 << 20))
-            h.update(f.read(1 << 20))
-    return h.hexdigest()[:16]
-
-
-CHAIN_KEYS = ("command", "version", "arguments", "inputs")
-
-
-def provenance_chain(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    """The steps that made a model, oldest first, from its embtool.json: the recorded `chain` (which ends
-    with the last command), or for a record without one, its single last command."""
-    chain = doc.get("chain")
-    if isinstance(chain, list) and all(isinstance(s, dict) for s in chain):
-        return chain
-    return [{k: doc[k] for k in CHAIN_KEYS if k in doc}] if "command" in doc else []
-
-
 class OutputFolder:
     """`with OutputFolder(target, force) as out:` build files in `out.path`; renamed on success."""
 
@@ -242,6 +210,7 @@ class OutputFolder:
         self.path = _tmp_name(self.target)
         self.written = False
         self._discard = False
+        self._before_publish: list[Callable[[Path], None]] = []
 
     def __enter__(self) -> "OutputFolder":
         self.path.mkdir()
@@ -251,12 +220,19 @@ class OutputFolder:
         """Do not publish: the folder is removed on exit (a failed fidelity gate)."""
         self._discard = True
 
+    def before_publish(self, fn: Callable[[Path], None]) -> None:
+        """Have `fn(folder)` run on the complete folder before its manifest is made and it is renamed into place
+        (the model card: it describes the finished folder and the manifest must cover it)."""
+        self._before_publish.append(fn)
+
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None or self._discard:
             shutil.rmtree(self.path, ignore_errors=True)
             return
         try:
-            self._write_manifest()
+            for fn in self._before_publish:
+                fn(self.path)
+            record.seal(self.path)
             for p in self.path.rglob("*"):
                 if p.is_file():
                     with open(p, "rb") as f:
@@ -266,19 +242,6 @@ class OutputFolder:
         except BaseException:
             shutil.rmtree(self.path, ignore_errors=True)
             raise
-
-    def _write_manifest(self) -> None:
-        """Complete embtool.json: the chain of commands that made this model (the input's chain, which the
-        job's record carries over from the input's embtool.json, plus this command) and the list of files
-        with their sizes (what lets a later --force replace this folder)."""
-        prov = self.path / PROVENANCE
-        doc = json.loads(prov.read_text(encoding="utf-8")) if prov.is_file() else {"tool": "embtool", "version": __version__}
-        if "command" in doc:
-            before = doc.get("chain") if isinstance(doc.get("chain"), list) else []
-            doc["chain"] = [*before, {k: doc[k] for k in CHAIN_KEYS if k in doc}]
-        doc.pop("files", None)
-        doc["files"] = file_manifest(self.path)
-        self.write_json(PROVENANCE, doc)
 
     def copy_from(self, src_root: Path, exclude: Iterable[str] = ()) -> None:
         """Copy every file of the input folder except `exclude` (relative paths) and pickles."""

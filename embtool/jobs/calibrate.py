@@ -9,6 +9,7 @@ import numpy as np
 
 from embtool.algorithms import quantize as QA
 from embtool.core.model import Model, weight_view
+from embtool.core.threads import cpu_threads
 
 ASYM_DAMP = 1.0  # ridge λ of sequential GPTQ's target, relative to mean(diag X̃ᵀX̃) (see `sequential_gptq`)
 
@@ -32,7 +33,8 @@ def gram_matrices(model: Model, weights: list[str], texts: list[str], threads: i
     """({`X.weight`: XᵀX [in, in] float64}, number of tokens) over the real (unpadded) tokens of `texts` (an ONNX
     model's weights: the B of its MatMuls)."""
     from embtool.runtime.graphs import fed_encoder
-    from embtool.runtime.encoder import EmbedSettings, Encoder, default_max_length, fed_linears, graph_session
+    from embtool.runtime.encoder import (EmbedSettings, Encoder, default_max_length, fed_linears, graph_session,
+                                         require_finite)
 
     # large float Linears are fed zero-copy, as the encoder feeds them (constants exist in four copies while the
     # session is made: all-mpnet-base-v2's statistics pass peaked at 3.3 GB)
@@ -51,6 +53,8 @@ def gram_matrices(model: Model, weights: list[str], texts: list[str], threads: i
         n_tok += int(valid.sum())
         for name, x in zip(outs, enc.run_outputs(outs, ids, mask)):
             _accumulate(acc, name, x, valid)
+    for x in acc.values():  # NaN statistics would quantize every weight to NaN codes
+        require_finite(x, model.root, "columns of the calibration statistics")
     return {w: acc[x] for w, x in wanted.items()}, n_tok
 
 
@@ -97,7 +101,7 @@ def sequential_gptq(model: Model, plan: dict[str, int], emb: str | None, texts: 
     The model runs once in all, twice with the float reference: `runtime.staged.StagedRunner` caches each batch's
     tensors at the cut before a stage and runs only the nodes between two cuts, the quantized stages fed as
     dequantized float weights."""
-    from embtool.runtime.encoder import EmbedSettings, Encoder, default_max_length, graph_session
+    from embtool.runtime.encoder import EmbedSettings, Encoder, default_max_length, graph_session, require_finite
     from embtool.runtime.graphs import fed_encoder
     from embtool.runtime.staged import StagedRunner
 
@@ -122,7 +126,7 @@ def sequential_gptq(model: Model, plan: dict[str, int], emb: str | None, texts: 
     done: dict[str, QA.QTensor] = {}
     spec = {w: (options or {}).get(w, (plan[w], group_size, symmetric)) for w in plan}
     if emb is not None and emb in fed:
-        q = table if table is not None else QA.quantize(ws.get(emb), *spec[emb])
+        q = table if table is not None else QA.quantize(ws.get(emb), *spec[emb], workers=cpu_threads(threads))
         done[emb] = q
         arrays[fed[emb]] = q.dequantize().astype(arrays[fed[emb]].dtype)
     stages = gptq_stages(inputs, lambda w: runner.first_use_of([fed[w]]), sorted(w for w in fed if w != emb))
@@ -139,6 +143,8 @@ def sequential_gptq(model: Model, plan: dict[str, int], emb: str | None, texts: 
                 Xf = fvalues[t].reshape(-1, x.shape[-1])[valid[b]]
                 H[t] = H.get(t, 0) + (Xq.T @ Xq).astype(np.float64)
                 C[t] = C.get(t, 0) + (Xq.T @ Xf).astype(np.float64)
+        for t in H:
+            require_finite(C[t], model.root, "columns of the calibration statistics")
         for w in (w for earlier in stages[:s] for w in earlier):  # float weights no node after the cut reads
             if fed[w] in ref.arrays and ref.last_use.get(fed[w], -1) <= ref.cut:
                 del ref.arrays[fed[w]]

@@ -13,6 +13,7 @@ import numpy as np
 
 from embtool.core.embeddings_io import BINARY_CODE, EmbeddingSink, format_for, not_embeddings_file
 from embtool.core.errors import BadUsage, InputError
+from embtool.core.formats.index import IndexSource
 from embtool.core.model import open_model
 from embtool.core.texts import iter_texts
 from embtool.core.writer import OutputFile
@@ -99,18 +100,9 @@ def run_embed_file(req: EmbedRequest, progress=None, say: Callable[[str], None] 
                 ids = run_embed(enc, source, sink, progress, req.shard)
                 if sink.count == 0:
                     raise InputError("no texts to embed (the input is empty)")
-                meta = {"model": str(Path(req.model).resolve()),
-                        "model_fingerprint": m.fingerprint(), "tokenizer_fingerprint": m.tokenizer_fingerprint() or "",
-                        "pooling": enc.pooling,
-                        "normalize": str(enc.normalize).lower(), "prefix": enc.prefix,
-                        "prompt_name": enc.prompt_name or "", "max_length": str(enc.max_length),
-                        "shard": f"{req.shard[0]}/{req.shard[1]}" if req.shard else ""}
-                tok = m.tokenizer.path if m.tokenizer is not None else None
-                if tok is not None and tok.parent.resolve() != m.root.resolve():  # given with --tokenizer: search needs it too
-                    meta["tokenizer"] = str(tok.resolve())
                 if fmt in ("safetensors", "parquet"):
-                    sink.extra = {"ids": np.asarray(ids, dtype=np.int64)}
-                sink.finish(tmp, meta)
+                    sink.ids = np.asarray(ids, dtype=np.int64)
+                sink.finish(tmp, IndexSource.of(m, enc.resolved, path=req.model, shard=req.shard))
     finally:
         sink.close()
     if sink.count == 0:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import itertools
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 from embtool.core.embeddings_io import EmbeddingSink
 from embtool.core.errors import InputError
+from embtool.core.formats.index import IndexSource
+from embtool.core.formats.record import write_folder_record
 from embtool.core.model import Model, ModelRef, open_model
 from embtool.core.texts import iter_texts
 from embtool.core.writer import OutputFolder
@@ -35,34 +37,35 @@ def run_embed_ray(req: EmbedRequest) -> dict[str, Any]:
     import embtool.ray as on_ray  # the extra's own check: one clear line when Ray is not installed
 
     options = {k: v for k, v in req.encoder.items() if v not in (None, "")}
+    source = shard_source(req, m, options)  # what every shard records; a bad option fails here, before Ray starts
     inputs = [m.root, *[Path(i) for i in req.inputs if i != "-"]]
     with OutputFolder(req.output, req.force, inputs=inputs) as out:
         blocks = _blocks(iter_texts(req.texts, req.inputs, req.text_field))
         first = next(blocks, None)  # an empty or unreadable input fails here, before Ray starts
         if first is None:
             raise InputError("no texts to embed (the input is empty)")
-        shards = _ShardWriter(out.path, fmt, req.precision, req.shard_rows,
-                              lambda k, first_id: shard_metadata(req, m, k, first_id))
+        shards = _ShardWriter(out.path, fmt, req.precision, req.shard_rows, source)
         try:
             with on_ray.session(req.ray):
-                for texts, vecs in on_ray.embed_blocks(itertools.chain([first], blocks), _portable(req.model),
+                for texts, vecs in on_ray.embed_blocks(itertools.chain([first], blocks), _portable(req.model, m),
                                                        workers=req.workers, threads=req.threads or None, **options):
                     shards.add(texts, vecs)
             shards.finish()
         finally:
             shards.close()
-        out.write_json("embtool.json", {"tool": "embtool", "command": "embed --ray", "shards": shards.names,
-                                        "texts": shards.count})
+        write_folder_record(out, "embed --ray", shards=shards.names, texts=shards.count)
     dt = time.perf_counter() - t0
     return {"model": str(req.model), "output": str(req.output), "written": True, "shards": len(shards.names),
             "texts": shards.count, "dim": shards.dim, "workers": req.workers, "format": fmt, "precision": req.precision,
             "seconds": round(dt, 3), "texts_per_second": round(shards.count / dt, 1) if dt > 0 else None}
 
 
-def shard_metadata(req: EmbedRequest, m: Model, k: int, first_id: int) -> dict[str, str]:
-    """The index metadata of shard `k` (its first global id `first_id`)."""
-    return {"model": str(Path(req.model).resolve()), "model_fingerprint": m.fingerprint(),
-            "tokenizer_fingerprint": m.tokenizer_fingerprint() or "", "shard": f"{k}", "id_offset": str(first_id)}
+def shard_source(req: EmbedRequest, m: Model, options: dict[str, Any]) -> IndexSource:
+    """What the shards record about how their vectors were made (the model, the encoder settings resolved as the
+    actors resolve them); each shard adds its number and first id (`IndexSource.part`)."""
+    from embtool.runtime.encoder import EmbedSettings, resolve_settings
+
+    return IndexSource.of(m, resolve_settings(m, EmbedSettings(**options)), path=req.model)
 
 
 def _blocks(texts: Iterable[str]) -> Iterator[list[str]]:
@@ -71,20 +74,20 @@ def _blocks(texts: Iterable[str]) -> Iterator[list[str]]:
         yield block
 
 
-def _portable(model: str) -> str:
-    """The model argument with absolute paths, as a worker (another process, maybe another node) opens it."""
-    if isinstance(model, ModelRef):
-        tok = str(Path(model.tokenizer).resolve()) if model.tokenizer else None
-        return ModelRef(Path(model).resolve(), tokenizer=tok, onnx_file=model.onnx_file)
-    return str(Path(model).resolve())
+def _portable(model: str, m: Model) -> ModelRef:
+    """The opened model as a worker (another process, maybe another node) opens it: by absolute paths, a Hub id as
+    its local snapshot, the tokenizer and ONNX file it was opened with."""
+    path = Path(model).resolve() if Path(model).is_file() else Path(m.root).resolve()
+    tok = str(Path(m.tokenizer.path).resolve()) if m.tokenizer is not None else None
+    return ModelRef(path, tokenizer=tok, onnx_file=getattr(model, "onnx_file", None))
 
 
 class _ShardWriter:
     """Rows in input order into part-NNNNN.<fmt> files of `rows` rows each, ids 0, 1, 2, ... in order; each shard
     spooled by the one embeddings writer as blocks arrive and finished when full."""
 
-    def __init__(self, folder: Path, fmt: str, precision: str, rows: int, metadata: Callable[[int, int], dict[str, str]]):
-        self.folder, self.fmt, self.precision, self.rows, self.metadata = folder, fmt, precision, rows, metadata
+    def __init__(self, folder: Path, fmt: str, precision: str, rows: int, source: IndexSource):
+        self.folder, self.fmt, self.precision, self.rows, self.source = folder, fmt, precision, rows, source
         self.names: list[str] = []
         self.count = 0  # rows written or spooled
         self.dim: int | None = None
@@ -113,8 +116,8 @@ class _ShardWriter:
         sink, k = self._sink, len(self.names)
         name = f"part-{k:05d}.{self.fmt}"
         try:
-            sink.extra = {"ids": np.arange(self._first, self._first + sink.count, dtype=np.int64)}
-            sink.finish(self.folder / name, self.metadata(k, self._first))
+            sink.ids = np.arange(self._first, self._first + sink.count, dtype=np.int64)
+            sink.finish(self.folder / name, self.source.part(k, self._first))
         finally:
             sink.close()
             self._sink = None

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from embtool.core.errors import InputError
+from embtool.core.formats.record import provenance, write_model_record
 from embtool.core.model import open_model
 from embtool.core.model_out import copy_unchanged
 from embtool.core.onnx_out import save_onnx
-from embtool.core.writer import OutputFolder, provenance
+from embtool.core.writer import OutputFolder
 from embtool.jobs.fidelity import ConvertRequest, check_conversion
 
 
@@ -32,10 +33,10 @@ def run_export(req: ExportRequest) -> dict[str, Any]:
     summary: dict[str, Any] = {"model": str(req.model), "output": req.output, "bytes_before": m.weight_bytes()}
     with OutputFolder(req.output, req.force, inputs=[m.root]) as out:
         copy_unchanged(m, out)
-        prov = provenance("export-onnx", {"model": req.model, "portable": req.portable}, {"model": m.fingerprint()})
+        prov = provenance("export-onnx", {"portable": req.portable}, m)
         path = save_onnx(onnx_model, out, prov)
         del onnx_model
-        out.write_json("embtool.json", {**m.embtool_meta(), **prov})
+        write_model_record(out, m, prov, summary)
         summary["file"] = path.name
         summary["bytes_after"] = sum(p.stat().st_size for p in out.path.glob("model.onnx*"))
         check_conversion(m, out, req, summary)

@@ -10,9 +10,11 @@ import numpy as np
 
 from embtool.algorithms import factorize as FA
 from embtool.core.errors import InputError, Unsupported
-from embtool.core.model import FACTOR_F, FACTOR_P, Model, find_vocab_tensors, onnx_embedding_gather, open_model
+from embtool.core.architectures import FACTOR_F, FACTOR_P, find_token_table
+from embtool.core.formats.record import provenance, write_model_record
+from embtool.core.model import Model, find_vocab_tensors, onnx_embedding_gather, open_model
 from embtool.core.model_out import copy_unchanged, metadata_json, updated_config, write_configs, write_derived_model, write_weights
-from embtool.core.writer import OutputFolder, provenance
+from embtool.core.writer import OutputFolder
 from embtool.jobs.fidelity import ConvertRequest, OutputRequest, check_conversion, check_runnable, evaluate_output
 
 
@@ -87,19 +89,18 @@ def run_factorize(req: FactorRequest) -> dict[str, Any]:
     if weighting is not None:
         weighting.update(energy=spec.energy(k), rel_error=spec.rel_error(k))
         info["corpus_weighted"] = weighting
-    prov = provenance("factorize", {k_: v for k_, v in req.__dict__.items() if k_ not in ("output", "force")},
-                      {"model": m.fingerprint()}, {"factorization": {"rank": int(k), "table": name}})
+    prov = provenance("factorize", req, m, extra={"factorization": {"rank": int(k), "table": name}})
     with OutputFolder(req.output, req.force, inputs=[m.root]) as out:
         copy_unchanged(m, out, changed=["config.json"])
         base = name[: -len(".weight")]
         if m.format == "safetensors":
             ws = m.weights
             tensors = {key: ws.get(key) for key in ws.keys() if key != name}
-            tensors[base + ".factor_F"] = F
-            tensors[base + ".factor_P"] = P
+            tensors[f"{base}.{FACTOR_F}"] = F
+            tensors[f"{base}.{FACTOR_P}"] = P
             write_weights(m, out, tensors, {"embtool": metadata_json(prov)})
-            cfg = updated_config(m, extra={"embtool_factorization": {"rank": int(k), "F": base + ".factor_F",
-                                                                      "P": base + ".factor_P"}}) if m.config else None
+            cfg = updated_config(m, extra={"embtool_factorization": {"rank": int(k), "F": f"{base}.{FACTOR_F}",
+                                                                      "P": f"{base}.{FACTOR_P}"}}) if m.config else None
             write_configs(m, out, cfg)
             if req.fmt == "onnx":
                 from embtool.core.onnx_out import save_onnx
@@ -114,11 +115,12 @@ def run_factorize(req: FactorRequest) -> dict[str, Any]:
             save_onnx(m.onnx_model, out, prov, rel=str(m.weight_path.relative_to(m.root)))
             if m.config:  # kept as it is (it was held back from the copy above)
                 write_configs(m, out, dict(m.config))
-        out.write_json("embtool.json", {**m.embtool_meta(), **prov})
+        summary: dict[str, Any] = {}
+        write_model_record(out, m, prov, summary)
         new = open_model(out.path, need_tokenizer=bool(req.eval_file))
-        summary = {"model": req.model, "output": req.output, "format": req.fmt if m.format == "safetensors" else "onnx",
-                   **info, "bytes_before": m.weight_bytes(), "bytes_after": new.weight_bytes(),
-                   "factorize_seconds": round(t_fact, 2), "notes": notes}
+        summary.update({"model": req.model, "output": req.output, "format": req.fmt if m.format == "safetensors" else "onnx",
+                        **info, "bytes_before": m.weight_bytes(), "bytes_after": new.weight_bytes(),
+                        "factorize_seconds": round(t_fact, 2), "notes": notes})
         if checkable:
             evaluate_output(m, out, req, summary)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
@@ -170,19 +172,18 @@ def run_defactorize(req: ConvertRequest) -> dict[str, Any]:
     ws = m.weights
     if ws is None:
         raise Unsupported("defactorize reads factorized safetensors models; this is an ONNX model")
-    Fs = [k for k in ws.keys() if k.endswith(FACTOR_F)]
-    if not Fs:
-        if any(k.endswith(FACTOR_F + ".qweight") for k in ws.keys()):
-            raise InputError(f"{model}: its factor F is quantized; `embtool dequantize` it first")
-        raise InputError(f"{model} is not factorized (no {FACTOR_F} tensor)")
-    tensors = {k: ws.get(k) for k in ws.keys() if not (k.endswith(FACTOR_F) or k.endswith(FACTOR_P))}
-    for f in Fs:
-        base = f[: -len(".factor_F")]
-        tensors[base + ".weight"] = np.asarray(ws.get(f), np.float32) @ np.asarray(ws.get(base + ".factor_P"), np.float32)
-    prov = provenance("defactorize", {"model": model}, {"model": m.fingerprint()})
+    table = find_token_table(m.config, ws)
+    if table is None or not table.factorized:
+        raise InputError(f"{model} is not factorized (its token table has no {FACTOR_F} tensor)")
+    if table.quantized:
+        raise InputError(f"{model}: its factor F is quantized; `embtool dequantize` it first")
+    F, P = f"{table.base}.{FACTOR_F}", f"{table.base}.{FACTOR_P}"
+    tensors = {k: ws.get(k) for k in ws.keys() if k not in (F, P)}
+    tensors[table.base + ".weight"] = np.asarray(ws.get(F), np.float32) @ np.asarray(ws.get(P), np.float32)
+    prov = provenance("defactorize", {}, m)
     summary: dict[str, Any] = {"model": model, "output": output, "bytes_before": m.weight_bytes()}
     summary["bytes_after"] = write_derived_model(m, output, req.force, tensors, prov, drop="factorization",
-                                                 check=lambda out: check_conversion(m, out, req, summary))
+                                                 check=lambda out: check_conversion(m, out, req, summary), summary=summary)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
 

@@ -36,8 +36,16 @@ class ConvertRequest(OutputRequest):
     output: str | None
 
 
+def _scaled_down(x: np.ndarray) -> np.ndarray:
+    """`x` with its rows of values above 1e15 divided by their largest value (cosines unchanged), so that float32
+    norms do not overflow; other rows as they are."""
+    peak = np.abs(x).max(axis=1, keepdims=True) if x.size else np.zeros((x.shape[0], 1), x.dtype)
+    return np.where(peak > 1e15, x / np.maximum(peak, 1e15), x).astype(x.dtype, copy=False)
+
+
 def neighbour_agreement(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
-    """Mean overlap of the k nearest neighbours (self excluded) of each text among the texts, a vs b."""
+    """Mean overlap of the k nearest neighbours (self excluded) of each text among the texts, a vs b (by cosine)."""
+    a, b = _scaled_down(a), _scaled_down(b)
     n = a.shape[0]
     k = min(k, n - 1)
     if k < 1:
@@ -49,7 +57,15 @@ def neighbour_agreement(a: np.ndarray, b: np.ndarray, k: int = 10) -> float:
 
 
 def compare(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
-    cos = np.sum(a * b, 1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+    """The fidelity figures of embeddings `b` against `a` (the same texts, row by row): mean and min cosine and
+    recall@10. Every figure is a finite number: embeddings that hold NaN or infinity (which the encoder never returns)
+    are an InputError, never a null figure that a gate could let pass."""
+    from embtool.core.errors import InputError
+
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise InputError("the embeddings to compare hold NaN or infinite values")
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)  # float32 norms overflow from 1.9e19
+    cos = np.sum(a64 * b64, 1) / np.maximum(np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1), 1e-12)
     return {"texts": int(a.shape[0]), "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
             "recall@10": neighbour_agreement(a, b, 10)}
 

@@ -48,6 +48,7 @@ from embtool.algorithms import quantize as QA
 from embtool.core.calibration import CALIB_SENTENCES, calibration_texts  # noqa: F401 (CALIB_SENTENCES re-exported)
 from embtool.core.errors import InputError
 from embtool.core.model import Model, weight_view
+from embtool.core.threads import cpu_threads
 
 EMB_COARSE_GROUPS = (128, 64, 32)  # the token table's alternative group size in mixed precision: the first that fits
 SIGMA_REL = 0.05  # probe size relative to the tensor's RMS (the scale of 4-bit quantization noise)
@@ -66,7 +67,7 @@ class SensitivityProbe:
 
     def __init__(self, model: Model, names: list[str], emb: str | None, texts: list[str], threads: int = 0,
                  max_length: int = 64, batch_size: int = PROBE_BATCH):
-        from embtool.runtime.encoder import EmbedSettings, Encoder, default_max_length, graph_session
+        from embtool.runtime.encoder import EmbedSettings, Encoder, default_max_length, graph_session, require_finite
         from embtool.runtime.graphs import fed_encoder
         from embtool.runtime.staged import SuffixRunner
 
@@ -101,7 +102,7 @@ class SensitivityProbe:
         self.runner = SuffixRunner(built, self.arrays, self.batches, list(groups.values()), [self.enc.output_name], threads)
         built = None
         self.cut = {w: self.runner.cut_index(group_of[f]) for w, f in self.fed.items()}  # weight -> its cut number
-        self.f0 = self._embed(0, {})
+        self.f0 = require_finite(self._embed(0, {}), model.root)  # NaN losses would choose the bits at random
         self.runs = 0
 
     def close(self) -> None:
@@ -306,6 +307,7 @@ def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
     budget = mixed_budget(m, names, req, emb)  # before any heavy work: an infeasible target fails at once
     texts = calibration_texts(req.calib)
     probe = SensitivityProbe(m, names, emb, texts, req.threads)
+    workers = cpu_threads(req.threads)  # round-to-nearest's threads
     measured = getattr(req, "sensitivity", "measured") == "measured"
     rng = np.random.default_rng(req.seed)
     if progress is not None:
@@ -348,9 +350,9 @@ def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
                 cache[(k, j)], costs[i, j], errs[i, j], damages[i, j] = cache[(k, j0)], costs[i, j0], errs[i, j0], damages[i, j0]
                 continue
             if k == emb:
-                q = QA.quantize(np.asarray(W[used], np.float32) if measured else W, b, g, sym)
+                q = QA.quantize(np.asarray(W[used], np.float32) if measured else W, b, g, sym, workers=workers)
             else:
-                q = gptq_done[k][own.index(j)] if k in gptq_done else QA.quantize_matrix(W, b, g, sym)
+                q = gptq_done[k][own.index(j)] if k in gptq_done else QA.quantize_matrix(W, b, g, sym, workers=workers)
             cache[(k, j)] = q
             costs[i, j] = cost(k, W.shape, b, g, sym)
             if not measured:
@@ -381,7 +383,7 @@ def plan_mixed(m: Model, names: list[str], emb: str | None, req, progress=None,
     cache.clear()
     if emb in names and measured:  # the whole table at its chosen width
         b, g, sym = options[int(picks[names.index(emb)])]
-        report_cache[emb] = QA.quantize(ws.get(emb), b, g, sym)
+        report_cache[emb] = QA.quantize(ws.get(emb), b, g, sym, workers=workers)
     for i, k in enumerate(names):
         if measured:  # the error of the chosen option only (it feeds the report, not the plan)
             errs[i, int(picks[i])] = _error(ws.get(k), report_cache[k], grams.get(k), rows_w if k == emb else None)

@@ -20,11 +20,13 @@ import numpy as np
 
 from embtool.algorithms import quantize as QA
 from embtool.core.errors import InputError, Unsupported
+from embtool.core.formats.record import provenance, write_model_record
 from embtool.core.model import NOT_LINEAR, Model, find_vocab_tensors, open_model, weight_view
 from embtool.core.qrecord import has_record, read_record, record_metadata
 from embtool.core.model_out import (copy_unchanged, metadata_json, updated_config, write_configs, write_derived_model,
                                     write_weights)
-from embtool.core.writer import OutputFolder, provenance
+from embtool.core.threads import cpu_threads
+from embtool.core.writer import OutputFolder
 from embtool.jobs.fidelity import ConvertRequest, OutputRequest, check_conversion, check_runnable, evaluate_output
 
 METHODS = ("auto", "rtn", "gptq")
@@ -100,9 +102,10 @@ def select_tensors(m: Model, req: QuantRequest) -> tuple[list[str], str | None]:
 
 
 def quantized_tensors(m: Model, plan: dict[str, int], group_size: int, symmetric: bool, grams: dict | None = None,
-                      done: dict | None = None) -> tuple[dict, dict, list]:
+                      done: dict | None = None, workers: int = 1) -> tuple[dict, dict, list]:
     """(tensors for the output file, quantization record, per-tensor rows). `done`: tensors already
-    quantized (by the mixed-precision planner, or by sequential GPTQ) at their planned bits."""
+    quantized (by the mixed-precision planner, or by sequential GPTQ) at their planned bits; `workers`: threads
+    of round-to-nearest."""
     grams = grams or {}
     done = done or {}
     ws = m.weights
@@ -113,7 +116,7 @@ def quantized_tensors(m: Model, plan: dict[str, int], group_size: int, symmetric
         if k not in plan:
             out[k] = ws.get(k)
             continue
-        q, row = quantize_one(ws, k, plan[k], group_size, symmetric, grams.get(k), done)
+        q, row = quantize_one(ws, k, plan[k], group_size, symmetric, grams.get(k), done, workers)
         bits = plan[k]
         base = qbase(k)
         out[base + ".qweight"] = QA.pack(q.codes, bits)
@@ -126,11 +129,12 @@ def quantized_tensors(m: Model, plan: dict[str, int], group_size: int, symmetric
     return out, record, rows
 
 
-def quantize_one(ws, k: str, bits: int, group_size: int, symmetric: bool, gram=None, done: dict | None = None) -> tuple[QA.QTensor, dict]:
+def quantize_one(ws, k: str, bits: int, group_size: int, symmetric: bool, gram=None, done: dict | None = None,
+                 workers: int = 1) -> tuple[QA.QTensor, dict]:
     """(QTensor, per-tensor row) of the weight `k` of `ws` (a WeightStore or OnnxWeights) at `bits`: as `done` has it
     (quantized by the mixed-precision planner or by sequential GPTQ), else quantized here (GPTQ when `gram` is given)."""
     W = ws.get(k)
-    q = done[k] if done and k in done else QA.quantize_matrix(W, bits, group_size, symmetric, gram)
+    q = done[k] if done and k in done else QA.quantize_matrix(W, bits, group_size, symmetric, gram, workers)
     return q, {"tensor": k, "bits": bits, "shape": list(W.shape), "bytes_before": ws.info(k).nbytes, "bytes_after": q.nbytes,
                "rel_error": QA.quant_error(W, q) / max(float((np.asarray(W, np.float64) ** 2).sum()), 1e-30)}
 
@@ -246,11 +250,10 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
     summary["tensor_bytes_before"] = sum(ws.info(k).nbytes for k in ws.keys())
     if onnx_in:
         return _write_onnx(m, req, plan, grams or {}, done, summary, emb, t0)
-    tensors, record, rows = quantized_tensors(m, plan, req.group_size, req.symmetric, grams, done)
+    tensors, record, rows = quantized_tensors(m, plan, req.group_size, req.symmetric, grams, done, cpu_threads(req.threads))
     sym = symmetric_flag([bool(v["symmetric"]) for v in record.values()], req.symmetric)
-    prov = provenance("quantize", {k: v for k, v in req.__dict__.items() if k not in ("output", "force")},
-                      {"model": m.fingerprint()}, {"quantization": {"group_size": req.group_size, "symmetric": sym,
-                                                                   "bits": sorted({r["bits"] for r in rows})}})
+    prov = provenance("quantize", req, m, extra={"quantization": {"group_size": req.group_size, "symmetric": sym,
+                                                                  "bits": sorted({r["bits"] for r in rows})}})
     meta = {**record_metadata(record), "embtool": metadata_json(prov)}
     cfg = updated_config(m, extra={"quantization_config": {"quant_method": "embtool-groupwise", "group_size": req.group_size,
                                                             "symmetric": sym,
@@ -259,7 +262,7 @@ def run_quantize(req: QuantRequest, progress=None, say=lambda msg: None) -> dict
         copy_unchanged(m, out, changed=["config.json"])
         write_weights(m, out, tensors, meta)
         write_configs(m, out, cfg)
-        out.write_json("embtool.json", {**m.embtool_meta(), **prov})
+        write_model_record(out, m, prov, summary)
         new = open_model(out.path, need_tokenizer=False)
         if req.fmt == "onnx":
             from embtool.core.onnx_out import save_onnx
@@ -308,10 +311,10 @@ def run_dequantize(req: ConvertRequest) -> dict[str, Any]:
     for k in ws.keys():
         if k not in skip:
             tensors[k] = ws.get(k)
-    prov = provenance("dequantize", {"model": model}, {"model": m.fingerprint()})
+    prov = provenance("dequantize", {}, m)
     summary: dict[str, Any] = {"model": model, "output": output, "tensors": len(record), "bytes_before": m.weight_bytes()}
     summary["bytes_after"] = write_derived_model(m, output, req.force, tensors, prov, drop="quantization", keep_input_metadata=False,
-                                                 check=lambda out: check_conversion(m, out, req, summary))
+                                                 check=lambda out: check_conversion(m, out, req, summary), summary=summary)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
     return summary
 
@@ -468,18 +471,18 @@ def _write_onnx(m: Model, req: QuantRequest, plan: dict[str, int], grams: dict, 
     qts, rows = {}, []
     for k in ws.keys():
         if k in plan:
-            qts[k], row = quantize_one(ws, k, plan[k], req.group_size, req.symmetric, grams.get(k), done)
+            qts[k], row = quantize_one(ws, k, plan[k], req.group_size, req.symmetric, grams.get(k), done,
+                                       cpu_threads(req.threads))
             rows.append(row)
     sym = symmetric_flag([q.zeros is None for q in qts.values()], req.symmetric)
     graph = quantize_onnx_graph(m, qts, req.portable)
     qts.clear()
-    prov = provenance("quantize", {k: v for k, v in req.__dict__.items() if k not in ("output", "force")},
-                      {"model": m.fingerprint()}, {"quantization": {"group_size": req.group_size, "symmetric": sym,
-                                                                   "bits": sorted({r["bits"] for r in rows}), "portable": req.portable}})
+    prov = provenance("quantize", req, m, extra={"quantization": {"group_size": req.group_size, "symmetric": sym,
+                                                                  "bits": sorted({r["bits"] for r in rows}), "portable": req.portable}})
     with OutputFolder(req.output, req.force, inputs=[m.root]) as out:
         copy_unchanged(m, out)
         save_onnx(graph, out, prov, rel=str(m.weight_path.relative_to(m.root)))
-        out.write_json("embtool.json", {**m.embtool_meta(), **prov})
+        write_model_record(out, m, prov, summary)
         new = open_model(out.path)
         if req.max_size is not None and new.weight_bytes() > req.max_size:
             raise InputError(_over_max_size(new.weight_bytes(), req.max_size))

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from embtool.core.errors import BadUsage, InputError
+from embtool.core.formats.record import provenance, write_model_record
 from embtool.core.model import open_model
 from embtool.core.st_config import counting_prefixes, eval_prefix_for
 from embtool.core.texts import iter_texts
-from embtool.core.writer import OutputFolder, provenance
+from embtool.core.writer import OutputFolder
 from embtool.jobs.fidelity import compare, embed_both, gate, warn_if_low
 
 HOLDOUT_EVERY = 10
@@ -141,14 +142,10 @@ def run_shrink(req: ShrinkRequest, progress=None, say: Callable[[str], None] = l
             return summary
         with OutputFolder(req.output, req.force, inputs=[orig.root, *map(Path, req.corpus)]) as out:
             for p in sorted(final.iterdir()):
-                if p.name == "embtool.json":
-                    continue
                 (shutil.copytree if p.is_dir() else shutil.copy2)(p, out.path / p.name)
-            prov = provenance("shrink", {"model": req.model, "corpus": req.corpus, "max_size": req.max_size,
-                                         "bits": req.bits, "quick": req.quick}, {"model": orig.fingerprint()},
-                              {"steps": [s["step"] for s in steps]})
-            meta = new.embtool_meta()
-            out.write_json("embtool.json", {**meta, **prov})
+            prov = provenance("shrink", {"corpus": req.corpus, "max_size": req.max_size, "bits": req.bits,
+                                         "quick": req.quick}, orig, extra={"steps": [s["step"] for s in steps]})
+            write_model_record(out, orig, prov, summary, carry=new)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     summary["seconds"] = round(time.perf_counter() - t0, 2)

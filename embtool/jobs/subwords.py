@@ -22,12 +22,15 @@ from embtool.algorithms import factorize as FA
 from embtool.algorithms import subwords as SW
 from embtool.algorithms import vocab as VA
 from embtool.core.errors import BadUsage, InputError, Unsupported
-from embtool.core.model import FACTOR_F, FACTOR_P, Model, find_vocab_tensors, open_model, read_json
+from embtool.core.architectures import FACTOR_F, FACTOR_P, pad_sets_positions
+from embtool.core.formats.record import provenance, write_model_record
+from embtool.core.hub import resolve_tokenizer
+from embtool.core.model import Model, find_vocab_tensors, open_model, read_json
 from embtool.core.model_out import copy_unchanged, metadata_json, updated_config, write_configs, write_weights
 from embtool.core.texts import iter_texts
 from embtool.core.tokenizer_io import TokenizerJson, encode_batch
 from embtool.core.word_vectors import WordVectors, corpus_words, read_word_vectors
-from embtool.core.writer import OutputFolder, provenance
+from embtool.core.writer import OutputFolder
 from embtool.jobs.fidelity import OutputRequest, check_runnable, evaluate_output
 
 METHODS = ("ofa", "fvt", "random")
@@ -37,7 +40,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "tokenizer.model", "sentencepiece.model")
 CONFIG_ROLES = {"pad_token_id": "pad", "bos_token_id": "cls", "eos_token_id": "sep", "sep_token_id": "sep",
                 "cls_token_id": "cls", "unk_token_id": "unk", "mask_token_id": "mask"}
-ROBERTA_TYPES = ("roberta", "xlm-roberta", "camembert")
 
 
 @dataclass
@@ -59,8 +61,9 @@ class InitRequest(OutputRequest):
     dry_run: bool = False
 
 
-def load_target(path: str) -> tuple[TokenizerJson, Path]:
-    p = Path(path)
+def load_target(path: str, cache_dir: str | None = None) -> tuple[TokenizerJson, Path]:
+    """The target tokenizer: a tokenizer.json, a folder holding one, or a Hub id (its snapshot's tokenizer.json)."""
+    p = Path(resolve_tokenizer(path, cache_dir=cache_dir))
     if p.is_dir():
         p = p / "tokenizer.json"
     if not p.is_file():
@@ -128,15 +131,15 @@ def _vocab_table(m: Model) -> VocabTable:
             others[v.name] = (arr, v.axis)
         return VocabTable(name, E, others)
     ws = m.weights
-    others = {v.name: (ws.get(v.name), v.axis) for v in vt[1:] if not v.name.endswith(FACTOR_P)}
+    others = {v.name: (ws.get(v.name), v.axis) for v in vt[1:] if not v.name.endswith("." + FACTOR_P)}
     for n, (a, _) in others.items():
         if a.dtype.kind != "f":
             raise Unsupported(f"{m.root}: the vocabulary tensor {n} is {a.dtype}, not float")
     E = ws.get(vt[0].name)
     if E.dtype.kind != "f" or E.ndim != 2:
         raise Unsupported(f"{m.root}: the embedding table {vt[0].name} is {E.dtype} {E.shape}, not a float matrix")
-    if vt[0].name.endswith(FACTOR_F):
-        p_name = vt[0].name[: -len("factor_F")] + "factor_P"
+    if vt[0].name.endswith("." + FACTOR_F):
+        p_name = vt[0].name[: -len(FACTOR_F)] + FACTOR_P
         return VocabTable(vt[0].name, E, others, P=ws.get(p_name), factorized_source=True)
     return VocabTable(vt[0].name, E, others)
 
@@ -322,7 +325,7 @@ def run_init_subwords(req: InitRequest, progress=None) -> dict[str, Any]:
     t0 = time.perf_counter()
     method = check_request(req)
     m = open_model(req.model, need_tokenizer=True)
-    tgt, tgt_path = load_target(req.tokenizer)
+    tgt, tgt_path = load_target(req.tokenizer, getattr(req.model, "cache_dir", None))
     vt = _vocab_table(m)
     V_src, D_table = vt.table.shape
     notes: list[str] = []
@@ -385,7 +388,7 @@ def run_init_subwords(req: InitRequest, progress=None) -> dict[str, Any]:
     cfg, cfg_notes = _config(m, tgt, recipe.size)
     notes += cfg_notes
     args = {k: v for k, v in req.__dict__.items() if k not in ("output", "force")}
-    prov = provenance("init-subwords", {**args, "method": method}, {"model": m.fingerprint(), "tokenizer": tgt.fingerprint()},
+    prov = provenance("init-subwords", {**args, "method": method}, m, {"tokenizer": tgt.fingerprint()},
                       {"init_subwords": {"method": method, "vocab_before": int(V_src), "vocab_after": recipe.size, **counts},
                        **({"factorization": {"rank": int(P.shape[0]), "table": vt.name}} if P is not None else {})})
     with OutputFolder(req.output, req.force, inputs=[m.root]) as out:
@@ -419,7 +422,7 @@ def run_init_subwords(req: InitRequest, progress=None) -> dict[str, Any]:
             save_onnx(om, out, prov, rel=str(m.weight_path.relative_to(m.root)))
         if m.config or (m.root / "config.json").is_file():
             write_configs(m, out, cfg)
-        out.write_json("embtool.json", {**m.embtool_meta(), **prov})
+        write_model_record(out, m, prov, summary)
         summary.update(bytes_before=m.weight_bytes(), bytes_after=open_model(out.path).weight_bytes(),
                        plan_seconds=round(t_plan, 2))
         if checkable:
@@ -441,7 +444,7 @@ def _config(m: Model, tgt: TokenizerJson, V: int) -> tuple[dict[str, Any], list[
     if not cfg:
         return cfg, notes
     t_roles = roles(tgt)
-    roberta = str(cfg.get("model_type", "")) in ROBERTA_TYPES
+    roberta = pad_sets_positions(cfg)
     for key, role in CONFIG_ROLES.items():
         if key not in cfg or not isinstance(cfg[key], int) or isinstance(cfg[key], bool):
             continue

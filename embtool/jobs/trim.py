@@ -12,6 +12,7 @@ import numpy as np
 from embtool.algorithms import vocab as VA
 from embtool.core.counting import count_model_corpus
 from embtool.core.errors import BadUsage, CorruptFile, InputError, Unsupported
+from embtool.core.formats.record import provenance, write_model_record
 from embtool.core.model import Model, find_vocab_tensors, open_model
 from embtool.core.qrecord import has_record, read_record, record_metadata, with_rows
 from embtool.core.st_config import counting_prefixes, eval_prefix_for
@@ -20,7 +21,7 @@ from embtool.core.model_out import (copy_unchanged, metadata_json, slice_onnx_in
 from embtool.core.texts import read_lines
 from embtool.core.tokenizer_io import (SIDE_FILES_DROPPED, SIDE_FILES_REWRITTEN, TokenizerJson, encode_batch,
                                        remap_added_tokens_json, vocab_side_files)
-from embtool.core.writer import OutputFolder, provenance
+from embtool.core.writer import OutputFolder
 from embtool.jobs.fidelity import SAMPLE_MAX_TOKENS, check_runnable, eval_texts, gate, warn_if_low
 
 
@@ -191,8 +192,7 @@ def run_trim(req: TrimRequest, progress=None) -> dict[str, Any]:
     new_doc, remap = VA.rewrite_tokenizer(m.tokenizer.data, kept)
     TokenizerJson.from_data(new_doc)  # the rewritten file must load
     keep_idx = np.asarray(kept, dtype=np.int64)
-    prov = provenance("trim-vocab", {k: v for k, v in req.__dict__.items() if k not in ("output", "force")},
-                      {"model": m.fingerprint()}, {"trim": {"vocab_before": plan["V_tok"], "vocab_after": int(len(kept))}})
+    prov = provenance("trim-vocab", req, m, extra={"trim": {"vocab_before": plan["V_tok"], "vocab_after": int(len(kept))}})
     with OutputFolder(req.output, req.force, inputs=[m.root]) as out:
         side = [f for f in (*SIDE_FILES_REWRITTEN, *SIDE_FILES_DROPPED) if (m.root / f).is_file()]
         copy_unchanged(m, out, changed=["tokenizer.json", "config.json", "tokenizer_config.json", *side])
@@ -218,7 +218,7 @@ def run_trim(req: TrimRequest, progress=None) -> dict[str, Any]:
             save_onnx(om, out, prov, rel=str(m.weight_path.relative_to(m.root)))
         cfg = updated_config(m, vocab_size=len(kept), remap=remap) if m.config else None
         write_configs(m, out, cfg, remap)
-        out.write_json("embtool.json", {**m.embtool_meta(), **prov})
+        write_model_record(out, m, prov, summary)
         new_model = open_model(out.path, need_tokenizer=True)
         summary["bytes_after"] = new_model.weight_bytes()
         got = eval_texts(req, m, new_model, summary) if checkable else None

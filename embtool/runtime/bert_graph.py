@@ -1,9 +1,11 @@
-"""Build the ONNX graph of a BERT-family encoder from config.json and safetensors weights.
+"""Build the ONNX graph of a BERT-like encoder from its architecture (core/architectures.py) and safetensors weights,
+and the blocks every builder shares (weight sources, Linear layers, the token embedding, the graph's tail).
 
-No PyTorch: the graph is written with `onnx.helper` and run by onnxruntime. Supported:
-BERT (all-MiniLM, bge, e5), RoBERTa / XLM-R / CamemBERT (positions offset by padding_idx + 1),
-DistilBERT, MPNet (all-mpnet-base-v2: RoBERTa positions, no token types, and a relative position bias
-shared by every layer, bucketed as transformers' `MPNetEncoder.relative_position_bucket`).
+No PyTorch: the graph is written with `onnx.helper` and run by onnxruntime. The families built here are those whose
+description says `builder="bert"`: learned positions (from 0, or from padding_idx + 1 for RoBERTa / XLM-R /
+CamemBERT / MPNet), optional token types, LayerNorm after each residual add, a plain MLP, and for MPNet
+(all-mpnet-base-v2) a relative position bias shared by every layer, bucketed as transformers'
+`MPNetEncoder.relative_position_bucket`. BERT (all-MiniLM, bge, e5), RoBERTa / XLM-R / CamemBERT, DistilBERT, MPNet.
 
 Large vocabulary-bound tensors are not copied into the graph: they are declared as graph inputs
 and fed at run time as OrtValues that wrap the memory-mapped safetensors data (zero copy), see
@@ -24,86 +26,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from embtool.core.architectures import FACTOR_F, FACTOR_P, Arch
 from embtool.core.errors import CorruptFile, Unsupported
-from embtool.core.model import BERT_FAMILY, SUPPORTED, Model
+from embtool.core.model import Model
 
 OPSET = 21
 MS_OPSET = 1
 FUSE_QKV_BIAS = True  # the attention kernel adds the q, k, v biases (switch kept for measuring)
-
-
-@dataclass(frozen=True)
-class Scheme:
-    """Where an architecture keeps its weights (relative to the model prefix)."""
-
-    layers: str
-    q: str
-    k: str
-    v: str
-    o: str
-    ln1: str
-    ffn_in: str
-    ffn_out: str
-    ln2: str
-    has_token_types: bool = True
-    roberta_positions: bool = False
-    relative_bias: str | None = None  # weight of a relative position bias table [buckets, heads] (MPNet)
-
-
-BERT = Scheme("encoder.layer.{i}.", "attention.self.query", "attention.self.key", "attention.self.value",
-              "attention.output.dense", "attention.output.LayerNorm", "intermediate.dense", "output.dense",
-              "output.LayerNorm")
-ROBERTA = Scheme(**{**BERT.__dict__, "roberta_positions": True})
-DISTILBERT = Scheme("transformer.layer.{i}.", "attention.q_lin", "attention.k_lin", "attention.v_lin",
-                    "attention.out_lin", "sa_layer_norm", "ffn.lin1", "ffn.lin2", "output_layer_norm",
-                    has_token_types=False)
-MPNET = Scheme("encoder.layer.{i}.", "attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o",
-               "attention.LayerNorm", "intermediate.dense", "output.dense", "output.LayerNorm",
-               has_token_types=False, roberta_positions=True, relative_bias="encoder.relative_attention_bias.weight")
-
-
-@dataclass
-class Arch:
-    model_type: str
-    scheme: Scheme
-    prefix: str
-    hidden: int
-    layers: int
-    heads: int
-    eps: float
-    act: str
-    pad_id: int
-
-
-def detect_bert(model: Model) -> Arch:
-    """The BERT-family layout of a model (embtool.runtime.graphs.detect_arch dispatches every architecture)."""
-    cfg = model.config
-    mt = str(cfg.get("model_type", "")).lower()
-    if not mt:
-        raise Unsupported(f"{model.root}: config.json has no model_type; supported: {', '.join(SUPPORTED)}")
-    if mt not in BERT_FAMILY:
-        raise Unsupported(f"architecture {mt!r} is not supported for safetensors models "
-                          f"(supported: {', '.join(SUPPORTED)}); export it to ONNX and give embtool the .onnx")
-    ws = model.weights
-    assert ws is not None
-    anchor = next((k for k in ws.keys() for s in ("embeddings.word_embeddings.weight",
-                                                   "embeddings.word_embeddings.factor_F",
-                                                   "embeddings.word_embeddings.qweight",
-                                                   "embeddings.word_embeddings.factor_F.qweight") if k.endswith(s)), None)
-    if anchor is None:
-        raise CorruptFile(f"{model.root}: no embeddings.word_embeddings tensor in the weights")
-    prefix = anchor[: anchor.index("embeddings.word_embeddings")]
-    if mt == "distilbert":
-        scheme, hidden, layers, heads = DISTILBERT, cfg.get("dim", 768), cfg.get("n_layers", 6), cfg.get("n_heads", 12)
-        eps, act = 1e-12, str(cfg.get("activation", "gelu"))
-    else:
-        scheme = MPNET if mt == "mpnet" else ROBERTA if mt in ("roberta", "xlm-roberta", "camembert") else BERT
-        hidden, layers = cfg.get("hidden_size"), cfg.get("num_hidden_layers")
-        heads, eps, act = cfg.get("num_attention_heads"), float(cfg.get("layer_norm_eps", 1e-12)), str(cfg.get("hidden_act", "gelu"))
-    if not all(isinstance(x, int) and x > 0 for x in (hidden, layers, heads)) or hidden % heads:
-        raise CorruptFile(f"{model.root}: config.json sizes are inconsistent (hidden {hidden}, heads {heads}, layers {layers})")
-    pad = 1 if mt == "mpnet" else int(cfg.get("pad_token_id", 1) or 0)  # MPNetEmbeddings.padding_idx is fixed at 1
-    return Arch(mt, scheme, prefix, hidden, layers, heads, eps, act, pad)
 
 
 class WeightSource:
@@ -231,8 +160,8 @@ def _embedding(b: GraphBuilder, w: WeightSource, ids: str, base: str) -> str:
         if b.portable:
             return b.node("Gather", [qops.emit_dequantize_linear(b, w, base), ids], "gather_E")
         return qops.emit_gather_block_quantized(b, w, ids, base)
-    if w.has(base + ".factor_F") or w.has(base + ".factor_F.qweight"):
-        F = base + ".factor_F"
+    F = f"{base}.{FACTOR_F}"
+    if w.has(F) or w.has(F + ".qweight"):
         if w.has(F + ".qweight") and b.portable:
             from embtool.runtime import qops
 
@@ -245,8 +174,8 @@ def _embedding(b: GraphBuilder, w: WeightSource, ids: str, base: str) -> str:
             rows = b.node("Gather", [b.feed(F, w.get(F)), ids], "gather_F")
             if w.get(F).dtype != np.float32:
                 rows = b.node("Cast", [rows], "castF", to=TensorProto.FLOAT)
-        P = w.get_f32(base + ".factor_P")
-        return b.node("MatMul", [rows, b.const(base + ".factor_P", P)], "mm_P")
+        P = w.get_f32(f"{base}.{FACTOR_P}")
+        return b.node("MatMul", [rows, b.const(f"{base}.{FACTOR_P}", P)], "mm_P")
     E = w.get(base + ".weight")
     y = b.node("Gather", [b.feed(base + ".weight", E), ids], "gather_E")
     if E.dtype != np.float32:
@@ -254,9 +183,10 @@ def _embedding(b: GraphBuilder, w: WeightSource, ids: str, base: str) -> str:
     return y
 
 
-def build_bert(model: Model, fused: bool = True, feed_weights: frozenset[str] = frozenset(),
-                  capture_linear_inputs: bool = False) -> BuiltGraph:
-    """The encoder graph: inputs input_ids, attention_mask [batch, seq] int64;
+def build_bert(model: Model, a: Arch, fused: bool = True, feed_weights: frozenset[str] = frozenset(),
+               capture_linear_inputs: bool = False) -> BuiltGraph:
+    """The encoder graph of a BERT-like family (`a`: its architecture, core/architectures.py): inputs input_ids,
+    attention_mask [batch, seq] int64;
     output last_hidden_state [batch, seq, hidden] float32.
 
     fused=True uses onnxruntime's com.microsoft kernels (MultiHeadAttention; MatMulNBits and
@@ -266,17 +196,15 @@ def build_bert(model: Model, fused: bool = True, feed_weights: frozenset[str] = 
     (transposed), so that one session can run with perturbed copies of them.
     capture_linear_inputs: also output every Linear's input (for calibration statistics);
     `BuiltGraph.linear_inputs` maps `X.weight` to the output name."""
-    a = detect_bert(model)
     w = WeightSource(model)
     b = GraphBuilder(frozenset(feed_weights), portable=not fused)
-    p, s = a.prefix, a.scheme
-    H, nh = a.hidden, a.heads
-    hd = H // nh
+    p, f = a.prefix, a.family
+    H, nh, hd = a.hidden, a.heads, a.head_dim
 
     # embeddings
-    x = _embedding(b, w, "input_ids", p + "embeddings.word_embeddings")
-    pos_table = w.get_f32(p + "embeddings.position_embeddings.weight")
-    if s.roberta_positions:
+    x = _embedding(b, w, "input_ids", p + f.token_table)
+    pos_table = w.get_f32(p + f.position_table)
+    if f.positions == "absolute-padded":
         pad = b.const("pad_id", np.array(a.pad_id, dtype=np.int64))
         notpad = b.node("Cast", [b.node("Not", [b.node("Equal", ["input_ids", pad])])], "notpad", to=TensorProto.INT64)
         cum = b.node("CumSum", [notpad, b.const("axis1", np.array(1, dtype=np.int64))], "cumsum")
@@ -287,13 +215,13 @@ def build_bert(model: Model, fused: bool = True, feed_weights: frozenset[str] = 
         pos = b.node("Slice", [b.const("position_embeddings", pos_table), b.const("zero1", np.array([0], np.int64)), seq,
                                b.const("axes0", np.array([0], np.int64))], "pos")
     x = b.node("Add", [x, pos], "emb")
-    if s.has_token_types and w.has(p + "embeddings.token_type_embeddings.weight"):
-        tt = w.get_f32(p + "embeddings.token_type_embeddings.weight")[0]
+    if f.token_type and w.has(p + f.token_type):
+        tt = w.get_f32(p + f.token_type)[0]
         x = b.node("Add", [x, b.const("token_type_0", tt)], "emb_tt")
-    g, bb = w.ln(p + "embeddings.LayerNorm")
+    g, bb = w.ln(p + f.emb_norm)
     x = b.node("LayerNormalization", [x, b.const("emb_ln.w", g), b.const("emb_ln.b", bb)], "emb_ln", axis=-1, epsilon=a.eps)
 
-    pos_bias = _relative_position_bias(b, w, p + s.relative_bias, len(pos_table)) if s.relative_bias else None
+    pos_bias = _relative_position_bias(b, w, p + f.relative_bias, len(pos_table)) if f.relative_bias else None
     if fused:
         # onnxruntime's fused attention kernel; the key padding mask is the raw 0/1 mask as int32
         mask32 = b.node("Cast", ["attention_mask"], "mask32", to=TensorProto.INT32)
@@ -307,30 +235,30 @@ def build_bert(model: Model, fused: bool = True, feed_weights: frozenset[str] = 
         shp_hidden = b.const("shape_hidden", np.array([0, 0, H], np.int64))
         scale = b.const("scale", np.array(1.0 / math.sqrt(hd), np.float32))
     for i in range(a.layers):
-        L = p + s.layers.format(i=i)
+        L = p + f.layers.format(i=i)
         if fused:
             # with FUSE_QKV_BIAS the q, k, v biases are added inside the attention kernel (its packed [3H] bias
             # input), not by three Adds over [tokens, hidden]: same values, all-MiniLM embed 1.04x (CPU time,
             # 1 thread, medians of 5)
-            q, k, v = (_linear(b, w, x, L + name, with_bias=not FUSE_QKV_BIAS) for name in (s.q, s.k, s.v))
-            qkv_bias = b.const(L + "qkv.bias", np.concatenate([_bias(w, L + name, H) for name in (s.q, s.k, s.v)])) \
+            q, k, v = (_linear(b, w, x, L + name, with_bias=not FUSE_QKV_BIAS) for name in (f.q, f.k, f.v))
+            qkv_bias = b.const(L + "qkv.bias", np.concatenate([_bias(w, L + name, H) for name in (f.q, f.k, f.v)])) \
                 if FUSE_QKV_BIAS else ""
             ctx = b.node("MultiHeadAttention", [q, k, v, qkv_bias, mask32, *([pos_bias] if pos_bias else [])], "mha",
                          domain="com.microsoft", num_heads=nh)
         else:
-            q = b.node("Transpose", [b.node("Reshape", [_linear(b, w, x, L + s.q), shp_heads])], "q", perm=[0, 2, 1, 3])
-            k = b.node("Transpose", [b.node("Reshape", [_linear(b, w, x, L + s.k), shp_heads])], "k", perm=[0, 2, 3, 1])
-            v = b.node("Transpose", [b.node("Reshape", [_linear(b, w, x, L + s.v), shp_heads])], "v", perm=[0, 2, 1, 3])
+            q = b.node("Transpose", [b.node("Reshape", [_linear(b, w, x, L + f.q), shp_heads])], "q", perm=[0, 2, 1, 3])
+            k = b.node("Transpose", [b.node("Reshape", [_linear(b, w, x, L + f.k), shp_heads])], "k", perm=[0, 2, 3, 1])
+            v = b.node("Transpose", [b.node("Reshape", [_linear(b, w, x, L + f.v), shp_heads])], "v", perm=[0, 2, 1, 3])
             sc = b.node("Mul", [b.node("MatMul", [q, k]), scale], "scaled")
             if pos_bias:
                 sc = b.node("Add", [sc, pos_bias], "biased")
             sc = b.node("Add", [sc, addmask], "scores")
             pr = b.node("Softmax", [sc], "probs", axis=-1)
             ctx = b.node("Reshape", [b.node("Transpose", [b.node("MatMul", [pr, v])], perm=[0, 2, 1, 3]), shp_hidden], "ctx")
-        x = _residual_norm(b, w, a, x, ctx, L + s.o, L + s.ln1)
-        h = _linear(b, w, x, L + s.ffn_in)
+        x = _residual_norm(b, w, a, x, ctx, L + f.o, L + f.attn_norm)
+        h = _linear(b, w, x, L + f.mlp_in)
         h = _activation(b, h, a.act)
-        x = _residual_norm(b, w, a, x, h, L + s.ffn_out, L + s.ln2)
+        x = _residual_norm(b, w, a, x, h, L + f.mlp_out, L + f.mlp_norm)
     return finish_graph(b, x, H, "embtool_encoder", capture_linear_inputs)
 
 

@@ -6,7 +6,7 @@ batches carry little padding, run, pooled, and put back in input order.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -14,7 +14,8 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from embtool.algorithms import pooling as P
-from embtool.core.errors import InputError, Unsupported
+from embtool.core.architectures import position_offset
+from embtool.core.errors import CorruptFile, InputError, Unsupported
 from embtool.core.model import NOT_LINEAR, Model, find_vocab_tensors
 from embtool.core.st_config import prompt_length, resolve_prompt
 from embtool.core.threads import resolve_threads
@@ -144,7 +145,12 @@ def proto_session(model, threads: int = 0, initializers: dict[str, np.ndarray] |
     values = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for name, a in (initializers or {}).items()}
     for name, v in values.items():
         so.add_initializer(name, v)
-    sess = ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS)
+    try:
+        sess = ort.InferenceSession(blob, so, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS)
+    except (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+            ort.capi.onnxruntime_pybind11_state.InvalidArgument, ort.capi.onnxruntime_pybind11_state.NotImplemented) as e:
+        # a graph built from weights that contradict each other (shapes, packed layouts): one line, not a traceback
+        raise Unsupported(f"onnxruntime cannot load the graph built from this model: {str(e).splitlines()[0][:300]}") from None
     sess._embtool_initializers = values  # onnxruntime reads them for the session's life
     return sess
 
@@ -154,12 +160,20 @@ def default_max_length(model: Model) -> int:
     limits = []
     mpe = cfg.get("max_position_embeddings")
     if isinstance(mpe, int) and mpe > 0:
-        mt = str(cfg.get("model_type", ""))
-        off = int(cfg.get("pad_token_id", 1) or 0) + 1 if mt in ("roberta", "xlm-roberta", "camembert", "mpnet") else 0
-        limits.append(mpe - off)
+        limits.append(mpe - position_offset(cfg))  # RoBERTa's positions start after its padding id
     if model.st.max_seq_length:
         limits.append(model.st.max_seq_length)
     return min(limits) if limits else 512
+
+
+def resolve_settings(model: Model, s: EmbedSettings) -> EmbedSettings:
+    """`s` with every default the model decides made explicit: pooling ("auto": the sentence-transformers config,
+    else mean), normalize, prefix and prompt_name (`resolve_prompt`), max_length. What an Encoder embeds with,
+    known without a session: an index records it, a Ray driver computes it for the shards its actors embed."""
+    prefix, prompt_name = resolve_prompt(model.st, s.prompt_name, s.prefix)
+    return replace(s, pooling=(model.st.pooling or "mean") if s.pooling == "auto" else s.pooling,
+                   normalize=s.normalize if s.normalize is not None else bool(model.st.normalize),
+                   prefix=prefix, prompt_name=prompt_name, max_length=s.max_length or default_max_length(model))
 
 
 def open_encoder(model: Model, **options) -> "Encoder":
@@ -176,8 +190,9 @@ class Encoder:
             raise InputError(f"{model.root}: no tokenizer.json beside the model; embtool needs it to embed text")
         self.model = model
         self.s = settings or EmbedSettings()
+        self.resolved = resolve_settings(model, self.s)  # what an index records of this encoder
         limit = default_max_length(model)
-        self.max_length = self.s.max_length or limit
+        self.max_length = self.resolved.max_length
         if self.max_length < 2:
             raise InputError(f"--max-length {self.max_length} is too small")
         if model.format == "safetensors" and self.max_length > limit and "max_position_embeddings" in model.config:
@@ -193,9 +208,7 @@ class Encoder:
         if unknown:
             raise Unsupported(f"{model.weight_path}: the ONNX graph needs inputs embtool cannot feed: {', '.join(sorted(unknown))}")
         self.output_name, self.pooled_output = self._pick_output()
-        pool = self.s.pooling
-        if pool == "auto":
-            pool = model.st.pooling or "mean"
+        pool = self.resolved.pooling
         try:
             P.pooling_modes(pool)
         except ValueError:
@@ -203,8 +216,8 @@ class Encoder:
         if model.st.unsupported and not self.pooled_output:
             raise Unsupported(f"{model.root}: modules.json has module(s) embtool cannot run: {', '.join(model.st.unsupported)}")
         self.pooling = pool
-        self.normalize = self.s.normalize if self.s.normalize is not None else bool(model.st.normalize)
-        self.prefix, self.prompt_name = resolve_prompt(model.st, self.s.prompt_name, self.s.prefix)
+        self.normalize = self.resolved.normalize
+        self.prefix, self.prompt_name = self.resolved.prefix, self.resolved.prompt_name
         self.prompt_length = 0  # prompt tokens left out of the pooling (include_prompt: false)
         if self.prefix and not model.st.include_prompt:
             self.prompt_length = prompt_length(self.tok, self.prefix, set(model.tokenizer.special_tokens().values()))
@@ -313,7 +326,7 @@ class Encoder:
             b0 += len(idx)
             ids, mask = self.padded([seqs[i] for i in idx])
             self.stats.padded_tokens += int(mask.size - mask.sum())
-            vec = self._finish(self.run_batch(ids, mask))
+            vec = require_finite(self._finish(self.run_batch(ids, mask)), self.model.root)
             if out is None:
                 out = np.empty((n, vec.shape[1]), dtype=np.float32)
             out[idx] = vec
@@ -401,6 +414,20 @@ class Encoder:
             yield buf, self.embed(buf)
             if progress is not None:
                 progress.update(len(buf))
+
+
+def require_finite(values: np.ndarray, model, what: str = "texts") -> np.ndarray:
+    """`values` (embeddings, one row per text, or other outputs of `model`, a model path; `what` its rows are) when
+    all are finite;
+    else CorruptFile: NaN or infinity means the model's weights or config.json cannot be right, and no embedding,
+    fidelity figure or output built from them is worth anything. Every embedding the encoder returns passes here."""
+    finite = np.isfinite(values)
+    if not finite.all():
+        rows = values.shape[0] if values.ndim > 1 else 1
+        bad = int((~finite.reshape(rows, -1)).any(axis=1).sum())
+        raise CorruptFile(f"{model}: the model gives NaN or infinite values (for {bad} of {rows} {what}); its weights "
+                          "or config.json cannot be right")
+    return values
 
 
 def run_embed(encoder: Encoder, texts: Iterable[str], sink, progress=None, shard: tuple[int, int] | None = None) -> list[int]:

@@ -1,36 +1,46 @@
 """The graph builders' one entry point: a safetensors model -> its ONNX encoder graph, built in memory.
 
-The BERT family (BERT, RoBERTa, XLM-R, CamemBERT, DistilBERT, MPNet) is built by `bert_graph`, the rotary
-families (ModernBERT, NomicBERT, GTE, Qwen3, EmbeddingGemma) by `rotary_graph` on bert_graph's pieces.
-`fed_encoder` gives the graph with chosen weights fed as graph inputs (for calibration) for a safetensors model
-and, from its own graph, for an ONNX model.
+Every family is a description in core/architectures.py; `detect_arch` resolves it against the model's config.json
+and weights, and the family's `builder` picks the blocks: `bert_graph` (learned positions: BERT, RoBERTa, XLM-R,
+CamemBERT, DistilBERT, MPNet) or `rotary_graph` on bert_graph's pieces (ModernBERT, NomicBERT, GTE, Qwen3,
+EmbeddingGemma). `fed_encoder` gives the graph with chosen weights fed as graph inputs (for calibration) for a
+safetensors model and, from its own graph, for an ONNX model.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from embtool.core.model import ROTARY, Model
-from embtool.runtime.bert_graph import BuiltGraph, build_bert, detect_bert
-from embtool.runtime.rotary_graph import build_rotary, detect_rotary
+from embtool.core.architectures import SUPPORTED, Arch, model_type
+from embtool.core.errors import Unsupported
+from embtool.core.model import Model, model_arch
+from embtool.runtime.bert_graph import BuiltGraph, build_bert
+from embtool.runtime.rotary_graph import build_rotary
+
+BUILDERS = {"bert": build_bert, "rotary": build_rotary}  # a family's `builder` -> the function that emits its graph
 
 
-def _rotary(model: Model) -> bool:
-    return str(model.config.get("model_type", "")).lower() in ROTARY
-
-
-def detect_arch(model: Model):
-    """The architecture description the builder will use; Unsupported / CorruptFile when it cannot build the model."""
-    return detect_rotary(model) if _rotary(model) else detect_bert(model)
+def detect_arch(model: Model) -> Arch:
+    """The architecture the builder will use (core/architectures.py); Unsupported / CorruptFile when it cannot build
+    the model."""
+    arch = model_arch(model)
+    if arch is None:
+        mt, where = model_type(model.config), model.root / "config.json"
+        if not mt:
+            raise Unsupported(f"{where}: no model_type (a string) says the architecture; supported: {', '.join(SUPPORTED)}")
+        raise Unsupported(f"{where}: architecture (model_type) {mt!r} is not supported for safetensors models "
+                          f"(supported: {', '.join(SUPPORTED)}); export it to ONNX and give embtool the .onnx")
+    if arch.unsupported:
+        raise Unsupported(arch.unsupported)
+    return arch
 
 
 def build_encoder(model: Model, fused: bool = True, feed_weights: frozenset[str] = frozenset(),
                   capture_linear_inputs: bool = False) -> BuiltGraph:
     """The encoder graph: inputs input_ids, attention_mask [batch, seq] int64; output last_hidden_state
     [batch, seq, hidden] float32 (see bert_graph.build_bert for the options)."""
-    if _rotary(model):
-        return build_rotary(model, fused, feed_weights, capture_linear_inputs)
-    return build_bert(model, fused, feed_weights, capture_linear_inputs)
+    a = detect_arch(model)
+    return BUILDERS[a.family.builder](model, a, fused, feed_weights, capture_linear_inputs)
 
 
 def onnx_fed_graph(model: Model, weights: frozenset[str], capture_linear_inputs: bool = False) -> BuiltGraph:

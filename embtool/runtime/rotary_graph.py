@@ -1,8 +1,9 @@
 """Graphs of the rotary-position families: ModernBERT, NomicBERT, GTE "new", EmbeddingGemma (encoders) and Qwen3 (decoder).
 
-The five share one layer shape — token embedding, rotary attention, a gated MLP — and differ in data, so each
-is a `Family` description read by one builder (`build_rotary`); no PyTorch, the same weight encodings as the
-BERT builder (plain, packed n-bit -> MatMulNBits / GatherBlockQuantized, OFA factors):
+The five share one layer shape — token embedding, rotary attention, a gated MLP — and differ in data: each is a
+`Family` description of core/architectures.py (`builder="rotary"`: weight names, wiring, the config keys it reads and
+their valid ranges), resolved against config.json into an `Arch` that one builder (`build_rotary`) reads; no PyTorch,
+the same weight encodings as the BERT builder (plain, packed n-bit -> MatMulNBits / GatherBlockQuantized, OFA factors):
 
 | family | norm | placement | attention | MLP | as in transformers |
 |---|---|---|---|---|---|
@@ -36,13 +37,10 @@ rotary as x * cos + rotate_half(x) * sin with cos/sin tables [B, 1, S, hd] from 
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import numpy as np
 from onnx import TensorProto, helper
 
-from embtool.core.errors import CorruptFile, Unsupported
+from embtool.core.architectures import Arch
 from embtool.core.model import Model
 from embtool.runtime.bert_graph import (BuiltGraph, GraphBuilder, WeightSource, _activation, finish_graph,
                                         _embedding, _linear)
@@ -50,175 +48,6 @@ from embtool.runtime.bert_graph import (BuiltGraph, GraphBuilder, WeightSource, 
 # residual add + RMSNorm of the sum as one com.microsoft SkipSimplifiedLayerNormalization (fused graphs, RMS families);
 # False: a plain Add, then SimplifiedLayerNormalization (see the module docstring)
 FUSE_SKIP_RMSNORM = False  # measured no faster than Add + SimplifiedLayerNormalization (0.85x, 0.95x, 1.04x in 3 runs)
-
-
-@dataclass(frozen=True)
-class Family:
-    """Where a family keeps its weights (relative to the model prefix) and how its layers are wired."""
-
-    model_type: str
-    embedding: str  # token table base name
-    layers: str  # layer prefix, with {i}
-    attn_norm: str
-    mlp_norm: str
-    o: str
-    mlp_out: str
-    qkv: str | None = None  # fused [q; k; v] projection, or separate q / k / v below
-    q: str = ""
-    k: str = ""
-    v: str = ""
-    qk_norm: tuple[str, str] | None = None  # RMSNorm of each query / key head (Qwen3)
-    mlp_fused: str | None = None  # fused gated MLP input [first; second]
-    mlp_gate: str = ""  # separate gate and up projections
-    mlp_up: str = ""
-    act_on_first: bool = True  # fused MLP: act(first half) * second half, else first * act(second)
-    emb_norm: str | None = None
-    token_type: str | None = None
-    final_norm: str | None = None
-    pre_norm: bool = True
-    rms: bool = False
-    rms_offset: float = 0.0  # Gemma's RMSNorm scales by (offset + weight)
-    causal: bool = False
-    post_attn_norm: str | None = None  # Gemma's sandwich norms: on the attention / MLP output, before the residual
-    post_mlp_norm: str | None = None
-    embed_scale: bool = False  # Gemma: token embeddings times sqrt(hidden)
-
-
-MODERNBERT = Family("modernbert", "embeddings.tok_embeddings", "layers.{i}.", "attn_norm", "mlp_norm", "attn.Wo", "mlp.Wo",
-                    qkv="attn.Wqkv", mlp_fused="mlp.Wi", act_on_first=True, emb_norm="embeddings.norm",
-                    final_norm="final_norm")
-NOMIC = Family("nomic_bert", "embeddings.word_embeddings", "encoder.layers.{i}.", "norm1", "norm2", "attn.out_proj", "mlp.fc2",
-               qkv="attn.Wqkv", mlp_gate="mlp.fc12", mlp_up="mlp.fc11", emb_norm="emb_ln",
-               token_type="embeddings.token_type_embeddings.weight", pre_norm=False)
-GTE = Family("gte", "embeddings.word_embeddings", "encoder.layer.{i}.", "attn_ln", "mlp_ln", "attention.o_proj", "mlp.down_proj",
-             qkv="attention.qkv_proj", mlp_fused="mlp.up_gate_proj", act_on_first=False, emb_norm="embeddings.LayerNorm",
-             token_type="embeddings.token_type_embeddings.weight", pre_norm=False)
-QWEN3 = Family("qwen3", "embed_tokens", "layers.{i}.", "input_layernorm", "post_attention_layernorm", "self_attn.o_proj",
-               "mlp.down_proj", q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj",
-               qk_norm=("self_attn.q_norm", "self_attn.k_norm"), mlp_gate="mlp.gate_proj", mlp_up="mlp.up_proj",
-               final_norm="norm", rms=True, causal=True)
-GEMMA3 = Family("gemma3_text", "embed_tokens", "layers.{i}.", "input_layernorm", "pre_feedforward_layernorm", "self_attn.o_proj",
-                "mlp.down_proj", q="self_attn.q_proj", k="self_attn.k_proj", v="self_attn.v_proj",
-                qk_norm=("self_attn.q_norm", "self_attn.k_norm"), mlp_gate="mlp.gate_proj", mlp_up="mlp.up_proj",
-                final_norm="norm", rms=True, rms_offset=1.0, causal=True, post_attn_norm="post_attention_layernorm",
-                post_mlp_norm="post_feedforward_layernorm", embed_scale=True)
-FAMILIES = {f.model_type: f for f in (MODERNBERT, NOMIC, GTE, QWEN3, GEMMA3)}
-FAMILIES["new"] = GTE  # Alibaba's remote-code model_type for the same weights (gte-*-v1.5, gte-multilingual)
-
-
-@dataclass
-class RotaryArch:
-    family: Family
-    prefix: str
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    eps: float
-    act: str
-    thetas: list[float]  # per layer
-    windows: list[int | None]  # per layer: None = global attention, w = keys with |i - j| <= w
-    causal: bool = False
-    scaling: float = 0.0  # attention scores times this (1/sqrt(head_dim) unless the config says otherwise)
-
-
-def _cfg(cfg: dict, *keys, default=None):
-    for k in keys:
-        if cfg.get(k) is not None:
-            return cfg[k]
-    return default
-
-
-def _theta(cfg: dict, layer_type: str | None, where: str, default: float) -> float:
-    rp = cfg.get("rope_parameters") or {}
-    if layer_type and isinstance(rp.get(layer_type), dict):
-        rp = rp[layer_type]
-    scaling = cfg.get("rope_scaling")
-    rope_type = (rp.get("rope_type") or rp.get("type") or "default") if isinstance(rp, dict) else "default"
-    if scaling or rope_type != "default":
-        raise Unsupported(f"{where}: rotary scaling {scaling or rope_type!r} is not supported (plain rotary only)")
-    if isinstance(rp, dict) and rp.get("rope_theta") is not None:
-        return float(rp["rope_theta"])
-    return float(default)
-
-
-def detect_rotary(model: Model) -> RotaryArch:
-    """Read config.json of a rotary family; refuse what the builder does not reproduce, up front."""
-    cfg, where = model.config, model.root / "config.json"
-    mt = str(cfg.get("model_type", "")).lower()
-    fam = FAMILIES[mt]
-    ws = model.weights
-    assert ws is not None
-    anchor = next((k for k in ws.keys() for s in (".weight", ".qweight", ".factor_F", ".factor_F.qweight")
-                   if k.endswith(fam.embedding + s) and (k == fam.embedding + s or k.endswith("." + fam.embedding + s))), None)
-    if anchor is None:
-        raise CorruptFile(f"{model.root}: no {fam.embedding} tensor in the weights of this {mt} model")
-    prefix = anchor[: anchor.rindex(fam.embedding)]
-    hidden = _cfg(cfg, "hidden_size", "n_embd")
-    layers = _cfg(cfg, "num_hidden_layers", "n_layer")
-    heads = _cfg(cfg, "num_attention_heads", "n_head")
-    if not all(isinstance(x, int) and x > 0 for x in (hidden, layers, heads)):
-        raise CorruptFile(f"{where}: config.json sizes are missing or wrong (hidden {hidden}, heads {heads}, layers {layers})")
-    kv_heads = int(_cfg(cfg, "num_key_value_heads", default=heads))
-    head_dim = int(_cfg(cfg, "head_dim", default=hidden // heads))
-    if mt != "qwen3" and head_dim * heads != hidden:
-        raise CorruptFile(f"{where}: hidden size {hidden} is not heads {heads} x head_dim {head_dim}")
-    if kv_heads <= 0 or heads % kv_heads or head_dim % 2:
-        raise CorruptFile(f"{where}: {heads} attention heads cannot share {kv_heads} key/value heads of size {head_dim}")
-    if mt == "nomic_bert":  # the hub's own config keys (n_embd, rotary_emb_base, ...) read as well
-        if float(cfg.get("rotary_emb_fraction", 1.0)) != 1.0 or cfg.get("rotary_emb_interleaved"):
-            raise Unsupported(f"{where}: partial or interleaved rotary embeddings are not supported")
-        if cfg.get("prenorm") or cfg.get("causal"):
-            raise Unsupported(f"{where}: NomicBERT with prenorm or causal attention is not supported")
-    if mt in ("gte", "new"):  # the remote-code "new" config: only its plain rotary, LayerNorm form
-        if cfg.get("logn_attention_scale") or str(cfg.get("layer_norm_type", "layer_norm")) != "layer_norm" \
-                or str(cfg.get("position_embedding_type", "rope")) != "rope":
-            raise Unsupported(f"{where}: GTE with logn attention scaling, {cfg.get('layer_norm_type')} or "
-                              f"{cfg.get('position_embedding_type')} positions is not supported")
-    windows: list[int | None] = [None] * layers
-    causal, scaling = fam.causal, 1.0 / math.sqrt(head_dim)
-    if mt == "gemma3_text":  # EmbeddingGemma: Gemma 3 with bidirectional attention
-        if cfg.get("attn_logit_softcapping") is not None:
-            raise Unsupported(f"{where}: attention logit soft-capping is not supported")
-        causal = not cfg.get("use_bidirectional_attention", False)
-        pattern = int(cfg.get("sliding_window_pattern", 6))
-        types = cfg.get("layer_types") or ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(layers)]
-        if len(types) != layers or not set(types) <= {"full_attention", "sliding_attention"}:
-            raise CorruptFile(f"{where}: layer_types does not list full/sliding attention for {layers} layers")
-        sw = int(cfg.get("sliding_window") or 4096)
-        # transformers: causal layers see keys i - sw < j <= i; bidirectional ones |i - j| < sw // 2 + 1 (config.json
-        # stores the bidirectional window doubled)
-        w = sw // 2 if not causal else sw - 1
-        windows = [w if t == "sliding_attention" else None for t in types]
-        g = _theta(cfg, "full_attention", str(where), cfg.get("rope_theta", 1000000.0))
-        loc = _theta(cfg, "sliding_attention", str(where), cfg.get("rope_local_base_freq", 10000.0))
-        thetas = [g if w is None else loc for w in windows]
-        scaling = float(cfg.get("query_pre_attn_scalar", 256)) ** -0.5
-        eps, act = float(cfg.get("rms_norm_eps", 1e-6)), str(_cfg(cfg, "hidden_activation", "hidden_act", default="gelu_pytorch_tanh"))
-    elif mt == "modernbert":
-        types = cfg.get("layer_types") or ["sliding_attention" if i % int(cfg.get("global_attn_every_n_layers", 3))
-                                           else "full_attention" for i in range(layers)]
-        if len(types) != layers or not set(types) <= {"full_attention", "sliding_attention"}:
-            raise CorruptFile(f"{where}: layer_types does not list full/sliding attention for {layers} layers")
-        half = int(cfg.get("local_attention", 128)) // 2
-        windows = [half if t == "sliding_attention" else None for t in types]
-        g = _theta(cfg, "full_attention", str(where), cfg.get("global_rope_theta", 160000.0))
-        loc = _theta(cfg, "sliding_attention", str(where), cfg.get("local_rope_theta", 10000.0))
-        thetas = [g if w is None else loc for w in windows]
-        eps, act = float(cfg.get("norm_eps", 1e-5)), str(cfg.get("hidden_activation", "gelu"))
-    else:
-        theta = _theta(cfg, None, str(where), _cfg(cfg, "rope_theta", "rotary_emb_base", default=10000.0))
-        thetas = [theta] * layers
-        if mt == "qwen3":
-            if cfg.get("use_sliding_window") or any(t != "full_attention" for t in cfg.get("layer_types") or []):
-                raise Unsupported(f"{where}: Qwen3 sliding-window layers are not supported")
-            eps = float(cfg.get("rms_norm_eps", 1e-6))
-        else:
-            eps = float(_cfg(cfg, "layer_norm_eps", "layer_norm_epsilon", default=1e-12))
-        act = str(_cfg(cfg, "hidden_act", "activation_function", default="silu"))
-        act = "silu" if act == "swiglu" else "gelu" if act == "geglu" else act
-    return RotaryArch(fam, prefix, hidden, layers, heads, kv_heads, head_dim, eps, act, thetas, windows, causal, scaling)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -254,12 +83,12 @@ def _residual(b, w, a, f, x: str, out: str, L: str, post_norm: str | None, norm:
     return x, (_norm(b, w, x, then, a) if then is not None else None)
 
 
-def _rms_scale(w: WeightSource, base: str, a: RotaryArch) -> np.ndarray:
+def _rms_scale(w: WeightSource, base: str, a: Arch) -> np.ndarray:
     """An RMSNorm's weight as the kernels take it: Gemma's (1 + w) folded in."""
     return (w.get_f32(base + ".weight") + np.float32(a.family.rms_offset)).astype(np.float32)
 
 
-def _norm(b: GraphBuilder, w: WeightSource, x: str, base: str, a: RotaryArch) -> str:
+def _norm(b: GraphBuilder, w: WeightSource, x: str, base: str, a: Arch) -> str:
     if a.family.rms and not b.portable:
         # onnxruntime's SimplifiedLayerNormalization computes the same x / sqrt(mean(x^2) + eps) * weight in one
         # kernel: measured 2.1x faster than the seven standard ops at [8, 256, 1024] (tools/fused_ops.py, docs/benchmarks.md)
@@ -341,17 +170,17 @@ def _rotate_fused(b: GraphBuilder, x: str, pos_ids: str, cos_cache: str, sin_cac
     return b.node("RotaryEmbedding", [x, pos_ids, cos_cache, sin_cache], "rope", domain="com.microsoft", interleaved=0)
 
 
-def build_rotary(model: Model, fused: bool = True, feed_weights: frozenset[str] = frozenset(),
+def build_rotary(model: Model, a: Arch, fused: bool = True, feed_weights: frozenset[str] = frozenset(),
                  capture_linear_inputs: bool = False) -> BuiltGraph:
-    """The graph of a rotary-family model (see the module docstring); same contract as `build_encoder`."""
-    a = detect_rotary(model)
+    """The graph of a rotary-family model (`a`: its architecture; see the module docstring); same contract as
+    `graphs.build_encoder`."""
     f, p = a.family, a.prefix
     w = WeightSource(model)
     b = GraphBuilder(frozenset(feed_weights), portable=not fused)
     nh, kvh, hd, H = a.heads, a.kv_heads, a.head_dim, a.hidden
     groups = nh // kvh
 
-    x = _embedding(b, w, "input_ids", p + f.embedding)
+    x = _embedding(b, w, "input_ids", p + f.token_table)
     if f.embed_scale:
         x = b.node("Mul", [x, _k(b, "embed_scale", np.array(H ** 0.5, np.float32))], "emb_scaled")
     if f.token_type and w.has(p + f.token_type):
@@ -439,4 +268,4 @@ def build_rotary(model: Model, fused: bool = True, feed_weights: frozenset[str] 
                               then=nxt if f.pre_norm and nxt and w.has(nxt + ".weight") else None)
     if f.final_norm:
         x = normed if normed is not None else _norm(b, w, x, p + f.final_norm, a)
-    return finish_graph(b, x, H, f"embtool_{f.model_type}", capture_linear_inputs)
+    return finish_graph(b, x, H, f"embtool_{f.name}", capture_linear_inputs)
