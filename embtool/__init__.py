@@ -2,7 +2,7 @@
 
 The public API (see README "Python API"): `Encoder`, `trim_vocab`, `quantize`, `factorize`, `init_subwords`,
 `inspect`, `search`, `embed`, `export_onnx`, `dequantize`, `defactorize` (typed `Result`s), `open_model`, `ModelRef`
-(a model path or Hub id with --tokenizer / --onnx-file / --cache-dir settings), and, with the `ray` extra, `embed_dataset`. Names are imported lazily, so `import embtool` (and `embtool --version`) stay light.
+(a model path or Hub id with --tokenizer / --onnx-file / --cache-dir settings), and, with the `ray` extra, `embed_dataset` (the `embtool.ray` subpackage holds the rest: `session`, a local Ray on 127.0.0.1 only). Names are imported lazily, so `import embtool` (and `embtool --version`) stay light.
 """
 
 from embtool._version import __version__

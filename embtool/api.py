@@ -11,6 +11,7 @@ Errors are the named exceptions of `embtool.errors` (`EmbtoolError` and its subc
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -293,7 +294,10 @@ def search(index_paths, queries: Iterable[str] | np.ndarray | None = None, *, k:
     paths = [os.fspath(index_paths)] if isinstance(index_paths, (str, os.PathLike)) else [os.fspath(p) for p in index_paths]
     score_files = None
     if ray is not None:
-        from embtool.distributed import search_files as score_files
+        from embtool.jobs.search import search_file
+        from embtool.ray import search_files
+
+        score_files = functools.partial(search_files, search_file)
     if isinstance(queries, np.ndarray):
         req = SearchRequest(indexes=paths, query_vectors=queries, k=k, metric=metric, ray=ray, **options)
     else:
@@ -320,25 +324,24 @@ def embed(model, output=None, *, texts: Iterable[str] | str = (), inputs: Iterab
     texts = [texts] if isinstance(texts, str) else list(texts)
     inputs = [os.fspath(i) for i in inputs]
     encoder_options = {k: v for k, v in encoder_options.items() if v is not None}
+    from embtool.jobs.embed import EmbedRequest, run_embed_file
+
+    req = EmbedRequest(model=_path(model), output=None if output is None else os.fspath(output), texts=texts, inputs=inputs,
+                       text_field=text_field, fmt=fmt, precision=precision, keep_float=keep_float, keep_int8=keep_int8,
+                       binary_code=binary_code, shard=shard, ray=ray, workers=workers, shard_rows=shard_rows, force=force,
+                       threads=threads, encoder=encoder_options)
     if ray is not None:
-        from embtool.distributed import embed_request_on_ray
+        from embtool.jobs.embed_ray import run_embed_ray
 
-        summary = embed_request_on_ray(_path(model), output, texts=texts, inputs=inputs, text_field=text_field, fmt=fmt,
-                                       precision=precision, shard=shard, address=ray, workers=workers, shard_rows=shard_rows,
-                                       force=force, threads=threads, encoder_options=encoder_options)
+        summary = run_embed_ray(req)
     else:
-        from embtool.jobs.embed import EmbedRequest, run_embed_file
-
-        req = EmbedRequest(model=_path(model), output=None if output is None else os.fspath(output), texts=texts, inputs=inputs,
-                           text_field=text_field, fmt=fmt, precision=precision, keep_float=keep_float, keep_int8=keep_int8,
-                           binary_code=binary_code, shard=shard, force=force, threads=threads, encoder=encoder_options)
         summary = run_embed_file(req, progress, say or (lambda m: None), stream)
     return Result("embed", summary_json("embed", summary))
 
 
 def embed_dataset(ds, model, **options):
-    """Ray Data: embed a dataset's text column into a new vector column (see embtool.distributed.embed_dataset)."""
-    from embtool.distributed import embed_dataset as run
+    """Ray Data: embed a dataset's text column into a new vector column (see embtool.ray.embed_dataset)."""
+    from embtool.ray import embed_dataset as run
 
     return run(ds, model, **options)
 

@@ -2,9 +2,9 @@
 that breaks a rule fails here, not in a review.
 
 - the import graph of the package has no cycle (imports inside functions count: they are edges too);
-- imports go one way between layers (LAYERS: algorithms at the bottom, then core, runtime, jobs, the Ray module, the
-  API, the package face and the CLI on top);
-- only `embtool/runtime/` imports onnxruntime (and so creates sessions);
+- imports go one way between layers (LAYERS: algorithms at the bottom, then core, runtime, the Ray module,
+  jobs, the API, the package face and the CLI on top);
+- only `embtool/runtime/` imports onnxruntime (and so creates sessions); only `embtool/ray/` imports Ray;
 - the quantization record (`__metadata__["embtool_quantization"]`) is read and written in one module;
 - the model record (`embtool.json` and its keys) is spelled in one module, core/formats/record.py;
 - the embeddings index record (metadata keys, tensor and column names) is spelled in one module, its owner;
@@ -87,8 +87,8 @@ LAYERS = {
     "algorithms": {"algorithms", "version"},  # pure numpy: arrays in, arrays out
     "core": {"core", "algorithms", "data", "version"},  # model folders, formats, atomic writers, corpora
     "runtime": {"runtime", "core", "algorithms", "version"},  # the only onnxruntime user
-    "jobs": {"jobs", "runtime", "core", "algorithms", "version"},  # one module per command
-    "ray": {"ray", "jobs", "runtime", "core", "algorithms", "version"},  # embtool/distributed.py (embtool/ray/)
+    "ray": {"ray", "runtime", "core", "algorithms", "version"},  # embtool/ray/: only what runs on Ray
+    "jobs": {"jobs", "ray", "runtime", "core", "algorithms", "version"},  # one module per command
     "errors": {"errors", "core"},  # embtool/errors.py: core's exceptions, named for API users
     "api": {"api", "ray", "jobs", "runtime", "core", "algorithms", "errors", "version"},  # the one door
     "face": {"face", "api", "errors", "version"},  # embtool/__init__.py (names the API lazily)
@@ -101,7 +101,7 @@ def _layer(module: str) -> str | None:
     if module == "embtool":
         return "face"
     top = module.split(".")[1]
-    return {"_version": "version", "distributed": "ray", "__main__": "main"}.get(top, top if top in LAYERS else None)
+    return {"_version": "version", "__main__": "main"}.get(top, top if top in LAYERS else None)
 
 
 def _layer_violations(graph: dict[str, set[str]]) -> list[str]:
@@ -130,7 +130,7 @@ def test_the_layer_rule_catches_a_wrong_import():
     graph = _full_graph()
     for module, wrong in (("embtool.algorithms.quantize", "embtool.core.threads"), ("embtool.core.writer", "embtool"),
                           ("embtool.core.model", "embtool.jobs.trim"), ("embtool.runtime.encoder", "embtool.api"),
-                          ("embtool.jobs.trim", "embtool.cli.main"), ("embtool.core.card", "embtool.distributed")):
+                          ("embtool.jobs.trim", "embtool.cli.main"), ("embtool.core.card", "embtool.ray.cluster"), ("embtool.ray.search", "embtool.jobs.search")):
         broken = {**graph, module: graph[module] | {wrong}}
         assert _layer_violations(broken) == [f"{module} ({_layer(module)}) imports {wrong} ({_layer(wrong)})"]
     assert _layer_violations({**graph, "embtool.newthing": set()}) == ["embtool.newthing is in no layer: add its place "
@@ -148,15 +148,25 @@ def test_the_model_record_has_one_owner():
     assert where == ["embtool.core.formats.record"], where
 
 
+def _importers(top: str) -> list[str]:
+    """The embtool modules that import the package `top` (at any depth of their code)."""
+    def imports(tree) -> bool:
+        return any((isinstance(n, ast.Import) and any(a.name.split(".")[0] == top for a in n.names))
+                   or (isinstance(n, ast.ImportFrom) and n.level == 0 and (n.module or "").split(".")[0] == top)
+                   for n in ast.walk(tree))
+    return sorted(_module_name(p) for p in PKG.rglob("*.py") if imports(ast.parse(p.read_text(encoding="utf-8"))))
+
+
 def test_only_the_runtime_imports_onnxruntime():
-    users = sorted(_module_name(p) for p in PKG.rglob("*.py")
-                   if any(isinstance(n, (ast.Import, ast.ImportFrom)) and
-                          any(a.name.split(".")[0] == "onnxruntime" for a in n.names) if isinstance(n, ast.Import)
-                          else isinstance(n, ast.ImportFrom) and (n.module or "").split(".")[0] == "onnxruntime"
-                          for n in ast.walk(ast.parse(p.read_text(encoding="utf-8")))))
+    users = _importers("onnxruntime")
     assert users and all(u.startswith("embtool.runtime.") for u in users), users
     sessions = sorted(_module_name(p) for p in PKG.rglob("*.py") if "InferenceSession(" in p.read_text(encoding="utf-8"))
     assert sessions == ["embtool.runtime.encoder"], sessions
+
+
+def test_only_the_ray_subpackage_imports_ray():
+    users = _importers("ray")
+    assert users and all(u == "embtool.ray" or u.startswith("embtool.ray.") for u in users), users
 
 
 def test_the_quantization_record_has_one_reader_and_writer():

@@ -57,8 +57,9 @@ def embedding_options(f):
                    "rotated to balance the bits (itq); mean and rotation are stored in the index and applied to queries.")
 @click.option("--shard", type=ShardType(), default=None, help="Embed only text numbers j with j % N == I (ids stay global); search merges shards.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
-              help="Embed on Ray (the ray extra): alone, a local Ray on this machine; 'auto' or an address joins a cluster. "
-                   "-o names a folder that receives one index shard per --shard-rows texts (search reads them as one index).")
+              help="Embed on Ray (the ray extra): alone, a local Ray that listens on 127.0.0.1 only and is gone afterwards; "
+                   "'auto' or HOST:PORT joins a cluster. -o names a folder that receives one index shard per --shard-rows "
+                   "texts (search reads them as one index).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="With --ray: model actors (each holds one model and uses its share of the CPUs).")
 @click.option("--shard-rows", type=click.IntRange(min=1), default=100_000, show_default=True,

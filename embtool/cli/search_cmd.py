@@ -39,8 +39,8 @@ from embtool.cli.options import InputPath, cache_dir_option, common_options
 @click.option("--shard", "shards", multiple=True, type=InputPath(dir_okay=True),
               help="More index files (shards) searched together with INDEX. Repeatable.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
-              help="Score each index file in a Ray task (the ray extra; alone: a local Ray, 'auto' or an address: a "
-                   "cluster) and merge the top-k here; the hits are the same as without --ray.")
+              help="Score each index file in a Ray task (the ray extra; alone: a local Ray on 127.0.0.1 only, 'auto' or "
+                   "HOST:PORT: a cluster) and merge the top-k here; the hits are the same as without --ray.")
 @common_options(json_help="Print JSON Lines on stdout: one JSON object per hit (schema: docs/schema/search.json), "
                           "in query order, then rank order.")
 def command(index, queries, query_files, query_embeddings, k, metric, model_path, tokenizer_path, cache_dir, query_prefix, strict, rescore, block_rows,

@@ -131,7 +131,7 @@ class EmbeddingSink:
     """Accumulates (texts, vectors) chunks and writes one output file at `finish(path)`."""
 
     def __init__(self, fmt: str, precision: str = "float32", keep_float: bool = False, stream: IO[str] | None = None,
-                 keep_int8: bool = False, binary_code: str = BINARY_CODE):
+                 keep_int8: bool = False, binary_code: str = BINARY_CODE, spool_dir: str | os.PathLike | None = None):
         if fmt in ("jsonl", "word2vec", "parquet") and precision not in ("float32", "float16"):
             raise InputError(f"--precision {precision} is only stored in .npy or .safetensors outputs")
         if keep_int8 and precision != "binary":
@@ -147,7 +147,9 @@ class EmbeddingSink:
         self.stream = stream  # jsonl to stdout: written as it comes
         self.count = 0
         self.dim: int | None = None
-        self._tmpdir = tempfile.TemporaryDirectory(prefix="embtool-spool-")
+        # spool_dir: where the rows wait (default: the temporary directory); an output's own temporary folder, so
+        # that an interruption at any instant leaves nothing behind
+        self._tmpdir = tempfile.TemporaryDirectory(prefix="embtool-spool-", dir=spool_dir)
         d = Path(self._tmpdir.name)
         self._vec = open(d / "vec.bin", "wb")
         self._flt = open(d / "flt.bin", "wb") if keep_float else None

@@ -41,3 +41,7 @@ class FidelityError(EmbtoolError):
     """A --min-cosine / --min-cosine-min / --min-recall gate failed: exit 3, nothing written."""
 
     exit_code = 3
+
+
+class ClusterError(EmbtoolError):
+    """Ray could not be started or reached, or failed while working (a raylet or worker died, an object was lost)."""

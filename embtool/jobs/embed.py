@@ -32,6 +32,9 @@ class EmbedRequest:
     keep_int8: bool = False
     binary_code: str = BINARY_CODE
     shard: tuple[int, int] | None = None  # (i, n): only text numbers j with j % n == i
+    ray: str | None = None  # embed on Ray ('local', 'auto' or HOST:PORT) into the folder `output` (jobs/embed_ray.py)
+    workers: int = 1  # with ray: model actors
+    shard_rows: int = 100_000  # with ray: texts per index shard
     force: bool = False
     threads: int = 0
     encoder: dict[str, Any] = field(default_factory=dict)  # EmbedSettings fields: pooling, normalize, prefix, ...
@@ -45,11 +48,31 @@ def check_request(req: EmbedRequest) -> str:
         raise BadUsage("--keep-int8 goes with --precision binary")
     if req.encoder.get("prompt_name") is not None and req.encoder.get("prefix"):
         raise BadUsage("give --prefix or --prompt-name, not both")
+    if req.ray is not None:
+        return _check_ray(req)
     fmt = format_for(req.output, req.fmt)
     if req.output is None and fmt != "jsonl":
         raise BadUsage(f"--format {fmt} needs -o FILE")
     if req.output is None and req.precision not in ("float32", "float16"):
         raise BadUsage("--precision int8/binary needs -o FILE (.npy or .safetensors)")
+    return fmt
+
+
+def _check_ray(req: EmbedRequest) -> str:
+    """The rules of `--ray`; returns the shard format."""
+    if req.output is None:
+        raise BadUsage("--ray needs -o FOLDER (it receives one index shard per --shard-rows texts)")
+    if req.shard is not None:
+        raise BadUsage("--ray splits the work itself; --shard is for running separate processes")
+    if req.precision not in ("float32", "float16"):
+        raise BadUsage("--ray writes float32 or float16 shards")
+    fmt = req.fmt or "safetensors"
+    if fmt not in ("safetensors", "parquet"):
+        raise BadUsage("--ray writes .safetensors or .parquet shards (--format)")
+    for name in ("workers", "shard_rows"):
+        value = getattr(req, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BadUsage(f"{name} must be a whole number >= 1, not {value!r}")
     return fmt
 
 

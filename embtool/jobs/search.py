@@ -231,7 +231,7 @@ def _increasing(ids: np.ndarray) -> bool:
 
 def run_search(req: SearchRequest, warn: Callable[[str], None] = lambda m: None, score_files: Callable | None = None) -> SearchResult:
     """Exact top-k over every index file, merged. `score_files(paths, queries, req, threads)` scores the files
-    elsewhere (embtool.distributed.search_files on Ray, for `ray=`) and returns what `search_file` returns per file."""
+    elsewhere (embtool.ray.search_files on Ray, for `ray=`) and returns what `search_file` returns per file."""
     req.check()
     paths = expand_index_paths([os.fspath(p) for p in req.indexes])
     idxs = [open_index(p) for p in paths]
