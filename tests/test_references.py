@@ -658,9 +658,10 @@ def test_script_keeps_exactly_the_tokens_of_the_script(tmp_path, scripts_model, 
         return
     # with a corpus: the corpus's tokens and the script's
     (tmp_path / "c.txt").write_text("\n".join(corpus_lines("en", 20)) + "\n")
-    r = run_cli(["trim-vocab", scripts_model, "-c", tmp_path / "c.txt", "--script", script, "-o", tmp_path / "oc", "--no-eval"])
+    r = run_cli(["trim-vocab", scripts_model, "-c", tmp_path / "c.txt", "--script", script, "--extra", "none", "-o", tmp_path / "oc",
+                 "--no-eval"])
     assert r.exit_code == 0, r.stderr
-    r = run_cli(["trim-vocab", scripts_model, "-c", tmp_path / "c.txt", "-o", tmp_path / "onlyc", "--no-eval"])
+    r = run_cli(["trim-vocab", scripts_model, "-c", tmp_path / "c.txt", "--extra", "none", "-o", tmp_path / "onlyc", "--no-eval"])
     assert r.exit_code == 0, r.stderr
     both = set(json.loads((tmp_path / "oc" / "tokenizer.json").read_text())["model"]["vocab"])
     corpus_only = set(json.loads((tmp_path / "onlyc" / "tokenizer.json").read_text())["model"]["vocab"])
